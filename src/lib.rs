@@ -1,0 +1,16 @@
+//! mxpipe: a high-throughput outbound SMTP delivery engine, with the receiving sink and the
+//! TLS load generator it is tested and benchmarked against.
+//!
+//! The crate is a library first; the `mxpipe` binary (`src/main.rs`) and the
+//! `mxpipe-loadgen` binary (`loadgen/`) only parse arguments and call into it.
+//!
+//! Modules:
+//! - [`reply`]: SMTP reply and EHLO-capability parsing (pure, shared by every client).
+//! - [`tls`]: rustls configuration, certificates, the client session store.
+//! - [`sink`]: the receiving SMTP server for tests and capacity benchmarks.
+//! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
+
+pub mod reply;
+pub mod sink;
+pub mod sys;
+pub mod tls;

@@ -1,0 +1,58 @@
+//! Operating-system helpers shared by the binaries and the library: raising the open-file
+//! limit (a sink or load generator holding 10k sockets needs more than the usual 1024) and
+//! reading this process's CPU time (so a benchmark can show whether the client was the
+//! bottleneck).
+
+use std::time::Duration;
+
+/// Raise the soft RLIMIT_NOFILE to the hard limit. Returns the new soft limit.
+pub fn raise_nofile_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
+/// CPU time used by this process so far (user, system).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTime {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTime {
+    /// This process's CPU time, all threads.
+    pub fn now() -> CpuTime {
+        // SAFETY: getrusage fills the zeroed struct we pass.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0;
+        if !ok {
+            return CpuTime::default();
+        }
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+        CpuTime { user: tv(ru.ru_utime), system: tv(ru.ru_stime) }
+    }
+
+    /// User plus system time, in seconds.
+    pub fn total_secs(&self) -> f64 {
+        (self.user + self.system).as_secs_f64()
+    }
+
+    /// The CPU time spent between `earlier` and `self`.
+    pub fn since(&self, earlier: &CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
