@@ -1,1 +1,90 @@
+//! mxpipe-loadgen: measures TLS-handshake throughput (and, optionally, SMTP transaction
+//! throughput) against an SMTP server on a STARTTLS port (25-style) and an implicit-TLS port
+//! (26/465-style), with full against resumed handshakes and latency percentiles.
+//!
+//! The library does all the work; the `mxpipe-loadgen` binary only parses flags into a
+//! [`Config`], calls [`run`] and prints the [`Report`]. Modules:
+//! - [`config`]: what to measure and how hard ([`Config`], [`Mode`]), and its validation.
+//! - [`class`]: the error classes every failed attempt is counted under, and how an I/O or
+//!   TLS error is mapped to one.
+//! - [`message`]: the RFC 5322 test message and SMTP dot-stuffing (pure, unit-tested).
+//! - [`conn`]: one connection's SMTP and TLS steps, with per-step timeouts.
+//! - [`phase`]: one port's measurement: closed-loop workers or an open-loop schedule.
+//! - [`report`]: histograms and counters, merged into a [`Report`] (table or JSON).
+//! - [`progress`]: the live one-line display on a terminal's stderr.
+//!
+//! Accounting invariant, per port: every attempt (a TCP connect that was started) ends as
+//! exactly one success or exactly one error class, so `attempts == successes + errors`.
+//! `handshakes` counts completed TLS handshakes, independently of how the attempt ended: a
+//! connection whose handshake succeeded but whose QUIT failed counts one handshake *and*
+//! one error. `handshakes == full + resumed`.
 
+pub mod class;
+pub mod config;
+pub mod conn;
+pub mod message;
+pub mod phase;
+pub mod progress;
+pub mod report;
+
+pub use class::{ErrorClass, ErrorCounts};
+pub use config::{Config, LoadgenError, Mode};
+pub use report::{Breakdown, Percentiles, PortReport, Report};
+
+use std::net::SocketAddr;
+
+use mxpipe::sys::CpuTime;
+
+/// Which TLS flavour a port speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsKind {
+    /// Plaintext SMTP, then `STARTTLS` (RFC 3207), as on port 25.
+    StartTls,
+    /// TLS from the first byte (RFC 8314), as on port 465 or this project's port 26.
+    Implicit,
+}
+
+impl TlsKind {
+    /// The name used in reports: `"starttls"` or `"implicit"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsKind::StartTls => "starttls",
+            TlsKind::Implicit => "implicit",
+        }
+    }
+}
+
+/// Measure every configured port, one after the other (STARTTLS first, then implicit TLS),
+/// so the phases do not disturb each other. Runs on the caller's tokio runtime (a
+/// multi-thread runtime gives the client more than one core). Always ends by itself: each
+/// phase is bounded by [`Config::duration`] and/or [`Config::count`], capped at
+/// [`config::MAX_DURATION`], plus one [`Config::timeout`] for connections in flight.
+///
+/// Errors are for a run that cannot start (bad configuration, unresolvable host, TLS
+/// configuration rejected); failed connections are counted in the report, not returned.
+pub async fn run(cfg: &Config) -> Result<Report, LoadgenError> {
+    cfg.validate()?;
+    let mut targets: Vec<(TlsKind, u16)> = Vec::new();
+    if let Some(p) = cfg.starttls_port {
+        targets.push((TlsKind::StartTls, p));
+    }
+    if let Some(p) = cfg.implicit_port {
+        targets.push((TlsKind::Implicit, p));
+    }
+    let ip = config::resolve(&cfg.host).await?;
+    cfg.validate_source_spread(ip)?;
+
+    let cpu0 = CpuTime::now();
+    let t0 = std::time::Instant::now();
+    let mut ports = Vec::with_capacity(targets.len());
+    for (kind, port) in targets {
+        let addr = SocketAddr::new(ip, port);
+        ports.push(phase::run_phase(cfg, kind, addr).await?);
+    }
+    Ok(Report {
+        ports,
+        client_cpu_s: CpuTime::now().since(&cpu0).total_secs(),
+        duration_s: t0.elapsed().as_secs_f64(),
+        settings: report::Settings::of(cfg),
+    })
+}

@@ -1,1 +1,390 @@
-//! placeholder
+//! The sink: a receiving SMTP server for tests and capacity benchmarks.
+//!
+//! It listens with STARTTLS on one port (25 by default) and implicit TLS on another (26),
+//! counts or stores what it receives, and can inject faults. It owns listening, the
+//! connection limit, the TLS upgrade and graceful shutdown; the SMTP dialogue itself is in
+//! [`session`]. It knows nothing of delivery: it is the peer the engine is tested against.
+//!
+//! Use from a tokio runtime (multi-threaded, to use every core):
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use mxpipe::{sink, tls};
+//! let pki = tls::certs::generate(&["localhost".into()])?;
+//! let server_tls = tls::server_config(pki.identity.clone(), tls::ServerResumption::default())?;
+//! let mut cfg = sink::SinkConfig::new(server_tls);
+//! cfg.starttls_port = Some(0); // ephemeral, for tests
+//! cfg.implicit_port = Some(0);
+//! let sink = sink::Sink::start(cfg).await?;
+//! println!("STARTTLS on {:?}", sink.addr(sink::PortKind::StartTls));
+//! let report = sink.shutdown(std::time::Duration::from_secs(5)).await;
+//! println!("{}", report.stats.to_table());
+//! # Ok(()) }
+//! ```
+
+mod session;
+mod stats;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use session::MAX_COMMAND_LINE;
+pub use stats::{FaultStats, PortStats, StatsSnapshot};
+
+use session::{Exit, Session};
+use stats::{inc, Stats};
+
+/// Which kind of port a listener is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    /// Plain SMTP with STARTTLS (port 25).
+    StartTls = 0,
+    /// TLS from the first byte (port 26 in the MX-prefix proposal, like 465 for submission).
+    Implicit = 1,
+}
+
+impl fmt::Display for PortKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PortKind::StartTls => "starttls",
+            PortKind::Implicit => "implicit",
+        })
+    }
+}
+
+/// Faults the sink injects, for tests and capacity drills. Rates are probabilities in [0, 1].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    /// Answer a RCPT with 451 4.3.0.
+    pub temp_fail_rate: f64,
+    /// Answer a RCPT with 550 5.1.1.
+    pub perm_fail_rate: f64,
+    /// Close the connection at the end of a message's data, before the final reply: the
+    /// client cannot know whether the message was taken. Decided per transaction, at MAIL.
+    pub drop_rate: f64,
+    /// Wait this long before every reply.
+    pub delay: Duration,
+}
+
+/// Everything the sink needs to run.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Addresses to listen on; each gets both port kinds that are enabled.
+    pub listen: Vec<IpAddr>,
+    /// STARTTLS port (`None`: off; `Some(0)`: an ephemeral port).
+    pub starttls_port: Option<u16>,
+    /// Implicit-TLS port (`None`: off; `Some(0)`: an ephemeral port).
+    pub implicit_port: Option<u16>,
+    /// Shared by both port kinds, so sessions resume across them.
+    pub tls: Arc<ServerConfig>,
+    /// Name in the banner and EHLO reply.
+    pub hostname: String,
+    /// Advertise and accept STARTTLS on the STARTTLS port (`--no-starttls` turns it off).
+    pub starttls: bool,
+    /// Refuse mail commands in clear on the STARTTLS port with 530.
+    pub require_tls: bool,
+    pub faults: Faults,
+    /// Write accepted messages here; otherwise they are counted and discarded.
+    pub mail_dir: Option<PathBuf>,
+    /// Advertised SIZE; larger messages get 552.
+    pub max_message_size: u64,
+    pub max_rcpts: usize,
+    /// Connections served at once; more get 421 and are closed.
+    pub max_conns: usize,
+    /// How long a client may stay silent between commands or inside a message.
+    pub idle_timeout: Duration,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// Listen backlog.
+    pub backlog: u32,
+}
+
+impl SinkConfig {
+    /// Defaults: 127.0.0.1, ports 25 and 26, STARTTLS offered, no faults, 50 MB messages,
+    /// 20,000 connections, 300 s idle timeout (RFC 5321 §4.5.3.2.7).
+    pub fn new(tls: Arc<ServerConfig>) -> SinkConfig {
+        SinkConfig {
+            listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            starttls_port: Some(25),
+            implicit_port: Some(26),
+            tls,
+            hostname: "mxpipe-sink.localhost".into(),
+            starttls: true,
+            require_tls: false,
+            faults: Faults::default(),
+            mail_dir: None,
+            max_message_size: 50 * 1024 * 1024,
+            max_rcpts: 1000,
+            max_conns: 20_000,
+            idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
+            backlog: 4096,
+        }
+    }
+}
+
+/// Why the sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("no listener: both the STARTTLS and the implicit-TLS port are off, or no --listen address")]
+    NoListener,
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// One bound listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerInfo {
+    pub addr: SocketAddr,
+    pub kind: PortKind,
+}
+
+/// What shutdown found.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownReport {
+    /// Counters after every session ended.
+    pub stats: StatsSnapshot,
+    /// Sessions still open when shutdown began.
+    pub open_at_stop: u64,
+}
+
+/// State every session of one sink shares.
+pub(crate) struct Ctx {
+    pub cfg: Arc<SinkConfig>,
+    pub stats: Arc<Stats>,
+    pub port: PortKind,
+    /// Stop taking commands: idle sessions say 421 and close.
+    pub shutdown: CancellationToken,
+    /// The grace period is over: every session closes now.
+    pub abort: CancellationToken,
+}
+
+/// A running sink. Dropping it without [`Sink::shutdown`] leaves its tasks running until the
+/// runtime ends.
+pub struct Sink {
+    listeners: Vec<ListenerInfo>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+    tracker: TaskTracker,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Sink {
+    /// Bind every listener, then start accepting. Fails before accepting anything if any
+    /// address cannot be bound.
+    pub async fn start(cfg: SinkConfig) -> Result<Sink, SinkError> {
+        for (name, rate) in [
+            ("temp-fail-rate", cfg.faults.temp_fail_rate),
+            ("perm-fail-rate", cfg.faults.perm_fail_rate),
+            ("drop-rate", cfg.faults.drop_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(SinkError::Invalid(format!("{name} must be between 0 and 1, got {rate}")));
+            }
+        }
+        if cfg.max_conns == 0 {
+            return Err(SinkError::Invalid("max-conns must be at least 1".into()));
+        }
+        let mut bound = Vec::new();
+        for &ip in &cfg.listen {
+            for (kind, port) in [(PortKind::StartTls, cfg.starttls_port), (PortKind::Implicit, cfg.implicit_port)] {
+                let Some(port) = port else { continue };
+                let addr = SocketAddr::new(ip, port);
+                let listener = bind(addr, cfg.backlog).map_err(|source| SinkError::Bind { addr, source })?;
+                let addr = listener.local_addr().map_err(|source| SinkError::Bind { addr, source })?;
+                bound.push((ListenerInfo { addr, kind }, listener));
+            }
+        }
+        if bound.is_empty() {
+            return Err(SinkError::NoListener);
+        }
+        let cfg = Arc::new(cfg);
+        let stats = Arc::new(Stats::default());
+        let shutdown = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(cfg.max_conns));
+        let mut listeners = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for (info, listener) in bound {
+            listeners.push(info);
+            let ctx = Arc::new(Ctx {
+                cfg: cfg.clone(),
+                stats: stats.clone(),
+                port: info.kind,
+                shutdown: shutdown.clone(),
+                abort: abort.clone(),
+            });
+            accept_tasks.push(tokio::spawn(accept_loop(listener, ctx, tracker.clone(), limit.clone())));
+        }
+        Ok(Sink { listeners, stats, shutdown, abort, tracker, accept_tasks })
+    }
+
+    /// Every bound listener, with its real port (useful after asking for port 0).
+    pub fn listeners(&self) -> &[ListenerInfo] {
+        &self.listeners
+    }
+
+    /// The first listener of a kind.
+    pub fn addr(&self, kind: PortKind) -> Option<SocketAddr> {
+        self.listeners.iter().find(|l| l.kind == kind).map(|l| l.addr)
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Stop accepting, let open sessions finish for up to `grace` (idle ones are told 421 at
+    /// once, ones inside a message may complete it), then close whatever is left.
+    pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        let open_at_stop = self.stats.snapshot().sessions_active;
+        for t in &self.accept_tasks {
+            t.abort();
+        }
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            self.abort.cancel();
+            // Sessions stop at their next await point; this bound is only a backstop.
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        }
+        for t in self.accept_tasks {
+            let _ = t.await;
+        }
+        ShutdownReport { stats: self.stats.snapshot(), open_at_stop }
+    }
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(backlog)
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tracker: TaskTracker, limit: Arc<Semaphore>) {
+    loop {
+        let (tcp, _peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors or a connection reset before accept: not fatal.
+                // Back off briefly so a full fd table does not spin the loop.
+                if !matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                continue;
+            }
+        };
+        inc(&ctx.stats.port(ctx.port).connections);
+        let ctx = ctx.clone();
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tracker.spawn(async move {
+                    ctx.stats.sessions_active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    serve(tcp, &ctx).await;
+                    ctx.stats.sessions_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                inc(&ctx.stats.rejected_busy);
+                tracker.spawn(refuse_busy(tcp, ctx));
+            }
+        }
+    }
+}
+
+/// Over the connection limit: say so (in clear on the STARTTLS port; on the implicit port
+/// there is no cheap way to speak, so just close) and hang up.
+async fn refuse_busy(mut tcp: TcpStream, ctx: Arc<Ctx>) {
+    if ctx.port == PortKind::StartTls {
+        let msg = format!("421 4.7.0 {} Too many connections, try again later\r\n", ctx.cfg.hostname);
+        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(msg.as_bytes())).await;
+    }
+}
+
+/// Serve one connection to its end.
+async fn serve(tcp: TcpStream, ctx: &Ctx) {
+    let _ = tcp.set_nodelay(true);
+    let exit = match ctx.port {
+        PortKind::Implicit => match handshake(tcp, ctx).await {
+            Some(mut tls) => {
+                let exit = Session::new(&mut tls, ctx, true).run(true).await;
+                close(&mut tls, exit).await;
+                exit
+            }
+            None => return,
+        },
+        PortKind::StartTls => {
+            let mut tcp = tcp;
+            let exit = Session::new(&mut tcp, ctx, false).run(true).await;
+            if exit != Exit::StartTls {
+                close(&mut tcp, exit).await;
+                exit
+            } else {
+                match handshake(tcp, ctx).await {
+                    Some(mut tls) => {
+                        let exit = Session::new(&mut tls, ctx, true).run(false).await;
+                        close(&mut tls, exit).await;
+                        exit
+                    }
+                    None => return,
+                }
+            }
+        }
+    };
+    if exit == Exit::Aborted {
+        inc(&ctx.stats.sessions_aborted);
+    }
+}
+
+/// Close our side first after a clean ending, so TIME_WAIT lands on the sink, not on the
+/// client's ephemeral ports (the sink's listening port needs no fresh ports).
+async fn close<S: tokio::io::AsyncWrite + Unpin>(io: &mut S, exit: Exit) {
+    if matches!(exit, Exit::Quit | Exit::Timeout | Exit::Shutdown | Exit::Protocol) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), io.shutdown()).await;
+    }
+}
+
+async fn handshake(tcp: TcpStream, ctx: &Ctx) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = TlsAcceptor::from(ctx.cfg.tls.clone());
+    let counters = ctx.stats.port(ctx.port);
+    let res = tokio::select! {
+        _ = ctx.abort.cancelled() => None,
+        r = tokio::time::timeout(ctx.cfg.handshake_timeout, acceptor.accept(tcp)) => Some(r),
+    };
+    match res {
+        Some(Ok(Ok(tls))) => {
+            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                inc(&counters.handshakes_resumed);
+            } else {
+                inc(&counters.handshakes_full);
+            }
+            Some(tls)
+        }
+        Some(_) => {
+            inc(&counters.handshake_failures);
+            None
+        }
+        None => {
+            inc(&ctx.stats.sessions_aborted);
+            None
+        }
+    }
+}

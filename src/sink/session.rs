@@ -1,0 +1,621 @@
+//! One SMTP server session of the sink, over a plain or TLS stream.
+//!
+//! Replies are buffered and written only when the session would otherwise wait for input, so
+//! a pipelined command group (RFC 2920) is answered in one write, in order. Input is read into
+//! one bounded buffer: command lines longer than [`MAX_COMMAND_LINE`] are refused, message
+//! bodies are scanned as they stream through and are kept in memory only when they are to be
+//! written out (`--mail-dir`), up to the size limit. Nothing a client sends can make the
+//! session grow without bound, wait forever, or panic.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::stats::inc;
+use super::{Ctx, PortKind};
+
+/// Longest command line accepted (RFC 5321 §4.5.3.1.4 says 512; we allow room for
+/// extension parameters).
+pub const MAX_COMMAND_LINE: usize = 4096;
+/// Consecutive bad commands before the sink gives up on a client.
+const MAX_BAD_COMMANDS: u32 = 10;
+/// Bytes of a partial body line held before they are consumed without waiting for the LF.
+const PARTIAL_LINE_FLUSH: usize = 8192;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How a session (or one half of it, before and after STARTTLS) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Exit {
+    /// The client sent QUIT and got 221.
+    Quit,
+    /// STARTTLS was accepted (220 sent): the caller upgrades the stream.
+    StartTls,
+    /// The client closed the connection.
+    Closed,
+    /// The client was idle too long; 421 sent.
+    Timeout,
+    /// The sink is shutting down; 421 sent.
+    Shutdown,
+    /// The shutdown grace period ran out mid-session.
+    Aborted,
+    /// A `--drop-rate` fault closed the connection mid-transaction.
+    Dropped,
+    /// Too many bad commands or an unrecoverable protocol error; 421 or 5xx sent.
+    Protocol,
+    /// Reading or writing failed.
+    Io,
+}
+
+/// Message ids unique within the process, for "queued as" replies and file names.
+static MESSAGE_SEQ: AtomicU64 = AtomicU64::new(1);
+
+struct Txn {
+    from: Vec<u8>,
+    rcpts: Vec<Vec<u8>>,
+    /// Chosen at MAIL: this transaction ends with the connection dropped (a fault).
+    drop: bool,
+    /// BDAT chunks received so far (a transaction uses DATA or BDAT, not both).
+    bdat: Option<Body>,
+}
+
+/// A message body being received.
+struct Body {
+    bytes: u64,
+    too_big: bool,
+    content: Option<Vec<u8>>,
+}
+
+impl Body {
+    fn new(keep: bool) -> Body {
+        Body { bytes: 0, too_big: false, content: keep.then(Vec::new) }
+    }
+
+    fn add(&mut self, data: &[u8], max: u64) {
+        self.bytes += data.len() as u64;
+        if self.bytes > max {
+            self.too_big = true;
+            self.content = None;
+        } else if let Some(c) = &mut self.content {
+            c.extend_from_slice(data);
+        }
+    }
+}
+
+pub(super) struct Session<'a, S> {
+    io: &'a mut S,
+    ctx: &'a Ctx,
+    tls: bool,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    /// Skipping the rest of an overlong command line.
+    discarding: bool,
+    helo: bool,
+    txn: Option<Txn>,
+    bad: u32,
+    rng: fastrand::Rng,
+}
+
+enum Line {
+    Command(usize, usize),
+    TooLong,
+    Incomplete,
+}
+
+impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
+    pub fn new(io: &'a mut S, ctx: &'a Ctx, tls: bool) -> Self {
+        Session {
+            io,
+            ctx,
+            tls,
+            rbuf: Vec::with_capacity(READ_CHUNK),
+            rpos: 0,
+            wbuf: Vec::with_capacity(1024),
+            discarding: false,
+            helo: false,
+            txn: None,
+            bad: 0,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// Run the session until it ends. `banner`: send the 220 greeting first (not after
+    /// STARTTLS, where the client speaks first with EHLO).
+    pub async fn run(&mut self, banner: bool) -> Exit {
+        if banner {
+            let text = format!("220 {} ESMTP mxpipe-sink\r\n", self.ctx.cfg.hostname);
+            self.reply(&text).await;
+        }
+        loop {
+            loop {
+                match self.take_line() {
+                    Line::Command(start, end) => {
+                        let line = self.rbuf[start..end].to_vec();
+                        if let Some(exit) = self.command(&line).await {
+                            return self.finish(exit).await;
+                        }
+                    }
+                    Line::TooLong => {
+                        if let Some(exit) = self.bad_command("500 5.5.2 Line too long\r\n").await {
+                            return self.finish(exit).await;
+                        }
+                    }
+                    Line::Incomplete => break,
+                }
+            }
+            if let Err(exit) = self.fill(true).await {
+                return self.finish(exit).await;
+            }
+        }
+    }
+
+    /// Send what must be said on the way out, and flush.
+    async fn finish(&mut self, exit: Exit) -> Exit {
+        let host = &self.ctx.cfg.hostname;
+        let last = match exit {
+            Exit::Timeout => {
+                inc(&self.ctx.stats.timeouts);
+                Some(format!("421 4.4.2 {host} Error: timeout exceeded\r\n"))
+            }
+            Exit::Shutdown => Some(format!("421 4.3.2 {host} Service shutting down\r\n")),
+            _ => None,
+        };
+        if let Some(l) = last {
+            self.wbuf.extend_from_slice(l.as_bytes());
+        }
+        if matches!(exit, Exit::Dropped | Exit::Aborted | Exit::Io | Exit::Closed) {
+            return exit;
+        }
+        if self.flush().await.is_err() {
+            return Exit::Io;
+        }
+        exit
+    }
+
+    /// Find the next complete command line in the buffer.
+    fn take_line(&mut self) -> Line {
+        loop {
+            let buf = &self.rbuf[self.rpos..];
+            match memchr::memchr(b'\n', buf) {
+                Some(i) => {
+                    let start = self.rpos;
+                    self.rpos += i + 1;
+                    if self.discarding {
+                        self.discarding = false;
+                        return Line::TooLong;
+                    }
+                    if i > MAX_COMMAND_LINE {
+                        return Line::TooLong;
+                    }
+                    let mut end = start + i;
+                    if end > start && self.rbuf[end - 1] == b'\r' {
+                        end -= 1;
+                    }
+                    return Line::Command(start, end);
+                }
+                None if buf.len() > MAX_COMMAND_LINE => {
+                    // Drop what we have and keep dropping until the line ends.
+                    self.discarding = true;
+                    self.rpos = self.rbuf.len();
+                    continue;
+                }
+                None => return Line::Incomplete,
+            }
+        }
+    }
+
+    /// Flush replies, then read more input. `interruptible`: a shutdown may end the wait
+    /// (between commands, not inside a message body).
+    async fn fill(&mut self, interruptible: bool) -> Result<(), Exit> {
+        self.flush().await?;
+        if self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        } else if self.rpos > READ_CHUNK {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        self.rbuf.reserve(READ_CHUNK);
+        let idle = self.ctx.cfg.idle_timeout;
+        let read = tokio::time::timeout(idle, self.io.read_buf(&mut self.rbuf));
+        tokio::select! {
+            biased;
+            _ = self.ctx.abort.cancelled() => Err(Exit::Aborted),
+            _ = self.ctx.shutdown.cancelled(), if interruptible => Err(Exit::Shutdown),
+            r = read => match r {
+                Err(_) => Err(Exit::Timeout),
+                Ok(Ok(0)) => Err(Exit::Closed),
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(Exit::Io),
+            },
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Exit> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let r = tokio::time::timeout(self.ctx.cfg.idle_timeout, async {
+            self.io.write_all(&self.wbuf).await?;
+            self.io.flush().await
+        })
+        .await;
+        self.wbuf.clear();
+        match r {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Exit::Io),
+        }
+    }
+
+    /// Queue a reply (after the configured delay, a fault for slow-server drills).
+    async fn reply(&mut self, text: &str) {
+        if !self.ctx.cfg.faults.delay.is_zero() {
+            tokio::time::sleep(self.ctx.cfg.faults.delay).await;
+        }
+        self.wbuf.extend_from_slice(text.as_bytes());
+    }
+
+    async fn bad_command(&mut self, text: &str) -> Option<Exit> {
+        inc(&self.ctx.stats.bad_commands);
+        self.bad += 1;
+        if self.bad >= MAX_BAD_COMMANDS {
+            let host = self.ctx.cfg.hostname.clone();
+            self.reply(&format!("421 4.7.0 {host} Too many errors, closing connection\r\n")).await;
+            return Some(Exit::Protocol);
+        }
+        self.reply(text).await;
+        None
+    }
+
+    /// Handle one command line (without its line ending).
+    async fn command(&mut self, line: &[u8]) -> Option<Exit> {
+        let (verb, arg) = match memchr::memchr(b' ', line) {
+            Some(i) => (&line[..i], trim(&line[i + 1..])),
+            None => (line, &[][..]),
+        };
+        let verb = verb.to_ascii_uppercase();
+        let before_tls = !self.tls && self.ctx.port == PortKind::StartTls;
+        if before_tls
+            && self.ctx.cfg.require_tls
+            && !matches!(verb.as_slice(), b"EHLO" | b"HELO" | b"STARTTLS" | b"QUIT" | b"NOOP" | b"RSET")
+        {
+            return self.bad_command("530 5.7.0 Must issue a STARTTLS command first\r\n").await;
+        }
+        match verb.as_slice() {
+            b"EHLO" | b"HELO" => {
+                if arg.is_empty() {
+                    return self.bad_command("501 5.5.4 Syntax: EHLO hostname\r\n").await;
+                }
+                self.helo = true;
+                self.txn = None;
+                self.bad = 0;
+                let text = if verb == b"HELO" {
+                    format!("250 {}\r\n", self.ctx.cfg.hostname)
+                } else {
+                    self.ehlo_reply(before_tls)
+                };
+                self.reply(&text).await;
+            }
+            b"STARTTLS" => {
+                if !arg.is_empty() {
+                    return self.bad_command("501 5.5.4 Syntax: STARTTLS\r\n").await;
+                }
+                if self.tls {
+                    return self.bad_command("503 5.5.1 TLS already active\r\n").await;
+                }
+                if !before_tls || !self.ctx.cfg.starttls {
+                    return self.bad_command("502 5.5.1 STARTTLS not available\r\n").await;
+                }
+                self.reply("220 2.0.0 Ready to start TLS\r\n").await;
+                // Anything the client pipelined after STARTTLS is dropped, never carried into
+                // the TLS session (the STARTTLS command-injection attack, CVE-2011-0411).
+                self.rbuf.clear();
+                self.rpos = 0;
+                return Some(Exit::StartTls);
+            }
+            b"MAIL" => return self.mail(arg).await,
+            b"RCPT" => return self.rcpt(arg).await,
+            b"DATA" => return self.data(arg).await,
+            b"BDAT" => return self.bdat(arg).await,
+            b"RSET" => {
+                self.txn = None;
+                self.reply("250 2.0.0 Ok\r\n").await;
+            }
+            b"NOOP" => self.reply("250 2.0.0 Ok\r\n").await,
+            b"QUIT" => {
+                self.reply("221 2.0.0 Bye\r\n").await;
+                return Some(Exit::Quit);
+            }
+            b"VRFY" => self.reply("252 2.5.0 Cannot VRFY user, but will accept message\r\n").await,
+            b"HELP" => self.reply("214 2.0.0 mxpipe sink: see RFC 5321\r\n").await,
+            _ => return self.bad_command("500 5.5.1 Command unrecognized\r\n").await,
+        }
+        None
+    }
+
+    fn ehlo_reply(&self, before_tls: bool) -> String {
+        let cfg = &self.ctx.cfg;
+        let mut lines = vec![
+            format!("{} greets you", cfg.hostname),
+            "PIPELINING".to_string(),
+            format!("SIZE {}", cfg.max_message_size),
+            "8BITMIME".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
+        ];
+        if before_tls && cfg.starttls {
+            lines.push("STARTTLS".to_string());
+        }
+        let mut s = String::with_capacity(160);
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            s.push_str("250");
+            s.push(sep);
+            s.push_str(l);
+            s.push_str("\r\n");
+        }
+        s
+    }
+
+    async fn mail(&mut self, arg: &[u8]) -> Option<Exit> {
+        if !self.helo {
+            return self.bad_command("503 5.5.1 Send EHLO or HELO first\r\n").await;
+        }
+        if self.txn.is_some() {
+            return self.bad_command("503 5.5.1 Nested MAIL command\r\n").await;
+        }
+        let Some((path, params)) = parse_path(arg, b"FROM:") else {
+            return self.bad_command("501 5.5.4 Syntax: MAIL FROM:<address>\r\n").await;
+        };
+        for p in params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
+            if p.len() > 5 && p[..5].eq_ignore_ascii_case(b"SIZE=") {
+                let declared = std::str::from_utf8(&p[5..]).ok().and_then(|s| s.parse::<u64>().ok());
+                match declared {
+                    None => return self.bad_command("501 5.5.4 Bad SIZE parameter\r\n").await,
+                    Some(n) if n > self.ctx.cfg.max_message_size => {
+                        self.reply("552 5.3.4 Message size exceeds fixed limit\r\n").await;
+                        return None;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let drop = self.roll(self.ctx.cfg.faults.drop_rate);
+        self.txn = Some(Txn { from: path.to_vec(), rcpts: Vec::new(), drop, bdat: None });
+        self.reply("250 2.1.0 Ok\r\n").await;
+        None
+    }
+
+    async fn rcpt(&mut self, arg: &[u8]) -> Option<Exit> {
+        if self.txn.is_none() {
+            return self.bad_command("503 5.5.1 Need MAIL command\r\n").await;
+        }
+        let Some((path, _)) = parse_path(arg, b"TO:").filter(|(p, _)| !p.is_empty()) else {
+            return self.bad_command("501 5.5.4 Syntax: RCPT TO:<address>\r\n").await;
+        };
+        let path = path.to_vec();
+        let n = self.txn.as_ref().map_or(0, |t| t.rcpts.len());
+        if n >= self.ctx.cfg.max_rcpts {
+            self.reply("452 4.5.3 Too many recipients\r\n").await;
+            return None;
+        }
+        let faults = self.ctx.cfg.faults;
+        if self.roll(faults.temp_fail_rate) {
+            inc(&self.ctx.stats.fault_temp);
+            self.reply("451 4.3.0 Temporary failure (injected by mxpipe sink)\r\n").await;
+        } else if self.roll(faults.perm_fail_rate) {
+            inc(&self.ctx.stats.fault_perm);
+            self.reply("550 5.1.1 Mailbox unavailable (injected by mxpipe sink)\r\n").await;
+        } else {
+            if let Some(t) = &mut self.txn {
+                t.rcpts.push(path);
+            }
+            self.reply("250 2.1.5 Ok\r\n").await;
+        }
+        None
+    }
+
+    async fn data(&mut self, arg: &[u8]) -> Option<Exit> {
+        if !arg.is_empty() {
+            return self.bad_command("501 5.5.4 Syntax: DATA\r\n").await;
+        }
+        match &self.txn {
+            None => return self.bad_command("503 5.5.1 Need MAIL command\r\n").await,
+            Some(t) if t.bdat.is_some() => {
+                return self.bad_command("503 5.5.1 DATA not allowed after BDAT\r\n").await
+            }
+            Some(t) if t.rcpts.is_empty() => {
+                return self.bad_command("554 5.5.1 No valid recipients\r\n").await
+            }
+            Some(_) => {}
+        }
+        self.reply("354 End data with <CR><LF>.<CR><LF>\r\n").await;
+        let body = match self.receive_data().await {
+            Ok(b) => b,
+            Err(exit) => return Some(exit),
+        };
+        let txn = self.txn.take()?;
+        self.complete(txn, body).await
+    }
+
+    /// Read a dot-terminated body, unstuffing dots, without holding more than one partial
+    /// line unless the body is to be stored.
+    async fn receive_data(&mut self) -> Result<Body, Exit> {
+        let max = self.ctx.cfg.max_message_size;
+        let mut body = Body::new(self.ctx.cfg.mail_dir.is_some());
+        let mut at_line_start = true;
+        loop {
+            let buf = &self.rbuf[self.rpos..];
+            match memchr::memchr(b'\n', buf) {
+                Some(i) => {
+                    let line = &buf[..=i];
+                    if at_line_start && (line == b".\r\n" || line == b".\n") {
+                        self.rpos += i + 1;
+                        return Ok(body);
+                    }
+                    let payload = if at_line_start && line[0] == b'.' { &line[1..] } else { line };
+                    body.add(payload, max);
+                    self.rpos += i + 1;
+                    at_line_start = true;
+                }
+                None if buf.len() >= PARTIAL_LINE_FLUSH => {
+                    // A very long line: take what we have so the buffer stays bounded.
+                    let payload = if at_line_start && buf[0] == b'.' { &buf[1..] } else { buf };
+                    body.add(payload, max);
+                    self.rpos = self.rbuf.len();
+                    at_line_start = false;
+                }
+                None => self.fill(false).await?,
+            }
+        }
+    }
+
+    async fn bdat(&mut self, arg: &[u8]) -> Option<Exit> {
+        let mut words = arg.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let size = words.next().and_then(|w| std::str::from_utf8(w).ok()).and_then(|s| s.parse::<u64>().ok());
+        let last = match words.next() {
+            None => Some(false),
+            Some(w) if w.eq_ignore_ascii_case(b"LAST") => Some(true),
+            Some(_) => None,
+        };
+        let (Some(size), Some(last), None) = (size, last, words.next()) else {
+            // Without a size we cannot find the next command in the stream: give up on it.
+            inc(&self.ctx.stats.bad_commands);
+            self.reply("501 5.5.4 Syntax: BDAT size [LAST], closing connection\r\n").await;
+            return Some(Exit::Protocol);
+        };
+        let usable = self.txn.as_ref().is_some_and(|t| !t.rcpts.is_empty());
+        let max = self.ctx.cfg.max_message_size;
+        let keep = self.ctx.cfg.mail_dir.is_some();
+        let mut body = match self.txn.as_mut().and_then(|t| t.bdat.take()) {
+            Some(b) => b,
+            None => Body::new(keep && usable),
+        };
+        let mut remaining = size;
+        while remaining > 0 {
+            if self.rpos == self.rbuf.len() {
+                if let Err(exit) = self.fill(false).await {
+                    return Some(exit);
+                }
+            }
+            let avail = (self.rbuf.len() - self.rpos) as u64;
+            let take = avail.min(remaining) as usize;
+            if usable {
+                body.add(&self.rbuf[self.rpos..self.rpos + take], max);
+            }
+            self.rpos += take;
+            remaining -= take as u64;
+        }
+        if !usable {
+            let text = if self.txn.is_none() {
+                "503 5.5.1 Need MAIL command\r\n"
+            } else {
+                "554 5.5.1 No valid recipients\r\n"
+            };
+            return self.bad_command(text).await;
+        }
+        if !last {
+            if let Some(t) = &mut self.txn {
+                t.bdat = Some(body);
+            }
+            self.reply(&format!("250 2.0.0 {size} octets received\r\n")).await;
+            return None;
+        }
+        let txn = self.txn.take()?;
+        self.complete(txn, body).await
+    }
+
+    /// The end of a message: drop (fault), refuse (size, storage), or accept and count.
+    async fn complete(&mut self, txn: Txn, body: Body) -> Option<Exit> {
+        if txn.drop {
+            inc(&self.ctx.stats.fault_drop);
+            return Some(Exit::Dropped);
+        }
+        if body.too_big {
+            self.reply("552 5.3.4 Message size exceeds fixed limit\r\n").await;
+            return None;
+        }
+        let id = MESSAGE_SEQ.fetch_add(1, Ordering::Relaxed);
+        if let (Some(dir), Some(content)) = (&self.ctx.cfg.mail_dir, &body.content) {
+            if let Err(e) = store(dir, id, &txn, content).await {
+                inc(&self.ctx.stats.store_errors);
+                self.reply(&format!("451 4.3.0 Cannot store message: {}\r\n", one_line(&e.to_string()))).await;
+                return None;
+            }
+        }
+        let stats = &self.ctx.stats;
+        inc(&stats.messages);
+        stats.recipients.fetch_add(txn.rcpts.len() as u64, Ordering::Relaxed);
+        stats.bytes.fetch_add(body.bytes, Ordering::Relaxed);
+        self.reply(&format!("250 2.0.0 Ok: queued as {id:X}\r\n")).await;
+        None
+    }
+
+    fn roll(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.f64() < p
+    }
+}
+
+/// Write one accepted message to `dir` as `<id>.eml`, envelope first as `X-Mxpipe-*` header
+/// lines. Written to a temporary name and renamed, so a reader never sees half a message.
+async fn store(dir: &std::path::Path, id: u64, txn: &Txn, content: &[u8]) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(content.len() + 128);
+    out.extend_from_slice(b"X-Mxpipe-Mail-From: <");
+    out.extend_from_slice(&txn.from);
+    out.extend_from_slice(b">\r\n");
+    for r in &txn.rcpts {
+        out.extend_from_slice(b"X-Mxpipe-Rcpt-To: <");
+        out.extend_from_slice(r);
+        out.extend_from_slice(b">\r\n");
+    }
+    out.extend_from_slice(content);
+    let tmp: PathBuf = dir.join(format!(".{id:016X}.tmp"));
+    let fin: PathBuf = dir.join(format!("{id:016X}.eml"));
+    tokio::fs::write(&tmp, out).await?;
+    tokio::fs::rename(&tmp, &fin).await
+}
+
+/// Parse `FROM:<path> params` / `TO:<path> params` (the keyword case-insensitive, a space
+/// after the colon tolerated). Returns the path without brackets and the parameter text.
+fn parse_path<'b>(arg: &'b [u8], keyword: &[u8]) -> Option<(&'b [u8], &'b [u8])> {
+    if arg.len() < keyword.len() || !arg[..keyword.len()].eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = trim(&arg[keyword.len()..]);
+    if rest.first() != Some(&b'<') {
+        return None;
+    }
+    let close = memchr::memchr(b'>', rest)?;
+    let path = &rest[1..close];
+    if path.iter().any(|&b| b == b'<' || b == b' ' || b < 0x20 || b == 0x7f) {
+        return None;
+    }
+    Some((path, trim(&rest[close + 1..])))
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(parse_path(b"FROM:<a@b>", b"FROM:"), Some((&b"a@b"[..], &b""[..])));
+        assert_eq!(parse_path(b"from: <a@b> SIZE=10", b"FROM:"), Some((&b"a@b"[..], &b"SIZE=10"[..])));
+        assert_eq!(parse_path(b"FROM:<>", b"FROM:"), Some((&b""[..], &b""[..])));
+        assert_eq!(parse_path(b"FROM:a@b", b"FROM:"), None);
+        assert_eq!(parse_path(b"FROM:<a@b", b"FROM:"), None);
+        assert_eq!(parse_path(b"TO:<a b@c>", b"TO:"), None);
+        assert_eq!(parse_path(b"TO", b"TO:"), None);
+    }
+}

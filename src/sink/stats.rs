@@ -1,0 +1,167 @@
+//! The sink's counters: plain relaxed atomics, one set per sink, bumped once per event. They
+//! are read only for reports, so no ordering between them is promised; a snapshot taken
+//! after shutdown is exact.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use super::PortKind;
+
+#[derive(Debug, Default)]
+pub(crate) struct PortCounters {
+    pub connections: AtomicU64,
+    pub handshakes_full: AtomicU64,
+    pub handshakes_resumed: AtomicU64,
+    pub handshake_failures: AtomicU64,
+}
+
+/// Live counters, shared by every session of one sink.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub ports: [PortCounters; 2],
+    pub messages: AtomicU64,
+    pub recipients: AtomicU64,
+    pub bytes: AtomicU64,
+    pub fault_temp: AtomicU64,
+    pub fault_perm: AtomicU64,
+    pub fault_drop: AtomicU64,
+    pub rejected_busy: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub bad_commands: AtomicU64,
+    pub store_errors: AtomicU64,
+    pub sessions_active: AtomicU64,
+    pub sessions_aborted: AtomicU64,
+}
+
+impl Stats {
+    pub fn port(&self, kind: PortKind) -> &PortCounters {
+        &self.ports[kind as usize]
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let port = |p: &PortCounters| PortStats {
+            connections: l(&p.connections),
+            handshakes_full: l(&p.handshakes_full),
+            handshakes_resumed: l(&p.handshakes_resumed),
+            handshake_failures: l(&p.handshake_failures),
+        };
+        StatsSnapshot {
+            starttls: port(&self.ports[PortKind::StartTls as usize]),
+            implicit: port(&self.ports[PortKind::Implicit as usize]),
+            messages: l(&self.messages),
+            recipients: l(&self.recipients),
+            bytes: l(&self.bytes),
+            faults: FaultStats {
+                temp_fail: l(&self.fault_temp),
+                perm_fail: l(&self.fault_perm),
+                dropped: l(&self.fault_drop),
+            },
+            rejected_busy: l(&self.rejected_busy),
+            timeouts: l(&self.timeouts),
+            bad_commands: l(&self.bad_commands),
+            store_errors: l(&self.store_errors),
+            sessions_active: l(&self.sessions_active),
+            sessions_aborted: l(&self.sessions_aborted),
+        }
+    }
+}
+
+pub(crate) fn inc(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counters of one port kind (all listeners of that kind together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PortStats {
+    /// TCP connections accepted (including those refused for the connection limit).
+    pub connections: u64,
+    pub handshakes_full: u64,
+    pub handshakes_resumed: u64,
+    /// TLS handshakes that failed or timed out.
+    pub handshake_failures: u64,
+}
+
+impl PortStats {
+    /// Completed handshakes, full and resumed.
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes_full + self.handshakes_resumed
+    }
+}
+
+/// Injected faults, as the client saw them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FaultStats {
+    /// RCPT answered 451 by `--temp-fail-rate`.
+    pub temp_fail: u64,
+    /// RCPT answered 550 by `--perm-fail-rate`.
+    pub perm_fail: u64,
+    /// Connections closed at end of data, without a reply, by `--drop-rate`.
+    pub dropped: u64,
+}
+
+/// A point-in-time copy of the sink's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StatsSnapshot {
+    pub starttls: PortStats,
+    pub implicit: PortStats,
+    /// Messages accepted (final 250 after DATA or BDAT LAST).
+    pub messages: u64,
+    /// Recipients of accepted messages.
+    pub recipients: u64,
+    /// Message bytes accepted (after dot-unstuffing).
+    pub bytes: u64,
+    pub faults: FaultStats,
+    /// Connections refused with 421 because the connection limit was reached.
+    pub rejected_busy: u64,
+    /// Sessions closed with 421 because the client was idle too long.
+    pub timeouts: u64,
+    /// Commands answered 5xx as unrecognised, malformed, overlong or out of sequence.
+    pub bad_commands: u64,
+    /// Messages refused with 451 because writing them to `--mail-dir` failed.
+    pub store_errors: u64,
+    /// Sessions open when the snapshot was taken.
+    pub sessions_active: u64,
+    /// Sessions cut off at the end of the shutdown grace period.
+    pub sessions_aborted: u64,
+}
+
+impl StatsSnapshot {
+    /// The counters of one port kind.
+    pub fn port(&self, kind: PortKind) -> &PortStats {
+        match kind {
+            PortKind::StartTls => &self.starttls,
+            PortKind::Implicit => &self.implicit,
+        }
+    }
+
+    /// A human-readable summary, one fact per line.
+    pub fn to_table(&self) -> String {
+        let mut s = String::new();
+        s.push_str("port      connections  full  resumed  tls-failures\n");
+        for (name, p) in [("starttls", &self.starttls), ("implicit", &self.implicit)] {
+            s.push_str(&format!(
+                "{name:<9} {:>11} {:>5} {:>8} {:>13}\n",
+                p.connections, p.handshakes_full, p.handshakes_resumed, p.handshake_failures
+            ));
+        }
+        s.push_str(&format!(
+            "messages {}  recipients {}  bytes {}\n\
+             faults: temp-fail {}  perm-fail {}  dropped {}\n\
+             refused-busy {}  timeouts {}  bad-commands {}  store-errors {}  aborted-sessions {}\n",
+            self.messages,
+            self.recipients,
+            self.bytes,
+            self.faults.temp_fail,
+            self.faults.perm_fail,
+            self.faults.dropped,
+            self.rejected_busy,
+            self.timeouts,
+            self.bad_commands,
+            self.store_errors,
+            self.sessions_aborted
+        ));
+        s
+    }
+}
