@@ -199,6 +199,8 @@ pub enum LoadgenError {
     SourceSpreadNotLoopback { target: IpAddr },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    #[error("cannot start the embedded sink: {0}")]
+    EmbeddedSink(String),
     #[error("TLS configuration: {0}")]
     Tls(#[from] TlsError),
 }

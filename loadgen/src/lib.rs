@@ -12,6 +12,7 @@
 //! - [`phase`]: one port's measurement: closed-loop workers or an open-loop schedule.
 //! - [`report`]: histograms and counters, merged into a [`Report`] (table or JSON).
 //! - [`progress`]: the live one-line display on a terminal's stderr.
+//! - [`embedded`]: mxpipe's own sink started in-process (`--embedded-sink`).
 //!
 //! Accounting invariant, per port: every attempt (a TCP connect that was started) ends as
 //! exactly one success or exactly one error class, so `attempts == successes + errors`.
@@ -22,6 +23,7 @@
 pub mod class;
 pub mod config;
 pub mod conn;
+pub mod embedded;
 pub mod message;
 pub mod phase;
 pub mod progress;

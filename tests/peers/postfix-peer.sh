@@ -100,6 +100,8 @@ smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 smtpd_client_message_rate_limit = 0
 smtpd_error_sleep_time = 0
+# no reverse DNS of the client (127.0.0.x sources would wait on it)
+smtpd_peername_lookup = no
 message_size_limit = 52428800
 smtpd_banner = \$myhostname ESMTP peer
 # TLS server side

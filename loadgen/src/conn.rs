@@ -1,0 +1,405 @@
+//! One connection: TCP connect, the SMTP steps around TLS, the TLS handshake, optional
+//! messages, QUIT, and the wait for the server to close first.
+//!
+//! This module only moves bytes, applies a timeout to every step and classifies failures;
+//! reply parsing is `mxpipe::reply`, the message is [`crate::message`], and what to do with the
+//! result (counting, histograms) belongs to [`crate::phase`]. What it learns as it goes is
+//! written into an [`Attempt`] passed by `&mut`, so a caller that cuts an attempt short (the
+//! run's hard stop) still knows whether its handshake had completed.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mxpipe::reply::{parse_reply, Capabilities, Reply};
+use mxpipe::tls::TlsFacts;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::class::{ConnError, ErrorClass};
+use crate::message::MessageTemplate;
+use crate::TlsKind;
+
+/// Everything about the target that is the same for every connection of a phase.
+#[derive(Clone)]
+pub struct Target {
+    pub kind: TlsKind,
+    pub addr: SocketAddr,
+    pub server_name: ServerName<'static>,
+    pub connector: TlsConnector,
+    /// Limit for each step.
+    pub timeout: Duration,
+    pub linger0: bool,
+    pub ehlo_name: String,
+    pub mail_from: String,
+    pub rcpt_to: String,
+    /// Transaction mode; `None` for handshake mode.
+    pub transaction: Option<Transaction>,
+}
+
+/// What transaction mode sends on each connection.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub messages_per_conn: u32,
+    pub template: Arc<MessageTemplate>,
+}
+
+/// What one attempt achieved, filled in step by step.
+#[derive(Debug, Clone, Default)]
+pub struct Attempt {
+    /// TCP connect time, once connected.
+    pub connect: Option<Duration>,
+    /// STARTTLS port: banner, EHLO, STARTTLS and its 220, once done.
+    pub starttls: Option<Duration>,
+    /// The TLS handshake, once complete.
+    pub handshake: Option<Duration>,
+    /// What the handshake negotiated, once complete.
+    pub tls: Option<TlsFacts>,
+    /// Messages the server accepted (250 after the end of data).
+    pub messages: u64,
+}
+
+/// Run one connection to `t`, binding to `source` if given. `seq` numbers the attempt (it
+/// makes Message-IDs unique). Returns the first failure; `a` says how far it got.
+pub async fn run(t: &Target, source: Option<IpAddr>, seq: u64, a: &mut Attempt) -> Result<(), ConnError> {
+    let t0 = Instant::now();
+    let tcp = within(t.timeout, "connect", connect(t, source)).await?;
+    a.connect = Some(t0.elapsed());
+    match t.kind {
+        TlsKind::StartTls => {
+            let mut wire = Wire::new(tcp, t.timeout);
+            let t1 = Instant::now();
+            let r = starttls_dialogue(&mut wire, t).await;
+            if let Err(e) = r {
+                if e.class == ErrorClass::NoStarttls {
+                    // Say goodbye so the server closes first and no client port is stuck in
+                    // TIME_WAIT; the attempt has failed already, whatever happens here.
+                    wire.quit_quietly().await;
+                }
+                return Err(e);
+            }
+            a.starttls = Some(t1.elapsed());
+            let tcp = wire.into_inner()?;
+            let tls = handshake(t, tcp, a).await?;
+            let mut wire = Wire::new(tls, t.timeout);
+            after_tls(&mut wire, t, seq, a).await
+        }
+        TlsKind::Implicit => {
+            let tls = handshake(t, tcp, a).await?;
+            let mut wire = Wire::new(tls, t.timeout);
+            expect(wire.reply("banner", ErrorClass::Banner).await?, 220, "banner", ErrorClass::Banner)?;
+            after_tls(&mut wire, t, seq, a).await
+        }
+    }
+}
+
+/// Open the TCP connection: no Nagle (SMTP is request/response), optional SO_LINGER 0 and
+/// source address.
+async fn connect(t: &Target, source: Option<IpAddr>) -> Result<TcpStream, ConnError> {
+    let err = |what: &str, e: io::Error| ConnError::io(what, &e, ErrorClass::Connect);
+    let sock = match t.addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| err("socket", e))?;
+    sock.set_nodelay(true).map_err(|e| err("TCP_NODELAY", e))?;
+    if t.linger0 {
+        sock.set_zero_linger().map_err(|e| err("SO_LINGER", e))?;
+    }
+    if let Some(ip) = source {
+        bind_address_no_port(&sock);
+        sock.bind(SocketAddr::new(ip, 0)).map_err(|e| err(&format!("bind {ip}"), e))?;
+    }
+    sock.connect(t.addr).await.map_err(|e| err(&format!("connect {}", t.addr), e))
+}
+
+/// With a source address bound before connect, let the kernel choose the port at connect
+/// time (Linux IP_BIND_ADDRESS_NO_PORT), so ports are unique per 4-tuple rather than per
+/// source address. Best effort: without it, bind still works, with fewer ports.
+fn bind_address_no_port(sock: &TcpSocket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads `one` (an int, with its size passed) on a socket we own.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = sock;
+}
+
+/// Banner, EHLO, STARTTLS, 220: everything in plaintext before the handshake.
+async fn starttls_dialogue(wire: &mut Wire<TcpStream>, t: &Target) -> Result<(), ConnError> {
+    expect(wire.reply("banner", ErrorClass::Banner).await?, 220, "banner", ErrorClass::Banner)?;
+    let caps = ehlo(wire, t).await?;
+    if !caps.starttls {
+        return Err(ConnError::new(ErrorClass::NoStarttls, "EHLO reply does not advertise STARTTLS"));
+    }
+    wire.send(b"STARTTLS\r\n", "STARTTLS").await?;
+    expect(wire.reply("STARTTLS", ErrorClass::Io).await?, 220, "STARTTLS", ErrorClass::SmtpReply)?;
+    Ok(())
+}
+
+/// The TLS handshake, timed, with the negotiated facts recorded.
+async fn handshake(t: &Target, tcp: TcpStream, a: &mut Attempt) -> Result<TlsStream<TcpStream>, ConnError> {
+    let t0 = Instant::now();
+    let tls = within(t.timeout, "TLS handshake", async {
+        t.connector
+            .connect(t.server_name.clone(), tcp)
+            .await
+            .map_err(|e| ConnError::io("TLS handshake", &e, ErrorClass::Tls))
+    })
+    .await?;
+    a.handshake = Some(t0.elapsed());
+    a.tls = Some(TlsFacts::of(tls.get_ref().1));
+    Ok(tls)
+}
+
+/// Everything after the handshake (and, on the implicit port, after the banner): messages in
+/// transaction mode, then QUIT and the close.
+async fn after_tls(
+    wire: &mut Wire<TlsStream<TcpStream>>,
+    t: &Target,
+    seq: u64,
+    a: &mut Attempt,
+) -> Result<(), ConnError> {
+    if let Some(tx) = &t.transaction {
+        let r = messages(wire, t, tx, seq, a).await;
+        if let Err(e) = r {
+            if e.class == ErrorClass::SmtpReply {
+                wire.quit_quietly().await;
+            }
+            return Err(e);
+        }
+    }
+    // Reading the 221 over TLS also processes the TLS 1.3 tickets the server sent after the
+    // handshake, which is what makes the next connection's resumption possible.
+    wire.send(b"QUIT\r\n", "QUIT").await?;
+    expect(wire.reply("QUIT", ErrorClass::Io).await?, 221, "QUIT", ErrorClass::SmtpReply)?;
+    if t.linger0 {
+        // SO_LINGER 0: dropping the socket sends RST and leaves no TIME_WAIT behind.
+        return Ok(());
+    }
+    wire.await_close().await
+}
+
+/// EHLO and its capabilities.
+async fn ehlo<S: Transport>(wire: &mut Wire<S>, t: &Target) -> Result<Capabilities, ConnError> {
+    wire.send(format!("EHLO {}\r\n", t.ehlo_name).as_bytes(), "EHLO").await?;
+    let r = wire.reply("EHLO", ErrorClass::Io).await?;
+    expect(r, 250, "EHLO", ErrorClass::SmtpReply).map(|r| Capabilities::from_ehlo(&r))
+}
+
+/// EHLO (on the STARTTLS port a second one, as RFC 3207 §4.2 requires, since the first
+/// one's answers are void after TLS), then `messages_per_conn` transactions; MAIL, RCPT and
+/// DATA go in one write when the server offers PIPELINING (RFC 2920).
+async fn messages(
+    wire: &mut Wire<TlsStream<TcpStream>>,
+    t: &Target,
+    tx: &Transaction,
+    seq: u64,
+    a: &mut Attempt,
+) -> Result<(), ConnError> {
+    let caps = ehlo(wire, t).await?;
+    let size = if caps.size.is_some() { format!(" SIZE={}", tx.template.size()) } else { String::new() };
+    let mail = format!("MAIL FROM:<{}>{size}\r\n", t.mail_from);
+    let rcpt = format!("RCPT TO:<{}>\r\n", t.rcpt_to);
+    for i in 0..u64::from(tx.messages_per_conn) {
+        if caps.pipelining {
+            wire.send(format!("{mail}{rcpt}DATA\r\n").as_bytes(), "MAIL/RCPT/DATA").await?;
+            // Read all three replies before judging, so the session stays in step for QUIT.
+            let m = wire.reply("MAIL", ErrorClass::Io).await?;
+            let r = wire.reply("RCPT", ErrorClass::Io).await?;
+            let d = wire.reply("DATA", ErrorClass::Io).await?;
+            positive(m, "MAIL")?;
+            positive(r, "RCPT")?;
+            expect(d, 354, "DATA", ErrorClass::SmtpReply)?;
+        } else {
+            wire.send(mail.as_bytes(), "MAIL").await?;
+            positive(wire.reply("MAIL", ErrorClass::Io).await?, "MAIL")?;
+            wire.send(rcpt.as_bytes(), "RCPT").await?;
+            positive(wire.reply("RCPT", ErrorClass::Io).await?, "RCPT")?;
+            wire.send(b"DATA\r\n", "DATA").await?;
+            expect(wire.reply("DATA", ErrorClass::Io).await?, 354, "DATA", ErrorClass::SmtpReply)?;
+        }
+        let msg_seq = seq.wrapping_mul(u64::from(tx.messages_per_conn)).wrapping_add(i);
+        wire.send(&tx.template.data(msg_seq), "message data").await?;
+        positive(wire.reply("end of data", ErrorClass::Io).await?, "end of data")?;
+        a.messages += 1;
+    }
+    Ok(())
+}
+
+/// The reply must have `code`, else the attempt fails with `class`.
+fn expect(r: Reply, code: u16, what: &str, class: ErrorClass) -> Result<Reply, ConnError> {
+    if r.code == code {
+        Ok(r)
+    } else {
+        Err(ConnError::new(class, format!("{what}: expected {code}, got \"{}\"", truncate(&r.one_line()))))
+    }
+}
+
+/// The reply must be 2xx, else the attempt fails as `smtp_reply`.
+fn positive(r: Reply, what: &str) -> Result<Reply, ConnError> {
+    if r.is_positive() {
+        Ok(r)
+    } else {
+        Err(ConnError::new(ErrorClass::SmtpReply, format!("{what}: \"{}\"", truncate(&r.one_line()))))
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(120) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Run `fut` within `limit`; past it, the attempt fails as `timeout`.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl Future<Output = Result<T, ConnError>>,
+) -> Result<T, ConnError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnError::new(ErrorClass::Timeout, format!("{what}: no progress in {limit:?}"))),
+    }
+}
+
+/// A byte stream SMTP runs over: plain TCP or TLS over TCP.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP stream under a TLS layer, to read to its end after the TLS close.
+    fn tcp_below(&mut self) -> Option<&mut TcpStream>;
+}
+
+impl Transport for TcpStream {
+    fn tcp_below(&mut self) -> Option<&mut TcpStream> {
+        None
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {
+    fn tcp_below(&mut self) -> Option<&mut TcpStream> {
+        Some(self.get_mut().0)
+    }
+}
+
+/// A stream with a reply buffer: replies that arrive together (pipelining) are taken one at
+/// a time, and every read and write is bounded by the step timeout.
+struct Wire<S> {
+    io: S,
+    buf: Vec<u8>,
+    timeout: Duration,
+}
+
+impl<S: Transport> Wire<S> {
+    fn new(io: S, timeout: Duration) -> Wire<S> {
+        Wire { io, buf: Vec::with_capacity(1024), timeout }
+    }
+
+    /// Write `bytes` completely.
+    async fn send(&mut self, bytes: &[u8], what: &str) -> Result<(), ConnError> {
+        let io = &mut self.io;
+        within(self.timeout, what, async {
+            io.write_all(bytes).await.map_err(|e| ConnError::io(&format!("sending {what}"), &e, ErrorClass::Io))?;
+            io.flush().await.map_err(|e| ConnError::io(&format!("sending {what}"), &e, ErrorClass::Io))
+        })
+        .await
+    }
+
+    /// Read one complete reply. `class` is for the connection failing or the reply being
+    /// malformed: `banner` for the greeting; otherwise a close is `io` and a malformed reply
+    /// `smtp_reply`.
+    async fn reply(&mut self, what: &str, class: ErrorClass) -> Result<Reply, ConnError> {
+        let malformed = if class == ErrorClass::Banner { ErrorClass::Banner } else { ErrorClass::SmtpReply };
+        let (io, buf) = (&mut self.io, &mut self.buf);
+        within(self.timeout, &format!("{what} reply"), async {
+            loop {
+                match parse_reply(buf) {
+                    Ok(Some((r, n))) => {
+                        buf.drain(..n);
+                        return Ok(r);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(ConnError::new(malformed, format!("{what} reply: {e}"))),
+                }
+                let mut chunk = [0u8; 4096];
+                match io.read(&mut chunk).await {
+                    Ok(0) => {
+                        return Err(ConnError::new(class, format!("{what} reply: connection closed by the server")))
+                    }
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(e) => return Err(ConnError::io(&format!("{what} reply"), &e, class)),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Give back the stream for the TLS upgrade. Bytes after the STARTTLS 220 would be
+    /// plaintext injected before the handshake (CVE-2011-0411 style): refuse them.
+    fn into_inner(self) -> Result<S, ConnError> {
+        if !self.buf.is_empty() {
+            return Err(ConnError::new(ErrorClass::SmtpReply, "data after the STARTTLS reply, before TLS"));
+        }
+        Ok(self.io)
+    }
+
+    /// Read until the server closes, so the server, not the client, holds the TIME_WAIT
+    /// (see field-notes: client-side TIME_WAIT exhausts ephemeral ports). Over TLS, a
+    /// close_notify ends the TLS stream; the TCP FIN follows, so read the TCP stream too.
+    async fn await_close(&mut self) -> Result<(), ConnError> {
+        let io = &mut self.io;
+        within(self.timeout, "server close after QUIT", async {
+            drain(io).await?;
+            if let Some(tcp) = io.tcp_below() {
+                drain(tcp).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// After a failure that left the session in step: QUIT, 221, wait for the close; all
+    /// best effort, since the attempt is already counted as failed.
+    async fn quit_quietly(&mut self) {
+        if self.send(b"QUIT\r\n", "QUIT").await.is_ok() && self.reply("QUIT", ErrorClass::Io).await.is_ok() {
+            let _ = self.await_close().await;
+        }
+    }
+}
+
+/// Read and discard until end of stream. A reset or a TCP close without TLS close_notify
+/// (`UnexpectedEof` from rustls) also mean the server has closed.
+async fn drain<S: AsyncRead + Unpin>(s: &mut S) -> Result<(), ConnError> {
+    let mut chunk = [0u8; 1024];
+    loop {
+        match s.read(&mut chunk).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(ConnError::io("waiting for the server to close", &e, ErrorClass::Io)),
+        }
+    }
+}
