@@ -5,14 +5,18 @@
 //! `mxpipe-loadgen` binary (`loadgen/`) only parse arguments and call into it.
 //!
 //! Modules:
+//! - [`resolve`]: MX resolution over hickory with our own TTL-bound, single-flight cache.
+//! - [`dnsserver`]: an in-process authoritative DNS server (tests and `mxpipe demo`).
 //! - [`policy`]: the MX-prefix TLS policy, a pure function of resolved facts, and what was learned.
 //! - [`reply`]: SMTP reply and EHLO-capability parsing (pure, shared by every client).
 //! - [`tls`]: rustls configuration, certificates, the client session store.
 //! - [`sink`]: the receiving SMTP server for tests and capacity benchmarks.
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
 
+pub mod dnsserver;
 pub mod policy;
 pub mod reply;
+pub mod resolve;
 pub mod sink;
 pub mod sys;
 pub mod tls;

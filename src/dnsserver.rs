@@ -1,0 +1,308 @@
+//! An in-process authoritative DNS server for tests and `mxpipe demo`.
+//!
+//! Resolution code is only trustworthy when it has met a real DNS server over real sockets:
+//! truncation, REFUSED, NXDOMAIN against NODATA and TTLs all look different on the wire than
+//! in a mock. This module serves zones we generate ([`ZoneBuilder`]) with hickory-server, on
+//! UDP and TCP of the *same* loopback port (a resolver that falls back to TCP expects that),
+//! and counts the queries it answers so that tests can prove caching and single flight.
+//!
+//! What it does not do: recursion, zone transfers, dynamic updates. A name outside every
+//! zone is REFUSED (hickory's behaviour), which tests use as a temporary DNS failure.
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::dnssec::NxProofKind;
+use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
+use hickory_server::proto::dnssec::crypto::EcdsaSigningKey;
+use hickory_server::proto::dnssec::rdata::DNSKEY;
+use hickory_server::proto::dnssec::{Algorithm, DnssecSigner, PublicKeyBuf, SigningKey, TrustAnchors};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, NS, SOA};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
+
+/// TTL of records added without an explicit one, unless [`ZoneBuilder::ttl`] changes it.
+pub const DEFAULT_TTL: u32 = 300;
+
+/// How long an idle TCP client may keep a connection to the server.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many times [`DnsServer::start`] looks for a port free on both UDP and TCP.
+const BIND_ATTEMPTS: usize = 20;
+
+/// The records of one zone, built up before the server starts.
+///
+/// Names are absolute, with or without the trailing dot (`"mx1.example.test"`); each must lie
+/// inside the zone's origin. A name that fails to parse is remembered and reported by
+/// [`DnsServer::start`], so that the builder methods can chain.
+#[derive(Debug, Clone)]
+pub struct ZoneBuilder {
+    origin: Result<Name, String>,
+    ttl: u32,
+    records: Vec<Record>,
+    errors: Vec<String>,
+    signed: bool,
+}
+
+impl ZoneBuilder {
+    /// A zone at `origin` (e.g. `"test."`) with a made-up SOA and NS, and no other records.
+    pub fn new(origin: &str) -> Self {
+        let origin = parse_name(origin);
+        ZoneBuilder { origin, ttl: DEFAULT_TTL, records: Vec::new(), errors: Vec::new(), signed: false }
+    }
+
+    /// The zone's origin, as given (lowercase, absolute), or the parse error.
+    pub fn origin(&self) -> Result<&Name, &str> {
+        self.origin.as_ref().map_err(String::as_str)
+    }
+
+    /// Default TTL, in seconds, of the records added after this call. The SOA and NS (and the
+    /// SOA minimum, which bounds negative caching) take the last value set.
+    pub fn ttl(mut self, secs: u32) -> Self {
+        self.ttl = secs;
+        self
+    }
+
+    /// Sign the zone (DNSSEC, ECDSA P-256 key generated at start, NSEC denial of existence).
+    /// The public key is in [`DnsServer::trust_anchors`], for a validating resolver.
+    pub fn dnssec(mut self) -> Self {
+        self.signed = true;
+        self
+    }
+
+    /// `domain MX pref host` with the current default TTL.
+    pub fn mx(&mut self, domain: &str, pref: u16, host: &str) -> &mut Self {
+        self.mx_with_ttl(domain, pref, host, self.ttl)
+    }
+
+    /// `domain MX pref host` with an explicit TTL.
+    pub fn mx_with_ttl(&mut self, domain: &str, pref: u16, host: &str, ttl: u32) -> &mut Self {
+        match parse_name(host) {
+            Ok(exchange) => self.push(domain, ttl, RData::MX(MX::new(pref, exchange))),
+            Err(e) => self.errors.push(e),
+        }
+        self
+    }
+
+    /// The null MX of RFC 7505 (`domain MX 0 .`): the domain accepts no mail.
+    pub fn null_mx(&mut self, domain: &str) -> &mut Self {
+        self.push(domain, self.ttl, RData::MX(MX::new(0, Name::root())));
+        self
+    }
+
+    /// `host A ip` with the current default TTL.
+    pub fn a(&mut self, host: &str, ip: Ipv4Addr) -> &mut Self {
+        self.a_with_ttl(host, ip, self.ttl)
+    }
+
+    /// `host A ip` with an explicit TTL.
+    pub fn a_with_ttl(&mut self, host: &str, ip: Ipv4Addr, ttl: u32) -> &mut Self {
+        self.push(host, ttl, RData::A(A(ip)));
+        self
+    }
+
+    /// `host AAAA ip` with the current default TTL.
+    pub fn aaaa(&mut self, host: &str, ip: Ipv6Addr) -> &mut Self {
+        self.aaaa_with_ttl(host, ip, self.ttl)
+    }
+
+    /// `host AAAA ip` with an explicit TTL.
+    pub fn aaaa_with_ttl(&mut self, host: &str, ip: Ipv6Addr, ttl: u32) -> &mut Self {
+        self.push(host, ttl, RData::AAAA(AAAA(ip)));
+        self
+    }
+
+    fn push(&mut self, owner: &str, ttl: u32, rdata: RData) {
+        match parse_name(owner) {
+            Ok(name) => self.records.push(Record::from_rdata(name, ttl, rdata)),
+            Err(e) => self.errors.push(e),
+        }
+    }
+
+    /// The zone handler hickory serves, with SOA and NS first, signed if asked; and the
+    /// zone's public key when it is signed.
+    fn build(self) -> io::Result<BuiltZone> {
+        let origin = self.origin.map_err(invalid)?;
+        if let Some(e) = self.errors.into_iter().next() {
+            return Err(invalid(e));
+        }
+        let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
+            origin.clone(),
+            ZoneType::Primary,
+            AxfrPolicy::Deny,
+            self.signed.then_some(NxProofKind::Nsec),
+        );
+        let ns = origin.prepend_label("ns").map_err(|e| invalid(e.to_string()))?;
+        let hostmaster = origin.prepend_label("hostmaster").map_err(|e| invalid(e.to_string()))?;
+        let serial = 1;
+        // SOA minimum is the negative-caching TTL (RFC 2308); the zone's TTL is as good as any.
+        let soa = SOA::new(ns.clone(), hostmaster, serial, 3600, 600, 86_400, self.ttl);
+        let mut all = vec![
+            Record::from_rdata(origin.clone(), self.ttl, RData::SOA(soa)),
+            Record::from_rdata(origin.clone(), self.ttl, RData::NS(NS(ns))),
+        ];
+        all.extend(self.records);
+        for record in all {
+            if !origin.zone_of(&record.name) {
+                return Err(invalid(format!("{} is outside zone {origin}", record.name)));
+            }
+            let desc = format!("{} {}", record.name, record.record_type());
+            if !zone.upsert_mut(record, serial) {
+                return Err(invalid(format!("zone {origin} rejected record {desc}")));
+            }
+        }
+        let public_key = if self.signed { Some(sign(&mut zone, &origin)?) } else { None };
+        Ok(BuiltZone { origin: LowerName::new(&origin), zone, public_key })
+    }
+}
+
+/// A zone ready to serve.
+struct BuiltZone {
+    origin: LowerName,
+    zone: InMemoryZoneHandler<TokioRuntimeProvider>,
+    public_key: Option<PublicKeyBuf>,
+}
+
+/// How long the zone's signatures stay valid; tests and demos are much shorter.
+const SIGNATURE_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
+
+/// Generate a key, add its DNSKEY to the zone, sign every RRset and build the NSEC chain.
+/// One key serves as both KSK and ZSK, as it may in a zone nobody delegates to.
+fn sign(zone: &mut InMemoryZoneHandler<TokioRuntimeProvider>, origin: &Name) -> io::Result<PublicKeyBuf> {
+    let dnssec_err =
+        |e: hickory_server::proto::dnssec::DnsSecError| io::Error::other(format!("DNSSEC signing of {origin}: {e}"));
+    let algorithm = Algorithm::ECDSAP256SHA256;
+    let pkcs8 = EcdsaSigningKey::generate_pkcs8(algorithm).map_err(dnssec_err)?;
+    let key = EcdsaSigningKey::from_pkcs8(&pkcs8, algorithm).map_err(dnssec_err)?;
+    let public_key = key.to_public_key().map_err(dnssec_err)?;
+    let dnskey = DNSKEY::from_key(&public_key);
+    let signer = DnssecSigner::new(dnskey, Box::new(key), origin.clone(), SIGNATURE_VALIDITY);
+    zone.add_zone_signing_key_mut(signer).map_err(dnssec_err)?;
+    zone.secure_zone_mut().map_err(dnssec_err)?;
+    Ok(public_key)
+}
+
+/// Parse an absolute name, adding the trailing dot when it is missing, lowercased.
+fn parse_name(s: &str) -> Result<Name, String> {
+    let mut name = Name::from_ascii(s).map_err(|e| format!("invalid DNS name {s:?}: {e}"))?;
+    name.set_fqdn(true);
+    Ok(name.to_lowercase())
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.into())
+}
+
+/// Wraps the catalog to count the requests it answers.
+struct CountingHandler {
+    catalog: Catalog,
+    queries: Arc<AtomicU64>,
+}
+
+// `RequestHandler` is declared with `#[async_trait]`; mxpipe does not depend on the
+// async-trait crate, so this is the method that macro would generate, written out.
+impl RequestHandler for CountingHandler {
+    fn handle_request<'life0, 'life1, 'async_trait, R, T>(
+        &'life0 self,
+        request: &'life1 Request,
+        response_handle: R,
+    ) -> Pin<Box<dyn Future<Output = ResponseInfo> + Send + 'async_trait>>
+    where
+        R: ResponseHandler + 'async_trait,
+        T: Time + 'async_trait,
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        self.catalog.handle_request::<R, T>(request, response_handle)
+    }
+}
+
+/// A running authoritative server on one loopback address, UDP and TCP on the same port.
+pub struct DnsServer {
+    addr: SocketAddr,
+    anchors: Arc<TrustAnchors>,
+    queries: Arc<AtomicU64>,
+    server: Server<CountingHandler>,
+}
+
+impl DnsServer {
+    /// Serve `zones` on `bind` (UDP and TCP). Port 0 picks a port free for both protocols.
+    ///
+    /// Fails with `InvalidInput` when a zone is malformed (bad name, record outside its zone)
+    /// and with the socket error when the address cannot be bound.
+    pub async fn start(zones: Vec<ZoneBuilder>, bind: SocketAddr) -> io::Result<DnsServer> {
+        let mut catalog = Catalog::new();
+        let mut anchors = TrustAnchors::empty();
+        for zone in zones {
+            let built = zone.build()?;
+            if let Some(key) = &built.public_key {
+                anchors.insert_with_name(key, built.origin.clone());
+            }
+            let handler: Arc<dyn ZoneHandler> = Arc::new(built.zone);
+            catalog.upsert(built.origin, vec![handler]);
+        }
+        let (udp, tcp) = bind_pair(bind).await?;
+        let addr = udp.local_addr()?;
+        let queries = Arc::new(AtomicU64::new(0));
+        let mut server = Server::new(CountingHandler { catalog, queries: queries.clone() });
+        server.register_socket(udp);
+        server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64);
+        Ok(DnsServer { addr, anchors: Arc::new(anchors), queries, server })
+    }
+
+    /// The address (UDP and TCP) the server answers on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The public keys of the signed zones ([`ZoneBuilder::dnssec`]), each bound to its zone
+    /// and without the root keys: give it to a validating resolver
+    /// (`ResolverConfig::trust_anchor`) so that answers from those zones are secure.
+    pub fn trust_anchors(&self) -> Arc<TrustAnchors> {
+        self.anchors.clone()
+    }
+
+    /// How many DNS requests the server has answered (any type, either protocol).
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+
+    /// Stop accepting requests and wait for the server's tasks to end.
+    pub async fn shutdown(mut self) {
+        // Errors here are about sockets that are being closed anyway.
+        let _ = self.server.shutdown_gracefully().await;
+    }
+}
+
+impl std::fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsServer").field("addr", &self.addr).field("queries", &self.queries()).finish()
+    }
+}
+
+/// Bind UDP, then TCP on the port UDP got. With port 0 the TCP port may be taken by
+/// someone else; then start over with a fresh UDP port.
+async fn bind_pair(bind: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    let mut last_err = None;
+    for _ in 0..BIND_ATTEMPTS {
+        let udp = UdpSocket::bind(bind).await?;
+        let addr = udp.local_addr()?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if bind.port() == 0 && e.kind() == io::ErrorKind::AddrInUse => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free port")))
+}
