@@ -13,10 +13,15 @@
 //! - [`sink`]: the receiving SMTP server for tests and capacity benchmarks.
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
 
+pub mod demo;
 pub mod dnsserver;
+pub mod engine;
+pub mod outcome;
 pub mod policy;
+pub mod pool;
 pub mod reply;
 pub mod resolve;
+pub mod session;
 pub mod sink;
 pub mod sys;
 pub mod tls;

@@ -24,6 +24,113 @@ enum Cmd {
     /// Run a receiving SMTP server (STARTTLS and implicit TLS) that counts or stores mail and
     /// can inject faults: the peer for tests and capacity benchmarks.
     Sink(SinkArgs),
+    /// Deliver messages from a JSONL file, one outcome per recipient to another JSONL file.
+    Send(SendArgs),
+    /// Deliver a generated burst to an in-process DNS server and sink on many loopback
+    /// addresses: the whole engine, with nothing installed.
+    Demo(DemoArgs),
+}
+
+/// Settings of the delivery engine shared by `send` and `demo`.
+#[derive(Args, Clone)]
+struct EngineArgs {
+    /// Shard threads, each owning its destinations (default: one per core).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Connections at once per destination domain.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    max_conns: usize,
+    /// Messages per connection before it is replaced.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    max_msgs_per_conn: u32,
+    /// Seconds an idle connection is kept for reuse.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    idle_timeout: u64,
+    /// Seconds for a TCP connect.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    connect_timeout: u64,
+    /// Upper bound, in seconds, on any single SMTP wait (RFC 5321's are minutes).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    command_timeout: u64,
+    /// Key exchange offered: default, x25519, x25519mlkem768 or p256.
+    #[arg(long, value_name = "KX", default_value = "default")]
+    kx: mxpipe::tls::Kx,
+    /// Name sent in EHLO.
+    #[arg(long, value_name = "NAME", default_value = "mxpipe.localhost")]
+    ehlo_name: String,
+    /// Trust MX-prefix policies only when the MX answer is DNSSEC-authenticated.
+    #[arg(long)]
+    require_dnssec: bool,
+}
+
+impl EngineArgs {
+    fn config(&self) -> mxpipe::engine::EngineConfig {
+        let mut c = mxpipe::engine::EngineConfig::default();
+        if let Some(n) = self.shards {
+            c.shards = n.max(1);
+        }
+        c.max_conns_per_dest = self.max_conns.max(1);
+        c.max_msgs_per_conn = self.max_msgs_per_conn.max(1);
+        c.idle_timeout = Duration::from_secs(self.idle_timeout);
+        c.connect_timeout = Duration::from_secs(self.connect_timeout.max(1));
+        c.command_timeout = Duration::from_secs(self.command_timeout.max(1));
+        c.kx = self.kx;
+        c.ehlo_name = self.ehlo_name.clone();
+        c.policy.require_dnssec_for_prefix = self.require_dnssec;
+        c.tickets_per_host = c.tickets_per_host.max(c.max_conns_per_dest);
+        c
+    }
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// Messages, one JSON object per line: {"id","from","to":[..],"data"} or "data_file".
+    #[arg(long, value_name = "FILE.jsonl")]
+    input: PathBuf,
+    /// Where to write one outcome per recipient (JSON lines); default: discard.
+    #[arg(long, value_name = "FILE.jsonl")]
+    outcomes: Option<PathBuf>,
+    /// DNS server to ask, ADDR:PORT (default: the system resolver).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = mxpipe::engine::parse_dns)]
+    dns: Option<std::net::SocketAddr>,
+    /// Ports to dial instead of 25 and 26, e.g. 25=2525,26=2526.
+    #[arg(long, value_name = "MAP", default_value = "25=25,26=26")]
+    port_map: mxpipe::engine::PortMap,
+    /// Extra trust anchor (PEM) for verified TLS, beside the Mozilla roots (repeatable).
+    #[arg(long, value_name = "FILE")]
+    ca: Vec<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Destination domains generated.
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    domains: usize,
+    /// Messages in the burst.
+    #[arg(long, value_name = "N", default_value_t = 3000)]
+    messages: usize,
+    /// Recipients per message (spread over the domains).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    rcpts_per_msg: usize,
+    /// Bytes per message.
+    #[arg(long, value_name = "BYTES", default_value_t = 2048)]
+    size: usize,
+    /// Loopback addresses (127.1.x.y) the MX hosts are spread over.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    addresses: usize,
+    /// Write one outcome per recipient here (JSON lines).
+    #[arg(long, value_name = "FILE.jsonl")]
+    outcomes: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 /// A port number, or `off` (a newtype: clap reads a bare `Option` as "flag may be absent").
@@ -134,6 +241,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Sink(args) => run_sink(args),
+        Cmd::Send(args) => run_send(args),
+        Cmd::Demo(args) => run_demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -218,6 +327,179 @@ fn run_sink(a: SinkArgs) -> Result<(), String> {
     if let Some(path) = &a.stats_json {
         let json = serde_json::to_string_pretty(&report.stats).map_err(|e| e.to_string())?;
         std::fs::write(path, json + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Open the outcome file (or nothing) for a writer thread.
+fn outcome_writer(path: &Option<PathBuf>) -> Result<Option<std::io::BufWriter<std::fs::File>>, String> {
+    match path {
+        None => Ok(None),
+        Some(p) => std::fs::File::create(p)
+            .map(|f| Some(std::io::BufWriter::with_capacity(1 << 16, f)))
+            .map_err(|e| format!("cannot create --outcomes {}: {e}", p.display())),
+    }
+}
+
+fn write_outcome(w: &mut Option<std::io::BufWriter<std::fs::File>>, o: &mxpipe::outcome::Outcome, failed: &mut bool) {
+    use std::io::Write;
+    if let Some(f) = w {
+        if !*failed && writeln!(f, "{}", o.to_json()).is_err() {
+            *failed = true;
+            eprintln!("mxpipe: error: writing outcomes failed; the summary still counts them");
+        }
+    }
+}
+
+fn print_summary(stats: &mxpipe::engine::EngineStats, tally: &mxpipe::outcome::Tally) {
+    println!(
+        "messages {}  recipients {}  delivered {}  deferred {}  bounced {}",
+        stats.messages, stats.recipients, tally.delivered, tally.deferred, tally.bounced
+    );
+    println!("elapsed {:.2} s  {:.0} messages/s  engine CPU {:.2} s", stats.elapsed_s, stats.messages_per_s, stats.cpu_s);
+    println!(
+        "connections {} opened, {} reuses from the idle pool, {:.1} transactions per connection",
+        stats.connections_opened, stats.connections_reused, stats.transactions_per_connection
+    );
+    println!("TLS handshakes {} full, {} resumed", stats.tls_full_handshakes, stats.tls_resumed_handshakes);
+    println!(
+        "DNS {} lookups, {} cache hits, {} coalesced, {} queries sent",
+        stats.dns_lookups, stats.dns_cache_hits, stats.dns_coalesced, stats.dns_queries
+    );
+    let join = |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+    println!("recipients by policy: {}", join(&tally.by_policy));
+    println!("recipients by TLS: {}; over resumed sessions {}", join(&tally.by_tls), tally.resumed);
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputLine {
+    id: String,
+    from: String,
+    to: Vec<String>,
+    data: Option<String>,
+    data_file: Option<PathBuf>,
+}
+
+fn run_send(a: SendArgs) -> Result<(), String> {
+    use std::io::BufRead;
+    let _ = mxpipe::sys::raise_nofile_limit();
+    let mut cfg = a.engine.config();
+    if let Some(dns) = a.dns {
+        cfg.resolver.nameserver = Some(dns);
+    }
+    cfg.port_map = a.port_map;
+    for p in &a.ca {
+        cfg.extra_roots.extend(tls::certs::load_certs(p).map_err(|e| e.to_string())?);
+    }
+    let input = std::fs::File::open(&a.input).map_err(|e| format!("cannot open --input {}: {e}", a.input.display()))?;
+    let mut out = outcome_writer(&a.outcomes)?;
+    let (engine, outcomes) = mxpipe::engine::Engine::start(cfg).map_err(|e| e.to_string())?;
+    let collector = std::thread::spawn(move || {
+        let mut tally = mxpipe::outcome::Tally::default();
+        let mut failed = false;
+        for o in outcomes.iter() {
+            tally.add(&o);
+            write_outcome(&mut out, &o, &mut failed);
+        }
+        if let Some(mut f) = out {
+            use std::io::Write;
+            if f.flush().is_err() {
+                failed = true;
+            }
+        }
+        (tally, failed)
+    });
+    let mut rejected = 0u64;
+    for (n, line) in std::io::BufReader::new(input).lines().enumerate() {
+        let n = n + 1;
+        let line = line.map_err(|e| format!("reading --input line {n}: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: InputLine = match serde_json::from_str(&line) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("mxpipe: input line {n} rejected: {e}");
+                rejected += 1;
+                continue;
+            }
+        };
+        let data = match (parsed.data, parsed.data_file) {
+            (Some(d), None) => d.into_bytes(),
+            (None, Some(f)) => match std::fs::read(&f) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("mxpipe: input line {n} rejected: cannot read data_file {}: {e}", f.display());
+                    rejected += 1;
+                    continue;
+                }
+            },
+            _ => {
+                eprintln!("mxpipe: input line {n} rejected: give exactly one of \"data\" and \"data_file\"");
+                rejected += 1;
+                continue;
+            }
+        };
+        if let Err(e) = engine.submit(mxpipe::engine::Submission::new(parsed.id, parsed.from, parsed.to, data)) {
+            eprintln!("mxpipe: input line {n} rejected: {e}");
+            rejected += 1;
+        }
+    }
+    let stats = engine.shutdown();
+    let (tally, write_failed) = collector.join().map_err(|_| "outcome writer panicked".to_string())?;
+    if a.json {
+        let v = serde_json::json!({ "engine": stats, "outcomes": tally, "rejected_input_lines": rejected });
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+    } else {
+        print_summary(&stats, &tally);
+        if rejected > 0 {
+            println!("input lines rejected: {rejected} (see the messages above)");
+        }
+    }
+    if write_failed {
+        return Err("not every outcome could be written to --outcomes".into());
+    }
+    if rejected > 0 {
+        return Err(format!("{rejected} input line(s) rejected"));
+    }
+    Ok(())
+}
+
+fn run_demo(a: DemoArgs) -> Result<(), String> {
+    let _ = mxpipe::sys::raise_nofile_limit();
+    let rt = runtime(None)?;
+    let mut out = outcome_writer(&a.outcomes)?;
+    let cfg = mxpipe::demo::DemoConfig {
+        domains: a.domains,
+        messages: a.messages,
+        rcpts_per_msg: a.rcpts_per_msg,
+        size: a.size,
+        addresses: a.addresses,
+        engine: a.engine.config(),
+    };
+    if !a.json {
+        println!(
+            "mxpipe demo: {} messages x {} recipients to {} domains (MX hosts: a third each starttls-, smtps-, plain) on {} loopback addresses",
+            cfg.messages, cfg.rcpts_per_msg, cfg.domains, cfg.addresses.min(cfg.domains)
+        );
+    }
+    let report = rt.block_on(mxpipe::demo::run(cfg, move |o| {
+        let mut failed = false;
+        write_outcome(&mut out, o, &mut failed);
+    }))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    } else {
+        print_summary(&report.engine, &report.outcomes);
+        let s = &report.sink;
+        println!(
+            "sink received {} messages for {} recipients; handshakes: STARTTLS {} full {} resumed, implicit {} full {} resumed",
+            s.messages, s.recipients, s.starttls.handshakes_full, s.starttls.handshakes_resumed, s.implicit.handshakes_full, s.implicit.handshakes_resumed
+        );
+    }
+    if report.outcomes.total() != report.engine.recipients {
+        return Err(format!("{} outcomes for {} recipients", report.outcomes.total(), report.engine.recipients));
     }
     Ok(())
 }

@@ -128,11 +128,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             self.reply(&text).await;
         }
         loop {
+            let mut batch = 0u64;
             loop {
                 match self.take_line() {
                     Line::Command(start, end) => {
+                        batch += 1;
                         let line = self.rbuf[start..end].to_vec();
                         if let Some(exit) = self.command(&line).await {
+                            self.count_batch(batch);
                             return self.finish(exit).await;
                         }
                     }
@@ -144,9 +147,17 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                     Line::Incomplete => break,
                 }
             }
+            self.count_batch(batch);
             if let Err(exit) = self.fill(true).await {
                 return self.finish(exit).await;
             }
+        }
+    }
+
+    fn count_batch(&self, commands: u64) {
+        if commands > 0 {
+            self.ctx.stats.commands.fetch_add(commands, Ordering::Relaxed);
+            inc(&self.ctx.stats.command_batches);
         }
     }
 

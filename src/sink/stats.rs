@@ -32,6 +32,8 @@ pub(crate) struct Stats {
     pub store_errors: AtomicU64,
     pub sessions_active: AtomicU64,
     pub sessions_aborted: AtomicU64,
+    pub commands: AtomicU64,
+    pub command_batches: AtomicU64,
 }
 
 impl Stats {
@@ -64,6 +66,8 @@ impl Stats {
             store_errors: l(&self.store_errors),
             sessions_active: l(&self.sessions_active),
             sessions_aborted: l(&self.sessions_aborted),
+            commands: l(&self.commands),
+            command_batches: l(&self.command_batches),
         }
     }
 }
@@ -125,6 +129,11 @@ pub struct StatsSnapshot {
     pub sessions_active: u64,
     /// Sessions cut off at the end of the shutdown grace period.
     pub sessions_aborted: u64,
+    /// SMTP commands received.
+    pub commands: u64,
+    /// Reads that brought at least one command: `commands / command_batches` above 1 shows
+    /// the clients pipelining.
+    pub command_batches: u64,
 }
 
 impl StatsSnapshot {

@@ -1,0 +1,154 @@
+//! `mxpipe demo`: the whole engine on an embedded default that needs nothing installed.
+//!
+//! Starts, in this process, a real DNS server (hickory-server on loopback UDP/TCP) serving
+//! generated domains whose MX hosts mix `starttls-`, `smtps-` and plain names spread over
+//! many 127.x.y.z addresses, and the sink listening on all of those addresses with a
+//! certificate for `*.demo.test` from a generated CA; then it delivers a generated burst with
+//! the engine, through the real resolver, policy, pool, TLS and SMTP code, and reports.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::dnsserver::{DnsServer, ZoneBuilder};
+use crate::engine::{Engine, EngineConfig, EngineStats, PortMap, Submission};
+use crate::outcome::{Outcome, Tally};
+use crate::resolve::ResolverConfig;
+use crate::sink::{Sink, SinkConfig, StatsSnapshot};
+use crate::tls::{self, ServerResumption};
+
+/// The size of the generated world and burst.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    pub domains: usize,
+    pub messages: usize,
+    pub rcpts_per_msg: usize,
+    /// Bytes of each generated message.
+    pub size: usize,
+    /// Loopback addresses the MX hosts are spread over (127.1.x.y).
+    pub addresses: usize,
+    /// Engine settings; resolver, port map and trust are filled in by the demo.
+    pub engine: EngineConfig,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig { domains: 300, messages: 3000, rcpts_per_msg: 2, size: 2048, addresses: 64, engine: EngineConfig::default() }
+    }
+}
+
+/// What the demo did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoReport {
+    pub engine: EngineStats,
+    pub outcomes: Tally,
+    pub sink: StatsSnapshot,
+    pub dns_server_queries: u64,
+}
+
+/// The i-th loopback address of the demo (127.1.0.1, 127.1.0.2, …).
+fn address(i: usize) -> Ipv4Addr {
+    let n = i as u32 + 1;
+    Ipv4Addr::new(127, 1, (n >> 8) as u8, (n & 0xff) as u8)
+}
+
+/// The MX host name of domain `i`: a third each `starttls-`, `smtps-` and plain.
+pub fn mx_name(i: usize) -> String {
+    match i % 3 {
+        0 => format!("starttls-mx{i}.demo.test"),
+        1 => format!("smtps-mx{i}.demo.test"),
+        _ => format!("mx{i}.demo.test"),
+    }
+}
+
+/// A generated message of about `size` bytes.
+pub fn message(i: usize, from: &str, to: &[String], size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: <{from}>\r\nTo: {}\r\nSubject: mxpipe demo message {i}\r\nMessage-ID: <demo-{i}@mxpipe.localhost>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n",
+        to.iter().map(|t| format!("<{t}>")).collect::<Vec<_>>().join(", ")
+    )
+    .into_bytes();
+    let line = b"The quick brown fox jumps over the lazy dog; mxpipe delivers it over TLS.\r\n";
+    while m.len() < size {
+        m.extend_from_slice(line);
+    }
+    m
+}
+
+/// Run the demo on the current tokio runtime (the sink and DNS server run here; the engine
+/// has its own shard threads).
+pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 'static) -> Result<DemoReport, String> {
+    if cfg.domains == 0 || cfg.messages == 0 || cfg.rcpts_per_msg == 0 {
+        return Err("--domains, --messages and --rcpts-per-msg must be at least 1".into());
+    }
+    let addresses = cfg.addresses.clamp(1, 60_000);
+    let mut zone = ZoneBuilder::new("demo.test.");
+    for i in 0..cfg.domains {
+        let host = mx_name(i);
+        zone.mx(&format!("d{i}.demo.test"), 10, &host);
+        zone.a(&host, address(i % addresses));
+    }
+    let dns = DnsServer::start(vec![zone], SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .map_err(|e| format!("cannot start the demo DNS server: {e}"))?;
+
+    let pki = tls::certs::generate(&["*.demo.test".into(), "demo.test".into()]).map_err(|e| e.to_string())?;
+    let server_tls = tls::server_config(pki.identity.clone(), ServerResumption::default()).map_err(|e| e.to_string())?;
+    let listen: Vec<IpAddr> = (0..addresses.min(cfg.domains)).map(|i| IpAddr::V4(address(i))).collect();
+    let sink = start_sink(server_tls, listen).await?;
+    let ports = PortMap {
+        smtp: sink.addr(crate::sink::PortKind::StartTls).map_or(0, |a| a.port()),
+        smtps: sink.addr(crate::sink::PortKind::Implicit).map_or(0, |a| a.port()),
+    };
+
+    let mut ecfg = cfg.engine.clone();
+    ecfg.resolver = ResolverConfig { nameserver: Some(dns.addr()), ..ResolverConfig::default() };
+    ecfg.port_map = ports;
+    ecfg.extra_roots = vec![pki.ca_der.clone()];
+    ecfg.connect_timeout = Duration::from_secs(5);
+    let (engine, outcomes) = Engine::start(ecfg).map_err(|e| e.to_string())?;
+    let collector = std::thread::spawn(move || {
+        let mut tally = Tally::default();
+        for o in outcomes.iter() {
+            tally.add(&o);
+            on_outcome(&o);
+        }
+        tally
+    });
+    for m in 0..cfg.messages {
+        let to: Vec<String> = (0..cfg.rcpts_per_msg)
+            .map(|r| format!("user{}@d{}.demo.test", m * cfg.rcpts_per_msg + r, (m * 7 + r * 13) % cfg.domains))
+            .collect();
+        let from = "sender@mxpipe.localhost";
+        let data = message(m, from, &to, cfg.size);
+        engine.submit(Submission::new(format!("demo-{m}"), from, to, data)).map_err(|e| e.to_string())?;
+    }
+    let stats = tokio::task::spawn_blocking(move || engine.shutdown()).await.map_err(|e| e.to_string())?;
+    let tally = collector.join().map_err(|_| "outcome collector panicked".to_string())?;
+    let sink_stats = sink.shutdown(Duration::from_secs(5)).await.stats;
+    let dns_server_queries = dns.queries();
+    dns.shutdown().await;
+    Ok(DemoReport { engine: stats, outcomes: tally, sink: sink_stats, dns_server_queries })
+}
+
+/// Start the sink on every demo address with one pair of ports (picked free on the first).
+async fn start_sink(server_tls: Arc<rustls::ServerConfig>, listen: Vec<IpAddr>) -> Result<Sink, String> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let pick = || std::net::TcpListener::bind(SocketAddr::new(listen[0], 0)).and_then(|l| l.local_addr()).map(|a| a.port());
+        let (p25, p26) = match (pick(), pick()) {
+            (Ok(a), Ok(b)) if a != b => (a, b),
+            _ => continue,
+        };
+        let mut sc = SinkConfig::new(server_tls.clone());
+        sc.listen = listen.clone();
+        sc.starttls_port = Some(p25);
+        sc.implicit_port = Some(p26);
+        sc.hostname = "sink.demo.test".into();
+        match Sink::start(sc).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!("cannot start the demo sink: {last}"))
+}

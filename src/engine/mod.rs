@@ -1,0 +1,389 @@
+//! The delivery engine: takes messages, gives back exactly one [`Outcome`] per recipient.
+//!
+//! A message is split by recipient domain; each (message, domain) part is routed to one shard
+//! by a hash of the domain, so everything about a destination (its DNS answer, what policy
+//! learned, its queue, its connections and TLS tickets) lives on one thread and is touched
+//! without locks. Each shard is an OS thread with its own current-thread tokio runtime; parts
+//! reach it through a crossbeam channel and a wake-up. Outcomes leave through one crossbeam
+//! channel that the embedder drains (the CLI writes them as JSON lines).
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use mxpipe::engine::{Engine, EngineConfig, Submission};
+//! let (engine, outcomes) = Engine::start(EngineConfig::default())?;
+//! engine.submit(Submission::new("m1", "sender@example.org", vec!["rcpt@example.net".into()], b"Subject: hi\r\n\r\nhello\r\n".to_vec()))?;
+//! let stats = engine.shutdown();           // waits until every recipient has an outcome
+//! for o in outcomes.try_iter() { println!("{}", o.to_json()); }
+//! # let _ = stats; Ok(()) }
+//! ```
+
+mod shard;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+
+use crate::outcome::{Outcome, Status};
+use crate::policy::{Floor, PolicyOptions};
+use crate::resolve::ResolverConfig;
+use crate::tls::Kx;
+
+/// Maps the logical SMTP ports to the ports actually dialled (tests run unprivileged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMap {
+    pub smtp: u16,
+    pub smtps: u16,
+}
+
+impl Default for PortMap {
+    fn default() -> Self {
+        PortMap { smtp: 25, smtps: 26 }
+    }
+}
+
+impl std::str::FromStr for PortMap {
+    type Err = String;
+    /// `25=2525,26=2526` (either may be left out).
+    fn from_str(s: &str) -> Result<PortMap, String> {
+        let mut map = PortMap::default();
+        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let (from, to) = part.split_once('=').ok_or_else(|| format!("{part:?} is not FROM=TO"))?;
+            let to: u16 = to.trim().parse().map_err(|_| format!("{to:?} is not a port"))?;
+            match from.trim() {
+                "25" => map.smtp = to,
+                "26" => map.smtps = to,
+                other => return Err(format!("only ports 25 and 26 can be mapped, not {other:?}")),
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// Everything that shapes the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Shard threads (default: one per core).
+    pub shards: usize,
+    pub resolver: ResolverConfig,
+    pub port_map: PortMap,
+    /// Trust anchors added to the Mozilla roots for verified TLS.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub kx: Kx,
+    /// Connections at once per destination domain.
+    pub max_conns_per_dest: usize,
+    /// Messages on one connection before it is closed and a new one opened.
+    pub max_msgs_per_conn: u32,
+    /// How long an idle connection is kept for reuse.
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    /// Upper bound on any single SMTP wait (RFC 5321's are minutes).
+    pub command_timeout: Duration,
+    pub ehlo_name: String,
+    pub policy: PolicyOptions,
+    /// Per-domain TLS floors set by the operator (the strictest of floor and MX prefix wins).
+    pub floors: HashMap<String, Floor>,
+    /// TLS 1.3 tickets kept per MX host name (at least the connection limit).
+    pub tickets_per_host: usize,
+    /// MX host names whose tickets are kept, per shard.
+    pub ticket_hosts: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            resolver: ResolverConfig::default(),
+            port_map: PortMap::default(),
+            extra_roots: Vec::new(),
+            kx: Kx::Default,
+            max_conns_per_dest: 8,
+            max_msgs_per_conn: 1000,
+            idle_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(300),
+            ehlo_name: "mxpipe.localhost".into(),
+            policy: PolicyOptions::default(),
+            floors: HashMap::new(),
+            tickets_per_host: 16,
+            ticket_hosts: 50_000,
+        }
+    }
+}
+
+/// One message to deliver.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub id: String,
+    /// Envelope sender without brackets; empty for the null sender.
+    pub from: String,
+    pub to: Vec<String>,
+    /// RFC 5322 bytes (line endings are normalised on the way out).
+    pub data: Arc<[u8]>,
+}
+
+impl Submission {
+    pub fn new(id: impl Into<String>, from: impl Into<String>, to: Vec<String>, data: impl Into<Arc<[u8]>>) -> Submission {
+        Submission { id: id.into(), from: from.into(), to, data: data.into() }
+    }
+}
+
+/// Why a submission was refused as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("message {0:?} has no recipients")]
+    NoRecipients(String),
+    #[error("cannot start the engine: {0}")]
+    Start(String),
+}
+
+/// Counters shared by the shards and read by [`Engine::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub messages: AtomicU64,
+    pub recipients: AtomicU64,
+    pub delivered: AtomicU64,
+    pub deferred: AtomicU64,
+    pub bounced: AtomicU64,
+    pub connections: AtomicU64,
+    pub connections_reused: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub tls_full: AtomicU64,
+    pub tls_resumed: AtomicU64,
+    pub dns_lookups: AtomicU64,
+    pub dns_cache_hits: AtomicU64,
+    pub dns_queries: AtomicU64,
+    pub dns_coalesced: AtomicU64,
+}
+
+/// A summary of the engine's work so far.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EngineStats {
+    pub messages: u64,
+    pub recipients: u64,
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+    /// Message transactions sent over connections (one per message and destination domain).
+    pub transactions: u64,
+    pub connections_opened: u64,
+    /// Times an idle connection was taken from the pool instead of opening one.
+    pub connections_reused: u64,
+    /// TCP connects that were refused or timed out.
+    pub connect_failures: u64,
+    pub transactions_per_connection: f64,
+    pub tls_full_handshakes: u64,
+    pub tls_resumed_handshakes: u64,
+    pub dns_lookups: u64,
+    pub dns_cache_hits: u64,
+    pub dns_queries: u64,
+    pub dns_coalesced: u64,
+    pub elapsed_s: f64,
+    pub messages_per_s: f64,
+    pub cpu_s: f64,
+}
+
+struct ShardHandle {
+    tx: crossbeam_channel::Sender<shard::Command>,
+    wake: Arc<tokio::sync::Notify>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A running engine.
+pub struct Engine {
+    shards: Vec<ShardHandle>,
+    counters: Arc<Counters>,
+    outcomes: crossbeam_channel::Sender<Outcome>,
+    started: Instant,
+    cpu_start: crate::sys::CpuTime,
+}
+
+impl Engine {
+    /// Start the shard threads. Outcomes arrive on the returned receiver; drain it while
+    /// submitting (it is unbounded, so a slow reader costs memory, never a lost outcome).
+    pub fn start(cfg: EngineConfig) -> Result<(Engine, crossbeam_channel::Receiver<Outcome>), SubmitError> {
+        let (otx, orx) = crossbeam_channel::unbounded();
+        let counters = Arc::new(Counters::default());
+        let cfg = Arc::new(cfg);
+        let mut shards = Vec::new();
+        for id in 0..cfg.shards.max(1) {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let wake = Arc::new(tokio::sync::Notify::new());
+            let thread = shard::spawn(id, cfg.clone(), rx, wake.clone(), otx.clone(), counters.clone())
+                .map_err(|e| SubmitError::Start(e.to_string()))?;
+            shards.push(ShardHandle { tx, wake, thread: Some(thread) });
+        }
+        Ok((
+            Engine { shards, counters, outcomes: otx, started: Instant::now(), cpu_start: crate::sys::CpuTime::now() },
+            orx,
+        ))
+    }
+
+    /// Hand a message to the engine. Recipients with no usable domain are bounced at once;
+    /// the rest are grouped by domain and queued on their shards.
+    pub fn submit(&self, msg: Submission) -> Result<(), SubmitError> {
+        if msg.to.is_empty() {
+            return Err(SubmitError::NoRecipients(msg.id));
+        }
+        let c = &self.counters;
+        c.messages.fetch_add(1, Ordering::Relaxed);
+        c.recipients.fetch_add(msg.to.len() as u64, Ordering::Relaxed);
+        let id: Arc<str> = msg.id.into();
+        let from: Arc<str> = msg.from.into();
+        let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
+        for rcpt in msg.to {
+            match domain_of(&rcpt) {
+                Some(d) => match by_domain.iter_mut().find(|(x, _)| *x == d) {
+                    Some((_, v)) => v.push(rcpt),
+                    None => by_domain.push((d, vec![rcpt])),
+                },
+                None => {
+                    let o = Outcome::local(&id, &rcpt, Status::Bounced, "5.1.3", "recipient address is not user@domain");
+                    self.emit(o);
+                }
+            }
+        }
+        for (domain, rcpts) in by_domain {
+            let shard = &self.shards[shard_of(&domain, self.shards.len())];
+            let part = shard::Part { id: id.clone(), from: from.clone(), domain, rcpts, data: msg.data.clone() };
+            if let Err(e) = shard.tx.send(shard::Command::Deliver(part)) {
+                // The shard thread is gone (it only exits at shutdown): say so per recipient.
+                let shard::Command::Deliver(part) = e.0 else { continue };
+                for r in part.rcpts {
+                    self.emit(Outcome::local(&part.id, &r, Status::Deferred, "4.3.0", "engine shard stopped"));
+                }
+                return Err(SubmitError::ShuttingDown);
+            }
+            shard.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn emit(&self, o: Outcome) {
+        shard::count_outcome(&self.counters, o.status);
+        let _ = self.outcomes.send(o);
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> EngineStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.counters;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let connections = l(&c.connections);
+        let transactions = l(&c.messages_sent);
+        EngineStats {
+            messages: l(&c.messages),
+            recipients: l(&c.recipients),
+            delivered: l(&c.delivered),
+            deferred: l(&c.deferred),
+            bounced: l(&c.bounced),
+            transactions,
+            connections_opened: connections,
+            connections_reused: l(&c.connections_reused),
+            connect_failures: l(&c.connect_failures),
+            transactions_per_connection: if connections > 0 { transactions as f64 / connections as f64 } else { 0.0 },
+            tls_full_handshakes: l(&c.tls_full),
+            tls_resumed_handshakes: l(&c.tls_resumed),
+            dns_lookups: l(&c.dns_lookups),
+            dns_cache_hits: l(&c.dns_cache_hits),
+            dns_queries: l(&c.dns_queries),
+            dns_coalesced: l(&c.dns_coalesced),
+            elapsed_s: elapsed,
+            messages_per_s: if elapsed > 0.0 { l(&c.messages) as f64 / elapsed } else { 0.0 },
+            cpu_s: crate::sys::CpuTime::now().since(&self.cpu_start).total_secs(),
+        }
+    }
+
+    /// Outcomes given so far (every recipient gets exactly one).
+    pub fn outcomes_given(&self) -> u64 {
+        let c = &self.counters;
+        c.delivered.load(Ordering::Relaxed) + c.deferred.load(Ordering::Relaxed) + c.bounced.load(Ordering::Relaxed)
+    }
+
+    /// Wait until every submitted recipient has its outcome, close idle connections, stop the
+    /// shards, and return the final counters.
+    pub fn shutdown(mut self) -> EngineStats {
+        for s in &self.shards {
+            let _ = s.tx.send(shard::Command::Drain);
+            s.wake.notify_one();
+        }
+        for s in &mut self.shards {
+            if let Some(t) = s.thread.take() {
+                let _ = t.join();
+            }
+        }
+        self.stats()
+    }
+}
+
+/// The lower-cased domain of `user@domain`, if it has one.
+pub fn domain_of(addr: &str) -> Option<String> {
+    let (local, domain) = addr.rsplit_once('@')?;
+    let domain = domain.trim_end_matches('.');
+    if local.is_empty() || domain.is_empty() || domain.contains(|c: char| c.is_whitespace() || c == '<' || c == '>') {
+        return None;
+    }
+    Some(domain.to_ascii_lowercase())
+}
+
+/// The shard a destination domain belongs to: 64-bit FNV-1a of the (lower-cased) domain.
+/// A fixed function, so the same domain goes to the same shard in every run and a
+/// benchmark's load spread is reproducible; flooding one shard on purpose would need control
+/// of the recipient domains, which a sender has anyway.
+pub fn shard_of(domain: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in domain.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+/// Resolve a `--dns` argument.
+pub fn parse_dns(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{s:?} is not ADDR:PORT or ADDR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_map_parses() {
+        assert_eq!("25=2525,26=2526".parse::<PortMap>().unwrap(), PortMap { smtp: 2525, smtps: 2526 });
+        assert_eq!("26=4026".parse::<PortMap>().unwrap(), PortMap { smtp: 25, smtps: 4026 });
+        assert!("587=1".parse::<PortMap>().is_err());
+        assert!("25:2525".parse::<PortMap>().is_err());
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(domain_of("a@Example.COM"), Some("example.com".into()));
+        assert_eq!(domain_of("a@b@c.test"), Some("c.test".into()));
+        assert_eq!(domain_of("nodomain"), None);
+        assert_eq!(domain_of("@x.test"), None);
+        assert_eq!(domain_of("a@"), None);
+    }
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        assert_eq!(shard_of("example.com", 4), shard_of("example.com", 4));
+        let mut counts = [0usize; 4];
+        for i in 0..4000 {
+            counts[shard_of(&format!("d{i}.test"), 4)] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+}

@@ -1,0 +1,531 @@
+//! One shard: an OS thread with a current-thread tokio runtime that owns every destination
+//! routed to it — its DNS answers (through its own resolver and cache), what the policy
+//! learned, its queue of message parts, its connections (busy and idle) and its TLS tickets.
+//! Everything here is touched only from this thread (`Rc`/`RefCell`, no locks).
+//!
+//! Per destination domain, up to `max_conns_per_dest` workers run. A worker resolves the
+//! domain, walks its MX hosts in preference order and each host's policy steps, opens (or
+//! takes from the idle pool) a connection, and delivers queued parts over it until the queue
+//! is empty, then parks the connection in the pool. Every recipient ends with exactly one
+//! outcome: delivered, deferred (with the reason) or bounced (with the reason).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::{Counters, EngineConfig};
+use crate::outcome::{Outcome, Status, TlsUse};
+use crate::policy::{self, Floor, HostPlan, LogicalPort, PolicyCache, Security};
+use crate::pool::{Conn, ConnectError, DeliverError, Pool, Target, TlsClients, Timeouts};
+use crate::resolve::{Destination, MxResolver};
+use crate::session::{Message, MessageOutcome, RcptStatus};
+use crate::tls::{self, ClientOptions, ClientResumption, TicketStore, Verify};
+
+/// Queued parts per open connection of a destination before another connection is opened.
+const BACKLOG_PER_CONNECTION: usize = 16;
+
+/// What the engine sends a shard.
+pub(super) enum Command {
+    Deliver(Part),
+    /// Finish everything queued, close idle connections, stop.
+    Drain,
+}
+
+/// The recipients of one message at one destination domain.
+pub(super) struct Part {
+    pub id: Arc<str>,
+    pub from: Arc<str>,
+    pub domain: String,
+    pub rcpts: Vec<String>,
+    pub data: Arc<[u8]>,
+}
+
+pub(super) fn count_outcome(c: &Counters, s: Status) {
+    let a = match s {
+        Status::Delivered => &c.delivered,
+        Status::Deferred => &c.deferred,
+        Status::Bounced => &c.bounced,
+    };
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(super) fn spawn(
+    id: usize,
+    cfg: Arc<EngineConfig>,
+    rx: crossbeam_channel::Receiver<Command>,
+    wake: Arc<Notify>,
+    outcomes: crossbeam_channel::Sender<Outcome>,
+    counters: Arc<Counters>,
+) -> std::io::Result<JoinHandle<()>> {
+    // Build what can fail before the thread starts, so start() reports it.
+    let resolver = MxResolver::new(cfg.resolver.clone()).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tls = tls_clients(&cfg).map_err(|e| std::io::Error::other(e.to_string()))?;
+    std::thread::Builder::new().name(format!("mxpipe-shard-{id}")).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                // Without a runtime nothing can be delivered: defer every part we are sent.
+                for cmd in rx.iter() {
+                    if let Command::Deliver(p) = cmd {
+                        for r in &p.rcpts {
+                            count_outcome(&counters, Status::Deferred);
+                            let _ = outcomes.send(Outcome::local(&p.id, r, Status::Deferred, "4.3.0", format!("shard runtime failed: {e}")));
+                        }
+                    } else {
+                        break;
+                    }
+                }
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        let shard = Rc::new(Shard {
+            cfg: cfg.clone(),
+            resolver,
+            tls,
+            policy: RefCell::new(PolicyCache::new(&cfg.policy)),
+            domains: RefCell::new(HashMap::new()),
+            pool: RefCell::new(Pool::default()),
+            outcomes,
+            counters,
+            idle: Notify::new(),
+            next_seq: std::cell::Cell::new(1),
+            dns_seen: std::cell::Cell::new(Default::default()),
+        });
+        local.block_on(&rt, run(shard, rx, wake));
+    })
+}
+
+fn tls_clients(cfg: &EngineConfig) -> Result<TlsClients, tls::TlsError> {
+    let store = || Arc::new(TicketStore::new(cfg.ticket_hosts, cfg.tickets_per_host.max(cfg.max_conns_per_dest), 1));
+    let verifying = tls::client_config(
+        &ClientOptions {
+            verify: Verify::webpki_plus(&cfg.extra_roots)?,
+            kx: cfg.kx,
+            resumption: ClientResumption::Tickets,
+            tls12_only: false,
+        },
+        Some(store()),
+    )?;
+    let opportunistic = tls::client_config(
+        &ClientOptions { verify: Verify::None, kx: cfg.kx, resumption: ClientResumption::Tickets, tls12_only: false },
+        Some(store()),
+    )?;
+    Ok(TlsClients { verifying, opportunistic })
+}
+
+struct Shard {
+    cfg: Arc<EngineConfig>,
+    resolver: MxResolver,
+    tls: TlsClients,
+    policy: RefCell<PolicyCache>,
+    domains: RefCell<HashMap<String, DomainState>>,
+    pool: RefCell<Pool>,
+    outcomes: crossbeam_channel::Sender<Outcome>,
+    counters: Arc<Counters>,
+    /// Signalled whenever a worker ends, so draining can wait for the last one.
+    idle: Notify,
+    next_seq: std::cell::Cell<u64>,
+    /// The resolver's counters as last added to the engine's, to add only what is new.
+    dns_seen: std::cell::Cell<crate::resolve::ResolverStats>,
+}
+
+#[derive(Default)]
+struct DomainState {
+    queue: VecDeque<Job>,
+    workers: usize,
+    /// Workers that currently hold a working connection.
+    connected: usize,
+}
+
+/// A part with the session's numeric id.
+struct Job {
+    seq: u64,
+    part: Part,
+}
+
+impl Job {
+    fn message(&self) -> Message {
+        Message { id: self.seq, from: self.part.from.to_string(), rcpts: self.part.rcpts.clone(), data: self.part.data.clone() }
+    }
+}
+
+async fn run(shard: Rc<Shard>, rx: crossbeam_channel::Receiver<Command>, wake: Arc<Notify>) {
+    let reaper = tokio::task::spawn_local(reap(shard.clone()));
+    let mut draining = false;
+    loop {
+        // Take everything queued before sleeping: bursts arrive many parts per wake-up.
+        loop {
+            match rx.try_recv() {
+                Ok(Command::Deliver(part)) => enqueue(&shard, part),
+                Ok(Command::Drain) => draining = true,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    draining = true;
+                    break;
+                }
+            }
+        }
+        if draining && shard.domains.borrow().values().all(|d| d.workers == 0 && d.queue.is_empty()) {
+            break;
+        }
+        if draining {
+            shard.idle.notified().await;
+        } else {
+            wake.notified().await;
+        }
+    }
+    reaper.abort();
+    let conns = shard.pool.borrow_mut().drain();
+    let quits: Vec<_> = conns.into_iter().map(|c| c.quit(&shard.tls, timeouts(&shard.cfg))).collect();
+    for q in quits {
+        q.await;
+    }
+}
+
+/// Close connections that idled past their time, once a second.
+async fn reap(shard: Rc<Shard>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let expired = shard.pool.borrow_mut().expired(Instant::now());
+        for c in expired {
+            let s = shard.clone();
+            tokio::task::spawn_local(async move { c.quit(&s.tls, timeouts(&s.cfg)).await });
+        }
+    }
+}
+
+fn timeouts(cfg: &EngineConfig) -> Timeouts {
+    Timeouts { connect: cfg.connect_timeout, tls_handshake: cfg.tls_handshake_timeout, max_command: cfg.command_timeout }
+}
+
+fn enqueue(shard: &Rc<Shard>, part: Part) {
+    let seq = shard.next_seq.get();
+    shard.next_seq.set(seq + 1);
+    let domain = part.domain.clone();
+    let spawn = {
+        let mut domains = shard.domains.borrow_mut();
+        let d = domains.entry(domain.clone()).or_default();
+        d.queue.push_back(Job { seq, part });
+        // One more worker (so one more connection) while under the limit and the backlog is
+        // more than the open ones will clear soon: a handshake costs more than a few queued
+        // transactions on a warm, pipelining connection.
+        let spawn = d.workers < shard.cfg.max_conns_per_dest.max(1)
+            && (d.workers == 0 || d.queue.len() > d.workers * BACKLOG_PER_CONNECTION);
+        if spawn {
+            d.workers += 1;
+        }
+        spawn
+    };
+    if spawn {
+        tokio::task::spawn_local(worker(shard.clone(), domain));
+    }
+}
+
+/// Emit one outcome per recipient of `job`.
+fn finish(shard: &Shard, job: &Job, status: Status, enhanced: &str, reason: &str, ctx: Option<&OutcomeCtx>) {
+    for r in &job.part.rcpts {
+        let mut o = Outcome::local(&job.part.id, r, status, enhanced, reason);
+        if let Some(c) = ctx {
+            c.fill(&mut o);
+        }
+        count_outcome(&shard.counters, status);
+        let _ = shard.outcomes.send(o);
+    }
+}
+
+/// Connection facts copied into outcomes.
+struct OutcomeCtx {
+    mx: String,
+    addr: SocketAddr,
+    tls: TlsUse,
+    policy: String,
+    dnssec: bool,
+    resumed: bool,
+    tls_version: Option<String>,
+    cipher: Option<String>,
+}
+
+impl OutcomeCtx {
+    fn of(conn: &Conn, plan: &HostPlan) -> OutcomeCtx {
+        let f = &conn.facts;
+        OutcomeCtx {
+            mx: f.host.clone(),
+            addr: SocketAddr::new(f.addr, f.port),
+            tls: f.tls,
+            policy: plan.source.to_string(),
+            dnssec: plan.dnssec,
+            resumed: f.tls_facts.as_ref().is_some_and(|t| t.resumed),
+            tls_version: f.tls_facts.as_ref().map(|t| t.version.clone()),
+            cipher: f.tls_facts.as_ref().map(|t| t.cipher.clone()),
+        }
+    }
+
+    fn fill(&self, o: &mut Outcome) {
+        o.mx = Some(self.mx.clone());
+        o.addr = Some(self.addr.ip());
+        o.port = Some(self.addr.port());
+        o.tls = self.tls;
+        o.policy = Some(self.policy.clone());
+        o.dnssec = self.dnssec;
+        o.resumed = self.resumed;
+        o.tls_version = self.tls_version.clone();
+        o.cipher = self.cipher.clone();
+    }
+}
+
+fn emit_message_outcome(shard: &Shard, job: &Job, mo: MessageOutcome, ctx: &OutcomeCtx) {
+    for r in mo.rcpts {
+        let status = match r.status {
+            RcptStatus::Delivered => Status::Delivered,
+            RcptStatus::Deferred => Status::Deferred,
+            RcptStatus::Bounced => Status::Bounced,
+        };
+        let mut o = Outcome::local(&job.part.id, &r.rcpt, status, "", "");
+        ctx.fill(&mut o);
+        o.reply = r.reply;
+        o.enhanced = r.enhanced;
+        count_outcome(&shard.counters, status);
+        let _ = shard.outcomes.send(o);
+    }
+}
+
+fn pop_job(shard: &Shard, domain: &str) -> Option<Job> {
+    shard.domains.borrow_mut().get_mut(domain).and_then(|d| d.queue.pop_front())
+}
+
+fn push_front(shard: &Shard, domain: &str, job: Job) {
+    if let Some(d) = shard.domains.borrow_mut().get_mut(domain) {
+        d.queue.push_front(job);
+    }
+}
+
+/// Fail every queued part of `domain` with one status and reason.
+fn fail_queue(shard: &Shard, domain: &str, status: Status, enhanced: &str, reason: &str) {
+    while let Some(job) = pop_job(shard, domain) {
+        finish(shard, &job, status, enhanced, reason, None);
+    }
+}
+
+fn set_connected(shard: &Shard, domain: &str, delta: isize) {
+    if let Some(d) = shard.domains.borrow_mut().get_mut(domain) {
+        d.connected = d.connected.saturating_add_signed(delta);
+    }
+}
+
+/// One delivery worker for one destination domain.
+async fn worker(shard: Rc<Shard>, domain: String) {
+    work(&shard, &domain).await;
+    let mut domains = shard.domains.borrow_mut();
+    if let Some(d) = domains.get_mut(&domain) {
+        d.workers -= 1;
+        let (workers, empty) = (d.workers, d.queue.is_empty());
+        if workers == 0 && empty {
+            domains.remove(&domain);
+        } else if workers == 0 {
+            // Parts arrived after this worker decided to stop: start a fresh one.
+            d.workers = 1;
+            drop(domains);
+            tokio::task::spawn_local(worker(shard.clone(), domain));
+            shard.idle.notify_one();
+            return;
+        }
+    }
+    drop(domains);
+    shard.idle.notify_one();
+}
+
+/// Add what the shard's resolver counted since last time to the engine's counters.
+fn account_dns(shard: &Shard) {
+    let now = shard.resolver.stats();
+    let seen = shard.dns_seen.replace(now);
+    let c = &shard.counters;
+    c.dns_lookups.fetch_add(now.lookups - seen.lookups, Ordering::Relaxed);
+    c.dns_cache_hits.fetch_add(now.cache_hits - seen.cache_hits, Ordering::Relaxed);
+    c.dns_coalesced.fetch_add(now.coalesced - seen.coalesced, Ordering::Relaxed);
+    c.dns_queries.fetch_add(now.queries - seen.queries, Ordering::Relaxed);
+}
+
+/// How a connection's run ended.
+enum ConnEnd {
+    /// The queue ran dry; the connection was parked or closed.
+    QueueEmpty,
+    /// The connection broke mid-way; the parts in flight got their outcomes.
+    Broken(String),
+    /// The connection reached `max_msgs_per_conn` and was closed; open another.
+    Recycle,
+}
+
+async fn work(shard: &Rc<Shard>, domain: &str) {
+    let resolved = shard.resolver.resolve(domain).await;
+    account_dns(shard);
+    let dest = match resolved {
+        Ok(d) => d,
+        Err(e) => {
+            let status = if e.is_permanent() { Status::Bounced } else { Status::Deferred };
+            fail_queue(shard, domain, status, e.enhanced_code(), &format!("{domain}: {e}"));
+            return;
+        }
+    };
+    let floor = shard.cfg.floors.get(domain).copied().unwrap_or(Floor::None);
+    let mut last_error = String::from("no usable MX host");
+    let mut broken = 0;
+    'again: loop {
+        for host in &dest.hosts {
+            if host.addrs.is_empty() {
+                last_error = format!("{}: no address", host.name);
+                continue;
+            }
+            let plan = {
+                let cache = shard.policy.borrow();
+                policy::plan_cached(&cache, &host.name, dest.dnssec, floor, &shard.cfg.policy, Instant::now())
+            };
+            match try_host(shard, domain, &dest, host, &plan).await {
+                Ok(ConnEnd::QueueEmpty) => return,
+                Ok(ConnEnd::Recycle) => continue 'again,
+                Ok(ConnEnd::Broken(e)) => {
+                    last_error = e;
+                    broken += 1;
+                    if broken >= 3 {
+                        break 'again;
+                    }
+                    // Parts remain: reconnect from the most preferred host.
+                    continue 'again;
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        break;
+    }
+    // Every host failed. Leave the queue to a worker that has a connection; else defer it.
+    let connected = shard.domains.borrow().get(domain).map_or(0, |d| d.connected);
+    if connected == 0 {
+        fail_queue(shard, domain, Status::Deferred, "4.4.1", &last_error);
+    }
+}
+
+/// Try one MX host through its policy steps. `Err` carries the reason it could not be used.
+async fn try_host(
+    shard: &Rc<Shard>,
+    domain: &str,
+    dest: &Destination,
+    host: &crate::resolve::MxHost,
+    plan: &HostPlan,
+) -> Result<ConnEnd, String> {
+    let mut last = String::new();
+    for step in &plan.steps {
+        let port = match step.port {
+            LogicalPort::Smtp => shard.cfg.port_map.smtp,
+            LogicalPort::Smtps => shard.cfg.port_map.smtps,
+        };
+        let mut unreachable = 0;
+        for &ip in &host.addrs {
+            let target = Target {
+                host: host.name.clone(),
+                addr: SocketAddr::new(ip, port),
+                start: step.start,
+                security: step.security,
+                verify_name: plan.verify_name.clone(),
+            };
+            match open(shard, target.clone()).await {
+                Ok(conn) => return Ok(deliver_all(shard, domain, conn, plan).await),
+                Err(ConnectError::Unreachable { addr, reason }) => {
+                    shard.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    unreachable += 1;
+                    last = format!("{} ({addr}): {reason}", host.name);
+                }
+                Err(ConnectError::OpportunisticTls { host: h, reason }) => {
+                    // Opportunistic: remember, and retry this address in clear at once.
+                    shard.policy.borrow_mut().tls_failed(&h, Instant::now());
+                    let clear = Target { security: Security::Clear, ..target };
+                    match open(shard, clear).await {
+                        Ok(conn) => return Ok(deliver_all(shard, domain, conn, plan).await),
+                        Err(e) => last = format!("{e} (after TLS failed: {reason})"),
+                    }
+                }
+                Err(e @ ConnectError::Policy { .. }) => {
+                    // A policy failure may be an attack: never clear text, try the next host.
+                    shard.policy.borrow_mut().failure(&host.name, &e.to_string(), Instant::now());
+                    return Err(e.to_string());
+                }
+                Err(e @ ConnectError::Smtp { .. }) => {
+                    last = e.to_string();
+                }
+            }
+        }
+        if step.port == LogicalPort::Smtps && unreachable == host.addrs.len() {
+            shard.policy.borrow_mut().port26_unreachable(&host.name, Instant::now());
+        }
+    }
+    let _ = dest;
+    Err(if last.is_empty() { format!("{}: no policy step usable", host.name) } else { last })
+}
+
+/// A connection to `target`: an idle one from the pool, or a new one.
+async fn open(shard: &Rc<Shard>, target: Target) -> Result<Conn, ConnectError> {
+    if let Some(conn) = shard.pool.borrow_mut().take(&target, Instant::now()) {
+        shard.counters.connections_reused.fetch_add(1, Ordering::Relaxed);
+        return Ok(conn);
+    }
+    let (conn, full) = Conn::open(target, &shard.tls, &shard.cfg.ehlo_name, timeouts(&shard.cfg)).await?;
+    let c = &shard.counters;
+    c.connections.fetch_add(1, Ordering::Relaxed);
+    if conn.facts.tls != TlsUse::None {
+        if full { &c.tls_full } else { &c.tls_resumed }.fetch_add(1, Ordering::Relaxed);
+    }
+    if conn.facts.tls == TlsUse::None && conn.target.security == Security::Opportunistic {
+        // Opportunistic host that did not offer STARTTLS: remember, skip the EHLO check next time.
+        shard.policy.borrow_mut().starttls_absent(&conn.target.host, Instant::now());
+    }
+    Ok(conn)
+}
+
+/// Deliver queued parts of `domain` over `conn` until the queue is empty.
+async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &HostPlan) -> ConnEnd {
+    set_connected(shard, domain, 1);
+    let t = timeouts(&shard.cfg);
+    let end = loop {
+        if conn.messages >= shard.cfg.max_msgs_per_conn {
+            // This connection has done its share: close it and let the worker open another.
+            set_connected(shard, domain, -1);
+            conn.quit(&shard.tls, t).await;
+            return ConnEnd::Recycle;
+        }
+        let Some(job) = pop_job(shard, domain) else {
+            let until = Instant::now() + shard.cfg.idle_timeout;
+            shard.pool.borrow_mut().put(conn, until);
+            set_connected(shard, domain, -1);
+            return ConnEnd::QueueEmpty;
+        };
+        let ctx = OutcomeCtx::of(&conn, plan);
+        let was_reused = conn.reused && conn.messages == 0;
+        match conn.deliver(job.message(), &shard.tls, t).await {
+            Ok(mo) => {
+                shard.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+                emit_message_outcome(shard, &job, mo, &ctx);
+                shard.policy.borrow_mut().success(&conn.target.host, Instant::now());
+            }
+            Err(DeliverError::Broken { error, unfinished }) => {
+                if was_reused {
+                    // A parked connection the server had closed meanwhile: nothing was
+                    // delivered on it; put the part back and open a fresh connection.
+                    push_front(shard, domain, job);
+                } else {
+                    let reason = format!("{}: connection failed during the transaction, delivery status unknown: {error}", conn.target.host);
+                    debug_assert!(unfinished.len() <= 1);
+                    finish(shard, &job, Status::Deferred, "4.4.2", &reason, Some(&ctx));
+                }
+                break ConnEnd::Broken(error);
+            }
+        }
+    };
+    set_connected(shard, domain, -1);
+    end
+}

@@ -1,0 +1,164 @@
+//! Outcomes: the one record every recipient of every submitted message ends with.
+//!
+//! 2xx → delivered; 4xx, connection failures and policy failures → deferred with the reason;
+//! 5xx and permanent DNS failures → bounced with the reason. The engine guarantees exactly
+//! one outcome per recipient; this module only says what one looks like and how it is
+//! written.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+/// The final state of one recipient in this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// The receiving server accepted responsibility (2xx after the data).
+    Delivered,
+    /// Not delivered now; retrying later may succeed (4xx, connection or policy failure).
+    Deferred,
+    /// Will never be delivered as addressed (5xx, NXDOMAIN, null MX).
+    Bounced,
+}
+
+/// How TLS was used on the connection that produced the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsUse {
+    Starttls,
+    Implicit,
+    None,
+}
+
+/// One recipient's outcome, as written to `--outcomes` (one JSON object per line).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    /// The message id given at submission.
+    pub id: String,
+    pub rcpt: String,
+    pub status: Status,
+    /// The MX host that gave the final answer, if a connection got that far.
+    pub mx: Option<String>,
+    pub addr: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub tls: TlsUse,
+    /// Which policy governed the MX host (`starttls-prefix`, `smtps-prefix`, `opportunistic`,
+    /// `override`), if one was chosen.
+    pub policy: Option<String>,
+    /// The TLS session was resumed rather than fully negotiated.
+    pub resumed: bool,
+    /// The MX answer was DNSSEC-authenticated.
+    pub dnssec: bool,
+    /// TLS version and cipher, when TLS was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
+    /// The server's reply on one line, or the local reason (prefixed `mxpipe:`).
+    pub reply: String,
+    /// RFC 3463 code of the reply or of the local reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enhanced: Option<String>,
+}
+
+impl Outcome {
+    /// An outcome decided before any server answered (DNS, policy, connection failure).
+    pub fn local(id: &str, rcpt: &str, status: Status, enhanced: &str, reason: impl Into<String>) -> Outcome {
+        Outcome {
+            id: id.to_string(),
+            rcpt: rcpt.to_string(),
+            status,
+            mx: None,
+            addr: None,
+            port: None,
+            tls: TlsUse::None,
+            policy: None,
+            resumed: false,
+            dnssec: false,
+            tls_version: None,
+            cipher: None,
+            reply: format!("mxpipe: {}", reason.into()),
+            enhanced: Some(enhanced.to_string()),
+        }
+    }
+
+    /// One JSON line (without the newline).
+    pub fn to_json(&self) -> String {
+        // Serialising plain owned data with serde_json cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Outcomes counted by status, policy and TLS use: what a summary shows beside the engine's
+/// own counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Tally {
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+    /// Recipients by the policy of the MX host that answered (`none` if no host did).
+    pub by_policy: std::collections::BTreeMap<String, u64>,
+    /// Recipients by how TLS was used: `starttls`, `implicit`, `none`.
+    pub by_tls: std::collections::BTreeMap<String, u64>,
+    /// Recipients delivered over a resumed TLS session.
+    pub resumed: u64,
+    /// Recipients whose MX answer was DNSSEC-authenticated.
+    pub dnssec: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, o: &Outcome) {
+        match o.status {
+            Status::Delivered => self.delivered += 1,
+            Status::Deferred => self.deferred += 1,
+            Status::Bounced => self.bounced += 1,
+        }
+        *self.by_policy.entry(o.policy.clone().unwrap_or_else(|| "none".into())).or_default() += 1;
+        let tls = match o.tls {
+            TlsUse::Starttls => "starttls",
+            TlsUse::Implicit => "implicit",
+            TlsUse::None => "none",
+        };
+        *self.by_tls.entry(tls.into()).or_default() += 1;
+        self.resumed += u64::from(o.resumed);
+        self.dnssec += u64::from(o.dnssec);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.delivered + self.deferred + self.bounced
+    }
+}
+
+/// Classify a reply code into a status: 2xx delivered, 5xx bounced, everything else deferred.
+pub fn status_of_code(code: u16) -> Status {
+    match code {
+        200..=299 => Status::Delivered,
+        500..=599 => Status::Bounced,
+        _ => Status::Deferred,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape() {
+        let o = Outcome::local("m1", "a@b.test", Status::Bounced, "5.1.10", "null MX: domain accepts no mail");
+        let v: serde_json::Value = serde_json::from_str(&o.to_json()).unwrap();
+        assert_eq!(v["status"], "bounced");
+        assert_eq!(v["tls"], "none");
+        assert_eq!(v["resumed"], false);
+        assert_eq!(v["enhanced"], "5.1.10");
+        assert!(v["reply"].as_str().unwrap().starts_with("mxpipe: null MX"));
+        assert!(v.get("tls_version").is_none());
+    }
+
+    #[test]
+    fn codes() {
+        assert_eq!(status_of_code(250), Status::Delivered);
+        assert_eq!(status_of_code(451), Status::Deferred);
+        assert_eq!(status_of_code(550), Status::Bounced);
+        assert_eq!(status_of_code(354), Status::Deferred);
+    }
+}

@@ -1,0 +1,445 @@
+//! Connections to MX hosts: opening one according to a policy step (TCP, implicit TLS or
+//! STARTTLS, certificate verification or not), driving the sans-I/O [`session`] over it, and
+//! keeping idle ones for reuse.
+//!
+//! The pool knows nothing of DNS or of policy rules: it is handed an address, a port and a
+//! [`Step`] and reports what happened in terms the engine can act on ([`ConnectError`]).
+//! One pool per shard, used from that shard's thread only, so it needs no lock.
+//!
+//! [`session`]: crate::session
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::outcome::TlsUse;
+use crate::policy::{Security, TlsStart};
+use crate::session::{ClientSession, Event, Message, MessageOutcome, SessionConfig, SessionError, TlsMode};
+use crate::tls::TlsFacts;
+
+/// A plain or TLS stream. (`Gone` only exists for the instant of the STARTTLS upgrade.)
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Gone,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected))),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected))),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// The TLS client configs of one shard: verifying (prefix policies, `Floor::Verified`) and
+/// opportunistic (encrypt without authenticating). Each keeps its own session store, since
+/// rustls will not resume a session made under a different verifier.
+#[derive(Clone)]
+pub struct TlsClients {
+    pub verifying: Arc<ClientConfig>,
+    pub opportunistic: Arc<ClientConfig>,
+}
+
+/// Timeouts for opening connections; the SMTP dialogue's own come from the session.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub tls_handshake: Duration,
+    /// Upper bound on any single SMTP wait (RFC 5321's are minutes; tests want seconds).
+    pub max_command: Duration,
+}
+
+/// Where a connection goes and how it is secured: the pool's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: String,
+    pub addr: SocketAddr,
+    pub start: TlsStart,
+    pub security: Security,
+    /// The name the certificate must match (the MX host as published).
+    pub verify_name: String,
+}
+
+/// What we know of an open connection, for outcome records.
+#[derive(Debug, Clone)]
+pub struct ConnFacts {
+    pub host: String,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub tls: TlsUse,
+    pub tls_facts: Option<TlsFacts>,
+}
+
+/// Why a connection could not be brought to the point of sending mail.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect refused or timed out: the address (or port 26) is unreachable.
+    #[error("connect to {addr} failed: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
+    /// TLS was required and could not be had: no STARTTLS, a bad certificate, a failed
+    /// handshake. A policy failure: try the next MX host, never fall back to clear text.
+    #[error("TLS policy failure at {host}: {reason}")]
+    Policy { host: String, reason: String },
+    /// Opportunistic TLS failed in the handshake: the same host may be retried in clear.
+    #[error("opportunistic TLS handshake with {host} failed: {reason}")]
+    OpportunisticTls { host: String, reason: String },
+    /// The server refused us at the greeting or EHLO, or broke the protocol.
+    #[error("{host} refused the session: {reason}")]
+    Smtp { host: String, reason: String, permanent: bool },
+}
+
+/// An open SMTP connection whose session is ready for a message.
+pub struct Conn {
+    pub stream: Stream,
+    pub session: ClientSession,
+    pub target: Target,
+    pub facts: ConnFacts,
+    /// Messages sent on this connection so far.
+    pub messages: u32,
+    /// Taken from the idle pool (so a failure on its first use may just mean it went stale).
+    pub reused: bool,
+    rbuf: Vec<u8>,
+    max_command: Duration,
+}
+
+/// How a message attempt on a connection ended.
+pub enum DeliverError {
+    /// The connection failed; the session returned the messages it had not finished.
+    Broken { error: String, unfinished: Vec<Message> },
+}
+
+impl Conn {
+    /// Open a connection to `target` and run the dialogue up to the first `Ready`.
+    pub async fn open(
+        target: Target,
+        tls: &TlsClients,
+        ehlo_name: &str,
+        timeouts: Timeouts,
+    ) -> Result<(Conn, bool), ConnectError> {
+        let addr = target.addr;
+        let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ConnectError::Unreachable { addr, reason: e.to_string() }),
+            Err(_) => return Err(ConnectError::Unreachable { addr, reason: "connect timed out".into() }),
+        };
+        let _ = tcp.set_nodelay(true);
+        let mode = match (target.start, target.security) {
+            (_, Security::Clear) => TlsMode::None,
+            (TlsStart::Implicit, _) => TlsMode::Implicit,
+            (TlsStart::Starttls, Security::Opportunistic) => TlsMode::Starttls { required: false },
+            (TlsStart::Starttls, _) => TlsMode::Starttls { required: true },
+        };
+        let mut facts = ConnFacts { host: target.host.clone(), addr: addr.ip(), port: addr.port(), tls: TlsUse::None, tls_facts: None };
+        let mut stream = Stream::Plain(tcp);
+        let mut full_handshake = false;
+        if mode == TlsMode::Implicit {
+            let (s, f) = handshake(stream, &target, tls, timeouts).await?;
+            stream = s;
+            full_handshake = !f.resumed;
+            facts.tls = TlsUse::Implicit;
+            facts.tls_facts = Some(f);
+        }
+        let session = ClientSession::new(SessionConfig {
+            ehlo_name: ehlo_name.to_string(),
+            tls: mode,
+            prefer_bdat: true,
+            pipelining: true,
+        });
+        let mut conn = Conn {
+            stream,
+            session,
+            target,
+            facts,
+            messages: 0,
+            reused: false,
+            rbuf: Vec::with_capacity(4096),
+            max_command: timeouts.max_command,
+        };
+        // Drive the greeting, EHLO and (maybe) STARTTLS to Ready.
+        loop {
+            match conn.next_event(tls, timeouts).await {
+                Ok(Event::Ready) => break,
+                Ok(Event::StartTls) => unreachable!("handled in next_event"),
+                Ok(other) => {
+                    return Err(ConnectError::Smtp {
+                        host: conn.target.host.clone(),
+                        reason: format!("unexpected event before ready: {}", event_name(&other)),
+                        permanent: false,
+                    })
+                }
+                Err(Failure::Session(e)) => return Err(session_error_to_connect(&conn.target, e)),
+                Err(Failure::Tls(e)) => return Err(e),
+                Err(Failure::Io(e)) => {
+                    return Err(ConnectError::Smtp { host: conn.target.host.clone(), reason: e, permanent: false })
+                }
+            }
+        }
+        if let Some(f) = &conn.facts.tls_facts {
+            if conn.facts.tls == TlsUse::Starttls {
+                full_handshake = !f.resumed;
+            }
+        }
+        Ok((conn, full_handshake))
+    }
+
+    /// Send one message and wait for its outcome.
+    pub async fn deliver(&mut self, msg: Message, tls: &TlsClients, timeouts: Timeouts) -> Result<MessageOutcome, DeliverError> {
+        if let Err(msg) = self.session.send_message(msg) {
+            return Err(DeliverError::Broken { error: "session not ready".into(), unfinished: vec![msg] });
+        }
+        self.messages += 1;
+        loop {
+            match self.next_event(tls, timeouts).await {
+                Ok(Event::Done(outcome)) => {
+                    // The session goes Ready again; consume that event so the next use starts clean.
+                    return Ok(outcome);
+                }
+                Ok(Event::Ready) => continue,
+                Ok(other) => {
+                    let unfinished = self.session.unfinished();
+                    return Err(DeliverError::Broken { error: format!("unexpected {}", event_name(&other)), unfinished });
+                }
+                Err(f) => {
+                    let unfinished = self.session.unfinished();
+                    let error = match f {
+                        Failure::Session(e) => describe_session_error(&e),
+                        Failure::Tls(e) => e.to_string(),
+                        Failure::Io(e) => e,
+                    };
+                    return Err(DeliverError::Broken { error, unfinished });
+                }
+            }
+        }
+    }
+
+    /// Say QUIT and read to the server's close, bounded; errors do not matter any more.
+    pub async fn quit(mut self, tls: &TlsClients, timeouts: Timeouts) {
+        self.session.quit();
+        let bounded = Timeouts { max_command: Duration::from_secs(5).min(timeouts.max_command), ..timeouts };
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match self.next_event(tls, bounded).await {
+                    Ok(Event::Closed) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            // Let the server close first when it will (TIME_WAIT then lands on its side).
+            let mut buf = [0u8; 256];
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.stream.read(&mut buf)).await;
+        })
+        .await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Move bytes until the session has an event for the caller. `Send` and `StartTls` are
+    /// handled here.
+    async fn next_event(&mut self, tls: &TlsClients, timeouts: Timeouts) -> Result<Event, Failure> {
+        loop {
+            while let Some(ev) = self.session.poll_event() {
+                match ev {
+                    Event::Send(bytes) => {
+                        let wait = self.wait();
+                        let w = async {
+                            self.stream.write_all(&bytes).await?;
+                            self.stream.flush().await
+                        };
+                        match tokio::time::timeout(wait, w).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return Err(Failure::Io(format!("write failed: {e}"))),
+                            Err(_) => return Err(Failure::Io("write timed out".into())),
+                        }
+                    }
+                    Event::StartTls => {
+                        let plain = std::mem::replace(&mut self.stream, Stream::Gone);
+                        let (s, f) = handshake(plain, &self.target, tls, timeouts).await.map_err(Failure::Tls)?;
+                        self.stream = s;
+                        self.facts.tls = TlsUse::Starttls;
+                        self.facts.tls_facts = Some(f);
+                        self.session.tls_ready();
+                    }
+                    Event::Failed(e) => return Err(Failure::Session(e)),
+                    other => return Ok(other),
+                }
+            }
+            self.rbuf.clear();
+            self.rbuf.reserve(4096);
+            match tokio::time::timeout(self.wait(), self.stream.read_buf(&mut self.rbuf)).await {
+                Ok(Ok(0)) => self.session.receive_eof(),
+                Ok(Ok(_)) => self.session.receive(&self.rbuf),
+                Ok(Err(e)) => return Err(Failure::Io(format!("read failed: {e}"))),
+                Err(_) => return Err(Failure::Io(format!("timed out after {:?} waiting for the server", self.wait()))),
+            }
+        }
+    }
+
+    fn wait(&self) -> Duration {
+        self.session.timeout().min(self.max_command)
+    }
+}
+
+enum Failure {
+    Session(SessionError),
+    Tls(ConnectError),
+    Io(String),
+}
+
+fn event_name(e: &Event) -> &'static str {
+    match e {
+        Event::Send(_) => "send",
+        Event::StartTls => "starttls",
+        Event::Ready => "ready",
+        Event::Done(_) => "done",
+        Event::Closed => "connection closed",
+        Event::Failed(_) => "failure",
+    }
+}
+
+/// A one-line description of a session failure, for outcomes.
+pub fn describe_session_error(e: &SessionError) -> String {
+    e.to_string()
+}
+
+fn session_error_to_connect(target: &Target, e: SessionError) -> ConnectError {
+    let host = target.host.clone();
+    match e {
+        SessionError::StartTlsUnavailable(reason) => ConnectError::Policy { host, reason: format!("STARTTLS required: {reason}") },
+        SessionError::Greeting(r) | SessionError::Ehlo(r) => {
+            ConnectError::Smtp { host, permanent: r.is_permanent(), reason: r.one_line() }
+        }
+        other => ConnectError::Smtp { host, reason: other.to_string(), permanent: false },
+    }
+}
+
+/// TLS handshake over `stream` as the target's security asks.
+async fn handshake(
+    stream: Stream,
+    target: &Target,
+    tls: &TlsClients,
+    timeouts: Timeouts,
+) -> Result<(Stream, TlsFacts), ConnectError> {
+    let Stream::Plain(tcp) = stream else {
+        return Err(ConnectError::Policy { host: target.host.clone(), reason: "TLS requested twice".into() });
+    };
+    let (cfg, name) = match target.security {
+        Security::RequireVerified => (tls.verifying.clone(), target.verify_name.as_str()),
+        _ => (tls.opportunistic.clone(), target.host.as_str()),
+    };
+    let fail = |reason: String| match target.security {
+        Security::Opportunistic => ConnectError::OpportunisticTls { host: target.host.clone(), reason },
+        _ => ConnectError::Policy { host: target.host.clone(), reason },
+    };
+    let server_name = ServerName::try_from(name.to_string()).map_err(|e| fail(format!("bad server name {name:?}: {e}")))?;
+    let connect = TlsConnector::from(cfg).connect(server_name, tcp);
+    match tokio::time::timeout(timeouts.tls_handshake, connect).await {
+        Ok(Ok(s)) => {
+            let facts = TlsFacts::of(s.get_ref().1);
+            Ok((Stream::Tls(Box::new(s)), facts))
+        }
+        Ok(Err(e)) => Err(fail(describe_tls_error(&e))),
+        Err(_) => Err(fail("TLS handshake timed out".into())),
+    }
+}
+
+/// Say what went wrong in a handshake in words an operator can act on.
+pub fn describe_tls_error(e: &io::Error) -> String {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(c)) => format!("certificate rejected: {c:?}"),
+        Some(rustls::Error::AlertReceived(a)) => format!("server sent TLS alert {a:?}"),
+        Some(other) => format!("TLS error: {other}"),
+        None => format!("TLS handshake failed: {e}"),
+    }
+}
+
+/// Idle connections of one shard, by target, each with the time it may idle until.
+#[derive(Default)]
+pub struct Pool {
+    idle: HashMap<Target, Vec<(Conn, Instant)>>,
+}
+
+impl Pool {
+    /// Park a connection for reuse until `until`.
+    pub fn put(&mut self, conn: Conn, until: Instant) {
+        self.idle.entry(conn.target.clone()).or_default().push((conn, until));
+    }
+
+    /// Take the most recently parked connection to `target`, if any is still within its time.
+    pub fn take(&mut self, target: &Target, now: Instant) -> Option<Conn> {
+        let list = self.idle.get_mut(target)?;
+        while let Some((mut conn, until)) = list.pop() {
+            if until > now {
+                conn.reused = true;
+                return Some(conn);
+            }
+            // Past its time: dropping it closes the socket; the reaper would have QUIT it.
+        }
+        None
+    }
+
+    /// Remove and return connections idle past their time.
+    pub fn expired(&mut self, now: Instant) -> Vec<Conn> {
+        let mut out = Vec::new();
+        for list in self.idle.values_mut() {
+            let mut i = 0;
+            while i < list.len() {
+                if list[i].1 <= now {
+                    out.push(list.swap_remove(i).0);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.idle.retain(|_, l| !l.is_empty());
+        out
+    }
+
+    /// Remove and return every idle connection (at shutdown).
+    pub fn drain(&mut self) -> Vec<Conn> {
+        self.idle.drain().flat_map(|(_, l)| l.into_iter().map(|(c, _)| c)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.idle.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
