@@ -65,3 +65,46 @@ async fn interop_postfix_accepts_pipelined_transactions() {
     assert_clean(&r, 6);
     assert!(r.ports.iter().all(|p| p.messages == 18), "{:?}", r.ports.iter().map(|p| p.messages).collect::<Vec<_>>());
 }
+
+/// The engine delivers to Postfix, found through our DNS server under MX names whose prefix
+/// selects STARTTLS on 25 (mapped to the peer's STARTTLS port) and implicit TLS on 26.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interop_engine_delivers_to_postfix_over_starttls_and_implicit_tls() {
+    use mxpipe::dnsserver::{DnsServer, ZoneBuilder};
+    use mxpipe::engine::{Engine, EngineConfig, PortMap, Submission};
+    use mxpipe::outcome::{Status, TlsUse};
+    let Some(pf) = peers::postfix("interop_engine_delivers_to_postfix_over_starttls_and_implicit_tls") else { return };
+    let std::net::IpAddr::V4(v4) = pf.addr else { panic!("the Postfix peer listens on IPv4") };
+    let mut z = ZoneBuilder::new("example.test.");
+    z.mx("st.example.test", 10, "starttls-pf.example.test").a("starttls-pf.example.test", v4);
+    z.mx("sm.example.test", 10, "smtps-pf.example.test").a("smtps-pf.example.test", v4);
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut cfg = EngineConfig::default();
+    cfg.resolver.nameserver = Some(dns.addr());
+    cfg.port_map = PortMap { smtp: pf.starttls_port, smtps: pf.implicit_port };
+    cfg.extra_roots = certs::load_certs(&pf.ca).unwrap();
+    cfg.command_timeout = Duration::from_secs(20);
+    let run = tokio::task::spawn_blocking(move || {
+        let (engine, rx) = Engine::start(cfg).unwrap();
+        for i in 0..20 {
+            let to = vec![format!("u{i}@st.example.test"), format!("u{i}@sm.example.test")];
+            let data = format!("Subject: interop {i}\r\n\r\nhello Postfix\r\n..dot\r\n").into_bytes();
+            engine.submit(Submission::new(format!("pf{i}"), "sender@mxpipe.test", to, data)).unwrap();
+        }
+        let stats = engine.shutdown();
+        (rx.try_iter().collect::<Vec<_>>(), stats)
+    });
+    let (outcomes, stats) = tokio::time::timeout(Duration::from_secs(120), run).await.unwrap().unwrap();
+    dns.shutdown().await;
+    assert_eq!(outcomes.len(), 40);
+    for o in &outcomes {
+        assert_eq!(o.status, Status::Delivered, "{o:?}");
+        assert!(o.reply.starts_with("250"), "{}", o.reply);
+        if o.rcpt.ends_with("@st.example.test") {
+            assert_eq!((o.tls, o.port, o.policy.as_deref()), (TlsUse::Starttls, Some(pf.starttls_port), Some("starttls-prefix")));
+        } else {
+            assert_eq!((o.tls, o.port, o.policy.as_deref()), (TlsUse::Implicit, Some(pf.implicit_port), Some("smtps-prefix")));
+        }
+    }
+    assert!(stats.transactions_per_connection > 1.0, "connections reused: {stats:?}");
+}

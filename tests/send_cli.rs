@@ -1,0 +1,107 @@
+//! `mxpipe send` and `mxpipe demo` as a user runs them: a JSONL file in, one outcome per
+//! recipient out, a summary, clear errors for bad input; against a DNS server and sink
+//! started by the test on loopback.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::time::Duration;
+
+use mxpipe::dnsserver::{DnsServer, ZoneBuilder};
+use mxpipe::sink::PortKind;
+
+fn mxpipe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mxpipe"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_writes_one_outcome_per_recipient_and_reports_bad_lines() {
+    let dir = std::env::temp_dir().join(format!("mxpipe-send-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The sink's certificate is for localhost; MX "localhost.t.test" would not match, so use
+    // a plain (opportunistic) MX name: verification is not required for it.
+    let (sink, pki) = common::start_sink(|_| {}).await;
+    let st = sink.addr(PortKind::StartTls).unwrap();
+    let im = sink.addr(PortKind::Implicit).unwrap();
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("a.t.test", 10, "mx.t.test").a("mx.t.test", Ipv4Addr::LOCALHOST);
+    z.null_mx("null.t.test");
+    let dns = DnsServer::start(vec![z], SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
+    std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(dir.join("body.eml"), "Subject: from a file\r\n\r\nfile body\r\n").unwrap();
+    let input = [
+        r#"{"id":"m1","from":"s@x.test","to":["a@a.t.test","b@a.t.test"],"data":"Subject: one\r\n\r\nhello\r\n"}"#.to_string(),
+        format!(r#"{{"id":"m2","from":"s@x.test","to":["c@a.t.test","d@null.t.test"],"data_file":"{}"}}"#, dir.join("body.eml").display()),
+        r#"{"id":"m3","from":"s@x.test","to":["e@a.t.test"]}"#.to_string(),
+        "this is not json".to_string(),
+        r#"{"id":"m4","from":"s@x.test","to":["f@a.t.test"],"data":"x","surprise":1}"#.to_string(),
+    ]
+    .join("\n");
+    std::fs::write(dir.join("in.jsonl"), input).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        let dns = dns.addr().to_string();
+        move || {
+            mxpipe()
+                .args(["send", "--json", "--input"])
+                .arg(dir.join("in.jsonl"))
+                .arg("--outcomes")
+                .arg(dir.join("out.jsonl"))
+                .args(["--dns", &dns, "--port-map", &format!("25={},26={}", st.port(), im.port()), "--ca"])
+                .arg(dir.join("ca.pem"))
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "rejected lines make the exit status 1: {stderr}");
+    for n in [3, 4, 5] {
+        assert!(stderr.contains(&format!("input line {n} rejected")), "line {n}: {stderr}");
+    }
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    assert_eq!(summary["rejected_input_lines"], 3);
+    assert_eq!(summary["outcomes"]["delivered"], 3);
+    assert_eq!(summary["outcomes"]["bounced"], 1);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "one outcome per recipient of the accepted lines");
+    let null = lines.iter().find(|o| o["rcpt"] == "d@null.t.test").unwrap();
+    assert_eq!((null["status"].as_str(), null["enhanced"].as_str()), (Some("bounced"), Some("5.1.10")));
+    for o in lines.iter().filter(|o| o["status"] == "delivered") {
+        assert_eq!((o["tls"].as_str(), o["policy"].as_str(), o["mx"].as_str()), (Some("starttls"), Some("opportunistic"), Some("mx.t.test")));
+        assert_eq!(o["port"], st.port());
+    }
+    let s = sink.shutdown(Duration::from_secs(2)).await.stats;
+    assert_eq!((s.messages, s.recipients), (2, 3));
+    dns.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn send_with_a_missing_input_file_says_so() {
+    let out = mxpipe().args(["send", "--input", "/nonexistent/in.jsonl"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open --input /nonexistent/in.jsonl"));
+    let out = mxpipe().args(["send", "--input", "x", "--port-map", "587=1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only ports 25 and 26"));
+}
+
+#[test]
+fn demo_delivers_everything_with_nothing_installed() {
+    let out = mxpipe().args(["demo", "--domains", "12", "--messages", "120", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["outcomes"]["delivered"], 240);
+    assert_eq!(r["sink"]["recipients"], 240);
+    for policy in ["starttls-prefix", "smtps-prefix", "opportunistic"] {
+        assert_eq!(r["outcomes"]["by_policy"][policy], 80, "{policy}");
+    }
+    assert_eq!(r["outcomes"]["by_tls"]["implicit"], 80);
+}
