@@ -460,6 +460,9 @@ fn run_send(a: SendArgs) -> Result<(), String> {
     if write_failed {
         return Err("not every outcome could be written to --outcomes".into());
     }
+    if tally.total() != stats.recipients {
+        return Err(format!("{} outcomes for {} recipients: the engine lost track of some", tally.total(), stats.recipients));
+    }
     if rejected > 0 {
         return Err(format!("{rejected} input line(s) rejected"));
     }

@@ -138,6 +138,8 @@ pub struct Conn {
     pub reused: bool,
     rbuf: Vec<u8>,
     max_command: Duration,
+    /// Bytes received from the server when the current message was handed to the session.
+    rx_at_send: u64,
 }
 
 /// How a message attempt on a connection ended.
@@ -192,6 +194,7 @@ impl Conn {
             reused: false,
             rbuf: Vec::with_capacity(4096),
             max_command: timeouts.max_command,
+            rx_at_send: 0,
         };
         // Drive the greeting, EHLO and (maybe) STARTTLS to Ready.
         loop {
@@ -222,6 +225,7 @@ impl Conn {
 
     /// Send one message and wait for its outcome.
     pub async fn deliver(&mut self, msg: Message, tls: &TlsClients, timeouts: Timeouts) -> Result<MessageOutcome, DeliverError> {
+        self.rx_at_send = self.session.stats().bytes_received;
         if let Err(msg) = self.session.send_message(msg) {
             return Err(DeliverError::Broken { error: "session not ready".into(), unfinished: vec![msg] });
         }
@@ -248,6 +252,20 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Whether the server has said anything since the current message was handed over. If
+    /// it has not, it cannot have accepted the message.
+    pub fn server_replied_to_message(&self) -> bool {
+        self.session.stats().bytes_received > self.rx_at_send
+    }
+
+    /// Whether an idle connection still looks usable: a server that closed it, or said 421,
+    /// in the meantime has made it readable. Costs one non-blocking poll.
+    pub async fn probe_alive(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        // `timeout` polls the read once before looking at the (already passed) deadline.
+        matches!(tokio::time::timeout(Duration::ZERO, self.stream.read(&mut buf)).await, Err(_))
     }
 
     /// Say QUIT and read to the server's close, bounded; errors do not matter any more.

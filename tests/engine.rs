@@ -290,3 +290,29 @@ async fn pipelining_reuse_and_resumption_on_a_second_burst() {
     assert!(cmds as f64 / batches as f64 > 1.5, "pipelining: {cmds} commands in {batches} reads");
     assert_eq!(sinks.iter().map(|s| s.messages).sum::<u64>(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_server_closed_while_idle_are_not_reused_blindly() {
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("idle.t.test", 10, "mx-idle.t.test").a("mx-idle.t.test", ip(20));
+    // The sink gives up on idle clients after 1 s (421 and close); the engine would keep
+    // them for 30 s.
+    let w = World::start(vec![z], vec![(20, Box::new(|c: &mut SinkConfig| c.idle_timeout = Duration::from_secs(1)))]).await;
+    let mut cfg = w.engine_config();
+    cfg.idle_timeout = Duration::from_secs(30);
+    let run = tokio::task::spawn_blocking(move || {
+        let (engine, rx) = Engine::start(cfg).unwrap();
+        engine.submit(msg("m1", &["a@idle.t.test"])).unwrap();
+        let first = rx.recv_timeout(T).unwrap();
+        std::thread::sleep(Duration::from_millis(1800));
+        engine.submit(msg("m2", &["b@idle.t.test"])).unwrap();
+        let second = rx.recv_timeout(T).unwrap();
+        (first, second, engine.shutdown())
+    });
+    let (first, second, stats) = run.await.unwrap();
+    assert_eq!(first.status, Status::Delivered);
+    assert_eq!(second.status, Status::Delivered, "{second:?}");
+    assert_eq!((stats.connections_opened, stats.connections_reused), (2, 0), "{stats:?}");
+    let s = w.stop().await;
+    assert_eq!((s[0].messages, s[0].timeouts), (2, 1));
+}

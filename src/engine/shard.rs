@@ -470,9 +470,13 @@ async fn try_host(
 
 /// A connection to `target`: an idle one from the pool, or a new one.
 async fn open(shard: &Rc<Shard>, target: Target) -> Result<Conn, ConnectError> {
-    if let Some(conn) = shard.pool.borrow_mut().take(&target, Instant::now()) {
-        shard.counters.connections_reused.fetch_add(1, Ordering::Relaxed);
-        return Ok(conn);
+    loop {
+        let Some(mut conn) = shard.pool.borrow_mut().take(&target, Instant::now()) else { break };
+        if conn.probe_alive().await {
+            shard.counters.connections_reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(conn);
+        }
+        // Closed by the server while idle: drop it and look for another.
     }
     let (conn, full) = Conn::open(target, &shard.tls, &shard.cfg.ehlo_name, timeouts(&shard.cfg)).await?;
     let c = &shard.counters;
@@ -505,21 +509,22 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
             return ConnEnd::QueueEmpty;
         };
         let ctx = OutcomeCtx::of(&conn, plan);
-        let was_reused = conn.reused && conn.messages == 0;
+        // First use since it was taken from the idle pool?
+        let was_reused = std::mem::take(&mut conn.reused);
         match conn.deliver(job.message(), &shard.tls, t).await {
             Ok(mo) => {
                 shard.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
                 emit_message_outcome(shard, &job, mo, &ctx);
                 shard.policy.borrow_mut().success(&conn.target.host, Instant::now());
             }
-            Err(DeliverError::Broken { error, unfinished }) => {
-                if was_reused {
-                    // A parked connection the server had closed meanwhile: nothing was
-                    // delivered on it; put the part back and open a fresh connection.
+            Err(DeliverError::Broken { error, .. }) => {
+                if was_reused && !conn.server_replied_to_message() {
+                    // A parked connection the server closed just as we reused it: it said
+                    // nothing about this part, so it cannot have taken it. Put the part back
+                    // and open a fresh connection.
                     push_front(shard, domain, job);
                 } else {
                     let reason = format!("{}: connection failed during the transaction, delivery status unknown: {error}", conn.target.host);
-                    debug_assert!(unfinished.len() <= 1);
                     finish(shard, &job, Status::Deferred, "4.4.2", &reason, Some(&ctx));
                 }
                 break ConnEnd::Broken(error);
