@@ -144,6 +144,9 @@ pub struct Conn {
 
 /// How a message attempt on a connection ended.
 pub enum DeliverError {
+    /// The session could not take the message (the server closed it in the meantime); nothing
+    /// of it was sent, so it can go out on another connection.
+    NotSent { error: String, msg: Message },
     /// The connection failed; the session returned the messages it had not finished.
     Broken { error: String, unfinished: Vec<Message> },
 }
@@ -227,7 +230,7 @@ impl Conn {
     pub async fn deliver(&mut self, msg: Message, tls: &TlsClients, timeouts: Timeouts) -> Result<MessageOutcome, DeliverError> {
         self.rx_at_send = self.session.stats().bytes_received;
         if let Err(msg) = self.session.send_message(msg) {
-            return Err(DeliverError::Broken { error: "session not ready".into(), unfinished: vec![msg] });
+            return Err(DeliverError::NotSent { error: "the session was no longer ready".into(), msg });
         }
         self.messages += 1;
         loop {

@@ -517,6 +517,10 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
                 emit_message_outcome(shard, &job, mo, &ctx);
                 shard.policy.borrow_mut().success(&conn.target.host, Instant::now());
             }
+            Err(DeliverError::NotSent { error, .. }) => {
+                push_front(shard, domain, job);
+                break ConnEnd::Broken(error);
+            }
             Err(DeliverError::Broken { error, .. }) => {
                 if was_reused && !conn.server_replied_to_message() {
                     // A parked connection the server closed just as we reused it: it said

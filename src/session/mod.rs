@@ -378,10 +378,8 @@ impl ClientSession {
                 Ok(Some((reply, n))) => {
                     pos += n;
                     if matches!(self.state, State::StartTls) && reply.code == 220 && pos < self.rbuf.len() {
-                        return self.fail(
-                            SessionError::Protocol("data pipelined after the 220 to STARTTLS".into()),
-                            None,
-                        );
+                        return self
+                            .fail(SessionError::Protocol("data pipelined after the 220 to STARTTLS".into()), None);
                     }
                     self.on_reply(reply);
                     if matches!(self.state, State::Closed | State::Failed | State::TlsHandshake) {
@@ -585,7 +583,8 @@ impl ClientSession {
     }
 
     fn txn_reply(&mut self, mut txn: Box<Txn>, reply: Reply) -> State {
-        let unexpected = |what: &str, r: &Reply| SessionError::Protocol(format!("unexpected reply to {what}: {}", r.one_line()));
+        let unexpected =
+            |what: &str, r: &Reply| SessionError::Protocol(format!("unexpected reply to {what}: {}", r.one_line()));
         match txn.phase {
             Phase::Rset => {
                 if !reply.is_positive() {

@@ -8,7 +8,8 @@ const GREETING: &[u8] = b"220 mx.example.test ESMTP mxpipe-sink\r\n";
 const EHLO_PIPE: &[u8] = b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n";
 /// The sink's full EHLO reply (without STARTTLS).
 const EHLO_FULL: &[u8] = b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n";
-const EHLO_TLS: &[u8] = b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-STARTTLS\r\n250 8BITMIME\r\n";
+const EHLO_TLS: &[u8] =
+    b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-STARTTLS\r\n250 8BITMIME\r\n";
 
 /// How server bytes are handed to the session.
 #[derive(Clone, Copy, Debug)]
@@ -283,10 +284,7 @@ fn starttls_upgrade_then_ehlo_again_and_queued_message_goes_out() {
     assert_eq!(t.s.capabilities(), None, "RFC 3207: forget what was said in clear");
     assert_eq!(t.events(), vec![send(b"EHLO client.test\r\n")]);
     // The queued message is sent straight after the EHLO over TLS, with no Ready between.
-    assert_eq!(
-        t.server(EHLO_FULL),
-        vec![send(b"MAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<b@y>\r\nBDAT 3 LAST\r\nx\r\n")]
-    );
+    assert_eq!(t.server(EHLO_FULL), vec![send(b"MAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<b@y>\r\nBDAT 3 LAST\r\nx\r\n")]);
     assert_eq!(
         t.server(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: queued as 6\r\n"),
         vec![done(6, vec![out("b@y", Delivered, "250 2.0.0 Ok: queued as 6")]), Event::Ready]
@@ -301,7 +299,10 @@ fn starttls_454_opportunistic_goes_on_in_clear() {
     assert_eq!(t.server(b"454 4.7.0 TLS not available due to temporary reason\r\n"), vec![Event::Ready]);
     assert!(!t.s.is_tls());
     assert!(t.s.capabilities().unwrap().pipelining, "clear-text capabilities still apply");
-    assert_eq!(t.submit(msg(7, "a@x", &["b@y"], b"")), vec![send(b"MAIL FROM:<a@x> SIZE=0\r\nRCPT TO:<b@y>\r\nDATA\r\n")]);
+    assert_eq!(
+        t.submit(msg(7, "a@x", &["b@y"], b"")),
+        vec![send(b"MAIL FROM:<a@x> SIZE=0\r\nRCPT TO:<b@y>\r\nDATA\r\n")]
+    );
 }
 
 #[test]
@@ -377,7 +378,10 @@ fn all_rcpts_rejected_with_bdat_consumes_the_chunk_reply() {
     t.submit(msg(12, "a@x", &["b@y", "c@y"], b"x\n"));
     assert_eq!(
         t.server(b"250 2.1.0 Ok\r\n450 4.2.1 Try later\r\n550 5.1.1 No\r\n554 5.5.1 No valid recipients\r\n"),
-        vec![done(12, vec![out("b@y", Deferred, "450 4.2.1 Try later"), out("c@y", Bounced, "550 5.1.1 No")]), Event::Ready]
+        vec![
+            done(12, vec![out("b@y", Deferred, "450 4.2.1 Try later"), out("c@y", Bounced, "550 5.1.1 No")]),
+            Event::Ready
+        ]
     );
     assert_eq!(
         t.submit(msg(13, "a@x", &["d@y"], b"y")),
@@ -391,10 +395,7 @@ fn all_rcpts_rejected_without_pipelining_skips_data_and_resets() {
     t.open(b"250-mx\r\n250 SIZE\r\n");
     assert_eq!(t.submit(msg(14, "a@x", &["b@y"], b"x\n")), vec![send(b"MAIL FROM:<a@x> SIZE=3\r\n")]);
     assert_eq!(t.server(b"250 2.1.0 Ok\r\n"), vec![send(b"RCPT TO:<b@y>\r\n")]);
-    assert_eq!(
-        t.server(b"550 5.1.1 No\r\n"),
-        vec![done(14, vec![out("b@y", Bounced, "550 5.1.1 No")]), Event::Ready]
-    );
+    assert_eq!(t.server(b"550 5.1.1 No\r\n"), vec![done(14, vec![out("b@y", Bounced, "550 5.1.1 No")]), Event::Ready]);
     assert_eq!(t.submit(msg(15, "a@x", &["c@y"], b"x\n")), vec![send(b"RSET\r\n")]);
     assert_eq!(t.server(b"250 2.0.0 Ok\r\n"), vec![send(b"MAIL FROM:<a@x> SIZE=3\r\n")]);
 }
@@ -404,18 +405,24 @@ fn mail_rejected_every_rcpt_gets_the_mail_reply() {
     let mut t = T::new(cfg(), Feed::Whole);
     t.open(EHLO_PIPE);
     t.submit(msg(16, "a@x", &["b@y", "c@y"], b"x\n"));
-    assert_eq!(
-        t.server(b"550 5.7.1 Sender rejected\r\n503 5.5.1 Need MAIL\r\n503 5.5.1 Need MAIL\r\n"),
-        vec![]
-    );
+    assert_eq!(t.server(b"550 5.7.1 Sender rejected\r\n503 5.5.1 Need MAIL\r\n503 5.5.1 Need MAIL\r\n"), vec![]);
     assert_eq!(
         t.server(b"503 5.5.1 Need MAIL command\r\n"),
         vec![
-            done(16, vec![out("b@y", Bounced, "550 5.7.1 Sender rejected"), out("c@y", Bounced, "550 5.7.1 Sender rejected")]),
+            done(
+                16,
+                vec![
+                    out("b@y", Bounced, "550 5.7.1 Sender rejected"),
+                    out("c@y", Bounced, "550 5.7.1 Sender rejected")
+                ]
+            ),
             Event::Ready
         ]
     );
-    assert!(t.submit(msg(17, "a@x", &["b@y"], b"x\n"))[0] == send(b"RSET\r\nMAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<b@y>\r\nDATA\r\n"));
+    assert!(
+        t.submit(msg(17, "a@x", &["b@y"], b"x\n"))[0]
+            == send(b"RSET\r\nMAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+    );
 }
 
 #[test]
@@ -455,7 +462,10 @@ fn data_final_451_defers_accepted_rcpts_only() {
         ]
     );
     // The transaction ended with a final reply: no RSET.
-    assert_eq!(t.submit(msg(21, "a@x", &["d@y"], b"x\n"))[0], send(b"MAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<d@y>\r\nDATA\r\n"));
+    assert_eq!(
+        t.submit(msg(21, "a@x", &["d@y"], b"x\n"))[0],
+        send(b"MAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<d@y>\r\nDATA\r\n")
+    );
 }
 
 #[test]
@@ -491,7 +501,10 @@ fn service_closing_mid_transaction_returns_the_message() {
 fn service_closing_while_idle_and_at_greeting() {
     let mut t = T::new(cfg(), Feed::Whole);
     t.open(EHLO_PIPE);
-    assert!(matches!(t.server(b"421 4.3.2 shutting down\r\n").as_slice(), [Event::Failed(SessionError::ServiceClosing(_))]));
+    assert!(matches!(
+        t.server(b"421 4.3.2 shutting down\r\n").as_slice(),
+        [Event::Failed(SessionError::ServiceClosing(_))]
+    ));
     assert!(t.s.unfinished().is_empty());
     let mut t = T::new(cfg(), Feed::Whole);
     assert!(matches!(t.server(b"421 busy\r\n").as_slice(), [Event::Failed(SessionError::ServiceClosing(_))]));
@@ -537,21 +550,28 @@ fn size_too_big_bounces_locally_without_sending() {
     t.open(b"250-mx\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
     let before = t.s.stats();
     let reason = "local: message size 12 exceeds the server's limit of 10, not sent";
-    let local = |r: &str| RcptOutcome { rcpt: r.into(), status: Bounced, reply: reason.into(), enhanced: Some("5.3.4".into()) };
+    let local =
+        |r: &str| RcptOutcome { rcpt: r.into(), status: Bounced, reply: reason.into(), enhanced: Some("5.3.4".into()) };
     assert_eq!(
         t.submit(msg(26, "a@x", &["b@y", "c@y"], b"0123456789\n")),
         vec![done(26, vec![local("b@y"), local("c@y")]), Event::Ready]
     );
     assert_eq!(t.s.stats().round_trips, before.round_trips);
     // Exactly at the limit is fine.
-    assert_eq!(t.submit(msg(27, "a@x", &["b@y"], b"01234567\n"))[0], send(b"MAIL FROM:<a@x> SIZE=10\r\nRCPT TO:<b@y>\r\nDATA\r\n"));
+    assert_eq!(
+        t.submit(msg(27, "a@x", &["b@y"], b"01234567\n"))[0],
+        send(b"MAIL FROM:<a@x> SIZE=10\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+    );
 }
 
 #[test]
 fn size_zero_means_no_limit() {
     let mut t = T::new(cfg(), Feed::Whole);
     t.open(b"250-mx\r\n250-PIPELINING\r\n250 SIZE 0\r\n");
-    assert_eq!(t.submit(msg(28, "a@x", &["b@y"], b"0123456789\n"))[0], send(b"MAIL FROM:<a@x> SIZE=12\r\nRCPT TO:<b@y>\r\nDATA\r\n"));
+    assert_eq!(
+        t.submit(msg(28, "a@x", &["b@y"], b"0123456789\n"))[0],
+        send(b"MAIL FROM:<a@x> SIZE=12\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+    );
 }
 
 #[test]
@@ -734,7 +754,8 @@ impl Lcg {
 /// the one invariant that matters: every message is either Done (with one outcome per
 /// recipient) or handed back by `unfinished`.
 fn drive(rng: &mut Lcg, chunks: &[Vec<u8>]) -> usize {
-    let tls = [TlsMode::None, TlsMode::Implicit, TlsMode::Starttls { required: false }, TlsMode::Starttls { required: true }];
+    let tls =
+        [TlsMode::None, TlsMode::Implicit, TlsMode::Starttls { required: false }, TlsMode::Starttls { required: true }];
     let cfg = SessionConfig {
         tls: tls[rng.below(4)],
         pipelining: rng.below(2) == 0,

@@ -1,0 +1,94 @@
+//! Hot paths of the SMTP client session: reply parsing, building a pipelined envelope, and
+//! encoding a body for DATA (CRLF normalisation and dot-stuffing).
+//!
+//! Run: `cargo bench --bench session -- --warm-up-time 1 --measurement-time 2`
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use mxpipe::reply::{parse_reply, Capabilities};
+use mxpipe::session::{encode_data, ClientSession, Event, Message, SessionConfig, TlsMode};
+
+const EHLO: &[u8] = b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n";
+
+fn parse_ehlo(c: &mut Criterion) {
+    c.bench_function("parse 6-line EHLO reply + capabilities", |b| {
+        b.iter(|| {
+            let (reply, n) = parse_reply(black_box(EHLO)).unwrap().unwrap();
+            black_box((Capabilities::from_ehlo(&reply), n))
+        })
+    });
+}
+
+/// A session past EHLO with PIPELINING and SIZE (no CHUNKING, so the group ends in DATA).
+fn ready_session() -> ClientSession {
+    let cfg = SessionConfig { tls: TlsMode::None, ..SessionConfig::new("client.example.test") };
+    let mut s = ClientSession::new(cfg);
+    s.receive(b"220 mx.example.test ESMTP\r\n");
+    s.receive(EHLO);
+    while s.poll_event().is_some() {}
+    s
+}
+
+fn envelope(c: &mut Criterion) {
+    let msg = Message {
+        id: 1,
+        from: "bounces+12345@sender.example.com".into(),
+        rcpts: vec!["alice@example.org".into(), "bob@example.org".into(), "carol@example.org".into()],
+        data: Arc::from(&b"Subject: hi\r\n\r\nhello\r\n"[..]),
+    };
+    c.bench_function("pipelined MAIL + RCPT x3 + DATA group", |b| {
+        b.iter_batched(
+            || (ready_session(), msg.clone()),
+            |(mut s, m)| {
+                s.send_message(m).unwrap();
+                match s.poll_event() {
+                    Some(Event::Send(bytes)) => black_box(bytes),
+                    other => panic!("{other:?}"),
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+/// A 10 KB message with LF line ends (the worst common case: every line end is rewritten)
+/// and some lines starting with a dot.
+fn body_10k() -> Vec<u8> {
+    let mut v = Vec::with_capacity(10 * 1024);
+    let mut i = 0;
+    while v.len() < 10 * 1024 - 80 {
+        if i % 10 == 0 {
+            v.extend_from_slice(b".");
+        }
+        v.extend_from_slice(b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod\n");
+        i += 1;
+    }
+    v
+}
+
+fn encode(c: &mut Criterion) {
+    let lf = body_10k();
+    let crlf: Vec<u8> = {
+        let mut v = Vec::new();
+        mxpipe::session::normalise_into(&lf, false, &mut v);
+        v
+    };
+    let mut g = c.benchmark_group("encode DATA body 10 KB");
+    for (name, data) in [("LF line ends", &lf), ("CRLF line ends", &crlf)] {
+        g.throughput(Throughput::Bytes(data.len() as u64));
+        let mut out = Vec::with_capacity(16 * 1024);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                encode_data(black_box(data), &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, parse_ehlo, envelope, encode);
+criterion_main!(benches);
