@@ -61,6 +61,16 @@ struct EngineArgs {
     /// Trust MX-prefix policies only when the MX answer is DNSSEC-authenticated.
     #[arg(long)]
     require_dnssec: bool,
+    /// Minimum TLS for a destination domain, DOMAIN=encrypt|verify (repeatable); the
+    /// strictest of this and the MX-prefix policy applies.
+    #[arg(long, value_name = "DOMAIN=LEVEL", value_parser = parse_floor)]
+    tls_floor: Vec<(String, mxpipe::policy::Floor)>,
+}
+
+fn parse_floor(s: &str) -> Result<(String, mxpipe::policy::Floor), String> {
+    let (domain, level) = s.split_once('=').ok_or_else(|| format!("{s:?} is not DOMAIN=none|encrypt|verify"))?;
+    let floor = level.parse().map_err(|_| format!("{level:?} is not none, encrypt or verify"))?;
+    Ok((domain.trim().trim_end_matches('.').to_ascii_lowercase(), floor))
 }
 
 impl EngineArgs {
@@ -77,6 +87,7 @@ impl EngineArgs {
         c.kx = self.kx;
         c.ehlo_name = self.ehlo_name.clone();
         c.policy.require_dnssec_for_prefix = self.require_dnssec;
+        c.floors = self.tls_floor.iter().cloned().collect();
         c.tickets_per_host = c.tickets_per_host.max(c.max_conns_per_dest);
         c
     }

@@ -316,3 +316,48 @@ async fn connections_the_server_closed_while_idle_are_not_reused_blindly() {
     let s = w.stop().await;
     assert_eq!((s[0].messages, s[0].timeouts), (2, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnssec_is_recorded_and_can_be_required_for_prefixes() {
+    // Signed zone: the MX answer validates against the zone's key as trust anchor.
+    let mut signed = ZoneBuilder::new("t.test.").dnssec();
+    signed.mx("sec.t.test", 10, "starttls-sec.t.test").a("starttls-sec.t.test", ip(30));
+    let w = World::start(vec![signed], vec![(30, Box::new(|_| {}))]).await;
+    let mut cfg = w.engine_config();
+    cfg.resolver.validate_dnssec = true;
+    cfg.resolver.trust_anchor = Some(w.dns.trust_anchors());
+    cfg.policy.require_dnssec_for_prefix = true;
+    let (o, _) = deliver(cfg, vec![msg("m1", &["a@sec.t.test"])]).await;
+    let a = one(&o, "a@sec.t.test");
+    assert_eq!((a.status, a.dnssec, a.policy.as_deref()), (Status::Delivered, true, Some("starttls-prefix")), "{a:?}");
+    w.stop().await;
+
+    // Unsigned zone, DNSSEC required for prefixes: the starttls- name is not trusted, so the
+    // host is treated as plain (opportunistic) and the outcome says dnssec false.
+    let mut plain = ZoneBuilder::new("t.test.");
+    plain.mx("unsec.t.test", 10, "starttls-unsec.t.test").a("starttls-unsec.t.test", ip(31));
+    let w = World::start(vec![plain], vec![(31, Box::new(|_| {}))]).await;
+    let mut cfg = w.engine_config();
+    cfg.policy.require_dnssec_for_prefix = true;
+    let (o, _) = deliver(cfg, vec![msg("m1", &["b@unsec.t.test"])]).await;
+    let b = one(&o, "b@unsec.t.test");
+    assert_eq!((b.status, b.dnssec, b.policy.as_deref()), (Status::Delivered, false, Some("opportunistic")), "{b:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_floor_is_stricter_than_a_plain_name() {
+    // A plain MX name would be opportunistic; a Verified floor for the domain makes TLS with
+    // a valid certificate mandatory, so a host without STARTTLS is deferred, not sent in clear.
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("floor.t.test", 10, "mx-floor.t.test").a("mx-floor.t.test", ip(32));
+    let w = World::start(vec![z], vec![(32, Box::new(|c: &mut SinkConfig| c.starttls = false))]).await;
+    let mut cfg = w.engine_config();
+    cfg.floors.insert("floor.t.test".into(), mxpipe::policy::Floor::Verified);
+    let (o, _) = deliver(cfg, vec![msg("m1", &["a@floor.t.test"])]).await;
+    let a = one(&o, "a@floor.t.test");
+    assert_eq!(a.status, Status::Deferred, "{a:?}");
+    assert!(a.reply.contains("STARTTLS"), "{}", a.reply);
+    let s = w.stop().await;
+    assert_eq!(s[0].messages, 0);
+}
