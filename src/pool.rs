@@ -401,7 +401,7 @@ async fn handshake(
 
 /// Say what went wrong in a handshake in words an operator can act on.
 pub fn describe_tls_error(e: &io::Error) -> String {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match crate::tls::rustls_error(e) {
         Some(rustls::Error::InvalidCertificate(c)) => format!("certificate rejected: {c:?}"),
         Some(rustls::Error::AlertReceived(a)) => format!("server sent TLS alert {a:?}"),
         Some(other) => format!("TLS error: {other}"),

@@ -147,7 +147,7 @@ impl ConnError {
 /// `io::Error`, so look there first: an alert from the server, a certificate the client
 /// rejected, or some other TLS failure. Then timeouts; otherwise `fallback`.
 pub fn classify_io(e: &io::Error, fallback: ErrorClass) -> ErrorClass {
-    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    if let Some(tls) = mxpipe::tls::rustls_error(e) {
         return classify_tls(tls);
     }
     match e.kind() {

@@ -268,6 +268,12 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
+/// The rustls error inside an I/O error from tokio-rustls, if that is what it carries: a
+/// handshake failure reaches the caller wrapped in `io::Error`.
+pub fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
 /// Facts about an established TLS session, for reports and outcome records.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TlsFacts {
