@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 DUR=${DUR:-10}
 CONC=${CONC:-64}
 KX=${KX:-x25519}
-OUT=${OUT:-perf/out/handshakes-$(date -u +%Y%m%dT%H%M%SZ)}
+OUT=${OUT:-perf/out/handshakes-$(date -u +%Y%m%dT%H%M%SZ)}   # reuse an OUT with PROFILES=pinned to add a profile
 SINK_ST=${SINK_ST:-3525}
 SINK_IM=${SINK_IM:-3526}
 mkdir -p "$OUT"
@@ -35,14 +35,17 @@ start_sink() { # extra flags...
 stop_sink() { kill -TERM "$SINK_PID" 2>/dev/null || true; wait "$SINK_PID" 2>/dev/null || true; }
 trap 'stop_sink' EXIT
 
-lg() { # name starttls-port implicit-port ca resume concurrency [extra loadgen flags...]
-  local name=$1 st=$2 im=$3 ca=$4 resume=$5 conc=$6; shift 6
-  echo "-- $name: resume=$resume concurrency=$conc $*"
+lg() { # name starttls-port implicit-port ca|insecure resume concurrency
+  local name=$1 st=$2 im=$3 ca=$4 resume=$5 conc=$6
+  local trust=(--ca "$ca"); [ "$ca" = insecure ] && trust=(--insecure)
+  echo "-- $name: resume=$resume concurrency=$conc trust=$ca"
   $TASKSET_C $BIN/mxpipe-loadgen --host 127.0.0.1 --starttls-port "$st" --implicit-port "$im" \
-    --server-name localhost --ca "$ca" --kx "$KX" --resume "$resume" \
-    --concurrency "$conc" --duration "$DUR" --json "$@" >"$OUT/$name.json"
+    --server-name localhost "${trust[@]}" --kx "$KX" --resume "$resume" \
+    --concurrency "$conc" --duration "$DUR" --json >"$OUT/$name.json"
 }
 
+PROFILES=${PROFILES:-shared pinned}
+if [[ " $PROFILES " == *" shared "* ]]; then
 # Profile "shared": no pinning; the client verifies certificates, as a real MTA would. Client
 # and server compete for the same 2 cores, so the client's cost caps the fastest server.
 echo "== profile shared: mxpipe sink on 127.0.0.1:$SINK_ST (STARTTLS) and :$SINK_IM (implicit)"
@@ -65,7 +68,9 @@ for t in "sink $SINK_IM $OUT/sink-ca.pem" "postfix 2526 $PF_CA"; do
   done
 done
 stop_sink
+fi
 
+if [[ " $PROFILES " == *" pinned "* ]]; then
 # Profile "pinned": the server gets CPU 1 alone (our sink with one worker thread; every Postfix
 # process), the load generator CPU 0 alone and does not verify certificates (the server's
 # work is the same either way). This measures handshakes/s per server core.
@@ -75,10 +80,11 @@ start_sink --threads 1
 PF_MASTER=$(tr -d ' ' < /var/spool/postfix/pid/master.pid)
 for p in $(pgrep -s "$(ps -o sid= -p "$PF_MASTER" | tr -d ' ')") "$PF_MASTER"; do taskset -a -p 2 "$p" >/dev/null 2>&1 || true; done
 for resume in off tickets; do
-  lg "pinned-sink-$resume" "$SINK_ST" "$SINK_IM" "$OUT/sink-ca.pem" $resume "$CONC" --insecure
-  lg "pinned-postfix-$resume" 2525 2526 "$PF_CA" $resume "$CONC" --insecure
+  lg "pinned-sink-$resume" "$SINK_ST" "$SINK_IM" insecure $resume "$CONC"
+  lg "pinned-postfix-$resume" 2525 2526 insecure $resume "$CONC"
 done
 stop_sink
 for p in $(pgrep -s "$(ps -o sid= -p "$PF_MASTER" | tr -d ' ')") "$PF_MASTER"; do taskset -a -p 3 "$p" >/dev/null 2>&1 || true; done
+fi
 
 python3 perf/summarize_handshakes.py "$OUT" "$DUR" "$CONC" "$KX" | tee "$OUT/summary.md"

@@ -82,7 +82,10 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
         return Err("--domains, --messages and --rcpts-per-msg must be at least 1".into());
     }
     let addresses = cfg.addresses.clamp(1, 60_000);
-    let mut zone = ZoneBuilder::new("demo.test.");
+    // With DNSSEC required for prefix policies, the demo signs its zone and the resolver
+    // validates against that zone's key.
+    let signed = cfg.engine.policy.require_dnssec_for_prefix;
+    let mut zone = if signed { ZoneBuilder::new("demo.test.").dnssec() } else { ZoneBuilder::new("demo.test.") };
     for i in 0..cfg.domains {
         let host = mx_name(i);
         zone.mx(&format!("d{i}.demo.test"), 10, &host);
@@ -102,7 +105,12 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
     };
 
     let mut ecfg = cfg.engine.clone();
-    ecfg.resolver = ResolverConfig { nameserver: Some(dns.addr()), ..ResolverConfig::default() };
+    ecfg.resolver = ResolverConfig {
+        nameserver: Some(dns.addr()),
+        validate_dnssec: signed,
+        trust_anchor: signed.then(|| dns.trust_anchors()),
+        ..ResolverConfig::default()
+    };
     ecfg.port_map = ports;
     ecfg.extra_roots = vec![pki.ca_der.clone()];
     ecfg.connect_timeout = Duration::from_secs(5);

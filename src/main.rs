@@ -40,6 +40,9 @@ struct EngineArgs {
     /// Connections at once per destination domain.
     #[arg(long, value_name = "N", default_value_t = 8)]
     max_conns: usize,
+    /// Connections at once (busy or idle) per destination IP address and shard.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_conns_per_ip: usize,
     /// Messages per connection before it is replaced.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     max_msgs_per_conn: u32,
@@ -80,13 +83,16 @@ impl EngineArgs {
             c.shards = n.max(1);
         }
         c.max_conns_per_dest = self.max_conns.max(1);
+        c.max_conns_per_ip = self.max_conns_per_ip.max(1);
         c.max_msgs_per_conn = self.max_msgs_per_conn.max(1);
-        c.idle_timeout = Duration::from_secs(self.idle_timeout);
-        c.connect_timeout = Duration::from_secs(self.connect_timeout.max(1));
-        c.command_timeout = Duration::from_secs(self.command_timeout.max(1));
+        // Bounded, so deadlines computed from them cannot overflow.
+        c.idle_timeout = Duration::from_secs(self.idle_timeout.min(86_400));
+        c.connect_timeout = Duration::from_secs(self.connect_timeout.clamp(1, 3600));
+        c.command_timeout = Duration::from_secs(self.command_timeout.clamp(1, 3600));
         c.kx = self.kx;
         c.ehlo_name = self.ehlo_name.clone();
         c.policy.require_dnssec_for_prefix = self.require_dnssec;
+        c.resolver.validate_dnssec = self.require_dnssec;
         c.floors = self.tls_floor.iter().cloned().collect();
         c.tickets_per_host = c.tickets_per_host.max(c.max_conns_per_dest);
         c
@@ -380,7 +386,11 @@ fn print_summary(stats: &mxpipe::engine::EngineStats, tally: &mxpipe::outcome::T
     let join = |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
     println!("recipients by policy: {}", join(&tally.by_policy));
     println!("recipients by TLS: {}; over resumed sessions {}", join(&tally.by_tls), tally.resumed);
+    println!("recipients with a DNSSEC-authenticated MX answer: {}", tally.dnssec);
 }
+
+/// Recipients `send` lets wait for an outcome before it reads more input.
+const MAX_PENDING_RECIPIENTS: u64 = 200_000;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -422,13 +432,33 @@ fn run_send(a: SendArgs) -> Result<(), String> {
         (tally, failed)
     });
     let mut rejected = 0u64;
-    for (n, line) in std::io::BufReader::new(input).lines().enumerate() {
-        let n = n + 1;
-        let line = line.map_err(|e| format!("reading --input line {n}: {e}"))?;
+    let mut reader = std::io::BufReader::new(input);
+    let mut raw = Vec::new();
+    let mut read_error = None;
+    for n in 1.. {
+        raw.clear();
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                // Stop reading, but still let everything submitted finish with its outcome.
+                read_error = Some(format!("reading --input line {n}: {e}"));
+                break;
+            }
+        }
+        let Ok(line) = std::str::from_utf8(&raw) else {
+            eprintln!("mxpipe: input line {n} rejected: not UTF-8");
+            rejected += 1;
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: InputLine = match serde_json::from_str(&line) {
+        // Back-pressure: keep the recipients in flight bounded, however large the input.
+        while engine.pending() > MAX_PENDING_RECIPIENTS {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let parsed: InputLine = match serde_json::from_str(line) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("mxpipe: input line {n} rejected: {e}");
@@ -459,6 +489,10 @@ fn run_send(a: SendArgs) -> Result<(), String> {
     }
     let stats = engine.shutdown();
     let (tally, write_failed) = collector.join().map_err(|_| "outcome writer panicked".to_string())?;
+    if let Some(e) = read_error {
+        print_summary(&stats, &tally);
+        return Err(e);
+    }
     if a.json {
         let v = serde_json::json!({ "engine": stats, "outcomes": tally, "rejected_input_lines": rejected });
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);

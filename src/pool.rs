@@ -98,6 +98,29 @@ pub struct Target {
     pub verify_name: String,
 }
 
+impl Target {
+    /// The idle-pool key. A connection that verified a certificate is bound to the name it
+    /// verified; an opportunistic or clear-text one is not bound to any name, so domains
+    /// whose MX hosts share an address share its idle connections (as many hosted domains do).
+    pub fn pool_key(&self) -> PoolKey {
+        PoolKey {
+            addr: self.addr,
+            start: self.start,
+            security: self.security,
+            name: (self.security == Security::RequireVerified).then(|| self.verify_name.clone()),
+        }
+    }
+}
+
+/// See [`Target::pool_key`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    pub start: TlsStart,
+    pub security: Security,
+    pub name: Option<String>,
+}
+
 /// What we know of an open connection, for outcome records.
 #[derive(Debug, Clone)]
 pub struct ConnFacts {
@@ -140,6 +163,8 @@ pub struct Conn {
     max_command: Duration,
     /// Bytes received from the server when the current message was handed to the session.
     rx_at_send: u64,
+    /// This connection's slot in the per-address connection limit; freed when it is dropped.
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// How a message attempt on a connection ended.
@@ -198,6 +223,7 @@ impl Conn {
             rbuf: Vec::with_capacity(4096),
             max_command: timeouts.max_command,
             rx_at_send: 0,
+            slot: None,
         };
         // Drive the greeting, EHLO and (maybe) STARTTLS to Ready.
         loop {
@@ -303,7 +329,7 @@ impl Conn {
                             self.stream.flush().await
                         };
                         match tokio::time::timeout(wait, w).await {
-                            Ok(Ok(())) => {}
+                            Ok(Ok(())) => self.session.recycle(bytes),
                             Ok(Err(e)) => return Err(Failure::Io(format!("write failed: {e}"))),
                             Err(_) => return Err(Failure::Io("write timed out".into())),
                         }
@@ -395,6 +421,11 @@ async fn handshake(
             Ok((Stream::Tls(Box::new(s)), facts))
         }
         Ok(Err(e)) => Err(fail(describe_tls_error(&e))),
+        // On the implicit-TLS port a silent handshake means the port is not really served:
+        // like a refused connect, the host's STARTTLS step on 25 is next (and mandatory).
+        Err(_) if target.start == TlsStart::Implicit => {
+            Err(ConnectError::Unreachable { addr: target.addr, reason: "TLS handshake on the implicit-TLS port timed out".into() })
+        }
         Err(_) => Err(fail("TLS handshake timed out".into())),
     }
 }
@@ -409,21 +440,32 @@ pub fn describe_tls_error(e: &io::Error) -> String {
     }
 }
 
-/// Idle connections of one shard, by target, each with the time it may idle until.
+/// Idle connections of one shard, by [`PoolKey`], each with the time it may idle until.
 #[derive(Default)]
 pub struct Pool {
-    idle: HashMap<Target, Vec<(Conn, Instant)>>,
+    idle: HashMap<PoolKey, Vec<(Conn, Instant)>>,
 }
 
 impl Pool {
     /// Park a connection for reuse until `until`.
     pub fn put(&mut self, conn: Conn, until: Instant) {
-        self.idle.entry(conn.target.clone()).or_default().push((conn, until));
+        self.idle.entry(conn.target.pool_key()).or_default().push((conn, until));
     }
 
-    /// Take the most recently parked connection to `target`, if any is still within its time.
+    /// Take any idle connection to `addr` (to close it and free its slot for another key).
+    pub fn take_any_at(&mut self, addr: SocketAddr) -> Option<Conn> {
+        let key = self.idle.iter().find(|(k, l)| k.addr == addr && !l.is_empty()).map(|(k, _)| k.clone())?;
+        let list = self.idle.get_mut(&key)?;
+        let conn = list.pop().map(|(c, _)| c);
+        if list.is_empty() {
+            self.idle.remove(&key);
+        }
+        conn
+    }
+
+    /// Take the most recently parked connection for `target`, if any is still within its time.
     pub fn take(&mut self, target: &Target, now: Instant) -> Option<Conn> {
-        let list = self.idle.get_mut(target)?;
+        let list = self.idle.get_mut(&target.pool_key())?;
         while let Some((mut conn, until)) = list.pop() {
             if until > now {
                 conn.reused = true;

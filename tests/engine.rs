@@ -332,17 +332,27 @@ async fn dnssec_is_recorded_and_can_be_required_for_prefixes() {
     assert_eq!((a.status, a.dnssec, a.policy.as_deref()), (Status::Delivered, true, Some("starttls-prefix")), "{a:?}");
     w.stop().await;
 
-    // Unsigned zone, DNSSEC required for prefixes: the starttls- name is not trusted, so the
-    // host is treated as plain (opportunistic) and the outcome says dnssec false.
+    // Unsigned zone, validation on: our test server cannot prove the zone insecure (it
+    // serves no parent zones), so the answer is bogus and the part is deferred, nothing sent.
+    // (A validated-insecure answer makes a prefix untrusted: see the policy unit tests.)
     let mut plain = ZoneBuilder::new("t.test.");
     plain.mx("unsec.t.test", 10, "starttls-unsec.t.test").a("starttls-unsec.t.test", ip(31));
     let w = World::start(vec![plain], vec![(31, Box::new(|_| {}))]).await;
     let mut cfg = w.engine_config();
+    cfg.resolver.validate_dnssec = true;
+    cfg.resolver.trust_anchor = Some(w.dns.trust_anchors());
     cfg.policy.require_dnssec_for_prefix = true;
     let (o, _) = deliver(cfg, vec![msg("m1", &["b@unsec.t.test"])]).await;
     let b = one(&o, "b@unsec.t.test");
-    assert_eq!((b.status, b.dnssec, b.policy.as_deref()), (Status::Delivered, false, Some("opportunistic")), "{b:?}");
-    w.stop().await;
+    assert_eq!((b.status, b.dnssec), (Status::Deferred, false), "{b:?}");
+    let s = w.stop().await;
+    assert_eq!(s[0].messages, 0);
+
+    // Requiring DNSSEC for prefixes without validating is refused at start: it would
+    // silently turn every prefix off.
+    let mut cfg = EngineConfig::default();
+    cfg.policy.require_dnssec_for_prefix = true;
+    assert!(Engine::start(cfg).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,9 @@ pub struct EngineConfig {
     pub kx: Kx,
     /// Connections at once per destination domain.
     pub max_conns_per_dest: usize,
+    /// Connections at once, busy or idle, per destination address and shard: many domains
+    /// are hosted on one server, which must not get one connection per domain at once.
+    pub max_conns_per_ip: usize,
     /// Messages on one connection before it is closed and a new one opened.
     pub max_msgs_per_conn: u32,
     /// How long an idle connection is kept for reuse.
@@ -104,6 +107,7 @@ impl Default for EngineConfig {
             extra_roots: Vec::new(),
             kx: Kx::Default,
             max_conns_per_dest: 8,
+            max_conns_per_ip: 64,
             max_msgs_per_conn: 1000,
             idle_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
@@ -211,7 +215,17 @@ pub struct Engine {
 impl Engine {
     /// Start the shard threads. Outcomes arrive on the returned receiver; drain it while
     /// submitting (it is unbounded, so a slow reader costs memory, never a lost outcome).
-    pub fn start(cfg: EngineConfig) -> Result<(Engine, crossbeam_channel::Receiver<Outcome>), SubmitError> {
+    pub fn start(mut cfg: EngineConfig) -> Result<(Engine, crossbeam_channel::Receiver<Outcome>), SubmitError> {
+        // Settings that would stall or silently weaken delivery are made safe here.
+        cfg.max_msgs_per_conn = cfg.max_msgs_per_conn.max(1);
+        cfg.max_conns_per_dest = cfg.max_conns_per_dest.max(1);
+        cfg.max_conns_per_ip = cfg.max_conns_per_ip.max(1);
+        if cfg.policy.require_dnssec_for_prefix && !cfg.resolver.validate_dnssec {
+            // Without validation no answer is authenticated, and every prefix would be ignored.
+            return Err(SubmitError::Start(
+                "requiring DNSSEC for MX-prefix policies needs DNSSEC validation in the resolver".into(),
+            ));
+        }
         let (otx, orx) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
         let cfg = Arc::new(cfg);
@@ -240,33 +254,51 @@ impl Engine {
         c.recipients.fetch_add(msg.to.len() as u64, Ordering::Relaxed);
         let id: Arc<str> = msg.id.into();
         let from: Arc<str> = msg.from.into();
-        let mut by_domain: Vec<(String, Vec<String>)> = Vec::new();
+        let mut by_domain: HashMap<String, Vec<String>> = HashMap::new();
         for rcpt in msg.to {
             match domain_of(&rcpt) {
-                Some(d) => match by_domain.iter_mut().find(|(x, _)| *x == d) {
-                    Some((_, v)) => v.push(rcpt),
-                    None => by_domain.push((d, vec![rcpt])),
-                },
+                Some(d) => by_domain.entry(d).or_default().push(rcpt),
                 None => {
                     let o = Outcome::local(&id, &rcpt, Status::Bounced, "5.1.3", "recipient address is not user@domain");
                     self.emit(o);
                 }
             }
         }
+        let mut stopped = false;
         for (domain, rcpts) in by_domain {
             let shard = &self.shards[shard_of(&domain, self.shards.len())];
             let part = shard::Part { id: id.clone(), from: from.clone(), domain, rcpts, data: msg.data.clone() };
-            if let Err(e) = shard.tx.send(shard::Command::Deliver(part)) {
-                // The shard thread is gone (it only exits at shutdown): say so per recipient.
-                let shard::Command::Deliver(part) = e.0 else { continue };
+            let undelivered = if stopped {
+                Some(part)
+            } else {
+                match shard.tx.send(shard::Command::Deliver(part)) {
+                    Ok(()) => {
+                        shard.wake.notify_one();
+                        None
+                    }
+                    Err(e) => match e.0 {
+                        shard::Command::Deliver(part) => Some(part),
+                        shard::Command::Drain => None,
+                    },
+                }
+            };
+            if let Some(part) = undelivered {
+                // The shard thread is gone: every remaining recipient still gets its outcome.
+                stopped = true;
                 for r in part.rcpts {
                     self.emit(Outcome::local(&part.id, &r, Status::Deferred, "4.3.0", "engine shard stopped"));
                 }
-                return Err(SubmitError::ShuttingDown);
             }
-            shard.wake.notify_one();
+        }
+        if stopped {
+            return Err(SubmitError::ShuttingDown);
         }
         Ok(())
+    }
+
+    /// Recipients submitted that have no outcome yet: what a submitter should keep bounded.
+    pub fn pending(&self) -> u64 {
+        self.counters.recipients.load(Ordering::Relaxed).saturating_sub(self.outcomes_given())
     }
 
     fn emit(&self, o: Outcome) {

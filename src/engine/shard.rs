@@ -30,6 +30,10 @@ use crate::tls::{self, ClientOptions, ClientResumption, TicketStore, Verify};
 
 /// Queued parts per open connection of a destination before another connection is opened.
 const BACKLOG_PER_CONNECTION: usize = 16;
+/// Addresses tried per MX host: a hostile zone can list thousands.
+const MAX_ADDRS_PER_HOST: usize = 10;
+/// Reasons kept for a deferral when every MX host failed.
+const MAX_REASONS: usize = 4;
 
 /// What the engine sends a shard.
 pub(super) enum Command {
@@ -98,6 +102,7 @@ pub(super) fn spawn(
             idle: Notify::new(),
             next_seq: std::cell::Cell::new(1),
             dns_seen: std::cell::Cell::new(Default::default()),
+            slots: RefCell::new(HashMap::new()),
         });
         local.block_on(&rt, run(shard, rx, wake));
     })
@@ -135,6 +140,9 @@ struct Shard {
     next_seq: std::cell::Cell<u64>,
     /// The resolver's counters as last added to the engine's, to add only what is new.
     dns_seen: std::cell::Cell<crate::resolve::ResolverStats>,
+    /// Per destination address: the connection slots (open connections, busy or idle) and
+    /// how many workers wait for one.
+    slots: RefCell<HashMap<SocketAddr, (Arc<tokio::sync::Semaphore>, usize)>>,
 }
 
 #[derive(Default)]
@@ -225,8 +233,38 @@ fn enqueue(shard: &Rc<Shard>, part: Part) {
         spawn
     };
     if spawn {
-        tokio::task::spawn_local(worker(shard.clone(), domain));
+        spawn_worker(shard, domain);
     }
+}
+
+/// Start a worker, and a watcher that repairs the domain's counters if the worker panics, so
+/// the shard still drains and no queued part is left without an outcome.
+fn spawn_worker(shard: &Rc<Shard>, domain: String) {
+    let handle = tokio::task::spawn_local(worker(shard.clone(), domain.clone()));
+    let shard = shard.clone();
+    tokio::task::spawn_local(async move {
+        let Err(e) = handle.await else { return };
+        if !e.is_panic() {
+            return;
+        }
+        eprintln!("mxpipe: internal error: a delivery worker for {domain} panicked; its part in flight has no outcome");
+        let orphaned = {
+            let mut domains = shard.domains.borrow_mut();
+            match domains.get_mut(&domain) {
+                Some(d) => {
+                    d.workers = d.workers.saturating_sub(1);
+                    d.connected = d.connected.min(d.workers);
+                    d.workers == 0
+                }
+                None => false,
+            }
+        };
+        if orphaned {
+            fail_queue(&shard, &domain, Status::Deferred, "4.3.0", "mxpipe internal error (worker panicked)");
+            shard.domains.borrow_mut().remove(&domain);
+        }
+        shard.idle.notify_one();
+    });
 }
 
 /// Emit one outcome per recipient of `job`.
@@ -257,7 +295,9 @@ impl OutcomeCtx {
     fn of(conn: &Conn, plan: &HostPlan) -> OutcomeCtx {
         let f = &conn.facts;
         OutcomeCtx {
-            mx: f.host.clone(),
+            // The MX host of this destination (a connection may be shared by domains whose
+            // MX hosts have one address).
+            mx: plan.host.clone(),
             addr: SocketAddr::new(f.addr, f.port),
             tls: f.tls,
             policy: plan.source.to_string(),
@@ -302,9 +342,9 @@ fn pop_job(shard: &Shard, domain: &str) -> Option<Job> {
 }
 
 fn push_front(shard: &Shard, domain: &str, job: Job) {
-    if let Some(d) = shard.domains.borrow_mut().get_mut(domain) {
-        d.queue.push_front(job);
-    }
+    // The domain's entry lives while it has a worker, and only a worker requeues; or_default
+    // keeps the part even if that ever changes.
+    shard.domains.borrow_mut().entry(domain.to_string()).or_default().queue.push_front(job);
 }
 
 /// Fail every queued part of `domain` with one status and reason.
@@ -333,7 +373,7 @@ async fn worker(shard: Rc<Shard>, domain: String) {
             // Parts arrived after this worker decided to stop: start a fresh one.
             d.workers = 1;
             drop(domains);
-            tokio::task::spawn_local(worker(shard.clone(), domain));
+            spawn_worker(&shard, domain);
             shard.idle.notify_one();
             return;
         }
@@ -361,6 +401,8 @@ enum ConnEnd {
     Broken(String),
     /// The connection reached `max_msgs_per_conn` and was closed; open another.
     Recycle,
+    /// A reused idle connection turned out dead before it took the part; try again at once.
+    Stale,
 }
 
 async fn work(shard: &Rc<Shard>, domain: &str) {
@@ -375,12 +417,19 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
         }
     };
     let floor = shard.cfg.floors.get(domain).copied().unwrap_or(Floor::None);
-    let mut last_error = String::from("no usable MX host");
-    let mut broken = 0;
+    // Why each host failed, most preferred first: a policy failure at the primary MX (maybe
+    // an attack) must not hide behind a backup that was merely unreachable.
+    let mut reasons: Vec<String> = Vec::new();
+    let mut note = |r: String| {
+        if reasons.len() < MAX_REASONS {
+            reasons.push(r);
+        }
+    };
+    let (mut broken, mut stale) = (0, 0);
     'again: loop {
         for host in &dest.hosts {
             if host.addrs.is_empty() {
-                last_error = format!("{}: no address", host.name);
+                note(format!("{}: no address", host.name));
                 continue;
             }
             let plan = {
@@ -390,8 +439,17 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
             match try_host(shard, domain, &dest, host, &plan).await {
                 Ok(ConnEnd::QueueEmpty) => return,
                 Ok(ConnEnd::Recycle) => continue 'again,
+                Ok(ConnEnd::Stale) => {
+                    // Bounded: every stale connection came from the pool or died at once.
+                    stale += 1;
+                    if stale > 20 {
+                        note(format!("{}: connections kept closing before taking a message", host.name));
+                        break 'again;
+                    }
+                    continue 'again;
+                }
                 Ok(ConnEnd::Broken(e)) => {
-                    last_error = e;
+                    note(e);
                     broken += 1;
                     if broken >= 3 {
                         break 'again;
@@ -399,7 +457,7 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
                     // Parts remain: reconnect from the most preferred host.
                     continue 'again;
                 }
-                Err(e) => last_error = e,
+                Err(e) => note(e),
             }
         }
         break;
@@ -407,7 +465,8 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
     // Every host failed. Leave the queue to a worker that has a connection; else defer it.
     let connected = shard.domains.borrow().get(domain).map_or(0, |d| d.connected);
     if connected == 0 {
-        fail_queue(shard, domain, Status::Deferred, "4.4.1", &last_error);
+        let reason = if reasons.is_empty() { "no usable MX host".to_string() } else { reasons.join("; ") };
+        fail_queue(shard, domain, Status::Deferred, "4.4.1", &reason);
     }
 }
 
@@ -425,8 +484,9 @@ async fn try_host(
             LogicalPort::Smtp => shard.cfg.port_map.smtp,
             LogicalPort::Smtps => shard.cfg.port_map.smtps,
         };
+        let addrs = &host.addrs[..host.addrs.len().min(MAX_ADDRS_PER_HOST)];
         let mut unreachable = 0;
-        for &ip in &host.addrs {
+        for &ip in addrs {
             let target = Target {
                 host: host.name.clone(),
                 addr: SocketAddr::new(ip, port),
@@ -460,11 +520,11 @@ async fn try_host(
                 }
             }
         }
-        if step.port == LogicalPort::Smtps && unreachable == host.addrs.len() {
+        if step.port == LogicalPort::Smtps && unreachable == addrs.len() {
             shard.policy.borrow_mut().port26_unreachable(&host.name, Instant::now());
         }
     }
-    let _ = dest;
+    let _ = (dest, domain);
     Err(if last.is_empty() { format!("{}: no policy step usable", host.name) } else { last })
 }
 
@@ -478,7 +538,9 @@ async fn open(shard: &Rc<Shard>, target: Target) -> Result<Conn, ConnectError> {
         }
         // Closed by the server while idle: drop it and look for another.
     }
-    let (conn, full) = Conn::open(target, &shard.tls, &shard.cfg.ehlo_name, timeouts(&shard.cfg)).await?;
+    let slot = take_slot(shard, target.addr).await?;
+    let (mut conn, full) = Conn::open(target, &shard.tls, &shard.cfg.ehlo_name, timeouts(&shard.cfg)).await?;
+    conn.slot = Some(slot);
     let c = &shard.counters;
     c.connections.fetch_add(1, Ordering::Relaxed);
     if conn.facts.tls != TlsUse::None {
@@ -491,23 +553,68 @@ async fn open(shard: &Rc<Shard>, target: Target) -> Result<Conn, ConnectError> {
     Ok(conn)
 }
 
+/// A slot in the per-address connection limit. When none is free, close an idle connection to
+/// that address (it holds one), then wait for a slot, bounded by the connect timeout.
+async fn take_slot(shard: &Rc<Shard>, addr: SocketAddr) -> Result<tokio::sync::OwnedSemaphorePermit, ConnectError> {
+    let sem = {
+        let mut slots = shard.slots.borrow_mut();
+        let limit = shard.cfg.max_conns_per_ip.max(1);
+        slots.entry(addr).or_insert_with(|| (Arc::new(tokio::sync::Semaphore::new(limit)), 0)).0.clone()
+    };
+    if let Ok(p) = sem.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    if let Some(idle) = shard.pool.borrow_mut().take_any_at(addr) {
+        let s = shard.clone();
+        tokio::task::spawn_local(async move { idle.quit(&s.tls, timeouts(&s.cfg)).await });
+    }
+    set_waiting(shard, addr, 1);
+    let got = tokio::time::timeout(shard.cfg.connect_timeout, sem.acquire_owned()).await;
+    set_waiting(shard, addr, -1);
+    match got {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(ConnectError::Unreachable {
+            addr,
+            reason: format!("all {} connection slots to this address stayed busy", shard.cfg.max_conns_per_ip),
+        }),
+    }
+}
+
+fn set_waiting(shard: &Shard, addr: SocketAddr, delta: isize) {
+    if let Some(e) = shard.slots.borrow_mut().get_mut(&addr) {
+        e.1 = e.1.saturating_add_signed(delta);
+    }
+}
+
+/// Someone waits for a connection slot to `addr`: an idle connection there should make room.
+fn slot_wanted(shard: &Shard, addr: SocketAddr) -> bool {
+    shard.slots.borrow().get(&addr).is_some_and(|e| e.1 > 0)
+}
+
 /// Deliver queued parts of `domain` over `conn` until the queue is empty.
 async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &HostPlan) -> ConnEnd {
     set_connected(shard, domain, 1);
     let t = timeouts(&shard.cfg);
     let end = loop {
-        if conn.messages >= shard.cfg.max_msgs_per_conn {
-            // This connection has done its share: close it and let the worker open another.
-            set_connected(shard, domain, -1);
-            conn.quit(&shard.tls, t).await;
-            return ConnEnd::Recycle;
-        }
         let Some(job) = pop_job(shard, domain) else {
-            let until = Instant::now() + shard.cfg.idle_timeout;
-            shard.pool.borrow_mut().put(conn, until);
+            let until = Instant::now().checked_add(shard.cfg.idle_timeout);
+            match until {
+                Some(until) if !shard.cfg.idle_timeout.is_zero() && !slot_wanted(shard, conn.target.addr) => {
+                    shard.pool.borrow_mut().put(conn, until)
+                }
+                // No idling wanted, or another destination waits for this address's slot.
+                _ => conn.quit(&shard.tls, t).await,
+            }
             set_connected(shard, domain, -1);
             return ConnEnd::QueueEmpty;
         };
+        if conn.messages >= shard.cfg.max_msgs_per_conn {
+            // This connection has done its share: close it and let the worker open another.
+            push_front(shard, domain, job);
+            conn.quit(&shard.tls, t).await;
+            set_connected(shard, domain, -1);
+            return ConnEnd::Recycle;
+        }
         let ctx = OutcomeCtx::of(&conn, plan);
         // First use since it was taken from the idle pool?
         let was_reused = std::mem::take(&mut conn.reused);
@@ -515,22 +622,22 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
             Ok(mo) => {
                 shard.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
                 emit_message_outcome(shard, &job, mo, &ctx);
-                shard.policy.borrow_mut().success(&conn.target.host, Instant::now());
+                shard.policy.borrow_mut().success(&plan.host, Instant::now());
             }
-            Err(DeliverError::NotSent { error, .. }) => {
+            Err(DeliverError::NotSent { .. }) => {
                 push_front(shard, domain, job);
-                break ConnEnd::Broken(error);
+                break ConnEnd::Stale;
             }
             Err(DeliverError::Broken { error, .. }) => {
                 if was_reused && !conn.server_replied_to_message() {
                     // A parked connection the server closed just as we reused it: it said
                     // nothing about this part, so it cannot have taken it. Put the part back
-                    // and open a fresh connection.
+                    // and open a fresh connection; that is no failure of the host.
                     push_front(shard, domain, job);
-                } else {
-                    let reason = format!("{}: connection failed during the transaction, delivery status unknown: {error}", conn.target.host);
-                    finish(shard, &job, Status::Deferred, "4.4.2", &reason, Some(&ctx));
+                    break ConnEnd::Stale;
                 }
+                let reason = format!("{}: connection failed during the transaction, delivery status unknown: {error}", plan.host);
+                finish(shard, &job, Status::Deferred, "4.4.2", &reason, Some(&ctx));
                 break ConnEnd::Broken(error);
             }
         }
