@@ -103,11 +103,11 @@ sink_start() { # name
     --duration 7200 --stats-json "$OUT/$name-sink.json" >"$OUT/$name-sink.log" 2>&1 &
   SINK_PID=$!
   for _ in $(seq 100); do
-    [ -s "$OUT/$name-ca.pem" ] && ss -Hltn | grep -q "127.1.0.1:$P25 " && break
+    [ -s "$OUT/$name-ca.pem" ] && ss -Hltn | grep "127.1.0.1:$P25 " >/dev/null && break
     kill -0 "$SINK_PID" 2>/dev/null || break
     sleep 0.1
   done
-  ss -Hltn | grep -q "127.1.0.1:$P25 " || die "sink $name did not start: $(cat "$OUT/$name-sink.log")"
+  ss -Hltn | grep "127.1.0.1:$P25 " >/dev/null || die "sink $name did not start: $(cat "$OUT/$name-sink.log")"
   SINK_CA=$OUT/$name-ca.pem
   SINK_CPU0=$(cputime "$SINK_PID")
 }

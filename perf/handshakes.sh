@@ -30,7 +30,7 @@ start_sink() { # extra flags...
   $TASKSET_S $BIN/mxpipe sink --starttls-port "$SINK_ST" --implicit-port "$SINK_IM" --ca-out "$OUT/sink-ca.pem" \
     --duration 3600 "$@" >>"$OUT/sink.log" 2>&1 &
   SINK_PID=$!
-  for _ in $(seq 50); do ss -Hltn | grep -q "127.0.0.1:$SINK_IM " && break; sleep 0.1; done
+  for _ in $(seq 50); do ss -Hltn | grep "127.0.0.1:$SINK_IM " >/dev/null && break; sleep 0.1; done
 }
 stop_sink() { kill -TERM "$SINK_PID" 2>/dev/null || true; wait "$SINK_PID" 2>/dev/null || true; }
 trap 'stop_sink' EXIT

@@ -234,7 +234,7 @@ postmap -c "$PF_CONF" "hash:$PF_CONF/bench_transport"
 postfix -c "$PF_CONF" set-permissions >/dev/null 2>&1 || true
 postfix -c "$PF_CONF" check
 if [ -n "$PF_CPU" ]; then taskset -c "$PF_CPU" postfix -c "$PF_CONF" start >/dev/null; else postfix -c "$PF_CONF" start >/dev/null; fi
-for _ in $(seq 50); do ss -Hltn 2>/dev/null | grep -q "$PF_LISTEN:$PF_PORT " && break; sleep 0.1; done
-ss -Hltn | grep -q "$PF_LISTEN:$PF_PORT " || { echo "postfix-sender: smtpd not listening on $PF_LISTEN:$PF_PORT" >&2; tail -20 "$PF_LOG" >&2 || true; exit 1; }
+for _ in $(seq 50); do ss -Hltn 2>/dev/null | grep "$PF_LISTEN:$PF_PORT " >/dev/null && break; sleep 0.1; done
+ss -Hltn | grep "$PF_LISTEN:$PF_PORT " >/dev/null || { echo "postfix-sender: smtpd not listening on $PF_LISTEN:$PF_PORT" >&2; tail -20 "$PF_LOG" >&2 || true; exit 1; }
 if [ -n "$PF_CPU" ]; then taskset -a -p -c "$PF_CPU" "$(master_pid)" >/dev/null; fi   # children inherit
 echo "postfix sender ($PF_CONF) up: inject on $PF_LISTEN:$PF_PORT (held), master pid $(master_pid), log $PF_LOG"

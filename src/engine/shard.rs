@@ -30,6 +30,10 @@ use crate::tls::{self, ClientOptions, ClientResumption, TicketStore, Verify};
 
 /// Queued parts per open connection of a destination before another connection is opened.
 const BACKLOG_PER_CONNECTION: usize = 16;
+/// Workers (connections) in a shard that keep it busy: past this, a destination's backlog
+/// waits for its open connection rather than paying for another handshake. More connections
+/// only help while there are too few to keep the core fed.
+const ENOUGH_WORKERS: usize = 128;
 /// Addresses tried per MX host: a hostile zone can list thousands.
 const MAX_ADDRS_PER_HOST: usize = 10;
 /// Reasons kept for a deferral when every MX host failed.
@@ -103,6 +107,7 @@ pub(super) fn spawn(
             next_seq: std::cell::Cell::new(1),
             dns_seen: std::cell::Cell::new(Default::default()),
             slots: RefCell::new(HashMap::new()),
+            workers: std::cell::Cell::new(0),
         });
         local.block_on(&rt, run(shard, rx, wake));
     })
@@ -143,6 +148,8 @@ struct Shard {
     /// Per destination address: the connection slots (open connections, busy or idle) and
     /// how many workers wait for one.
     slots: RefCell<HashMap<SocketAddr, (Arc<tokio::sync::Semaphore>, usize)>>,
+    /// Workers running in this shard, all destinations together.
+    workers: std::cell::Cell<usize>,
 }
 
 #[derive(Default)]
@@ -225,8 +232,10 @@ fn enqueue(shard: &Rc<Shard>, part: Part) {
         // One more worker (so one more connection) while under the limit and the backlog is
         // more than the open ones will clear soon: a handshake costs more than a few queued
         // transactions on a warm, pipelining connection.
-        let spawn = d.workers < shard.cfg.max_conns_per_dest.max(1)
-            && (d.workers == 0 || d.queue.len() > d.workers * BACKLOG_PER_CONNECTION);
+        let spawn = d.workers == 0
+            || (d.workers < shard.cfg.max_conns_per_dest.max(1)
+                && d.queue.len() > d.workers * BACKLOG_PER_CONNECTION
+                && shard.workers.get() < ENOUGH_WORKERS);
         if spawn {
             d.workers += 1;
         }
@@ -240,10 +249,13 @@ fn enqueue(shard: &Rc<Shard>, part: Part) {
 /// Start a worker, and a watcher that repairs the domain's counters if the worker panics, so
 /// the shard still drains and no queued part is left without an outcome.
 fn spawn_worker(shard: &Rc<Shard>, domain: String) {
+    shard.workers.set(shard.workers.get() + 1);
     let handle = tokio::task::spawn_local(worker(shard.clone(), domain.clone()));
     let shard = shard.clone();
     tokio::task::spawn_local(async move {
-        let Err(e) = handle.await else { return };
+        let result = handle.await;
+        shard.workers.set(shard.workers.get().saturating_sub(1));
+        let Err(e) = result else { return };
         if !e.is_panic() {
             return;
         }
