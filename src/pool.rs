@@ -145,7 +145,7 @@ pub enum ConnectError {
     #[error("opportunistic TLS handshake with {host} failed: {reason}")]
     OpportunisticTls { host: String, reason: String },
     /// The server refused us at the greeting or EHLO, or broke the protocol.
-    #[error("{host} refused the session: {reason}")]
+    #[error("{host}: no SMTP session: {reason}")]
     Smtp { host: String, reason: String, permanent: bool },
 }
 

@@ -98,10 +98,15 @@ fn demo_delivers_everything_with_nothing_installed() {
     let out = mxpipe().args(["demo", "--domains", "12", "--messages", "120", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["outcomes"]["delivered"], 240);
-    assert_eq!(r["sink"]["recipients"], 240);
+    // Two bursts by default, 240 recipients each.
+    assert_eq!(r["outcomes"]["delivered"], 480);
+    assert_eq!(r["sink"]["recipients"], 480);
     for policy in ["starttls-prefix", "smtps-prefix", "opportunistic"] {
-        assert_eq!(r["outcomes"]["by_policy"][policy], 80, "{policy}");
+        assert_eq!(r["outcomes"]["by_policy"][policy], 160, "{policy}");
     }
-    assert_eq!(r["outcomes"]["by_tls"]["implicit"], 80);
+    assert_eq!(r["outcomes"]["by_tls"]["implicit"], 160);
+    // The second burst finds everything warm: no new connection, no DNS query.
+    let b2 = &r["bursts"][1];
+    assert_eq!((b2["connections_opened"].as_u64(), b2["dns_queries"].as_u64()), (Some(0), Some(0)), "{b2}");
+    assert!(b2["connections_reused"].as_u64().unwrap() >= 12, "{b2}");
 }
