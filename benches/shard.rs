@@ -1,6 +1,8 @@
 //! Shard routing: the per-part cost of choosing a shard and splitting recipients by domain.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mxpipe::engine::{domain_of, shard_of};
 
 fn bench(c: &mut Criterion) {

@@ -225,23 +225,21 @@ impl Conn {
             rx_at_send: 0,
             slot: None,
         };
-        // Drive the greeting, EHLO and (maybe) STARTTLS to Ready.
-        loop {
-            match conn.next_event(tls, timeouts).await {
-                Ok(Event::Ready) => break,
-                Ok(Event::StartTls) => unreachable!("handled in next_event"),
-                Ok(other) => {
-                    return Err(ConnectError::Smtp {
-                        host: conn.target.host.clone(),
-                        reason: format!("unexpected event before ready: {}", event_name(&other)),
-                        permanent: false,
-                    })
-                }
-                Err(Failure::Session(e)) => return Err(session_error_to_connect(&conn.target, e)),
-                Err(Failure::Tls(e)) => return Err(e),
-                Err(Failure::Io(e)) => {
-                    return Err(ConnectError::Smtp { host: conn.target.host.clone(), reason: e, permanent: false })
-                }
+        // Drive the greeting, EHLO and (maybe) STARTTLS to Ready (`next_event` does the
+        // writes and the TLS upgrade itself).
+        match conn.next_event(tls, timeouts).await {
+            Ok(Event::Ready) => {}
+            Ok(other) => {
+                return Err(ConnectError::Smtp {
+                    host: conn.target.host.clone(),
+                    reason: format!("unexpected event before ready: {}", event_name(&other)),
+                    permanent: false,
+                })
+            }
+            Err(Failure::Session(e)) => return Err(session_error_to_connect(&conn.target, e)),
+            Err(Failure::Tls(e)) => return Err(e),
+            Err(Failure::Io(e)) => {
+                return Err(ConnectError::Smtp { host: conn.target.host.clone(), reason: e, permanent: false })
             }
         }
         if let Some(f) = &conn.facts.tls_facts {
@@ -294,7 +292,7 @@ impl Conn {
     pub async fn probe_alive(&mut self) -> bool {
         let mut buf = [0u8; 64];
         // `timeout` polls the read once before looking at the (already passed) deadline.
-        matches!(tokio::time::timeout(Duration::ZERO, self.stream.read(&mut buf)).await, Err(_))
+        tokio::time::timeout(Duration::ZERO, self.stream.read(&mut buf)).await.is_err()
     }
 
     /// Say QUIT and read to the server's close, bounded; errors do not matter any more.

@@ -20,7 +20,7 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
             }
         }
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// CPU time used by this process so far (user, system).

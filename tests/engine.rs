@@ -32,6 +32,9 @@ fn free_ports() -> PortMap {
     }
 }
 
+/// A sink's adjustment of its config, per address.
+type Adjust = Box<dyn FnOnce(&mut SinkConfig)>;
+
 struct World {
     dns: DnsServer,
     sinks: Vec<Sink>,
@@ -43,7 +46,7 @@ impl World {
     /// Start the DNS server with `zones` and one sink per (address, adjust) pair. All sinks
     /// serve one certificate, for `*.t.test`, from a CA the engine trusts; an MX host named
     /// outside `t.test` therefore presents a trusted certificate for the wrong name.
-    async fn start(zones: Vec<ZoneBuilder>, sinks: Vec<(u8, Box<dyn FnOnce(&mut SinkConfig)>)>) -> World {
+    async fn start(zones: Vec<ZoneBuilder>, sinks: Vec<(u8, Adjust)>) -> World {
         let pki = tls::certs::generate(&["*.t.test".into()]).unwrap();
         let ports = free_ports();
         let mut started = Vec::new();
@@ -61,15 +64,16 @@ impl World {
     }
 
     fn engine_config(&self) -> EngineConfig {
-        let mut c = EngineConfig::default();
-        c.shards = 2;
-        c.resolver = ResolverConfig { nameserver: Some(self.dns.addr()), timeout: Duration::from_secs(2), ..ResolverConfig::default() };
-        c.port_map = self.ports;
-        c.extra_roots = vec![self.pki.ca_der.clone()];
-        c.connect_timeout = Duration::from_secs(2);
-        c.command_timeout = Duration::from_secs(10);
-        c.idle_timeout = Duration::from_secs(5);
-        c
+        EngineConfig {
+            shards: 2,
+            resolver: ResolverConfig { nameserver: Some(self.dns.addr()), timeout: Duration::from_secs(2), ..ResolverConfig::default() },
+            port_map: self.ports,
+            extra_roots: vec![self.pki.ca_der.clone()],
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(5),
+            ..EngineConfig::default()
+        }
     }
 
     async fn stop(self) -> Vec<StatsSnapshot> {
@@ -251,7 +255,7 @@ async fn pipelining_reuse_and_resumption_on_a_second_burst() {
         let host = if i % 2 == 0 { format!("starttls-h{i}.t.test") } else { format!("smtps-h{i}.t.test") };
         z.mx(&format!("d{i}.t.test"), 10, &host).a(&host, ip(10 + (i % 4) as u8));
     }
-    let w = World::start(vec![z], (10..14).map(|d| (d, Box::new(|_: &mut SinkConfig| {}) as Box<dyn FnOnce(&mut SinkConfig)>)).collect()).await;
+    let w = World::start(vec![z], (10..14).map(|d| (d, Box::new(|_: &mut SinkConfig| {}) as Adjust)).collect()).await;
     let mut cfg = w.engine_config();
     // Close connections between bursts, so the second burst must handshake again.
     cfg.idle_timeout = Duration::ZERO;

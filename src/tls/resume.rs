@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -119,9 +119,7 @@ impl TicketStore {
     }
 
     fn shard_of(&self, name: &ServerName<'_>) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        name.hash(&mut h);
-        &self.shards[(h.finish() as usize) % self.shards.len()]
+        &self.shards[(self.hasher.hash_one(name) as usize) % self.shards.len()]
     }
 
     fn with_shard<R>(&self, name: &ServerName<'_>, f: impl FnOnce(&mut Shard) -> R) -> R {
