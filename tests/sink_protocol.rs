@@ -8,6 +8,17 @@ use std::time::Duration;
 use common::{client_tls, start_sink, Client};
 use mxpipe::sink::PortKind;
 
+/// A client on the STARTTLS port that has been told 354 for a message to one recipient.
+async fn in_data(addr: std::net::SocketAddr) -> Client<tokio::net::TcpStream> {
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.reply().await.code, 220);
+    assert_eq!(c.cmd("EHLO c.test").await, 250);
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@y.test>").await, 250);
+    assert_eq!(c.cmd("DATA").await, 354);
+    c
+}
+
 #[tokio::test]
 async fn pipelined_group_is_answered_in_order() {
     let (sink, _pki) = start_sink(|_| {}).await;
@@ -121,12 +132,7 @@ async fn sequence_and_syntax_errors() {
 #[tokio::test]
 async fn oversized_message_gets_552_and_session_continues() {
     let (sink, _) = start_sink(|c| c.max_message_size = 1000).await;
-    let mut c = Client::connect(sink.addr(PortKind::StartTls).unwrap()).await;
-    c.reply().await;
-    c.cmd("EHLO c.test").await;
-    c.cmd("MAIL FROM:<a@x.test>").await;
-    c.cmd("RCPT TO:<b@y.test>").await;
-    assert_eq!(c.cmd("DATA").await, 354);
+    let mut c = in_data(sink.addr(PortKind::StartTls).unwrap()).await;
     let line = format!("{}\r\n", "x".repeat(98));
     c.send(line.repeat(50) + ".\r\n").await;
     assert_eq!(c.reply().await.code, 552);
@@ -286,12 +292,7 @@ async fn shutdown_tells_idle_sessions_421() {
 #[tokio::test]
 async fn shutdown_lets_a_message_in_flight_finish_within_grace() {
     let (sink, _) = start_sink(|_| {}).await;
-    let mut c = Client::connect(sink.addr(PortKind::StartTls).unwrap()).await;
-    c.reply().await;
-    c.cmd("EHLO c.test").await;
-    c.cmd("MAIL FROM:<a@x.test>").await;
-    c.cmd("RCPT TO:<b@y.test>").await;
-    assert_eq!(c.cmd("DATA").await, 354);
+    let mut c = in_data(sink.addr(PortKind::StartTls).unwrap()).await;
     c.send("Subject: half\r\n").await;
     let report = tokio::spawn(sink.shutdown(Duration::from_secs(5)));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -304,12 +305,7 @@ async fn shutdown_lets_a_message_in_flight_finish_within_grace() {
 #[tokio::test]
 async fn grace_expiry_aborts_a_stalled_session() {
     let (sink, _) = start_sink(|_| {}).await;
-    let mut c = Client::connect(sink.addr(PortKind::StartTls).unwrap()).await;
-    c.reply().await;
-    c.cmd("EHLO c.test").await;
-    c.cmd("MAIL FROM:<a@x.test>").await;
-    c.cmd("RCPT TO:<b@y.test>").await;
-    assert_eq!(c.cmd("DATA").await, 354);
+    let mut c = in_data(sink.addr(PortKind::StartTls).unwrap()).await;
     let report = sink.shutdown(Duration::from_millis(300)).await;
     assert_eq!((report.stats.sessions_aborted, report.stats.messages), (1, 0));
 }
