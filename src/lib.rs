@@ -6,6 +6,7 @@
 //!
 //! Modules:
 //! - [`resolve`]: MX resolution over hickory with our own TTL-bound, single-flight cache.
+//! - [`dsn`]: RFC 3464 delivery status notifications (bounces) for the daemon.
 //! - [`dnsserver`]: an in-process authoritative DNS server (tests and `mxpipe demo`).
 //! - [`policy`]: the MX-prefix TLS policy, a pure function of resolved facts, and what was learned.
 //! - [`reply`]: SMTP reply and EHLO-capability parsing (pure, shared by every client).
@@ -15,6 +16,7 @@
 
 pub mod demo;
 pub mod dnsserver;
+pub mod dsn;
 pub mod engine;
 pub mod outcome;
 pub mod policy;

@@ -154,18 +154,21 @@ fn split_line(line: &[u8]) -> Result<(u16, bool, &[u8]), ReplyError> {
 
 /// Read an RFC 3463 code at the start of `text`; its class must agree with the reply code.
 fn parse_enhanced(text: &str, code: u16) -> Option<EnhancedCode> {
-    let word = text.split(' ').next()?;
-    let mut it = word.split('.');
-    let class: u8 = it.next()?.parse().ok()?;
-    let subject: u16 = it.next()?.parse().ok()?;
-    let detail: u16 = it.next()?.parse().ok()?;
-    if it.next().is_some() || !matches!(class, 2 | 4 | 5) || u16::from(class) != code / 100 {
-        return None;
+    EnhancedCode::parse(text.split(' ').next()?).filter(|e| u16::from(e.class) == code / 100)
+}
+
+impl EnhancedCode {
+    /// Parse `class.subject.detail` (class 2, 4 or 5; subject and detail up to 999).
+    pub fn parse(word: &str) -> Option<EnhancedCode> {
+        let mut it = word.split('.');
+        let class: u8 = it.next()?.parse().ok()?;
+        let subject: u16 = it.next()?.parse().ok()?;
+        let detail: u16 = it.next()?.parse().ok()?;
+        if it.next().is_some() || !matches!(class, 2 | 4 | 5) || subject > 999 || detail > 999 {
+            return None;
+        }
+        Some(EnhancedCode { class, subject, detail })
     }
-    if subject > 999 || detail > 999 {
-        return None;
-    }
-    Some(EnhancedCode { class, subject, detail })
 }
 
 /// The extensions a server announced in its EHLO reply that a client acts on.
