@@ -6,6 +6,7 @@
 //!
 //! Modules:
 //! - [`resolve`]: MX resolution over hickory with our own TTL-bound, single-flight cache.
+//! - [`config`]: the daemon's TOML configuration (`mxpipe.example.toml` documents it).
 //! - [`dsn`]: RFC 3464 delivery status notifications (bounces) for the daemon.
 //! - [`dnsserver`]: an in-process authoritative DNS server (tests and `mxpipe demo`).
 //! - [`policy`]: the MX-prefix TLS policy, a pure function of resolved facts, and what was learned.
@@ -14,6 +15,7 @@
 //! - [`sink`]: the receiving SMTP server for tests and capacity benchmarks.
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
 
+pub mod config;
 pub mod demo;
 pub mod dnsserver;
 pub mod dsn;

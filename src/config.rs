@@ -1,0 +1,1361 @@
+//! The daemon's configuration file (`mxpipe serve --config FILE`): one TOML file, read once at
+//! start.
+//!
+//! This module owns the file's shape, its defaults, and the checks that let a person fix a
+//! wrong setting from the error message alone: unknown keys are refused (a misspelt setting
+//! silently left at its default is the worst kind of config bug), durations are written as
+//! `"90s"`, `"5m"`, `"1h"`, `"5d"` or `"250ms"`, and network addresses are parsed here, not
+//! where they are used. It does no I/O beyond reading the file (and, in
+//! [`Config::engine_config`], the CA files it names) and starts nothing.
+//!
+//! The doc comments on the section structs are the reference; `mxpipe.example.toml` at the
+//! repository root is the same documentation as a file to copy, and a test keeps the two in
+//! step (it must parse, and equal the defaults except for its `[[domain]]` examples).
+//!
+//! Every table refuses unknown keys and every setting has a default, so an empty file is a
+//! valid configuration equal to [`Config::default`], whose engine settings equal
+//! [`EngineConfig::default`] and the defaults of the `mxpipe send` flags.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::engine::{EngineConfig, PortMap};
+use crate::policy::Floor;
+use crate::tls::Kx;
+
+/// Most shards accepted: each is an OS thread, and a typo of a few zeros must not start
+/// a hundred thousand of them.
+pub const MAX_SHARDS: usize = 1024;
+
+/// Why a configuration was refused. Each variant names the setting (or the file position) and
+/// says what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// Not valid TOML, an unknown key, or a value of the wrong kind, at a position in the file.
+    #[error("{0}")]
+    Parse(Box<ParseError>),
+    /// A value of the right kind that is out of range or inconsistent with another setting.
+    /// `setting` is its dotted path, e.g. `engine.connect_timeout` or
+    /// `domain "example.com".max_conns`.
+    #[error("{}{setting}: {message}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    Invalid { file: Option<PathBuf>, setting: String, message: String },
+    /// Two `[[domain]]` entries for the same domain or the same MX pattern: which one applies
+    /// would depend on their order, so neither is chosen.
+    #[error("{}[[domain]] entries {first} and {second} both have {key} = {value:?}; merge them into one",
+        file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    DuplicateDomain { file: Option<PathBuf>, key: &'static str, value: String, first: usize, second: usize },
+    /// A file named by `tls.ca_files` could not be loaded (the source names the file).
+    #[error("tls.ca_files: {source}")]
+    CaFile { path: PathBuf, source: crate::tls::TlsError },
+}
+
+impl ConfigError {
+    fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { file: None, setting: setting.into(), message: message.into() }
+    }
+
+    /// Name the file in errors found while checking its content.
+    fn in_file(mut self, path: &Path) -> ConfigError {
+        match &mut self {
+            ConfigError::Parse(p) => p.file = Some(path.to_path_buf()),
+            ConfigError::Invalid { file, .. } | ConfigError::DuplicateDomain { file, .. } => *file = Some(path.to_path_buf()),
+            ConfigError::Io { .. } | ConfigError::CaFile { .. } => {}
+        }
+        self
+    }
+}
+
+/// Where in the file a [`ConfigError::Parse`] is, and what is wrong there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}line {line}, column {column}, {}: {message}\n  {line} | {excerpt}",
+    file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default(),
+    match (setting, table) {
+        (Some(s), _) => format!("setting {s}"),
+        (None, Some(t)) => format!("in {t}"),
+        (None, None) => "at the top level".into(),
+    })]
+pub struct ParseError {
+    /// The file, when read by [`Config::load`].
+    pub file: Option<PathBuf>,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    /// The header the position is under (`[engine]`, `[[domain]]`); `None` at the top level.
+    pub table: Option<String>,
+    /// The dotted path of the key whose value is wrong (`engine.idle_timeout`), when the
+    /// error is in a value.
+    pub setting: Option<String>,
+    /// toml's or serde's message; for an unknown key it names the key and lists the known ones.
+    pub message: String,
+    /// The offending line.
+    pub excerpt: String,
+}
+
+/// The whole file. Each field is one `[table]`; `domain` is the `[[domain]]` array.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub engine: EngineSection,
+    pub dns: DnsSection,
+    pub ports: PortsSection,
+    pub tls: TlsSection,
+    pub spool: SpoolSection,
+    pub retry: RetrySection,
+    pub inject: InjectSection,
+    pub log: LogSection,
+    /// Per-destination overrides, in file order (`[[domain]]` in the file).
+    #[serde(rename = "domain")]
+    pub domains: Vec<DomainOverride>,
+}
+
+/// `[engine]`: how deliveries are made. Same meaning and defaults as the `mxpipe send` flags
+/// of the same names.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    /// Shard threads, each owning its destinations: a number from 1 to [`MAX_SHARDS`], or
+    /// `"auto"` for one per core (`None` here). Default `"auto"`.
+    #[serde(deserialize_with = "de_shards")]
+    pub shards: Option<usize>,
+    /// Connections at once per destination domain. Default 8.
+    pub max_conns_per_dest: usize,
+    /// Connections at once (busy or idle) per destination IP address and shard: many domains
+    /// share one server, which must not get one connection per domain. Default 64.
+    pub max_conns_per_ip: usize,
+    /// Messages sent on one connection before it is replaced. Default 1000.
+    pub max_msgs_per_conn: u32,
+    /// How long an idle connection is kept for reuse, at most 1d. Default `"10s"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    /// Time allowed for a TCP connect, 1s to 1h. Default `"10s"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Upper bound on any single SMTP wait, 1s to 1h (RFC 5321's are minutes). Default `"5m"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub command_timeout: Duration,
+    /// Name sent in EHLO; should be the sending host's name, with matching forward and reverse
+    /// DNS. Default `"mxpipe.localhost"`.
+    pub ehlo_name: String,
+    /// TLS key exchange offered: `default`, `x25519`, `x25519mlkem768` or `p256`.
+    /// Default `"default"` (rustls' list, hybrid post-quantum first).
+    #[serde(deserialize_with = "de_kx")]
+    pub kx: Kx,
+    /// Trust MX-prefix TLS policies only when the MX answer is DNSSEC-authenticated. Turns on
+    /// `dns.validate_dnssec`, which it needs. Default false.
+    pub require_dnssec: bool,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        EngineSection {
+            shards: None,
+            max_conns_per_dest: e.max_conns_per_dest,
+            max_conns_per_ip: e.max_conns_per_ip,
+            max_msgs_per_conn: e.max_msgs_per_conn,
+            idle_timeout: e.idle_timeout,
+            connect_timeout: e.connect_timeout,
+            command_timeout: e.command_timeout,
+            ehlo_name: e.ehlo_name,
+            kx: e.kx,
+            require_dnssec: e.policy.require_dnssec_for_prefix,
+        }
+    }
+}
+
+/// `[dns]`: where MX records are looked up.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSection {
+    /// Nameserver to ask, `"ADDR:PORT"` or `"ADDR"` (port 53). Unset: the system resolver
+    /// (`/etc/resolv.conf`). Default unset.
+    #[serde(deserialize_with = "de_nameserver")]
+    pub nameserver: Option<SocketAddr>,
+    /// Time allowed for one query attempt, 1ms to 1m. Default `"5s"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Ask for DNSSEC validation; answers that fail it become temporary failures.
+    /// Default false (also turned on by `engine.require_dnssec`).
+    pub validate_dnssec: bool,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        let r = crate::resolve::ResolverConfig::default();
+        DnsSection { nameserver: r.nameserver, timeout: r.timeout, validate_dnssec: r.validate_dnssec }
+    }
+}
+
+/// `[ports]`: the TCP ports dialled for the logical SMTP ports (change them only to test
+/// against an unprivileged sink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PortsSection {
+    /// Port for SMTP with STARTTLS. Default 25.
+    pub smtp: u16,
+    /// Port for SMTP over implicit TLS (the `smtps-` MX prefix). Default 26.
+    pub smtps: u16,
+}
+
+impl Default for PortsSection {
+    fn default() -> Self {
+        let p = PortMap::default();
+        PortsSection { smtp: p.smtp, smtps: p.smtps }
+    }
+}
+
+/// `[tls]`: outbound TLS trust.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM files of extra trust anchors for verified TLS, beside the Mozilla roots.
+    /// Default none.
+    pub ca_files: Vec<PathBuf>,
+}
+
+/// `[spool]`: where accepted messages are kept until every recipient has an outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolSection {
+    /// Directory of the spool; created if missing. Default `"/var/spool/mxpipe"`.
+    pub dir: PathBuf,
+    /// Most messages made durable by one group commit. Default 256.
+    pub max_batch: usize,
+    /// Longest a message waits for its group commit (adds to injection latency), at most 1s.
+    /// Default `"2ms"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_delay: Duration,
+    /// Sync each commit to disk before acknowledging. Off loses acknowledged mail on a power
+    /// failure or kernel crash: only for tests and benchmarks. Default true.
+    pub fsync: bool,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            dir: PathBuf::from("/var/spool/mxpipe"),
+            max_batch: 256,
+            max_delay: Duration::from_millis(2),
+            fsync: true,
+        }
+    }
+}
+
+/// `[retry]`: when a temporarily failed recipient is tried again. The n-th retry waits
+/// `initial * factor^(n-1)`, capped at `max_interval`, each wait moved by a random ±`jitter`
+/// fraction; a recipient still undelivered `max_age` after injection is bounced.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySection {
+    /// Wait before the first retry. Default `"5m"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub initial: Duration,
+    /// Growth of each wait over the previous one, 1 to 10. Default 2.0.
+    pub factor: f64,
+    /// Longest wait between two attempts, at least `initial`. Default `"1h"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_interval: Duration,
+    /// Age at which a message is bounced with a DSN, at least `initial`. Default `"5d"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_age: Duration,
+    /// Random spread of each wait, as a fraction from 0 to 1 (0.2: ±20%), so that a burst that
+    /// failed together does not retry together. Default 0.2.
+    pub jitter: f64,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        RetrySection {
+            initial: Duration::from_secs(5 * 60),
+            factor: 2.0,
+            max_interval: Duration::from_secs(3600),
+            max_age: Duration::from_secs(5 * 86_400),
+            jitter: 0.2,
+        }
+    }
+}
+
+/// `[inject]`: how applications hand messages to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InjectSection {
+    pub smtp: SmtpInjectSection,
+    pub http: HttpInjectSection,
+}
+
+/// `[inject.smtp]`: the SMTP injection listener. A client from `allowed_networks` may send
+/// without authenticating; any other client must AUTH (offered only with `auth.users_file`)
+/// or is refused with 5.7.1. It is never an open relay.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpInjectSection {
+    /// Address to listen on, `"IP:PORT"`. Default `"127.0.0.1:2025"`.
+    #[serde(deserialize_with = "de_socket")]
+    pub listen: SocketAddr,
+    /// Client networks allowed to send without AUTH, as CIDRs (`"10.0.0.0/8"`,
+    /// `"2001:db8::/32"`, or a single address). Default `["127.0.0.0/8", "::1/128"]`.
+    pub allowed_networks: Vec<Cidr>,
+    pub auth: SmtpAuthSection,
+    pub tls: SmtpInjectTlsSection,
+}
+
+impl Default for SmtpInjectSection {
+    fn default() -> Self {
+        SmtpInjectSection {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2025),
+            allowed_networks: vec![
+                Cidr { addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), prefix: 8 },
+                Cidr { addr: IpAddr::V6(Ipv6Addr::LOCALHOST), prefix: 128 },
+            ],
+            auth: SmtpAuthSection::default(),
+            tls: SmtpInjectTlsSection::default(),
+        }
+    }
+}
+
+/// `[inject.smtp.auth]`: AUTH PLAIN for clients outside `allowed_networks`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpAuthSection {
+    /// File of the users allowed to AUTH. Unset: AUTH is not offered. Default unset.
+    pub users_file: Option<PathBuf>,
+    /// Offer AUTH only after STARTTLS, so that passwords never cross the network in clear.
+    /// May be false only when `listen` is a loopback address. Default true.
+    pub require_starttls: bool,
+}
+
+impl Default for SmtpAuthSection {
+    fn default() -> Self {
+        SmtpAuthSection { users_file: None, require_starttls: true }
+    }
+}
+
+/// `[inject.smtp.tls]`: the certificate the injection listener offers with STARTTLS.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpInjectTlsSection {
+    /// Certificate chain (PEM); give `key` with it. Unset: a self-signed certificate for
+    /// `engine.ehlo_name` is generated at each start (clients must then not verify it).
+    /// Default unset.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of `cert`. Default unset.
+    pub key: Option<PathBuf>,
+}
+
+/// `[inject.http]`: the HTTP API (`POST /v1/messages`, `GET /v1/queues`, `GET /metrics`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpInjectSection {
+    /// Address to listen on, `"IP:PORT"`. Default `"127.0.0.1:8025"`.
+    #[serde(deserialize_with = "de_socket")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpInjectSection {
+    fn default() -> Self {
+        HttpInjectSection { listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8025) }
+    }
+}
+
+/// `[log]`: records of what happened to each message.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSection {
+    /// Delivery log: one JSON line per attempt and outcome, with its TLS facts. Appended to;
+    /// rotate it by renaming and restarting. Unset: no delivery log. Default unset.
+    pub delivery_log: Option<PathBuf>,
+}
+
+/// One `[[domain]]` entry: settings for one destination domain (`name`) or for every
+/// destination whose MX host matches `mx_pattern`. Exactly one of the two is given.
+///
+/// For a destination, the entry whose `name` is its domain applies; failing that, the first
+/// entry (in file order) whose `mx_pattern` matches one of its MX hosts. The entry applies as a
+/// whole: settings are not merged from several entries.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DomainOverride {
+    /// Destination domain, matched exactly (case-insensitive, trailing dot ignored).
+    pub name: Option<String>,
+    /// MX host name pattern: a host name, or `*.` and a suffix, e.g.
+    /// `"*.mail.protection.outlook.com"` (matches hosts under it at any depth, not the suffix
+    /// itself).
+    pub mx_pattern: Option<MxPattern>,
+    /// Connections at once to this destination (instead of `engine.max_conns_per_dest`).
+    pub max_conns: Option<usize>,
+    /// Messages per second to this destination, e.g. 0.5 for one every two seconds.
+    pub msgs_per_s: Option<f64>,
+    /// Minimum TLS: `"none"`, `"encrypt"` (TLS required, certificate not verified) or
+    /// `"verify"` (TLS required and verified); the strictest of this and the MX-prefix policy
+    /// applies. Default `"none"`.
+    pub tls_floor: Floor,
+}
+
+impl DomainOverride {
+    /// How the entry is named in messages: `domain "example.com"` or `domain "*.x.test"`.
+    fn label(&self) -> String {
+        match (&self.name, &self.mx_pattern) {
+            (Some(n), _) => format!("domain {n:?}"),
+            (None, Some(p)) => format!("domain {:?}", p.as_str()),
+            (None, None) => "domain (unnamed)".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parse and check a configuration. Errors carry no file name; [`Config::load`] adds it.
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(s).map_err(|e| parse_error(s, &e))?;
+        cfg.normalize_and_check()?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and check the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        Config::from_toml_str(&text).map_err(|e| e.in_file(path))
+    }
+
+    /// The engine's settings: `[engine]`, `[dns]`, `[ports]`, `[tls]` (whose CA files are read
+    /// here) and the TLS floors of `[[domain]]` entries with a `name`.
+    ///
+    /// Refused: a `tls_floor` on an `mx_pattern` entry, because the engine applies floors by
+    /// domain only, and a floor that is silently not enforced is worse than an error.
+    /// `max_conns` and `msgs_per_s` of overrides are not engine settings: the scheduler reads
+    /// them with [`Config::override_for`].
+    pub fn engine_config(&self) -> Result<EngineConfig, ConfigError> {
+        let e = &self.engine;
+        let mut c = EngineConfig::default();
+        if let Some(n) = e.shards {
+            c.shards = n;
+        }
+        c.max_conns_per_dest = e.max_conns_per_dest;
+        c.max_conns_per_ip = e.max_conns_per_ip;
+        c.max_msgs_per_conn = e.max_msgs_per_conn;
+        c.idle_timeout = e.idle_timeout;
+        c.connect_timeout = e.connect_timeout;
+        c.command_timeout = e.command_timeout;
+        c.ehlo_name = e.ehlo_name.clone();
+        c.kx = e.kx;
+        c.policy.require_dnssec_for_prefix = e.require_dnssec;
+        c.resolver.nameserver = self.dns.nameserver;
+        c.resolver.timeout = self.dns.timeout;
+        // Without validation no answer is authenticated and every prefix would be ignored.
+        c.resolver.validate_dnssec = self.dns.validate_dnssec || e.require_dnssec;
+        c.port_map = PortMap { smtp: self.ports.smtp, smtps: self.ports.smtps };
+        for path in &self.tls.ca_files {
+            // An empty file is an error there: a trust anchor the operator meant to add is missing.
+            let certs = crate::tls::certs::load_certs(path)
+                .map_err(|source| ConfigError::CaFile { path: path.clone(), source })?;
+            c.extra_roots.extend(certs);
+        }
+        for d in &self.domains {
+            match (&d.name, &d.mx_pattern) {
+                (Some(name), _) if d.tls_floor != Floor::None => {
+                    c.floors.insert(name.clone(), d.tls_floor);
+                }
+                (None, Some(_)) if d.tls_floor != Floor::None => {
+                    return Err(ConfigError::invalid(
+                        format!("{}.tls_floor", d.label()),
+                        "a TLS floor by MX pattern is not enforced by the engine yet; \
+                         give it per domain with `name` instead",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        c.tickets_per_host = c.tickets_per_host.max(c.max_conns_per_dest);
+        Ok(c)
+    }
+
+    /// The override for a destination: the entry whose `name` is `domain`, else the first
+    /// entry whose `mx_pattern` matches `mx_host`. Case and a trailing dot are ignored.
+    /// A linear scan: the scheduler looks it up per destination queue, not per message.
+    pub fn override_for(&self, domain: &str, mx_host: Option<&str>) -> Option<&DomainOverride> {
+        let domain = normalize_name(domain);
+        if let Some(d) = self.domains.iter().find(|d| d.name.as_deref() == Some(domain.as_str())) {
+            return Some(d);
+        }
+        let host = mx_host?;
+        self.domains.iter().find(|d| d.mx_pattern.as_ref().is_some_and(|p| p.matches(host)))
+    }
+
+    /// Checks that span settings or need a range, after serde has checked kinds.
+    fn normalize_and_check(&mut self) -> Result<(), ConfigError> {
+        let e = &self.engine;
+        if let Some(n) = e.shards {
+            if !(1..=MAX_SHARDS).contains(&n) {
+                return Err(ConfigError::invalid("engine.shards", format!("must be from 1 to {MAX_SHARDS}, or \"auto\"")));
+            }
+        }
+        at_least_one("engine.max_conns_per_dest", e.max_conns_per_dest)?;
+        at_least_one("engine.max_conns_per_ip", e.max_conns_per_ip)?;
+        at_least_one("engine.max_msgs_per_conn", e.max_msgs_per_conn as usize)?;
+        // Bounded, so that deadlines computed from them cannot overflow (as the CLI does).
+        in_range("engine.idle_timeout", e.idle_timeout, Duration::ZERO, Duration::from_secs(86_400))?;
+        in_range("engine.connect_timeout", e.connect_timeout, Duration::from_secs(1), Duration::from_secs(3600))?;
+        in_range("engine.command_timeout", e.command_timeout, Duration::from_secs(1), Duration::from_secs(3600))?;
+        // An address literal ("[192.0.2.1]") is a valid EHLO argument too.
+        if !(e.ehlo_name.starts_with('[') && e.ehlo_name.ends_with(']')) {
+            check_host_name("engine.ehlo_name", &e.ehlo_name)?;
+        }
+        in_range("dns.timeout", self.dns.timeout, Duration::from_millis(1), Duration::from_secs(60))?;
+        if self.ports.smtp == 0 || self.ports.smtps == 0 {
+            let which = if self.ports.smtp == 0 { "ports.smtp" } else { "ports.smtps" };
+            return Err(ConfigError::invalid(which, "must be a port from 1 to 65535"));
+        }
+
+        at_least_one("spool.max_batch", self.spool.max_batch)?;
+        in_range("spool.max_delay", self.spool.max_delay, Duration::ZERO, Duration::from_secs(1))?;
+        if self.spool.dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("spool.dir", "must not be empty"));
+        }
+
+        let r = &self.retry;
+        in_range("retry.initial", r.initial, Duration::from_secs(1), Duration::from_secs(86_400))?;
+        if !(1.0..=10.0).contains(&r.factor) {
+            return Err(ConfigError::invalid("retry.factor", format!("must be from 1 to 10, not {}", r.factor)));
+        }
+        in_range("retry.max_interval", r.max_interval, r.initial, Duration::from_secs(7 * 86_400))
+            .map_err(|_| ConfigError::invalid("retry.max_interval", "must be at least retry.initial and at most 7d"))?;
+        in_range("retry.max_age", r.max_age, r.initial, Duration::from_secs(30 * 86_400))
+            .map_err(|_| ConfigError::invalid("retry.max_age", "must be at least retry.initial and at most 30d"))?;
+        if !(0.0..=1.0).contains(&r.jitter) {
+            return Err(ConfigError::invalid("retry.jitter", format!("must be a fraction from 0 to 1, not {}", r.jitter)));
+        }
+
+        let smtp = &self.inject.smtp;
+        if !smtp.auth.require_starttls && !smtp.listen.ip().is_loopback() {
+            return Err(ConfigError::invalid(
+                "inject.smtp.auth.require_starttls",
+                format!("may be false only on a loopback address, not {} (passwords would cross the network in clear)", smtp.listen),
+            ));
+        }
+        if smtp.tls.cert.is_some() != smtp.tls.key.is_some() {
+            return Err(ConfigError::invalid("inject.smtp.tls", "give both `cert` and `key`, or neither"));
+        }
+        if smtp.listen == self.inject.http.listen {
+            return Err(ConfigError::invalid("inject.http.listen", format!("{} is also inject.smtp.listen", smtp.listen)));
+        }
+
+        self.check_domains()
+    }
+
+    fn check_domains(&mut self) -> Result<(), ConfigError> {
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut patterns: HashMap<String, usize> = HashMap::new();
+        for (i, d) in self.domains.iter_mut().enumerate() {
+            let n = i + 1; // as a person counts the entries in the file
+            let (key, value, seen) = match (&mut d.name, &d.mx_pattern) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(ConfigError::invalid(
+                        format!("[[domain]] entry {n}"),
+                        "give exactly one of `name` (a destination domain) and `mx_pattern` (an MX host pattern)",
+                    ))
+                }
+                (Some(name), None) => {
+                    *name = normalize_name(name);
+                    check_host_name(&format!("[[domain]] entry {n}: name"), name)?;
+                    ("name", name.clone(), &mut names)
+                }
+                (None, Some(p)) => ("mx_pattern", p.as_str().to_string(), &mut patterns),
+            };
+            if let Some(&first) = seen.get(&value) {
+                return Err(ConfigError::DuplicateDomain { file: None, key, value, first, second: n });
+            }
+            seen.insert(value, n);
+            if d.max_conns == Some(0) {
+                return Err(ConfigError::invalid(format!("{}.max_conns", d.label()), "must be at least 1"));
+            }
+            if let Some(r) = d.msgs_per_s {
+                if !(r.is_finite() && r > 0.0) {
+                    return Err(ConfigError::invalid(
+                        format!("{}.msgs_per_s", d.label()),
+                        format!("must be a number of messages per second above 0, not {r}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn at_least_one(setting: &str, v: usize) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::invalid(setting, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn in_range(setting: &str, v: Duration, min: Duration, max: Duration) -> Result<(), ConfigError> {
+    if v < min || v > max {
+        return Err(ConfigError::invalid(
+            setting,
+            format!("must be from {} to {}, not {}", format_duration(min), format_duration(max), format_duration(v)),
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS name as written in mail: letters, digits, `-`, `_` and dots, no empty label.
+fn check_host_name(setting: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    if !ok {
+        return Err(ConfigError::invalid(setting, format!("{name:?} is not a host name (letters, digits, '-' and dots)")));
+    }
+    Ok(())
+}
+
+/// Lower case, without the trailing dot of a fully qualified name.
+fn normalize_name(s: &str) -> String {
+    s.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Turn toml's error into one that says where, in which table, and what.
+fn parse_error(input: &str, e: &toml::de::Error) -> ConfigError {
+    let Some(span) = e.span() else {
+        // Not seen with toml 1 (its errors carry a span), but never guess a position.
+        return ConfigError::invalid("configuration", e.message().trim_end());
+    };
+    let mut start = span.start.min(input.len());
+    while !input.is_char_boundary(start) {
+        start -= 1;
+    }
+    let line_start = input[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = input[start..].find('\n').map_or(input.len(), |i| start + i);
+    let line = input[..start].matches('\n').count() + 1;
+    let column = input[line_start..start].chars().count() + 1;
+    // The innermost `[table]` or `[[table]]` header above the error.
+    let header = input[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        let inner = l.strip_prefix('[')?;
+        let (array, inner) = match inner.strip_prefix('[') {
+            Some(i) => (true, i),
+            None => (false, inner),
+        };
+        let name = inner[..inner.find(']')?].trim().to_string();
+        Some((array, name))
+    });
+    // When the error is in a value, the key before `=` on that line names the setting.
+    let line_text = &input[line_start..line_end];
+    let setting = line_text.split_once('=').and_then(|(key, _)| {
+        let key = key.trim();
+        let simple = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        let in_value = start - line_start > line_text.find('=').unwrap_or(usize::MAX);
+        (simple && in_value).then(|| match &header {
+            Some((_, table)) => format!("{table}.{key}"),
+            None => key.to_string(),
+        })
+    });
+    ConfigError::Parse(Box::new(ParseError {
+        file: None,
+        line,
+        column,
+        table: header.map(|(array, t)| if array { format!("[[{t}]]") } else { format!("[{t}]") }),
+        setting,
+        message: e.message().trim_end().to_string(),
+        excerpt: line_text.trim_end().to_string(),
+    }))
+}
+
+// ---- durations ----------------------------------------------------------------------------
+
+/// Parse a duration written for people: one or more `<integer><unit>` parts, units `ms`, `s`,
+/// `m`, `h`, `d`, e.g. `"250ms"`, `"90s"`, `"5m"`, `"1h30m"`, `"5d"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let expected = "expected a whole number and a unit (ms, s, m, h, d), e.g. \"90s\", \"5m\", \"1h30m\"";
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(format!("empty duration: {expected}"));
+    }
+    let mut rest = t;
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("{s:?} is not a duration: {expected}"));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| format!("{s:?} is too large a duration"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let ms_per_unit: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err(format!("{s:?} has no unit: {expected}")),
+            other => return Err(format!("{s:?} has an unknown unit {other:?}: {expected}")),
+        };
+        rest = &rest[unit_len..];
+        let ms = n.checked_mul(ms_per_unit).ok_or_else(|| format!("{s:?} is too large a duration"))?;
+        total = total.checked_add(Duration::from_millis(ms)).ok_or_else(|| format!("{s:?} is too large a duration"))?;
+    }
+    Ok(total)
+}
+
+/// The shortest exact spelling of a duration in the units [`parse_duration`] reads.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms > 0 && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration string such as \"90s\", \"5m\", \"1h\", \"5d\" or \"250ms\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
+            parse_duration(s).map_err(E::custom)
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Duration, E> {
+            Err(E::custom(format!("a bare number ({n}) has no unit: write a duration string such as \"{n}s\"")))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+// ---- other scalar kinds -------------------------------------------------------------------
+
+fn de_shards<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Option<usize>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number of shards or \"auto\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Option<usize>, E> {
+            if s.eq_ignore_ascii_case("auto") {
+                Ok(None)
+            } else {
+                Err(E::custom(format!("{s:?} is not a number of shards or \"auto\"")))
+            }
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Option<usize>, E> {
+            usize::try_from(n).map(Some).map_err(|_| E::custom(format!("{n} is not a number of shards (1 or more) or \"auto\"")))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+fn de_kx<'de, D: Deserializer<'de>>(d: D) -> Result<Kx, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn parse_socket(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!("{s:?} is not an IP:PORT address, e.g. \"127.0.0.1:2025\" or \"[::1]:2025\" (host names are not resolved)")
+    })
+}
+
+fn de_socket<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_socket(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_nameserver<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::engine::parse_dns(s.trim()).map(Some).map_err(serde::de::Error::custom)
+}
+
+// ---- CIDR ---------------------------------------------------------------------------------
+
+/// An IP network: an address and a prefix length (`"10.0.0.0/8"`, `"2001:db8::/32"`; a bare
+/// address is a single host). Host bits must be zero, so that a typo such as `"10.1.2.3/8"`
+/// is caught rather than read as a network the writer did not mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The network of `addr` with `prefix` leading bits; refused if the prefix is longer than
+    /// the address or host bits are set.
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, String> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(format!("prefix length /{prefix} is longer than the {max} bits of {addr}"));
+        }
+        let c = Cidr { addr, prefix };
+        let network = c.network();
+        if network != addr {
+            return Err(format!("{addr}/{prefix} has host bits set; the network is {network}/{prefix}"));
+        }
+        Ok(c)
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix
+    }
+
+    fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask32(self.prefix))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask128(self.prefix))),
+        }
+    }
+
+    /// Whether `ip` is in this network. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a
+    /// dual-stack listener reports for an IPv4 client) is compared as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => u32::from(a) & mask32(self.prefix) == u32::from(n),
+            (IpAddr::V6(n), IpAddr::V6(a)) => u128::from(a) & mask128(self.prefix) == u128::from(n),
+            _ => false,
+        }
+    }
+}
+
+fn mask32(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn mask128(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let t = s.trim();
+        let (addr, prefix) = match t.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (t, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?} is not a network: {addr:?} is not an IP address"))?;
+        let prefix = match prefix {
+            None => if addr.is_ipv4() { 32 } else { 128 },
+            Some(p) => p.parse::<u8>().map_err(|_| format!("{s:?} is not a network: {p:?} is not a prefix length"))?,
+        };
+        Cidr::new(addr, prefix).map_err(|e| format!("{s:?} is not a network: {e}"))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Cidr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// ---- MX patterns --------------------------------------------------------------------------
+
+/// An MX host name pattern: an exact host name, or `*.` followed by a suffix. `*` is allowed
+/// only as the whole first label; `"*.example.com"` matches `mx1.example.com` and
+/// `a.b.example.com` but not `example.com`. Matching ignores case and a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MxPattern {
+    /// Lower case, no trailing dot, as written (`*.` included).
+    text: String,
+}
+
+impl MxPattern {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether the MX host name `host` matches.
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        match self.text.strip_prefix("*.") {
+            Some(suffix) => {
+                // At least one non-empty label, a dot, then the suffix (bytes: no UTF-8 slicing).
+                let (h, suffix) = (host.as_bytes(), suffix.as_bytes());
+                h.len() > suffix.len() + 1
+                    && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                    && h[h.len() - suffix.len() - 1] == b'.'
+                    && h[h.len() - suffix.len() - 2] != b'.'
+            }
+            None => host.eq_ignore_ascii_case(&self.text),
+        }
+    }
+}
+
+impl FromStr for MxPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<MxPattern, String> {
+        let text = normalize_name(s);
+        let name = text.strip_prefix("*.").unwrap_or(&text);
+        if name.contains('*') || text == "*" {
+            return Err(format!("{s:?}: `*` may only be the whole first label, as in \"*.example.com\""));
+        }
+        check_host_name("mx_pattern", name).map_err(|_| format!("{s:?} is not a host name or \"*.\" and a host name"))?;
+        Ok(MxPattern { text })
+    }
+}
+
+impl<'de> Deserialize<'de> for MxPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MxPattern, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(toml: &str) -> String {
+        Config::from_toml_str(toml).expect_err(toml).to_string()
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.domains.is_empty());
+        // The CLI defaults of `mxpipe send` (src/main.rs EngineArgs and SendArgs).
+        assert_eq!(c.engine.shards, None);
+        assert_eq!(c.engine.max_conns_per_dest, 8);
+        assert_eq!(c.engine.max_conns_per_ip, 64);
+        assert_eq!(c.engine.max_msgs_per_conn, 1000);
+        assert_eq!(c.engine.idle_timeout, Duration::from_secs(10));
+        assert_eq!(c.engine.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.engine.command_timeout, Duration::from_secs(300));
+        assert_eq!(c.engine.ehlo_name, "mxpipe.localhost");
+        assert_eq!(c.engine.kx, Kx::Default);
+        assert!(!c.engine.require_dnssec);
+        assert_eq!(c.dns.nameserver, None);
+        assert_eq!((c.ports.smtp, c.ports.smtps), (25, 26));
+        assert!(c.tls.ca_files.is_empty());
+        // Defaults named in the issue.
+        assert_eq!(c.inject.smtp.listen, "127.0.0.1:2025".parse().unwrap());
+        assert_eq!(c.inject.http.listen, "127.0.0.1:8025".parse().unwrap());
+        assert!(c.inject.smtp.auth.require_starttls);
+        assert!(c.spool.fsync);
+
+        // ...and the engine built from it equals EngineConfig::default().
+        let e = c.engine_config().unwrap();
+        let d = EngineConfig::default();
+        assert_eq!(e.shards, d.shards);
+        assert_eq!(e.max_conns_per_dest, d.max_conns_per_dest);
+        assert_eq!(e.max_conns_per_ip, d.max_conns_per_ip);
+        assert_eq!(e.max_msgs_per_conn, d.max_msgs_per_conn);
+        assert_eq!(e.idle_timeout, d.idle_timeout);
+        assert_eq!(e.connect_timeout, d.connect_timeout);
+        assert_eq!(e.tls_handshake_timeout, d.tls_handshake_timeout);
+        assert_eq!(e.command_timeout, d.command_timeout);
+        assert_eq!(e.ehlo_name, d.ehlo_name);
+        assert_eq!(e.kx, d.kx);
+        assert_eq!(e.policy, d.policy);
+        assert_eq!(e.port_map, d.port_map);
+        assert_eq!(e.resolver.nameserver, d.resolver.nameserver);
+        assert_eq!(e.resolver.timeout, d.resolver.timeout);
+        assert_eq!(e.resolver.validate_dnssec, d.resolver.validate_dnssec);
+        assert!(e.extra_roots.is_empty() && e.floors.is_empty());
+        assert_eq!(e.tickets_per_host, d.tickets_per_host);
+        assert_eq!(e.ticket_hosts, d.ticket_hosts);
+    }
+
+    /// The shipped example parses, and equals the defaults except for its `[[domain]]`
+    /// entries, which it shows on purpose (the only deliberate difference).
+    #[test]
+    fn example_file_is_the_defaults_plus_domain_examples() {
+        let c = Config::from_toml_str(include_str!("../mxpipe.example.toml")).unwrap();
+        let mut without_domains = c.clone();
+        without_domains.domains.clear();
+        assert_eq!(without_domains, Config::default());
+        assert_eq!(c.domains.len(), 2);
+        assert_eq!(c.override_for("Example.COM.", None).unwrap().tls_floor, Floor::Verified);
+        let o = c.override_for("contoso.test", Some("contoso-test.mail.protection.outlook.com")).unwrap();
+        assert_eq!((o.max_conns, o.msgs_per_s), (Some(20), Some(100.0)));
+        let e = c.engine_config().unwrap();
+        assert_eq!(e.floors.get("example.com"), Some(&Floor::Verified));
+    }
+
+    /// Every setting the example documents is a real key: uncommenting the commented-out
+    /// ones still parses (so the example cannot show a setting the code does not have).
+    #[test]
+    fn example_file_commented_settings_are_real() {
+        let text: String = include_str!("../mxpipe.example.toml")
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')) => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml_str(&text).unwrap();
+        assert_eq!(c.dns.nameserver, Some("127.0.0.1:53".parse().unwrap()));
+        assert!(c.inject.smtp.auth.users_file.is_some());
+        assert!(c.inject.smtp.tls.cert.is_some() && c.inject.smtp.tls.key.is_some());
+        assert!(c.log.delivery_log.is_some());
+    }
+
+    /// No input panics: prefixes of the example cut anywhere, and a few odd lines.
+    #[test]
+    fn no_panic_on_any_prefix_or_odd_input() {
+        let example = include_str!("../mxpipe.example.toml");
+        // Every 5th position (every one takes seconds in a debug build) and every line end.
+        let cuts = example.char_indices().map(|(i, _)| i).step_by(5).chain(example.match_indices('\n').map(|(i, _)| i));
+        for i in cuts {
+            let _ = Config::from_toml_str(&example[..i]);
+        }
+        for odd in ["é = 1", "[é]\nx = 1", "[engine]\nidle_timeout = \"5é\"", "[[domain]]\nmx_pattern = \"*.é\"", "\u{0}", "[engine]\nkx = \"\u{0}\""] {
+            assert!(Config::from_toml_str(odd).is_err(), "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn every_section() {
+        let c = Config::from_toml_str(
+            r#"
+            [engine]
+            shards = 3
+            max_conns_per_dest = 2
+            max_conns_per_ip = 5
+            max_msgs_per_conn = 7
+            idle_timeout = "0s"
+            connect_timeout = "250ms500ms1s"
+            command_timeout = "1h"
+            ehlo_name = "out.example.org"
+            kx = "x25519"
+            require_dnssec = true
+
+            [dns]
+            nameserver = "127.0.0.1:5353"
+            timeout = "250ms"
+
+            [ports]
+            smtp = 2525
+            smtps = 2526
+
+            [tls]
+            ca_files = ["/nonexistent/ca.pem"]
+
+            [spool]
+            dir = "/tmp/spool"
+            max_batch = 10
+            max_delay = "0s"
+            fsync = false
+
+            [retry]
+            initial = "90s"
+            factor = 1.5
+            max_interval = "2h"
+            max_age = "1d"
+            jitter = 0
+
+            [inject.smtp]
+            listen = "[::]:25"
+            allowed_networks = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
+            auth = { users_file = "/etc/mxpipe/users" }
+            tls = { cert = "c.pem", key = "k.pem" }
+
+            [inject.http]
+            listen = "0.0.0.0:80"
+
+            [log]
+            delivery_log = "/var/log/d.jsonl"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.engine.shards, Some(3));
+        assert_eq!(c.engine.connect_timeout, Duration::from_millis(1750));
+        assert_eq!(c.engine.idle_timeout, Duration::ZERO);
+        assert_eq!(c.engine.kx, Kx::X25519);
+        assert_eq!(c.dns.nameserver, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(c.spool, SpoolSection { dir: "/tmp/spool".into(), max_batch: 10, max_delay: Duration::ZERO, fsync: false });
+        assert_eq!(c.retry.initial, Duration::from_secs(90));
+        assert_eq!(c.retry.max_age, Duration::from_secs(86_400));
+        assert_eq!(c.inject.smtp.listen, "[::]:25".parse().unwrap());
+        assert_eq!(c.inject.smtp.allowed_networks[2].to_string(), "192.0.2.7/32");
+        assert_eq!(c.inject.smtp.auth.users_file.as_deref(), Some(Path::new("/etc/mxpipe/users")));
+        assert!(c.inject.smtp.auth.require_starttls);
+        assert_eq!(c.inject.http.listen.port(), 80);
+        assert_eq!(c.log.delivery_log.as_deref(), Some(Path::new("/var/log/d.jsonl")));
+
+        // The CA file does not exist: engine_config says which setting and file.
+        let e = c.engine_config().unwrap_err().to_string();
+        assert!(e.contains("tls.ca_files") && e.contains("/nonexistent/ca.pem"), "{e}");
+
+        let mut c = c;
+        c.tls.ca_files.clear();
+        let e = c.engine_config().unwrap();
+        assert_eq!(e.shards, 3);
+        assert_eq!(e.port_map, PortMap { smtp: 2525, smtps: 2526 });
+        assert_eq!(e.resolver.timeout, Duration::from_millis(250));
+        assert_eq!(e.command_timeout, Duration::from_secs(3600));
+        // require_dnssec turns validation on (the engine refuses one without the other).
+        assert!(e.policy.require_dnssec_for_prefix && e.resolver.validate_dnssec);
+        // Tickets kept per host cover the connection limit.
+        assert!(e.tickets_per_host >= e.max_conns_per_dest);
+    }
+
+    #[test]
+    fn engine_config_reads_ca_files() {
+        let dir = std::env::temp_dir().join(format!("mxpipe-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = crate::tls::certs::generate(&["localhost".to_string()]).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, &pki.ca_pem).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let mut c = Config::default();
+        c.tls.ca_files = vec![ca];
+        assert_eq!(c.engine_config().unwrap().extra_roots.len(), 1);
+        c.tls.ca_files.push(empty.clone());
+        let e = c.engine_config().unwrap_err().to_string();
+        assert!(e.contains("tls.ca_files") && e.contains("empty.pem") && e.contains("no CERTIFICATE"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_table_and_position() {
+        let e = err("listen = 1\n");
+        assert!(e.contains("`listen`") && e.contains("line 1, column 1") && e.contains("top level"), "{e}");
+
+        let e = err("[engine]\nshards = 2\nmax_conn = 3\n");
+        assert!(e.contains("`max_conn`") && e.contains("line 3, column 1") && e.contains("in [engine]"), "{e}");
+        assert!(e.contains("max_conns_per_dest"), "the message lists the known keys: {e}");
+
+        let e = err("[inject.smtp.auth]\nrequire_tls = true\n");
+        assert!(e.contains("`require_tls`") && e.contains("in [inject.smtp.auth]") && e.contains("line 2"), "{e}");
+
+        let e = err("[[domain]]\nname = \"a.test\"\nmax_connections = 3\n");
+        assert!(e.contains("`max_connections`") && e.contains("in [[domain]]") && e.contains("line 3"), "{e}");
+
+        // Unknown tables too.
+        let e = err("[engines]\n");
+        assert!(e.contains("`engines`"), "{e}");
+        let e = err("[inject.smtpd]\n");
+        assert!(e.contains("`smtpd`"), "{e}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("mxpipe-config-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[spool]\nfsnyc = true\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.starts_with(&path.display().to_string()) && e.contains("`fsnyc`") && e.contains("line 2"), "{e}");
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "[spool]\nfsync = false\n").unwrap();
+        assert!(!Config::load(&good).unwrap().spool.fsync);
+        let e = Config::load(&dir.join("missing.toml")).unwrap_err().to_string();
+        assert!(e.contains("missing.toml") && e.contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        let d = |s| parse_duration(s).unwrap();
+        assert_eq!(d("250ms"), Duration::from_millis(250));
+        assert_eq!(d("90s"), Duration::from_secs(90));
+        assert_eq!(d("5m"), Duration::from_secs(300));
+        assert_eq!(d("1h"), Duration::from_secs(3600));
+        assert_eq!(d("5d"), Duration::from_secs(5 * 86_400));
+        assert_eq!(d("1h30m"), Duration::from_secs(5400));
+        assert_eq!(d(" 0s "), Duration::ZERO);
+        for bad in ["", "5", "s", "5x", "1.5h", "-5s", "5 s", "5S", "99999999999999999999s", "999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        for v in [Duration::from_millis(250), Duration::from_secs(90), Duration::from_secs(3600), Duration::ZERO] {
+            assert_eq!(parse_duration(&format_duration(v)).unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn bad_durations_name_the_setting_and_the_form() {
+        let e = err("[retry]\nmax_age = \"5 days\"\n");
+        assert!(e.contains("retry.max_age") && e.contains("\"5 days\"") && e.contains("unit (ms, s, m, h, d)"), "{e}");
+        let e = err("[engine]\nidle_timeout = 10\n");
+        assert!(e.contains("engine.idle_timeout") && e.contains("\"10s\""), "{e}");
+        let e = err("[engine]\nconnect_timeout = \"0s\"\n");
+        assert!(e.contains("engine.connect_timeout") && e.contains("from 1s to 1h"), "{e}");
+        let e = err("[retry]\ninitial = \"1h\"\nmax_interval = \"5m\"\n");
+        assert!(e.contains("retry.max_interval") && e.contains("retry.initial"), "{e}");
+    }
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains("10.255.0.1".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()), "IPv4-mapped clients of a dual-stack listener");
+        assert!(!c.contains("::1".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        assert!("::/0".parse::<Cidr>().unwrap().contains("2001:db8::1".parse().unwrap()));
+        let host: Cidr = "192.0.2.7".parse().unwrap();
+        assert_eq!((host.prefix_len(), host.to_string()), (32, "192.0.2.7/32".to_string()));
+        assert!(host.contains("192.0.2.7".parse().unwrap()) && !host.contains("192.0.2.8".parse().unwrap()));
+        assert_eq!("::1".parse::<Cidr>().unwrap().prefix_len(), 128);
+        for bad in ["10.0.0.0/33", "::/129", "10.1.2.3/8", "10.0.0/8", "10.0.0.0/", "10.0.0.0/x", "localhost", "2001:db8::1/32"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?}");
+        }
+        assert!("10.1.2.3/8".parse::<Cidr>().unwrap_err().contains("10.0.0.0/8"), "suggests the network");
+    }
+
+    #[test]
+    fn bad_cidr_and_addresses_say_which() {
+        let e = err("[inject.smtp]\nallowed_networks = [\"10.0.0.0/8\", \"192.168.0.0/33\"]\n");
+        assert!(e.contains("inject.smtp.allowed_networks") && e.contains("192.168.0.0/33") && e.contains("/33"), "{e}");
+        let e = err("[inject.smtp]\nlisten = \"localhost:2025\"\n");
+        assert!(e.contains("inject.smtp.listen") && e.contains("IP:PORT"), "{e}");
+        let e = err("[inject.http]\nlisten = \"127.0.0.1\"\n");
+        assert!(e.contains("inject.http.listen"), "{e}");
+        let e = err("[dns]\nnameserver = \"dns.example:53\"\n");
+        assert!(e.contains("dns.nameserver"), "{e}");
+        assert_eq!(Config::from_toml_str("[dns]\nnameserver = \"192.0.2.1\"").unwrap().dns.nameserver, Some("192.0.2.1:53".parse().unwrap()));
+        let e = err("[inject.http]\nlisten = \"127.0.0.1:2025\"\n");
+        assert!(e.contains("inject.http.listen") && e.contains("inject.smtp.listen"), "{e}");
+    }
+
+    #[test]
+    fn other_checks() {
+        assert!(err("[engine]\nshards = 0").contains("engine.shards"));
+        assert!(err("[engine]\nshards = 100000").contains("engine.shards"));
+        assert!(err("[engine]\nshards = \"many\"").contains("engine.shards"));
+        assert_eq!(Config::from_toml_str("[engine]\nshards = \"auto\"").unwrap().engine.shards, None);
+        assert!(err("[engine]\nmax_conns_per_dest = 0").contains("engine.max_conns_per_dest"));
+        assert!(err("[engine]\nkx = \"rsa\"").contains("engine.kx"));
+        assert!(err("[engine]\nehlo_name = \"bad name\"").contains("engine.ehlo_name"));
+        assert!(Config::from_toml_str("[engine]\nehlo_name = \"[192.0.2.1]\"").is_ok());
+        assert!(err("[ports]\nsmtp = 0").contains("ports.smtp"));
+        assert!(err("[ports]\nsmtp = 70000").contains("ports.smtp"));
+        assert!(err("[retry]\njitter = 1.5").contains("retry.jitter"));
+        assert!(err("[retry]\nfactor = 0.5").contains("retry.factor"));
+        assert!(err("[spool]\nmax_delay = \"2s\"").contains("spool.max_delay"));
+        assert!(err("[inject.smtp.tls]\ncert = \"c.pem\"").contains("inject.smtp.tls"));
+        // Passwords in clear only on loopback.
+        assert!(Config::from_toml_str("[inject.smtp.auth]\nrequire_starttls = false").is_ok());
+        let e = err("[inject.smtp]\nlisten = \"0.0.0.0:2025\"\n[inject.smtp.auth]\nrequire_starttls = false");
+        assert!(e.contains("inject.smtp.auth.require_starttls"), "{e}");
+    }
+
+    #[test]
+    fn domain_entries_are_checked() {
+        let e = err("[[domain]]\nname = \"a.test\"\n[[domain]]\nname = \"A.test.\"\n");
+        assert!(e.contains("entries 1 and 2") && e.contains("name = \"a.test\""), "{e}");
+        let e = err("[[domain]]\nmx_pattern = \"*.x.test\"\n[[domain]]\nname = \"b.test\"\n[[domain]]\nmx_pattern = \"*.X.test\"\n");
+        assert!(e.contains("entries 1 and 3") && e.contains("mx_pattern"), "{e}");
+        assert!(err("[[domain]]\nmax_conns = 3\n").contains("exactly one of `name`"));
+        assert!(err("[[domain]]\nname = \"a.test\"\nmx_pattern = \"*.a.test\"\n").contains("exactly one of"));
+        assert!(err("[[domain]]\nname = \"a.test\"\nmax_conns = 0\n").contains("domain \"a.test\".max_conns"));
+        assert!(err("[[domain]]\nname = \"a.test\"\nmsgs_per_s = 0.0\n").contains("domain \"a.test\".msgs_per_s"));
+        assert!(err("[[domain]]\nname = \"a.test\"\nmsgs_per_s = nan\n").contains("msgs_per_s"));
+        assert!(err("[[domain]]\nname = \"a test\"\n").contains("name"));
+        let e = err("[[domain]]\nname = \"a.test\"\ntls_floor = \"strict\"\n");
+        assert!(e.contains("domain.tls_floor") && e.contains("verify"), "{e}");
+        for bad in ["*", "mx.*.test", "*mx.test", "*.*.test", "a..test", ""] {
+            let e = err(&format!("[[domain]]\nmx_pattern = {bad:?}\n"));
+            assert!(e.contains("domain.mx_pattern"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn floors_reach_the_engine_by_name_only() {
+        let c = Config::from_toml_str(
+            "[[domain]]\nname = \"Secure.TEST.\"\ntls_floor = \"verify\"\n\
+             [[domain]]\nname = \"enc.test\"\ntls_floor = \"encrypt\"\n\
+             [[domain]]\nname = \"plain.test\"\nmax_conns = 2\n",
+        )
+        .unwrap();
+        let e = c.engine_config().unwrap();
+        assert_eq!(e.floors.len(), 2);
+        assert_eq!(e.floors.get("secure.test"), Some(&Floor::Verified));
+        assert_eq!(e.floors.get("enc.test"), Some(&Floor::Encrypted));
+
+        // A floor by MX pattern parses (the scheduler can read it), but the engine cannot
+        // enforce it yet, so building the engine's settings refuses it rather than ignore it.
+        let c = Config::from_toml_str("[[domain]]\nmx_pattern = \"*.x.test\"\ntls_floor = \"verify\"\n").unwrap();
+        let e = c.engine_config().unwrap_err().to_string();
+        assert!(e.contains("domain \"*.x.test\".tls_floor") && e.contains("not enforced"), "{e}");
+    }
+
+    #[test]
+    fn mx_patterns() {
+        let p: MxPattern = "*.Example.COM.".parse().unwrap();
+        assert_eq!(p.as_str(), "*.example.com");
+        assert!(p.matches("mx1.example.com"));
+        assert!(p.matches("MX1.EXAMPLE.COM."));
+        assert!(p.matches("a.b.example.com"), "any depth under the suffix");
+        assert!(!p.matches("example.com"));
+        assert!(!p.matches(".example.com"));
+        assert!(!p.matches("a..example.com"));
+        assert!(!p.matches("mx1.notexample.com"));
+        assert!(!p.matches("mx1example.com"));
+        assert!(!p.matches("mx1.example.com.evil.test"));
+        assert!(!p.matches("é.example.co"), "non-ASCII input does not panic");
+        assert!(!p.matches(""));
+        let exact: MxPattern = "mx.example.net".parse().unwrap();
+        assert!(exact.matches("MX.example.net."));
+        assert!(!exact.matches("a.mx.example.net"));
+        for bad in ["*", "*.", "a.*.com", "*x.com", "x*.com", "*.*.com", "", "a b.com"] {
+            assert!(bad.parse::<MxPattern>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn override_precedence() {
+        let c = Config::from_toml_str(
+            r#"
+            [[domain]]
+            mx_pattern = "*.protection.outlook.com"
+            max_conns = 1
+            [[domain]]
+            mx_pattern = "*.mail.protection.outlook.com"
+            max_conns = 2
+            [[domain]]
+            name = "contoso.test"
+            max_conns = 3
+            [[domain]]
+            mx_pattern = "mx.exact.test"
+            max_conns = 4
+            "#,
+        )
+        .unwrap();
+        let conns = |d: &str, mx: Option<&str>| c.override_for(d, mx).and_then(|o| o.max_conns);
+        // Exact domain wins over any pattern, whatever the order in the file.
+        assert_eq!(conns("contoso.test", Some("contoso-test.mail.protection.outlook.com")), Some(3));
+        assert_eq!(conns("CONTOSO.test.", None), Some(3));
+        // Otherwise the first matching pattern in file order, even if a later one is narrower.
+        assert_eq!(conns("fabrikam.test", Some("fabrikam-test.mail.protection.outlook.com")), Some(1));
+        assert_eq!(conns("other.test", Some("MX.exact.test.")), Some(4));
+        // Nothing matches: no override.
+        assert_eq!(conns("other.test", Some("mx.other.test")), None);
+        assert_eq!(conns("other.test", None), None);
+        // The whole entry applies: a name entry's unset settings do not come from a pattern.
+        assert_eq!(c.override_for("contoso.test", Some("x.protection.outlook.com")).unwrap().msgs_per_s, None);
+    }
+}
