@@ -305,7 +305,7 @@ async fn shutdown_lets_a_message_in_flight_finish_within_grace() {
 #[tokio::test]
 async fn grace_expiry_aborts_a_stalled_session() {
     let (sink, _) = start_sink(|_| {}).await;
-    let mut c = in_data(sink.addr(PortKind::StartTls).unwrap()).await;
+    let _stalled = in_data(sink.addr(PortKind::StartTls).unwrap()).await;
     let report = sink.shutdown(Duration::from_millis(300)).await;
     assert_eq!((report.stats.sessions_aborted, report.stats.messages), (1, 0));
 }
