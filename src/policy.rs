@@ -87,7 +87,7 @@ fn has_prefix(label: &[u8], prefix: &[u8]) -> bool {
 /// The host name as the policy, the cache and the certificate check see it: lowercase, no
 /// trailing dot. Borrows when the name already has that form, so cache look-ups on the hot
 /// path do not allocate.
-fn normalize(host: &str) -> Cow<'_, str> {
+pub(crate) fn normalize(host: &str) -> Cow<'_, str> {
     let trimmed = host.trim_end_matches('.');
     if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(trimmed.to_ascii_lowercase())

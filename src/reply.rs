@@ -161,13 +161,19 @@ impl EnhancedCode {
     /// Parse `class.subject.detail` (class 2, 4 or 5; subject and detail up to 999).
     pub fn parse(word: &str) -> Option<EnhancedCode> {
         let mut it = word.split('.');
-        let class: u8 = it.next()?.parse().ok()?;
-        let subject: u16 = it.next()?.parse().ok()?;
-        let detail: u16 = it.next()?.parse().ok()?;
-        if it.next().is_some() || !matches!(class, 2 | 4 | 5) || subject > 999 || detail > 999 {
+        // One to three ASCII digits each ("+1" or "0001" are not codes).
+        let mut part = || -> Option<u16> {
+            let s = it.next()?;
+            if s.is_empty() || s.len() > 3 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            s.parse().ok()
+        };
+        let (class, subject, detail) = (part()?, part()?, part()?);
+        if it.next().is_some() || !matches!(class, 2 | 4 | 5) {
             return None;
         }
-        Some(EnhancedCode { class, subject, detail })
+        Some(EnhancedCode { class: class as u8, subject, detail })
     }
 }
 
@@ -299,6 +305,14 @@ mod tests {
         assert_eq!(one("250 5.0.0 odd\r\n").enhanced, None);
         assert_eq!(one("451 4.3.0 busy\r\n").enhanced.unwrap().class, 4);
         assert_eq!(one("250 1.2.3.4 x\r\n").enhanced, None);
+    }
+
+    #[test]
+    fn enhanced_code_parse_is_strict() {
+        assert_eq!(EnhancedCode::parse("4.7.28"), Some(EnhancedCode { class: 4, subject: 7, detail: 28 }));
+        for bad in ["", "4.7", "4.7.28.1", "3.1.1", "+4.1.1", "4.0001.1", "4..1", "x.1.1", "4.1.1000"] {
+            assert_eq!(EnhancedCode::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,0 +1,66 @@
+//! Scheduling state for the daemon: when to retry a deferred message, what a reply means for
+//! its destination, which destinations are suspended or throttled, and when to wake up next.
+//!
+//! Everything here is pure and deterministic: no tokio, no threads, no I/O, no clock reads and
+//! no random numbers of its own. The caller passes `now: Instant` (and, for jitter, a random
+//! `u64`) into every decision, so each rule is unit tested here with exact values, and the
+//! daemon's queue runner owns the state and borrows it `&mut` without locks. This module does
+//! not know about messages, the spool or connections; it only answers "when" and "may I".
+//!
+//! - [`RetryPolicy`]: exponential backoff with jitter and a cap, and expiry at a maximum age
+//!   (then the daemon bounces with a DSN).
+//! - [`classify`]: a final SMTP reply as [`ReplyClass`]: delivered, temporary or permanent
+//!   failure, or a rate limit / 421 that should suspend the whole destination.
+//! - [`Destinations`]: per-destination suspension with escalation, a message-rate limit and a
+//!   connection counter, in a bounded map that forgets idle destinations.
+//! - [`Timers`]: a min-heap of deadlines with cancellation, so the runner sleeps exactly until
+//!   the next retry or suspension end instead of polling.
+//!
+//! # How the daemon uses it
+//!
+//! ```text
+//! loop {
+//!     for item in timers.pop_due(now) { /* a message is due, or a suspension ended */ }
+//!     // for each due message of a destination:
+//!     //   destinations.is_suspended(d, now)  -> Some(until): timers.insert(until, …)
+//!     //   destinations.try_take(d, now)      -> Err(at):     timers.insert(at, …)
+//!     //   destinations.acquire(d, now) && hosts.acquire(mx, now) -> connect
+//!     // after the reply: destinations.record(d, classify(code, enh, text), now),
+//!     //   release both counters, and on a temporary failure
+//!     //   retry.next_attempt(n, first, now, fastrand::u64(..)) -> RetryAt(t) | Expire
+//!     sleep_until(timers.next_deadline())   // or until new work arrives
+//! }
+//! ```
+
+mod classify;
+mod destinations;
+mod retry;
+mod timers;
+
+pub use classify::{classify, ReplyClass, MAX_CLASSIFIED_TEXT};
+pub use destinations::{
+    DestinationLimits, DestinationOptions, Destinations, LimitTable, MAX_EMISSION_INTERVAL, MAX_SUSPENSION,
+};
+pub use retry::{Decision, RetryPolicy};
+pub use timers::{TimerId, Timers};
+
+/// A scheduling setting that cannot work, found by a `validate` method: `setting` names the
+/// field (as the config file spells it), `problem` says what is wrong with the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct SettingError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+impl SettingError {
+    fn new(setting: &'static str, problem: impl Into<String>) -> SettingError {
+        SettingError { setting, problem: problem.into() }
+    }
+}
+
+/// A destination name as the maps see it: lowercase, no trailing dot; the same rule as the
+/// policy cache's, so one name is one entry everywhere. Borrows when already in that form.
+fn normalize(name: &str) -> std::borrow::Cow<'_, str> {
+    crate::policy::normalize(name)
+}
