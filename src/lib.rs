@@ -9,6 +9,7 @@
 //! - [`config`]: the daemon's TOML configuration (`mxpipe.example.toml` documents it).
 //! - [`dsn`]: RFC 3464 delivery status notifications (bounces) for the daemon.
 //! - [`dnsserver`]: an in-process authoritative DNS server (tests and `mxpipe demo`).
+//! - [`queue`]: (daemon) the durable spool: a segment log with group commit and crash recovery.
 //! - [`schedule`]: retry backoff, reply classification, destination suspension and rate limits, timers.
 //! - [`policy`]: the MX-prefix TLS policy, a pure function of resolved facts, and what was learned.
 //! - [`reply`]: SMTP reply and EHLO-capability parsing (pure, shared by every client).
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod outcome;
 pub mod policy;
 pub mod pool;
+pub mod queue;
 pub mod reply;
 pub mod resolve;
 pub mod schedule;

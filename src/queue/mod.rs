@@ -1,0 +1,6 @@
+//! The daemon's queue: what has been accepted and not yet finished.
+//!
+//! - [`spool`]: the durable store. Messages are acknowledged only once they are on disk, and a
+//!   restart gives back every unfinished message with its attempt history.
+
+pub mod spool;
