@@ -6,6 +6,7 @@
 //!
 //! Modules:
 //! - [`resolve`]: MX resolution over hickory with our own TTL-bound, single-flight cache.
+//! - [`daemon`]: `mxpipe serve`: injection, spool, queue manager and engine together.
 //! - [`config`]: the daemon's TOML configuration (`mxpipe.example.toml` documents it).
 //! - [`dsn`]: RFC 3464 delivery status notifications (bounces) for the daemon.
 //! - [`dnsserver`]: an in-process authoritative DNS server (tests and `mxpipe demo`).
@@ -18,6 +19,7 @@
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
 
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod dnsserver;
 pub mod dsn;

@@ -29,6 +29,16 @@ enum Cmd {
     /// Deliver a generated burst to an in-process DNS server and sink on many loopback
     /// addresses: the whole engine, with nothing installed.
     Demo(DemoArgs),
+    /// Run the delivery service: SMTP injection into a durable spool, delivery with retries
+    /// and bounces (work in progress: no HTTP API or metrics yet).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The TOML configuration (see mxpipe.example.toml).
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
 }
 
 /// Settings of the delivery engine shared by `send` and `demo`.
@@ -264,6 +274,7 @@ fn main() -> ExitCode {
         Cmd::Sink(args) => run_sink(args),
         Cmd::Send(args) => run_send(args),
         Cmd::Demo(args) => run_demo(args),
+        Cmd::Serve(args) => run_serve(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -560,6 +571,22 @@ fn run_demo(a: DemoArgs) -> Result<(), String> {
     }
     if report.outcomes.total() != report.engine.recipients {
         return Err(format!("{} outcomes for {} recipients", report.outcomes.total(), report.engine.recipients));
+    }
+    Ok(())
+}
+
+fn run_serve(a: ServeArgs) -> Result<(), String> {
+    let _ = mxpipe::sys::raise_nofile_limit();
+    let cfg = mxpipe::config::Config::load(&a.config).map_err(|e| e.to_string())?;
+    let rt = runtime(None)?;
+    let report = rt.block_on(mxpipe::daemon::serve(cfg, wait_for_stop(None)))?;
+    let m = &report.manager;
+    println!(
+        "mxpipe serve: stopped. injected {}, recovered {}, delivered {}, bounced {} ({} expired), deferred attempts {}, DSNs {}, unfinished {}",
+        report.injected_messages, m.recovered, m.delivered, m.bounced, m.expired, m.deferred_attempts, m.dsns, m.unfinished
+    );
+    if m.spool_errors > 0 {
+        return Err(format!("{} spool errors (see above); unfinished messages stay in the spool", m.spool_errors));
     }
     Ok(())
 }

@@ -78,6 +78,28 @@ pub struct Faults {
     pub delay: Duration,
 }
 
+/// Where an accepted message goes instead of being counted and discarded: the daemon's
+/// injection listener hands it to the spool. `Ok` carries the queue id for the 250 reply,
+/// given only once the message is safe; `Err` a reason for a 452 4.3.1 (the client retries).
+pub trait Acceptor: Send + Sync + 'static {
+    fn accept(
+        &self,
+        from: Vec<u8>,
+        rcpts: Vec<Vec<u8>>,
+        data: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>>;
+}
+
+/// A shared [`Acceptor`] in a config (Debug without printing the acceptor).
+#[derive(Clone)]
+pub struct AcceptorRef(pub Arc<dyn Acceptor>);
+
+impl fmt::Debug for AcceptorRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Acceptor")
+    }
+}
+
 /// Everything the sink needs to run.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
@@ -109,6 +131,11 @@ pub struct SinkConfig {
     pub handshake_timeout: Duration,
     /// Listen backlog.
     pub backlog: u32,
+    /// Hand accepted messages to this instead of counting and discarding them.
+    pub acceptor: Option<AcceptorRef>,
+    /// Only clients from these networks may connect; others get 554 5.7.1 and are closed.
+    /// `None`: everyone (a test sink).
+    pub allowed_clients: Option<Vec<crate::config::Cidr>>,
 }
 
 impl SinkConfig {
@@ -131,6 +158,8 @@ impl SinkConfig {
             idle_timeout: Duration::from_secs(300),
             handshake_timeout: Duration::from_secs(10),
             backlog: 4096,
+            acceptor: None,
+            allowed_clients: None,
         }
     }
 }
@@ -280,7 +309,7 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tracker: TaskTracker, limit: Arc<Semaphore>) {
     loop {
-        let (tcp, _peer) = match listener.accept().await {
+        let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors or a connection reset before accept: not fatal.
@@ -293,6 +322,13 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tracker: TaskTracker,
         };
         inc(&ctx.stats.port(ctx.port).connections);
         let ctx = ctx.clone();
+        if let Some(allowed) = &ctx.cfg.allowed_clients {
+            if !allowed.iter().any(|n| n.contains(peer.ip())) {
+                inc(&ctx.stats.rejected_clients);
+                tracker.spawn(refuse_client(tcp, ctx));
+                continue;
+            }
+        }
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
                 tracker.spawn(async move {
@@ -315,6 +351,14 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tracker: TaskTracker,
 async fn refuse_busy(mut tcp: TcpStream, ctx: Arc<Ctx>) {
     if ctx.port == PortKind::StartTls {
         let msg = format!("421 4.7.0 {} Too many connections, try again later\r\n", ctx.cfg.hostname);
+        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(msg.as_bytes())).await;
+    }
+}
+
+/// A client outside the allowed networks: never an open relay.
+async fn refuse_client(mut tcp: TcpStream, ctx: Arc<Ctx>) {
+    if ctx.port == PortKind::StartTls {
+        let msg = format!("554 5.7.1 {} Access denied: your address may not send mail here\r\n", ctx.cfg.hostname);
         let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(msg.as_bytes())).await;
     }
 }

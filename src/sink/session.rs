@@ -454,7 +454,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     /// line unless the body is to be stored.
     async fn receive_data(&mut self) -> Result<Body, Exit> {
         let max = self.ctx.cfg.max_message_size;
-        let mut body = Body::new(self.ctx.cfg.mail_dir.is_some());
+        let mut body = Body::new(self.keeps_content());
         let mut at_line_start = true;
         loop {
             let buf = &self.rbuf[self.rpos..];
@@ -498,7 +498,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         };
         let usable = self.txn.as_ref().is_some_and(|t| !t.rcpts.is_empty());
         let max = self.ctx.cfg.max_message_size;
-        let keep = self.ctx.cfg.mail_dir.is_some();
+        let keep = self.keeps_content();
         let mut body = match self.txn.as_mut().and_then(|t| t.bdat.take()) {
             Some(b) => b,
             None => Body::new(keep && usable),
@@ -547,6 +547,26 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             self.reply("552 5.3.4 Message size exceeds fixed limit\r\n").await;
             return None;
         }
+        if let Some(acceptor) = self.ctx.cfg.acceptor.clone() {
+            let bytes = body.bytes;
+            let nrcpts = txn.rcpts.len() as u64;
+            let content = body.content.unwrap_or_default();
+            return match acceptor.0.accept(txn.from, txn.rcpts, content).await {
+                Ok(id) => {
+                    let stats = &self.ctx.stats;
+                    inc(&stats.messages);
+                    stats.recipients.fetch_add(nrcpts, Ordering::Relaxed);
+                    stats.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    self.reply(&format!("250 2.0.0 Ok: queued as {}\r\n", one_line(&id))).await;
+                    None
+                }
+                Err(reason) => {
+                    inc(&self.ctx.stats.store_errors);
+                    self.reply(&format!("452 4.3.1 Message not accepted: {}\r\n", one_line(&reason))).await;
+                    None
+                }
+            };
+        }
         let id = MESSAGE_SEQ.fetch_add(1, Ordering::Relaxed);
         if let (Some(dir), Some(content)) = (&self.ctx.cfg.mail_dir, &body.content) {
             if let Err(e) = store(dir, id, &txn, content).await {
@@ -561,6 +581,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         stats.bytes.fetch_add(body.bytes, Ordering::Relaxed);
         self.reply(&format!("250 2.0.0 Ok: queued as {id:X}\r\n")).await;
         None
+    }
+
+    /// Message content is kept in memory only when something will read it.
+    fn keeps_content(&self) -> bool {
+        self.ctx.cfg.mail_dir.is_some() || self.ctx.cfg.acceptor.is_some()
     }
 
     fn roll(&mut self, p: f64) -> bool {

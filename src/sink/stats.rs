@@ -27,6 +27,7 @@ pub(crate) struct Stats {
     pub fault_perm: AtomicU64,
     pub fault_drop: AtomicU64,
     pub rejected_busy: AtomicU64,
+    pub rejected_clients: AtomicU64,
     pub timeouts: AtomicU64,
     pub bad_commands: AtomicU64,
     pub store_errors: AtomicU64,
@@ -61,6 +62,7 @@ impl Stats {
                 dropped: l(&self.fault_drop),
             },
             rejected_busy: l(&self.rejected_busy),
+            rejected_clients: l(&self.rejected_clients),
             timeouts: l(&self.timeouts),
             bad_commands: l(&self.bad_commands),
             store_errors: l(&self.store_errors),
@@ -119,6 +121,8 @@ pub struct StatsSnapshot {
     pub faults: FaultStats,
     /// Connections refused with 421 because the connection limit was reached.
     pub rejected_busy: u64,
+    /// Connections refused with 554 5.7.1 because the client is not in an allowed network.
+    pub rejected_clients: u64,
     /// Sessions closed with 421 because the client was idle too long.
     pub timeouts: u64,
     /// Commands answered 5xx as unrecognised, malformed, overlong or out of sequence.

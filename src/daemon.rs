@@ -1,0 +1,128 @@
+//! `mxpipe serve`: the delivery engine as a service that never loses an accepted message.
+//!
+//! Injection (SMTP, the sink's server session with the spool as its acceptor) → spool
+//! (acknowledged only once durable) → queue manager (its own thread: submission to the engine,
+//! attempts recorded, retries, expiry, bounces) → engine. On stop: injection stops accepting
+//! and finishes its open sessions, the engine finishes what it holds, the spool is flushed;
+//! anything unfinished is delivered after the next start.
+//!
+//! Not yet (issue 4): the HTTP API and metrics, AUTH on the injection listener, the JSONL
+//! delivery log, `mxpipe queue` commands, suspension and rate limits per destination.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::queue::manager::{self, Accepted, ManagerConfig, ManagerReport};
+use crate::queue::spool::{Spool, SpoolConfig};
+use crate::schedule::RetryPolicy;
+use crate::sink::{Acceptor, AcceptorRef, PortKind, Sink, SinkConfig};
+use crate::tls;
+
+/// What `serve` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServeReport {
+    pub injected_messages: u64,
+    pub manager: ManagerReport,
+}
+
+/// The spool as the injection listener's acceptor: a message is acknowledged only after the
+/// spool has it on disk, then handed to the queue manager.
+struct SpoolAcceptor {
+    spool: Arc<Spool>,
+    to_manager: crossbeam_channel::Sender<Accepted>,
+}
+
+impl Acceptor for SpoolAcceptor {
+    fn accept(&self, from: Vec<u8>, rcpts: Vec<Vec<u8>>, data: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        Box::pin(async move {
+            let from = String::from_utf8(from).map_err(|_| "sender is not UTF-8".to_string())?;
+            let rcpts: Vec<String> = rcpts
+                .into_iter()
+                .map(String::from_utf8)
+                .collect::<Result<_, _>>()
+                .map_err(|_| "recipient is not UTF-8".to_string())?;
+            let data: Arc<[u8]> = data.into();
+            let spool = self.spool.clone();
+            let (f, r, d) = (from.clone(), rcpts.clone(), data.clone());
+            let id = tokio::task::spawn_blocking(move || spool.accept(&f, &r, d))
+                .await
+                .map_err(|_| "spool task failed".to_string())?
+                .map_err(|e| if e.is_disk_full() { "spool disk full".to_string() } else { format!("spool error: {e}") })?;
+            // The message is durable: if the manager is gone it is delivered after a restart.
+            let _ = self.to_manager.send(Accepted { id, from, rcpts, data });
+            Ok(format!("{id:X}"))
+        })
+    }
+}
+
+/// Run the daemon on the current tokio runtime until `stop` completes.
+pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeReport, String> {
+    let engine_cfg = cfg.engine_config().map_err(|e| e.to_string())?;
+    let mut spool_cfg = SpoolConfig::new(cfg.spool.dir.clone());
+    spool_cfg.max_batch = cfg.spool.max_batch;
+    spool_cfg.max_delay = cfg.spool.max_delay;
+    spool_cfg.fsync = cfg.spool.fsync;
+    let dir = cfg.spool.dir.display().to_string();
+    let (spool, recovered) = tokio::task::spawn_blocking(move || Spool::open(spool_cfg))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot open the spool in {dir}: {e}"))?;
+    let spool = Arc::new(spool);
+    let recovered_n = recovered.len();
+    let (engine, outcomes) = crate::engine::Engine::start(engine_cfg).map_err(|e| e.to_string())?;
+
+    let (acc_tx, acc_rx) = crossbeam_channel::unbounded();
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let mcfg = ManagerConfig {
+        retry: RetryPolicy {
+            initial: cfg.retry.initial,
+            factor: cfg.retry.factor,
+            max_interval: cfg.retry.max_interval,
+            max_age: cfg.retry.max_age,
+            jitter: cfg.retry.jitter,
+        },
+        reporting_mta: cfg.engine.ehlo_name.clone(),
+    };
+    let mspool = spool.clone();
+    let manager = std::thread::Builder::new()
+        .name("mxpipe-queue".into())
+        .spawn(move || manager::run(mcfg, mspool, engine, outcomes, recovered, acc_rx, stop_rx))
+        .map_err(|e| format!("cannot start the queue manager: {e}"))?;
+
+    // The injection listener: STARTTLS offered with the configured or a generated certificate.
+    let inject = &cfg.inject.smtp;
+    let identity = match (&inject.tls.cert, &inject.tls.key) {
+        (Some(c), Some(k)) => tls::certs::load_identity(c, k).map_err(|e| e.to_string())?,
+        _ => tls::certs::generate(std::slice::from_ref(&cfg.engine.ehlo_name)).map_err(|e| e.to_string())?.identity,
+    };
+    let server_tls = tls::server_config(identity, tls::ServerResumption::default()).map_err(|e| e.to_string())?;
+    let mut sc = SinkConfig::new(server_tls);
+    let listen: IpAddr = inject.listen.ip();
+    sc.listen = vec![listen];
+    sc.starttls_port = Some(inject.listen.port());
+    sc.implicit_port = None;
+    sc.hostname = cfg.engine.ehlo_name.clone();
+    sc.acceptor = Some(AcceptorRef(Arc::new(SpoolAcceptor { spool: spool.clone(), to_manager: acc_tx })));
+    sc.allowed_clients = Some(inject.allowed_networks.clone());
+    let sink = Sink::start(sc).await.map_err(|e| format!("cannot start the injection listener: {e}"))?;
+    println!(
+        "mxpipe serve: injection SMTP on {}; spool {} ({} unfinished messages recovered)",
+        sink.addr(PortKind::StartTls).map_or_else(|| "?".into(), |a| a.to_string()),
+        cfg.spool.dir.display(),
+        recovered_n
+    );
+
+    stop.await;
+    eprintln!("mxpipe serve: stopping: no new messages; finishing those in flight");
+    let injected = sink.shutdown(Duration::from_secs(10)).await.stats.messages;
+    let _ = stop_tx.send(());
+    let report = tokio::task::spawn_blocking(move || manager.join())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|_| "the queue manager panicked; the spool keeps every unfinished message".to_string())?;
+    Ok(ServeReport { injected_messages: injected, manager: report })
+}

@@ -1,0 +1,326 @@
+//! The queue manager: what happens to a spooled message between acceptance and its last
+//! recipient's final outcome.
+//!
+//! It runs on one thread and owns the engine. Accepted (and, at start, recovered) messages are
+//! submitted for their unfinished recipients; each outcome is recorded in the spool as an
+//! attempt (final for delivered and bounced); when a message's round is over, the recipients
+//! still deferred wait for their next attempt on a timer (exponential backoff with jitter), or,
+//! past the maximum age, are bounced. Bounced recipients get one DSN per round to the envelope
+//! sender (none for the null sender), itself spooled before it is sent, like any message.
+//!
+//! Not here yet (issue 4): per-destination suspension and rate limits (`schedule::Destinations`
+//! is ready for it), the HTTP API's per-message view, metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Select};
+
+use super::spool::{Attempt, FinalStatus, MsgId, Spool, Stored};
+use crate::dsn::{build_dsn, Action, DsnInput, FailedRcpt, ReturnContent};
+use crate::engine::{Engine, EngineStats, Submission};
+use crate::outcome::{Outcome, Status};
+use crate::schedule::{Decision, RetryPolicy, Timers};
+
+/// What the manager needs besides its channels.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub retry: RetryPolicy,
+    /// Our host name, in DSNs.
+    pub reporting_mta: String,
+}
+
+/// A message the injection side has made durable.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub id: MsgId,
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub data: Arc<[u8]>,
+}
+
+/// Counters at the end of a run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ManagerReport {
+    pub recovered: u64,
+    pub accepted: u64,
+    pub delivered: u64,
+    pub deferred_attempts: u64,
+    pub bounced: u64,
+    pub expired: u64,
+    pub dsns: u64,
+    /// Messages still unfinished at shutdown (they stay in the spool for the next start).
+    pub unfinished: u64,
+    pub spool_errors: u64,
+    pub engine: EngineStats,
+}
+
+struct Entry {
+    from: String,
+    data: Arc<[u8]>,
+    /// Recipients without a final outcome.
+    pending: Vec<String>,
+    /// Outcomes still expected for the round in progress (0: waiting for a timer).
+    in_flight: usize,
+    /// Rounds that ended with something deferred.
+    rounds: u32,
+    first: Instant,
+    received_at: SystemTime,
+    last_reply: HashMap<String, (String, Option<String>, Option<String>)>,
+    bounced: Vec<FailedRcpt>,
+}
+
+/// Run until `stop` says so (or closes), then let the engine finish what it has, record it,
+/// and return. Unfinished messages stay in the spool.
+pub fn run(
+    cfg: ManagerConfig,
+    spool: Arc<Spool>,
+    engine: Engine,
+    outcomes: Receiver<Outcome>,
+    recovered: Vec<Stored>,
+    accepted: Receiver<Accepted>,
+    stop: Receiver<()>,
+) -> ManagerReport {
+    let mut m = Manager { cfg, spool, engine: Some(engine), entries: HashMap::new(), timers: Timers::new(), report: ManagerReport::default(), rng: fastrand::Rng::new() };
+    m.report.recovered = recovered.len() as u64;
+    for s in recovered {
+        m.recover(s);
+    }
+    loop {
+        let wait = m.timers.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+        let mut sel = Select::new();
+        let i_out = sel.recv(&outcomes);
+        let i_acc = sel.recv(&accepted);
+        let i_stop = sel.recv(&stop);
+        let op = match wait {
+            Some(w) => sel.select_timeout(w).ok(),
+            None => Some(sel.select()),
+        };
+        match op {
+            None => {}
+            Some(op) if op.index() == i_out => {
+                if let Ok(o) = op.recv(&outcomes) {
+                    m.outcome(o);
+                }
+            }
+            Some(op) if op.index() == i_acc => match op.recv(&accepted) {
+                Ok(a) => m.accept(a),
+                Err(_) => break,
+            },
+            Some(op) => {
+                debug_assert_eq!(op.index(), i_stop);
+                let _ = op.recv(&stop);
+                break;
+            }
+        }
+        for id in m.timers.pop_due(Instant::now()) {
+            m.submit(id);
+        }
+    }
+    // Shutdown: no new rounds; the engine finishes what it holds, and its outcomes are recorded.
+    let stats = m.engine.take().map(Engine::shutdown).unwrap_or_default();
+    while let Ok(o) = outcomes.try_recv() {
+        m.record_only(o);
+    }
+    if m.spool.flush().is_err() {
+        m.report.spool_errors += 1;
+    }
+    m.report.unfinished = m.entries.len() as u64;
+    m.report.engine = stats;
+    m.report
+}
+
+struct Manager {
+    cfg: ManagerConfig,
+    spool: Arc<Spool>,
+    /// `None` only after shutdown began.
+    engine: Option<Engine>,
+    entries: HashMap<MsgId, Entry>,
+    timers: Timers<MsgId>,
+    report: ManagerReport,
+    rng: fastrand::Rng,
+}
+
+impl Manager {
+    fn recover(&mut self, s: Stored) {
+        let pending: Vec<String> = s.rcpts.iter().filter(|r| r.done.is_none()).map(|r| r.rcpt.clone()).collect();
+        if pending.is_empty() {
+            return;
+        }
+        let age = SystemTime::now().duration_since(s.received_at).unwrap_or_default();
+        let first = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let rounds = s.attempts.iter().filter(|a| a.status == "deferred").count().min(u32::MAX as usize) as u32;
+        self.entries.insert(s.id, Entry::new(s.from, s.data, pending, rounds, first, s.received_at));
+        self.submit(s.id);
+    }
+
+    fn accept(&mut self, a: Accepted) {
+        self.report.accepted += 1;
+        self.entries.insert(a.id, Entry::new(a.from, a.data, a.rcpts, 0, Instant::now(), SystemTime::now()));
+        self.submit(a.id);
+    }
+
+    fn submit(&mut self, id: MsgId) {
+        let Some(e) = self.entries.get_mut(&id) else { return };
+        if e.in_flight > 0 || e.pending.is_empty() {
+            return;
+        }
+        e.in_flight = e.pending.len();
+        let sub = Submission { id: id.to_string(), from: e.from.clone(), to: e.pending.clone(), data: e.data.clone() };
+        if let Some(engine) = &self.engine {
+            // On error every recipient has already been given a (deferred) outcome.
+            let _ = engine.submit(sub);
+        }
+    }
+
+    fn record(&mut self, id: MsgId, o: &Outcome, fin: Option<FinalStatus>) {
+        let status = match o.status {
+            Status::Delivered => "delivered",
+            Status::Deferred => "deferred",
+            Status::Bounced => "bounced",
+        };
+        let attempt = Attempt { at: SystemTime::now(), rcpt: o.rcpt.clone(), status: status.into(), reply: o.reply.clone() };
+        if self.spool.record_attempt(id, attempt, fin).is_err() {
+            self.report.spool_errors += 1;
+        }
+    }
+
+    /// Record an outcome without starting anything new (at shutdown).
+    fn record_only(&mut self, o: Outcome) {
+        let Ok(id) = o.id.parse::<MsgId>() else { return };
+        let fin = match o.status {
+            Status::Delivered => Some(FinalStatus::Delivered),
+            Status::Bounced => Some(FinalStatus::Bounced),
+            Status::Deferred => None,
+        };
+        self.record(id, &o, fin);
+        if let Some(e) = self.entries.get_mut(&id) {
+            if fin.is_some() {
+                e.pending.retain(|r| *r != o.rcpt);
+            }
+            if e.pending.is_empty() {
+                self.entries.remove(&id);
+            }
+        }
+    }
+
+    fn outcome(&mut self, o: Outcome) {
+        let Ok(id) = o.id.parse::<MsgId>() else { return };
+        let fin = match o.status {
+            Status::Delivered => {
+                self.report.delivered += 1;
+                Some(FinalStatus::Delivered)
+            }
+            Status::Bounced => {
+                self.report.bounced += 1;
+                Some(FinalStatus::Bounced)
+            }
+            Status::Deferred => {
+                self.report.deferred_attempts += 1;
+                None
+            }
+        };
+        self.record(id, &o, fin);
+        let Some(e) = self.entries.get_mut(&id) else { return };
+        e.in_flight = e.in_flight.saturating_sub(1);
+        e.last_reply.insert(o.rcpt.clone(), (o.reply.clone(), o.enhanced.clone(), o.mx.clone()));
+        if fin.is_some() {
+            e.pending.retain(|r| *r != o.rcpt);
+        }
+        if o.status == Status::Bounced {
+            e.bounced.push(FailedRcpt {
+                rcpt: o.rcpt.clone(),
+                action: Action::Failed,
+                status: o.enhanced.clone().unwrap_or_else(|| "5.0.0".into()),
+                remote_mta: o.mx.clone(),
+                diagnostic: Some(o.reply.clone()),
+                last_attempt: Some(SystemTime::now()),
+            });
+        }
+        if e.in_flight == 0 {
+            self.end_round(id);
+        }
+    }
+
+    /// A round is over: bounce what bounced, finish, or wait for the next attempt.
+    fn end_round(&mut self, id: MsgId) {
+        let now = Instant::now();
+        let Some(e) = self.entries.get_mut(&id) else { return };
+        if !e.pending.is_empty() {
+            e.rounds = e.rounds.saturating_add(1);
+            match self.cfg.retry.next_attempt(e.rounds, e.first, now, self.rng.u64(..)) {
+                Decision::RetryAt(at) => {
+                    self.timers.insert(at, id);
+                }
+                Decision::Expire => {
+                    // Too old: every recipient still pending is bounced (4.4.7, RFC 3463).
+                    let pending = std::mem::take(&mut e.pending);
+                    for rcpt in pending {
+                        let (reply, _, mx) = e.last_reply.get(&rcpt).cloned().unwrap_or_default();
+                        e.bounced.push(FailedRcpt {
+                            rcpt: rcpt.clone(),
+                            action: Action::Failed,
+                            status: "4.4.7".into(),
+                            remote_mta: mx,
+                            diagnostic: Some(reply.clone()),
+                            last_attempt: Some(SystemTime::now()),
+                        });
+                        let attempt = Attempt {
+                            at: SystemTime::now(),
+                            rcpt,
+                            status: "bounced".into(),
+                            reply: format!("mxpipe: expired after {} attempts; last: {reply}", e.rounds),
+                        };
+                        if self.spool.record_attempt(id, attempt, Some(FinalStatus::Bounced)).is_err() {
+                            self.report.spool_errors += 1;
+                        }
+                        self.report.expired += 1;
+                    }
+                }
+            }
+        }
+        let e = self.entries.get_mut(&id).expect("entry present");
+        let bounced = std::mem::take(&mut e.bounced);
+        let done = e.pending.is_empty();
+        if !bounced.is_empty() {
+            self.send_dsn(id, bounced);
+        }
+        if done {
+            self.entries.remove(&id);
+        }
+    }
+
+    /// Spool and send a DSN to the sender of `id` for `rcpts` (none for the null sender).
+    fn send_dsn(&mut self, id: MsgId, rcpts: Vec<FailedRcpt>) {
+        let Some(e) = self.entries.get(&id) else { return };
+        let input = DsnInput {
+            reporting_mta: &self.cfg.reporting_mta,
+            envelope_from: &e.from,
+            envelope_id: None,
+            original_message: &e.data,
+            arrival: e.received_at,
+            rcpts,
+            return_content: ReturnContent::Headers,
+            message_id_domain: &self.cfg.reporting_mta,
+            now: SystemTime::now(),
+            boundary_seed: self.rng.u64(..),
+        };
+        let Some(dsn) = build_dsn(&input) else { return };
+        let data: Arc<[u8]> = dsn.data.into();
+        match self.spool.accept(&dsn.from, std::slice::from_ref(&dsn.to), data.clone()) {
+            Ok(dsn_id) => {
+                self.report.dsns += 1;
+                self.entries.insert(dsn_id, Entry::new(dsn.from, data, vec![dsn.to], 0, Instant::now(), SystemTime::now()));
+                self.submit(dsn_id);
+            }
+            Err(_) => self.report.spool_errors += 1,
+        }
+    }
+}
+
+impl Entry {
+    fn new(from: String, data: Arc<[u8]>, pending: Vec<String>, rounds: u32, first: Instant, received_at: SystemTime) -> Entry {
+        Entry { from, data, pending, in_flight: 0, rounds, first, received_at, last_reply: HashMap::new(), bounced: Vec::new() }
+    }
+}

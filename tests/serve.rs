@@ -1,0 +1,241 @@
+//! `mxpipe serve` as a process: SMTP injection into the spool, delivery through the engine to
+//! sinks found through our DNS server, restart after `kill -9` without losing an acknowledged
+//! message, client networks, and DSNs for permanent failures.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Client;
+use mxpipe::dnsserver::{DnsServer, ZoneBuilder};
+use mxpipe::sink::{Sink, SinkConfig};
+use mxpipe::tls::{self, ServerResumption};
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mxpipe-serve-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A destination sink on `ip`, writing what it accepts to `dir`.
+async fn sink_on(ip: Ipv4Addr, port: u16, dir: &Path, adjust: impl FnOnce(&mut SinkConfig)) -> Sink {
+    let pki = tls::certs::generate(&["localhost".into()]).unwrap();
+    let mut c = SinkConfig::new(tls::server_config(pki.identity, ServerResumption::default()).unwrap());
+    c.listen = vec![IpAddr::V4(ip)];
+    c.starttls_port = Some(port);
+    c.implicit_port = None;
+    c.mail_dir = Some(dir.to_path_buf());
+    adjust(&mut c);
+    Sink::start(c).await.unwrap()
+}
+
+struct Daemon {
+    child: Child,
+    inject: SocketAddr,
+}
+
+fn write_config(dir: &Path, dns: SocketAddr, smtp_port: u16, inject: SocketAddr, allowed: &str) -> PathBuf {
+    let cfg = format!(
+        r#"
+[engine]
+ehlo_name = "serve.test"
+connect_timeout = "2s"
+command_timeout = "10s"
+idle_timeout = "1s"
+
+[dns]
+nameserver = "{dns}"
+
+[ports]
+smtp = {smtp_port}
+smtps = {smtp_port}
+
+[spool]
+dir = "{spool}"
+
+[retry]
+initial = "1s"
+max_interval = "2s"
+max_age = "1h"
+
+[inject.smtp]
+listen = "{inject}"
+allowed_networks = [{allowed}]
+"#,
+        spool = dir.join("spool").display()
+    );
+    let path = dir.join("mxpipe.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn start_daemon(config: &Path, inject: SocketAddr) -> Daemon {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mxpipe"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("serve prints its listener").unwrap();
+    assert!(first.contains("injection SMTP on"), "{first}");
+    std::thread::spawn(move || for _ in lines {});
+    Daemon { child, inject }
+}
+
+fn terminate(mut d: Daemon) -> bool {
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            return s.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.child.kill().unwrap();
+    panic!("serve did not stop within 30 s of SIGTERM");
+}
+
+/// Inject one message over SMTP; true if the daemon acknowledged it (250 after the data).
+async fn inject(addr: SocketAddr, from: &str, to: &str, subject: &str) -> bool {
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.reply().await.code, 220);
+    assert_eq!(c.cmd("EHLO app.test").await, 250);
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{from}>")).await, 250);
+    assert_eq!(c.cmd(&format!("RCPT TO:<{to}>")).await, 250);
+    assert_eq!(c.cmd("DATA").await, 354);
+    c.send(format!("Subject: {subject}\r\n\r\nhello\r\n.\r\n")).await;
+    let ok = c.reply().await.code == 250;
+    let _ = c.cmd("QUIT").await;
+    ok
+}
+
+/// Subjects of the messages a sink wrote to `dir`.
+fn subjects(dir: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "eml") {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.starts_with("Subject: ")) {
+                v.push(l["Subject: ".len()..].to_string());
+            }
+        }
+    }
+    v
+}
+
+async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_mail_is_delivered_and_survives_kill_9() {
+    let dir = tmpdir("kill");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.4.0.1");
+    // A slow destination (20 ms before every reply), so deliveries are in flight at the kill.
+    let sink = sink_on(Ipv4Addr::new(127, 4, 0, 1), port, &mail, |c| c.faults.delay = Duration::from_millis(20)).await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("d.t.test", 10, "mx.t.test").a("mx.t.test", Ipv4Addr::new(127, 4, 0, 1));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let inject_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    let config = write_config(&dir, dns.addr(), port, inject_addr, r#""127.0.0.0/8""#);
+
+    let d = start_daemon(&config, inject_addr);
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        let subject = format!("serve-{i}");
+        if inject(d.inject, "app@src.test", "u@d.t.test", &subject).await {
+            acked.push(subject);
+        }
+    }
+    assert_eq!(acked.len(), 40, "every injected message acknowledged");
+    // Kill -9 as soon as some (not all) have arrived.
+    wait_for("first deliveries", Duration::from_secs(30), || subjects(&mail).len() >= 5).await;
+    let mut child = d.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = subjects(&mail).len();
+    assert!(before < 40, "the kill came after everything was delivered; the test proves nothing");
+
+    // Restart on the same spool: everything acknowledged arrives at least once.
+    let d = start_daemon(&config, inject_addr);
+    wait_for("all deliveries after restart", Duration::from_secs(60), || {
+        let got = subjects(&mail);
+        acked.iter().all(|s| got.contains(s))
+    })
+    .await;
+    assert!(terminate(d));
+    let got = subjects(&mail);
+    let duplicates = got.len() - acked.len();
+    // Only transactions in flight at the kill can arrive twice.
+    assert!(duplicates <= 8, "{duplicates} duplicates");
+    eprintln!("kill -9 after {before} of 40 deliveries: all 40 delivered after restart, {duplicates} duplicates");
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_outside_allowed_networks_get_5_7_1() {
+    let dir = tmpdir("relay");
+    let dns = DnsServer::start(vec![ZoneBuilder::new("t.test.")], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let inject_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    let config = write_config(&dir, dns.addr(), 25, inject_addr, r#""10.0.0.0/8""#);
+    let d = start_daemon(&config, inject_addr);
+    let mut c = Client::connect(inject_addr).await;
+    let r = c.reply().await;
+    assert_eq!((r.code, r.enhanced.map(|e| e.to_string())), (554, Some("5.7.1".to_string())));
+    assert!(terminate(d));
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failure_sends_a_dsn_to_the_sender() {
+    let dir = tmpdir("dsn");
+    let (bad_mail, src_mail) = (dir.join("bad"), dir.join("src"));
+    std::fs::create_dir_all(&bad_mail).unwrap();
+    std::fs::create_dir_all(&src_mail).unwrap();
+    let port = free_port("127.4.0.2");
+    let bad = sink_on(Ipv4Addr::new(127, 4, 0, 2), port, &bad_mail, |c| c.faults.perm_fail_rate = 1.0).await;
+    let src = sink_on(Ipv4Addr::new(127, 4, 0, 3), port, &src_mail, |_| {}).await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("bad.t.test", 10, "mx-bad.t.test").a("mx-bad.t.test", Ipv4Addr::new(127, 4, 0, 2));
+    z.mx("src.t.test", 10, "mx-src.t.test").a("mx-src.t.test", Ipv4Addr::new(127, 4, 0, 3));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let inject_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    let config = write_config(&dir, dns.addr(), port, inject_addr, r#""127.0.0.0/8""#);
+    let d = start_daemon(&config, inject_addr);
+    assert!(inject(d.inject, "app@src.t.test", "nobody@bad.t.test", "will bounce").await);
+    wait_for("the DSN", Duration::from_secs(30), || std::fs::read_dir(&src_mail).unwrap().count() >= 1).await;
+    assert!(terminate(d));
+    let file = std::fs::read_dir(&src_mail).unwrap().next().unwrap().unwrap().path();
+    let dsn = std::fs::read_to_string(file).unwrap();
+    assert!(dsn.starts_with("X-Mxpipe-Mail-From: <>\r\nX-Mxpipe-Rcpt-To: <app@src.t.test>"), "{dsn}");
+    assert!(dsn.contains("multipart/report; report-type=delivery-status"), "{dsn}");
+    assert!(dsn.contains("Final-Recipient: rfc822; nobody@bad.t.test"), "{dsn}");
+    assert!(dsn.contains("Status: 5.1.1"), "{dsn}");
+    assert!(dsn.contains("Subject: will bounce"), "the original headers are returned: {dsn}");
+    assert_eq!(std::fs::read_dir(&bad_mail).unwrap().count(), 0);
+    bad.shutdown(Duration::from_secs(1)).await;
+    src.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
