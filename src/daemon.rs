@@ -86,6 +86,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
             jitter: cfg.retry.jitter,
         },
         reporting_mta: cfg.engine.ehlo_name.clone(),
+        delivery_log: cfg.log.delivery_log.clone(),
     };
     let mspool = spool.clone();
     let manager = std::thread::Builder::new()

@@ -337,6 +337,7 @@ fn run_sink(a: SinkArgs) -> Result<(), String> {
 
     let rt = runtime(a.threads)?;
     let report = rt.block_on(async {
+        let stop = stop_signal(a.duration)?;
         let sink = Sink::start(cfg).await.map_err(|e| {
             let hint = if matches!(&e, mxpipe::sink::SinkError::Bind { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied) {
                 " (ports below 1024 need root; use --starttls-port 2525 --implicit-port 2526)"
@@ -351,7 +352,7 @@ fn run_sink(a: SinkArgs) -> Result<(), String> {
         if let Some(p) = &a.ca_out {
             println!("mxpipe sink: CA certificate written to {}", p.display());
         }
-        wait_for_stop(a.duration).await;
+        stop.await;
         eprintln!("mxpipe sink: stopping (grace {} s)", a.grace);
         Ok::<_, String>(sink.shutdown(Duration::from_secs(a.grace)).await)
     })?;
@@ -579,7 +580,7 @@ fn run_serve(a: ServeArgs) -> Result<(), String> {
     let _ = mxpipe::sys::raise_nofile_limit();
     let cfg = mxpipe::config::Config::load(&a.config).map_err(|e| e.to_string())?;
     let rt = runtime(None)?;
-    let report = rt.block_on(mxpipe::daemon::serve(cfg, wait_for_stop(None)))?;
+    let report = rt.block_on(async { mxpipe::daemon::serve(cfg, stop_signal(None)?).await })?;
     let m = &report.manager;
     println!(
         "mxpipe serve: stopped. injected {}, recovered {}, delivered {}, bounced {} ({} expired), deferred attempts {}, DSNs {}, unfinished {}",
@@ -591,27 +592,26 @@ fn run_serve(a: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Wait for SIGINT, SIGTERM, or the end of `duration`.
-async fn wait_for_stop(duration: Option<u64>) {
-    let limit = async {
-        match duration {
-            Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
-            None => std::future::pending().await,
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// A future that completes on SIGINT, SIGTERM, or the end of `duration`. The signal handlers
+/// are installed now (inside the runtime), before the caller announces it is ready, so a
+/// signal sent right after that announcement is never lost to the default action.
+fn stop_signal(duration: Option<u64>) -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    Ok(async move {
+        let limit = async {
+            match duration {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => std::future::pending().await,
             }
-            Err(_) => std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = limit => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-        _ = limit => {}
-    }
+    })
 }
 
 #[cfg(test)]

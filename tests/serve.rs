@@ -70,8 +70,12 @@ max_age = "1h"
 [inject.smtp]
 listen = "{inject}"
 allowed_networks = [{allowed}]
+
+[log]
+delivery_log = "{log}"
 "#,
-        spool = dir.join("spool").display()
+        spool = dir.join("spool").display(),
+        log = dir.join("delivery.jsonl").display()
     );
     let path = dir.join("mxpipe.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -233,6 +237,16 @@ async fn permanent_failure_sends_a_dsn_to_the_sender() {
     assert!(dsn.contains("Final-Recipient: rfc822; nobody@bad.t.test"), "{dsn}");
     assert!(dsn.contains("Status: 5.1.1"), "{dsn}");
     assert!(dsn.contains("Subject: will bounce"), "the original headers are returned: {dsn}");
+    // The delivery log has the bounce and the DSN's delivery, with their facts.
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("delivery.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let bounce = log.iter().find(|r| r["rcpt"] == "nobody@bad.t.test").expect("bounce logged");
+    assert_eq!((bounce["status"].as_str(), bounce["mx"].as_str(), bounce["attempt"].as_u64()), (Some("bounced"), Some("mx-bad.t.test"), Some(1)));
+    assert!(bounce["ts"].as_f64().unwrap() > 1.7e9 && bounce["tls"].is_string());
+    assert!(log.iter().any(|r| r["rcpt"] == "app@src.t.test" && r["status"] == "delivered"));
     assert_eq!(std::fs::read_dir(&bad_mail).unwrap().count(), 0);
     bad.shutdown(Duration::from_secs(1)).await;
     src.shutdown(Duration::from_secs(1)).await;

@@ -29,6 +29,8 @@ pub struct ManagerConfig {
     pub retry: RetryPolicy,
     /// Our host name, in DSNs.
     pub reporting_mta: String,
+    /// Append one JSON line per attempt here (with its TLS facts), if set.
+    pub delivery_log: Option<std::path::PathBuf>,
 }
 
 /// A message the injection side has made durable.
@@ -53,6 +55,8 @@ pub struct ManagerReport {
     /// Messages still unfinished at shutdown (they stay in the spool for the next start).
     pub unfinished: u64,
     pub spool_errors: u64,
+    /// Delivery-log lines that could not be written.
+    pub log_errors: u64,
     pub engine: EngineStats,
 }
 
@@ -82,7 +86,26 @@ pub fn run(
     accepted: Receiver<Accepted>,
     stop: Receiver<()>,
 ) -> ManagerReport {
-    let mut m = Manager { cfg, spool, engine: Some(engine), entries: HashMap::new(), timers: Timers::new(), report: ManagerReport::default(), rng: fastrand::Rng::new() };
+    let log = match &cfg.delivery_log {
+        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => Some(std::io::BufWriter::new(f)),
+            Err(e) => {
+                eprintln!("mxpipe: cannot open the delivery log {}: {e}; continuing without it", path.display());
+                None
+            }
+        },
+        None => None,
+    };
+    let mut m = Manager {
+        cfg,
+        spool,
+        engine: Some(engine),
+        entries: HashMap::new(),
+        timers: Timers::new(),
+        report: ManagerReport::default(),
+        rng: fastrand::Rng::new(),
+        log,
+    };
     m.report.recovered = recovered.len() as u64;
     for s in recovered {
         m.recover(s);
@@ -102,6 +125,9 @@ pub fn run(
             Some(op) if op.index() == i_out => {
                 if let Ok(o) = op.recv(&outcomes) {
                     m.outcome(o);
+                }
+                if outcomes.is_empty() {
+                    m.flush_log();
                 }
             }
             Some(op) if op.index() == i_acc => match op.recv(&accepted) {
@@ -123,6 +149,7 @@ pub fn run(
     while let Ok(o) = outcomes.try_recv() {
         m.record_only(o);
     }
+    m.flush_log();
     if m.spool.flush().is_err() {
         m.report.spool_errors += 1;
     }
@@ -140,6 +167,7 @@ struct Manager {
     timers: Timers<MsgId>,
     report: ManagerReport,
     rng: fastrand::Rng,
+    log: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl Manager {
@@ -174,7 +202,35 @@ impl Manager {
         }
     }
 
+    /// One delivery-log line: the outcome record (TLS facts included) with time, spool id and
+    /// the attempt's round.
+    fn log(&mut self, id: MsgId, o: &Outcome) {
+        let Some(w) = &mut self.log else { return };
+        let round = self.entries.get(&id).map_or(0, |e| e.rounds) + 1;
+        let ts = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let mut v = serde_json::to_value(o).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("ts".into(), ts.into());
+            obj.insert("spool_id".into(), id.into());
+            obj.insert("attempt".into(), round.into());
+        }
+        use std::io::Write;
+        if writeln!(w, "{v}").is_err() {
+            self.report.log_errors += 1;
+        }
+    }
+
+    fn flush_log(&mut self) {
+        use std::io::Write;
+        if let Some(w) = &mut self.log {
+            if w.flush().is_err() {
+                self.report.log_errors += 1;
+            }
+        }
+    }
+
     fn record(&mut self, id: MsgId, o: &Outcome, fin: Option<FinalStatus>) {
+        self.log(id, o);
         let status = match o.status {
             Status::Delivered => "delivered",
             Status::Deferred => "deferred",
