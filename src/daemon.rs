@@ -6,8 +6,10 @@
 //! and finishes its open sessions, the engine finishes what it holds, the spool is flushed;
 //! anything unfinished is delivered after the next start.
 //!
-//! Not yet (issue 4): the HTTP API and metrics, AUTH on the injection listener, the JSONL
-//! delivery log, `mxpipe queue` commands, suspension and rate limits per destination.
+//! The HTTP API ([`crate::api`]) injects too, and shows messages, queues and metrics.
+//!
+//! Not yet (issue 4): AUTH on the injection listener, `mxpipe queue` commands, suspension and
+//! rate limits per destination.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::queue::board::Board;
 use crate::queue::manager::{self, Accepted, ManagerConfig, ManagerReport};
 use crate::queue::spool::{Spool, SpoolConfig};
 use crate::schedule::RetryPolicy;
@@ -88,10 +91,15 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
         reporting_mta: cfg.engine.ehlo_name.clone(),
         delivery_log: cfg.log.delivery_log.clone(),
     };
+    let board = Board::default();
     let mspool = spool.clone();
+    let mboard = board.clone();
     let manager = std::thread::Builder::new()
         .name("mxpipe-queue".into())
-        .spawn(move || manager::run(mcfg, mspool, engine, outcomes, recovered, acc_rx, stop_rx))
+        .spawn(move || {
+            let inputs = manager::Inputs { outcomes, accepted: acc_rx, stop: stop_rx };
+            manager::run(mcfg, mspool, engine, recovered, inputs, mboard)
+        })
         .map_err(|e| format!("cannot start the queue manager: {e}"))?;
 
     // The injection listener: STARTTLS offered with the configured or a generated certificate.
@@ -107,12 +115,16 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     sc.starttls_port = Some(inject.listen.port());
     sc.implicit_port = None;
     sc.hostname = cfg.engine.ehlo_name.clone();
-    sc.acceptor = Some(AcceptorRef(Arc::new(SpoolAcceptor { spool: spool.clone(), to_manager: acc_tx })));
+    sc.acceptor = Some(AcceptorRef(Arc::new(SpoolAcceptor { spool: spool.clone(), to_manager: acc_tx.clone() })));
     sc.allowed_clients = Some(inject.allowed_networks.clone());
     let sink = Sink::start(sc).await.map_err(|e| format!("cannot start the injection listener: {e}"))?;
+    let api = crate::api::start(cfg.inject.http.listen, spool.clone(), acc_tx, board)
+        .await
+        .map_err(|e| format!("cannot start the HTTP API on {}: {e}", cfg.inject.http.listen))?;
     println!(
-        "mxpipe serve: injection SMTP on {}; spool {} ({} unfinished messages recovered)",
+        "mxpipe serve: injection SMTP on {}, HTTP API on {}; spool {} ({} unfinished messages recovered)",
         sink.addr(PortKind::StartTls).map_or_else(|| "?".into(), |a| a.to_string()),
+        api.addr,
         cfg.spool.dir.display(),
         recovered_n
     );
@@ -120,6 +132,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     stop.await;
     eprintln!("mxpipe serve: stopping: no new messages; finishing those in flight");
     let injected = sink.shutdown(Duration::from_secs(10)).await.stats.messages;
+    api.shutdown().await;
     let _ = stop_tx.send(());
     let report = tokio::task::spawn_blocking(move || manager.join())
         .await

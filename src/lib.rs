@@ -6,6 +6,7 @@
 //!
 //! Modules:
 //! - [`resolve`]: MX resolution over hickory with our own TTL-bound, single-flight cache.
+//! - [`api`]: the daemon's HTTP API (inject, message state, queues, Prometheus metrics).
 //! - [`daemon`]: `mxpipe serve`: injection, spool, queue manager and engine together.
 //! - [`config`]: the daemon's TOML configuration (`mxpipe.example.toml` documents it).
 //! - [`dsn`]: RFC 3464 delivery status notifications (bounces) for the daemon.
@@ -18,6 +19,7 @@
 //! - [`sink`]: the receiving SMTP server for tests and capacity benchmarks.
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -44,6 +44,11 @@ struct Daemon {
 }
 
 fn write_config(dir: &Path, dns: SocketAddr, smtp_port: u16, inject: SocketAddr, allowed: &str) -> PathBuf {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    write_config_http(dir, dns, smtp_port, inject, http, allowed)
+}
+
+fn write_config_http(dir: &Path, dns: SocketAddr, smtp_port: u16, inject: SocketAddr, http: SocketAddr, allowed: &str) -> PathBuf {
     let cfg = format!(
         r#"
 [engine]
@@ -70,6 +75,9 @@ max_age = "1h"
 [inject.smtp]
 listen = "{inject}"
 allowed_networks = [{allowed}]
+
+[inject.http]
+listen = "{http}"
 
 [log]
 delivery_log = "{log}"
@@ -250,6 +258,100 @@ async fn permanent_failure_sends_a_dsn_to_the_sender() {
     assert_eq!(std::fs::read_dir(&bad_mail).unwrap().count(), 0);
     bad.shutdown(Duration::from_secs(1)).await;
     src.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One HTTP/1.1 request over a fresh connection: (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: mxpipe\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string());
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_api_injects_and_shows_messages_queues_and_metrics() {
+    let dir = tmpdir("http");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.4.0.5");
+    let sink = sink_on(Ipv4Addr::new(127, 4, 0, 5), port, &mail, |_| {}).await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("h.t.test", 10, "mx-h.t.test").a("mx-h.t.test", Ipv4Addr::new(127, 4, 0, 5));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let inject_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    let config = write_config_http(&dir, dns.addr(), port, inject_addr, api, r#""127.0.0.0/8""#);
+    let d = start_daemon(&config, inject_addr);
+
+    let body = r#"{"messages":[{"from":"app@src.test","to":["a@h.t.test","b@h.t.test"],"data":"Subject: via api\r\n\r\nhi\r\n"}]}"#;
+    let (code, resp) = tokio::task::spawn_blocking(move || http(api, "POST", "/v1/messages", body)).await.unwrap();
+    assert_eq!(code, 202, "{resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    let id = v["ids"][0].as_str().unwrap().to_string();
+
+    let path = format!("/v1/messages/{id}");
+    let t0 = Instant::now();
+    let view = loop {
+        let p = path.clone();
+        let (code, resp) = tokio::task::spawn_blocking(move || http(api, "GET", &p, "")).await.unwrap();
+        assert_eq!(code, 200, "{resp}");
+        let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+        if v["finished"] == true {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "not delivered: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for r in view["rcpts"].as_array().unwrap() {
+        assert_eq!(r["state"], "delivered", "{view}");
+        assert!(r["attempts"][0]["reply"].as_str().unwrap().starts_with("250"), "{view}");
+    }
+    assert_eq!(subjects(&mail), vec!["via api".to_string()]);
+
+    let (code, resp) = tokio::task::spawn_blocking(move || http(api, "GET", "/v1/queues", "")).await.unwrap();
+    assert_eq!((code, serde_json::from_str::<serde_json::Value>(&resp).unwrap()["queues"].as_array().map(Vec::len)), (200, Some(0)));
+    let t0 = Instant::now();
+    loop {
+        let (code, m) = tokio::task::spawn_blocking(move || http(api, "GET", "/metrics", "")).await.unwrap();
+        assert_eq!(code, 200);
+        assert!(m.contains("# TYPE mxpipe_recipients_delivered_total counter"), "{m}");
+        if m.contains("mxpipe_recipients_delivered_total 2") && m.contains("mxpipe_messages_accepted_total 1") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Bad input: a clear 4xx, nothing accepted.
+    for (body, want) in [
+        ("{not json", 400),
+        (r#"{"from":"a@b.test","to":[],"data":"x"}"#, 400),
+        (r#"{"from":"a@b.test","to":["no-at-sign"],"data":"x"}"#, 400),
+        (r#"{"from":"a@b.test","to":["x@y.test"],"data":"x","surprise":1}"#, 400),
+    ] {
+        let (code, resp) = tokio::task::spawn_blocking(move || http(api, "POST", "/v1/messages", body)).await.unwrap();
+        assert_eq!(code, want, "{body}: {resp}");
+        assert!(resp.contains("error"), "{resp}");
+    }
+    let (code, _) = tokio::task::spawn_blocking(move || http(api, "GET", "/v1/messages/zz", "")).await.unwrap();
+    assert_eq!(code, 400);
+    let (code, _) = tokio::task::spawn_blocking(move || http(api, "GET", "/v1/messages/FFFFFFF", "")).await.unwrap();
+    assert_eq!(code, 404);
+
+    assert!(terminate(d));
+    sink.shutdown(Duration::from_secs(1)).await;
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,6 +17,7 @@ use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Select};
 
+use super::board::Board;
 use super::spool::{Attempt, FinalStatus, MsgId, Spool, Stored};
 use crate::dsn::{build_dsn, Action, DsnInput, FailedRcpt, ReturnContent};
 use crate::engine::{Engine, EngineStats, Submission};
@@ -77,15 +78,15 @@ struct Entry {
 
 /// Run until `stop` says so (or closes), then let the engine finish what it has, record it,
 /// and return. Unfinished messages stay in the spool.
-pub fn run(
-    cfg: ManagerConfig,
-    spool: Arc<Spool>,
-    engine: Engine,
-    outcomes: Receiver<Outcome>,
-    recovered: Vec<Stored>,
-    accepted: Receiver<Accepted>,
-    stop: Receiver<()>,
-) -> ManagerReport {
+/// What wakes the manager: the engine's outcomes, newly accepted messages, and the stop.
+pub struct Inputs {
+    pub outcomes: Receiver<Outcome>,
+    pub accepted: Receiver<Accepted>,
+    pub stop: Receiver<()>,
+}
+
+pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec<Stored>, inputs: Inputs, board: Board) -> ManagerReport {
+    let Inputs { outcomes, accepted, stop } = inputs;
     let log = match &cfg.delivery_log {
         Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
             Ok(f) => Some(std::io::BufWriter::new(f)),
@@ -105,6 +106,8 @@ pub fn run(
         report: ManagerReport::default(),
         rng: fastrand::Rng::new(),
         log,
+        board,
+        totals_at: Instant::now(),
     };
     m.report.recovered = recovered.len() as u64;
     for s in recovered {
@@ -143,6 +146,7 @@ pub fn run(
         for id in m.timers.pop_due(Instant::now()) {
             m.submit(id);
         }
+        m.publish(false);
     }
     // Shutdown: no new rounds; the engine finishes what it holds, and its outcomes are recorded.
     let stats = m.engine.take().map(Engine::shutdown).unwrap_or_default();
@@ -155,6 +159,7 @@ pub fn run(
     }
     m.report.unfinished = m.entries.len() as u64;
     m.report.engine = stats;
+    m.publish(true);
     m.report
 }
 
@@ -168,9 +173,36 @@ struct Manager {
     report: ManagerReport,
     rng: fastrand::Rng,
     log: Option<std::io::BufWriter<std::fs::File>>,
+    board: Board,
+    totals_at: Instant,
 }
 
 impl Manager {
+    /// Copy the counters to the board (the engine's at most once a second: they cost a
+    /// system call).
+    fn publish(&mut self, force: bool) {
+        let r = &self.report;
+        let engine = if force || self.totals_at.elapsed() >= std::time::Duration::from_secs(1) {
+            self.totals_at = Instant::now();
+            self.engine.as_ref().map(Engine::stats).or_else(|| Some(r.engine.clone()))
+        } else {
+            None
+        };
+        self.board.totals(|t| {
+            t.accepted = r.accepted;
+            t.recovered = r.recovered;
+            t.delivered = r.delivered;
+            t.deferred_attempts = r.deferred_attempts;
+            t.bounced = r.bounced;
+            t.expired = r.expired;
+            t.dsns = r.dsns;
+            t.spool_errors = r.spool_errors;
+            if let Some(e) = engine {
+                t.engine = e;
+            }
+        });
+    }
+
     fn recover(&mut self, s: Stored) {
         let pending: Vec<String> = s.rcpts.iter().filter(|r| r.done.is_none()).map(|r| r.rcpt.clone()).collect();
         if pending.is_empty() {
@@ -179,12 +211,14 @@ impl Manager {
         let age = SystemTime::now().duration_since(s.received_at).unwrap_or_default();
         let first = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         let rounds = s.attempts.iter().filter(|a| a.status == "deferred").count().min(u32::MAX as usize) as u32;
+        self.board.queued(s.id, &s.from, &pending, s.received_at);
         self.entries.insert(s.id, Entry::new(s.from, s.data, pending, rounds, first, s.received_at));
         self.submit(s.id);
     }
 
     fn accept(&mut self, a: Accepted) {
         self.report.accepted += 1;
+        self.board.queued(a.id, &a.from, &a.rcpts, SystemTime::now());
         self.entries.insert(a.id, Entry::new(a.from, a.data, a.rcpts, 0, Instant::now(), SystemTime::now()));
         self.submit(a.id);
     }
@@ -231,6 +265,7 @@ impl Manager {
 
     fn record(&mut self, id: MsgId, o: &Outcome, fin: Option<FinalStatus>) {
         self.log(id, o);
+        self.board.attempt(id, o);
         let status = match o.status {
             Status::Delivered => "delivered",
             Status::Deferred => "deferred",
@@ -257,6 +292,7 @@ impl Manager {
             }
             if e.pending.is_empty() {
                 self.entries.remove(&id);
+                self.board.finished(id);
             }
         }
     }
@@ -308,6 +344,7 @@ impl Manager {
             match self.cfg.retry.next_attempt(e.rounds, e.first, now, self.rng.u64(..)) {
                 Decision::RetryAt(at) => {
                     self.timers.insert(at, id);
+                    self.board.retry_at(id, at);
                 }
                 Decision::Expire => {
                     // Too old: every recipient still pending is bounced (4.4.7, RFC 3463).
@@ -328,6 +365,7 @@ impl Manager {
                             status: "bounced".into(),
                             reply: format!("mxpipe: expired after {} attempts; last: {reply}", e.rounds),
                         };
+                        self.board.expired(id, &attempt.rcpt);
                         if self.spool.record_attempt(id, attempt, Some(FinalStatus::Bounced)).is_err() {
                             self.report.spool_errors += 1;
                         }
@@ -344,6 +382,7 @@ impl Manager {
         }
         if done {
             self.entries.remove(&id);
+            self.board.finished(id);
         }
     }
 
@@ -367,6 +406,7 @@ impl Manager {
         match self.spool.accept(&dsn.from, std::slice::from_ref(&dsn.to), data.clone()) {
             Ok(dsn_id) => {
                 self.report.dsns += 1;
+                self.board.queued(dsn_id, &dsn.from, std::slice::from_ref(&dsn.to), SystemTime::now());
                 self.entries.insert(dsn_id, Entry::new(dsn.from, data, vec![dsn.to], 0, Instant::now(), SystemTime::now()));
                 self.submit(dsn_id);
             }

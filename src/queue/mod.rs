@@ -2,8 +2,10 @@
 //!
 //! - [`spool`]: the durable store. Messages are acknowledged only once they are on disk, and a
 //!   restart gives back every unfinished message with its attempt history.
+//! - [`board`]: what the manager shows observers (HTTP API, metrics).
 //! - [`manager`]: between acceptance and the last final outcome: submission to the engine,
 //!   attempts recorded, retries on a timer, expiry, bounces (DSNs).
 
+pub mod board;
 pub mod manager;
 pub mod spool;

@@ -1,0 +1,170 @@
+//! The daemon's HTTP API: injection (`POST /v1/messages`) and observation
+//! (`GET /v1/messages/{id}`, `GET /v1/queues`, `GET /metrics`).
+//!
+//! A message is answered 202 only once the spool has it on disk; a full disk answers 507 and
+//! another spool error 503, so the client retries and nothing is half-accepted. Bodies are
+//! JSON; errors are `{"error": "..."}` with a status a client can act on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::queue::board::Board;
+use crate::queue::manager::Accepted;
+use crate::queue::spool::Spool;
+
+/// Largest request body (a batch of messages).
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+/// Messages in one request at most.
+pub const MAX_BATCH: usize = 10_000;
+
+#[derive(Clone)]
+struct Api {
+    spool: Arc<Spool>,
+    to_manager: crossbeam_channel::Sender<Accepted>,
+    board: Board,
+}
+
+/// One message to inject: the envelope and the RFC 5322 content.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+/// A request body: one message, or `{"messages": [...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Inject {
+    Batch { messages: Vec<NewMessage> },
+    One(NewMessage),
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+/// Why an address cannot be put in an envelope: empty recipient, control characters, spaces
+/// or brackets (which would break the SMTP command), or no domain.
+fn check_address(a: &str, sender: bool) -> Result<(), String> {
+    if sender && a.is_empty() {
+        return Ok(());
+    }
+    if a.len() > 254 || a.chars().any(|c| c.is_control() || c == ' ' || c == '<' || c == '>') {
+        return Err(format!("{a:?} is not a usable address"));
+    }
+    match a.rsplit_once('@') {
+        Some((l, d)) if !l.is_empty() && !d.is_empty() => Ok(()),
+        _ => Err(format!("{a:?} is not user@domain")),
+    }
+}
+
+async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let req: Inject = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON message: {e}")),
+    };
+    let msgs = match req {
+        Inject::Batch { messages } => messages,
+        Inject::One(m) => vec![m],
+    };
+    if msgs.is_empty() || msgs.len() > MAX_BATCH {
+        return error(StatusCode::BAD_REQUEST, format!("give 1 to {MAX_BATCH} messages"));
+    }
+    let mut batch = Vec::with_capacity(msgs.len());
+    for (i, m) in msgs.into_iter().enumerate() {
+        if m.to.is_empty() {
+            return error(StatusCode::BAD_REQUEST, format!("message {i}: no recipients"));
+        }
+        if let Err(e) = check_address(&m.from, true).and_then(|_| m.to.iter().try_for_each(|t| check_address(t, false))) {
+            return error(StatusCode::BAD_REQUEST, format!("message {i}: {e}"));
+        }
+        if m.data.contains('\0') {
+            return error(StatusCode::BAD_REQUEST, format!("message {i}: NUL bytes in data"));
+        }
+        batch.push((m.from, m.to, Arc::<[u8]>::from(m.data.into_bytes())));
+    }
+    let spool = api.spool.clone();
+    let for_manager = batch.clone();
+    // All or nothing: one spool frame, one fsync.
+    let ids = match tokio::task::spawn_blocking(move || spool.accept_many(batch)).await {
+        Ok(Ok(ids)) => ids,
+        Ok(Err(e)) if e.is_disk_full() => return error(StatusCode::INSUFFICIENT_STORAGE, "spool disk full: retry later"),
+        Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("spool error: {e}: retry later")),
+        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "spool task failed: retry later"),
+    };
+    for (id, (from, rcpts, data)) in ids.iter().zip(for_manager) {
+        // Durable already: if the manager is gone, the message is delivered after a restart.
+        let _ = api.to_manager.send(Accepted { id: *id, from, rcpts, data });
+    }
+    let ids: Vec<String> = ids.iter().map(|id| format!("{id:X}")).collect();
+    (StatusCode::ACCEPTED, Json(serde_json::json!({ "ids": ids }))).into_response()
+}
+
+async fn message(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let Ok(n) = u64::from_str_radix(&id, 16) else {
+        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a message id"));
+    };
+    match api.board.message(n) {
+        Some(m) => Json(m).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no message {id} (unknown, or finished long ago)")),
+    }
+}
+
+async fn queues(State(api): State<Api>) -> Response {
+    Json(serde_json::json!({ "queues": api.board.queues() })).into_response()
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.board.metrics()).into_response()
+}
+
+/// A running API listener.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Stop accepting requests and let those in progress finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Start the API on `listen`.
+pub async fn start(
+    listen: SocketAddr,
+    spool: Arc<Spool>,
+    to_manager: crossbeam_channel::Sender<Accepted>,
+    board: Board,
+) -> std::io::Result<ApiServer> {
+    let app = Router::new()
+        .route("/v1/messages", post(inject))
+        .route("/v1/messages/{id}", get(message))
+        .route("/v1/queues", get(queues))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Api { spool, to_manager, board });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok(ApiServer { addr, stop, task })
+}

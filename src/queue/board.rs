@@ -1,0 +1,223 @@
+//! The board: what the queue manager shows the outside (the HTTP API, metrics) of its state.
+//!
+//! The manager owns the queue; it writes a copy of what observers need here, under one
+//! mutex taken once per event, and observers read it without reaching into the manager's
+//! thread. Finished messages stay visible for a while (a bounded history), so a client can
+//! look up a message after it was delivered.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::spool::MsgId;
+use crate::engine::EngineStats;
+use crate::outcome::Outcome;
+
+/// Finished messages kept for lookups.
+const FINISHED_KEPT: usize = 10_000;
+/// Attempts kept per recipient in the view (the spool keeps them all).
+const ATTEMPTS_KEPT: usize = 20;
+
+/// One attempt, as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    pub ts: f64,
+    pub status: String,
+    pub reply: String,
+    pub mx: Option<String>,
+    pub tls: String,
+}
+
+/// One recipient, as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct RcptView {
+    pub rcpt: String,
+    /// `queued`, `deferred` (waiting for a retry), `delivered` or `bounced`.
+    pub state: String,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// One message, as shown by `GET /v1/messages/{id}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageView {
+    pub id: String,
+    pub from: String,
+    pub received_at: f64,
+    pub rcpts: Vec<RcptView>,
+    /// When the next attempt is due (Unix seconds), for a deferred message.
+    pub next_attempt: Option<f64>,
+    pub finished: bool,
+}
+
+/// One destination domain, as shown by `GET /v1/queues`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueView {
+    pub domain: String,
+    /// Recipients waiting (queued or deferred).
+    pub recipients: u64,
+    pub deferred: u64,
+    /// The earliest next attempt among its deferred recipients (Unix seconds).
+    pub next_attempt: Option<f64>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub accepted: u64,
+    pub recovered: u64,
+    pub delivered: u64,
+    pub deferred_attempts: u64,
+    pub bounced: u64,
+    pub expired: u64,
+    pub dsns: u64,
+    pub spool_errors: u64,
+    pub engine: EngineStats,
+}
+
+#[derive(Default)]
+struct Inner {
+    live: HashMap<MsgId, MessageView>,
+    finished: HashMap<MsgId, MessageView>,
+    finished_order: VecDeque<MsgId>,
+    totals: Totals,
+}
+
+/// Shared between the manager (writer) and observers (readers).
+#[derive(Clone, Default)]
+pub struct Board(Arc<Mutex<Inner>>);
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+impl Board {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding it leaves a consistent-enough view; keep serving.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A message entered the queue (accepted or recovered).
+    pub fn queued(&self, id: MsgId, from: &str, rcpts: &[String], received_at: SystemTime) {
+        let v = MessageView {
+            id: format!("{id:X}"),
+            from: from.to_string(),
+            received_at: unix(received_at),
+            rcpts: rcpts.iter().map(|r| RcptView { rcpt: r.clone(), state: "queued".into(), attempts: Vec::new() }).collect(),
+            next_attempt: None,
+            finished: false,
+        };
+        self.lock().live.insert(id, v);
+    }
+
+    /// An attempt's outcome for one recipient.
+    pub fn attempt(&self, id: MsgId, o: &Outcome) {
+        let mut g = self.lock();
+        let Some(m) = g.live.get_mut(&id) else { return };
+        if let Some(r) = m.rcpts.iter_mut().find(|r| r.rcpt == o.rcpt) {
+            r.state = serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            if r.attempts.len() >= ATTEMPTS_KEPT {
+                r.attempts.remove(0);
+            }
+            r.attempts.push(AttemptView {
+                ts: unix(SystemTime::now()),
+                status: r.state.clone(),
+                reply: o.reply.clone(),
+                mx: o.mx.clone(),
+                tls: serde_json::to_value(o.tls).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            });
+        }
+    }
+
+    /// A recipient was bounced without an attempt (expiry).
+    pub fn expired(&self, id: MsgId, rcpt: &str) {
+        let mut g = self.lock();
+        if let Some(r) = g.live.get_mut(&id).and_then(|m| m.rcpts.iter_mut().find(|r| r.rcpt == rcpt)) {
+            r.state = "bounced".into();
+        }
+    }
+
+    /// The next attempt of a deferred message is due at `at`.
+    pub fn retry_at(&self, id: MsgId, at: Instant) {
+        let when = SystemTime::now() + at.saturating_duration_since(Instant::now());
+        if let Some(m) = self.lock().live.get_mut(&id) {
+            m.next_attempt = Some(unix(when));
+        }
+    }
+
+    /// Every recipient of the message has its final outcome.
+    pub fn finished(&self, id: MsgId) {
+        let mut g = self.lock();
+        let Some(mut m) = g.live.remove(&id) else { return };
+        m.finished = true;
+        m.next_attempt = None;
+        g.finished.insert(id, m);
+        g.finished_order.push_back(id);
+        while g.finished_order.len() > FINISHED_KEPT {
+            if let Some(old) = g.finished_order.pop_front() {
+                g.finished.remove(&old);
+            }
+        }
+    }
+
+    /// Update the counters.
+    pub fn totals(&self, f: impl FnOnce(&mut Totals)) {
+        f(&mut self.lock().totals);
+    }
+
+    /// A message by its id as shown to clients (hexadecimal).
+    pub fn message(&self, id: MsgId) -> Option<MessageView> {
+        let g = self.lock();
+        g.live.get(&id).or_else(|| g.finished.get(&id)).cloned()
+    }
+
+    /// Waiting recipients by destination domain.
+    pub fn queues(&self) -> Vec<QueueView> {
+        let g = self.lock();
+        let mut by: BTreeMap<String, QueueView> = BTreeMap::new();
+        for m in g.live.values() {
+            for r in m.rcpts.iter().filter(|r| r.state == "queued" || r.state == "deferred") {
+                let domain = r.rcpt.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+                let q = by.entry(domain.clone()).or_insert_with(|| QueueView { domain, ..QueueView::default() });
+                q.recipients += 1;
+                if r.state == "deferred" {
+                    q.deferred += 1;
+                    if let Some(t) = m.next_attempt {
+                        q.next_attempt = Some(q.next_attempt.map_or(t, |x: f64| x.min(t)));
+                    }
+                }
+            }
+        }
+        by.into_values().collect()
+    }
+
+    /// Counters and gauges as Prometheus text (exposition format 0.0.4).
+    pub fn metrics(&self) -> String {
+        let g = self.lock();
+        let t = &g.totals;
+        let (live, waiting) = (g.live.len(), g.live.values().flat_map(|m| &m.rcpts).filter(|r| r.state == "queued" || r.state == "deferred").count());
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        };
+        metric("mxpipe_messages_accepted_total", "counter", "Messages accepted into the spool.", t.accepted as f64);
+        metric("mxpipe_messages_recovered_total", "counter", "Unfinished messages recovered from the spool at start.", t.recovered as f64);
+        metric("mxpipe_recipients_delivered_total", "counter", "Recipients delivered.", t.delivered as f64);
+        metric("mxpipe_delivery_attempts_deferred_total", "counter", "Recipient attempts that ended deferred.", t.deferred_attempts as f64);
+        metric("mxpipe_recipients_bounced_total", "counter", "Recipients bounced (permanent failure or expiry).", t.bounced as f64);
+        metric("mxpipe_recipients_expired_total", "counter", "Recipients bounced for exceeding the maximum age.", t.expired as f64);
+        metric("mxpipe_dsns_total", "counter", "Bounce messages (DSNs) queued.", t.dsns as f64);
+        metric("mxpipe_spool_errors_total", "counter", "Spool writes that failed.", t.spool_errors as f64);
+        metric("mxpipe_queue_messages", "gauge", "Messages in the queue (unfinished).", live as f64);
+        metric("mxpipe_queue_recipients", "gauge", "Recipients waiting (queued or deferred).", waiting as f64);
+        let e = &t.engine;
+        metric("mxpipe_connections_opened_total", "counter", "SMTP connections opened.", e.connections_opened as f64);
+        metric("mxpipe_connections_reused_total", "counter", "Idle connections reused.", e.connections_reused as f64);
+        metric("mxpipe_tls_handshakes_full_total", "counter", "Full TLS handshakes.", e.tls_full_handshakes as f64);
+        metric("mxpipe_tls_handshakes_resumed_total", "counter", "Resumed TLS handshakes.", e.tls_resumed_handshakes as f64);
+        metric("mxpipe_dns_lookups_total", "counter", "MX resolutions asked of the resolver.", e.dns_lookups as f64);
+        metric("mxpipe_dns_cache_hits_total", "counter", "MX resolutions answered from the cache.", e.dns_cache_hits as f64);
+        s
+    }
+}
