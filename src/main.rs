@@ -233,6 +233,9 @@ struct SinkArgs {
     /// Probability of answering a RCPT with 550 5.1.1.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = rate)]
     perm_fail_rate: f64,
+    /// Probability of answering a RCPT with 451 4.7.28 (a receiver's rate limit).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = rate)]
+    rate_limit_rate: f64,
     /// Probability of closing the connection at the end of a message's data, before replying.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = rate)]
     drop_rate: f64,
@@ -327,6 +330,7 @@ fn run_sink(a: SinkArgs) -> Result<(), String> {
     cfg.faults = Faults {
         temp_fail_rate: a.temp_fail_rate,
         perm_fail_rate: a.perm_fail_rate,
+        rate_limit_rate: a.rate_limit_rate,
         drop_rate: a.drop_rate,
         delay: Duration::from_millis(a.delay),
     };

@@ -43,6 +43,14 @@ struct Daemon {
     inject: SocketAddr,
 }
 
+/// A failing test must not leave the daemon running (it would also hold the output open).
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn write_config(dir: &Path, dns: SocketAddr, smtp_port: u16, inject: SocketAddr, allowed: &str) -> PathBuf {
     let http: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
     write_config_http(dir, dns, smtp_port, inject, http, allowed)
@@ -180,9 +188,10 @@ async fn injected_mail_is_delivered_and_survives_kill_9() {
     assert_eq!(acked.len(), 40, "every injected message acknowledged");
     // Kill -9 as soon as some (not all) have arrived.
     wait_for("first deliveries", Duration::from_secs(30), || subjects(&mail).len() >= 5).await;
-    let mut child = d.child;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut d = d;
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    drop(d);
     let before = subjects(&mail).len();
     assert!(before < 40, "the kill came after everything was delivered; the test proves nothing");
 
@@ -350,6 +359,44 @@ async fn http_api_injects_and_shows_messages_queues_and_metrics() {
     let (code, _) = tokio::task::spawn_blocking(move || http(api, "GET", "/v1/messages/FFFFFFF", "")).await.unwrap();
     assert_eq!(code, 404);
 
+    assert!(terminate(d));
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_reply_suspends_the_destination() {
+    let dir = tmpdir("suspend");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.4.0.6");
+    // Every RCPT gets "451 4.7.28 ... unusual rate" (Gmail's rate limit).
+    let sink = sink_on(Ipv4Addr::new(127, 4, 0, 6), port, &mail, |c| c.faults.rate_limit_rate = 1.0).await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("busy.t.test", 10, "mx-busy.t.test").a("mx-busy.t.test", Ipv4Addr::new(127, 4, 0, 6));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let inject_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+    // Retries every second: without the suspension the destination would be hammered.
+    let config = write_config_http(&dir, dns.addr(), port, inject_addr, api, r#""127.0.0.0/8""#);
+    let d = start_daemon(&config, inject_addr);
+    assert!(inject(d.inject, "app@src.test", "a@busy.t.test", "first").await);
+    wait_for("the rate-limit reply", Duration::from_secs(20), || sink.stats().faults.rate_limited >= 1).await;
+    assert!(inject(d.inject, "app@src.test", "b@busy.t.test", "second").await);
+    // Retry interval is 1-2 s; the first suspension step is 60 s: nothing more is tried.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(sink.stats().faults.rate_limited, 1, "the suspended destination was tried again");
+    let (code, resp) = tokio::task::spawn_blocking(move || http(api, "GET", "/v1/queues", "")).await.unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    let q = v["queues"].as_array().unwrap().iter().find(|q| q["domain"] == "busy.t.test").expect("busy.t.test listed");
+    assert_eq!(q["recipients"], 2, "{v}");
+    let until = q["suspended_until"].as_f64().expect("suspended");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(until > now + 50.0 && until < now + 65.0, "suspended for about a minute: {until} vs {now}");
+    let (_, m) = tokio::task::spawn_blocking(move || http(api, "GET", "/metrics", "")).await.unwrap();
+    assert!(m.contains("mxpipe_destinations_suspended 1"), "{m}");
     assert!(terminate(d));
     sink.shutdown(Duration::from_secs(1)).await;
     dns.shutdown().await;

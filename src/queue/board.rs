@@ -60,6 +60,8 @@ pub struct QueueView {
     pub deferred: u64,
     /// The earliest next attempt among its deferred recipients (Unix seconds).
     pub next_attempt: Option<f64>,
+    /// Until when the destination is suspended (a 421 or a rate-limit reply), Unix seconds.
+    pub suspended_until: Option<f64>,
 }
 
 /// Counters for `/metrics`.
@@ -82,6 +84,7 @@ struct Inner {
     finished: HashMap<MsgId, MessageView>,
     finished_order: VecDeque<MsgId>,
     totals: Totals,
+    suspended: HashMap<String, SystemTime>,
 }
 
 /// Shared between the manager (writer) and observers (readers).
@@ -161,6 +164,12 @@ impl Board {
         }
     }
 
+    /// A destination is suspended until `until`.
+    pub fn suspended(&self, domain: &str, until: Instant) {
+        let when = SystemTime::now() + until.saturating_duration_since(Instant::now());
+        self.lock().suspended.insert(domain.to_string(), when);
+    }
+
     /// Update the counters.
     pub fn totals(&self, f: impl FnOnce(&mut Totals)) {
         f(&mut self.lock().totals);
@@ -189,6 +198,11 @@ impl Board {
                 }
             }
         }
+        let now = SystemTime::now();
+        g.suspended.iter().filter(|(_, &t)| t > now).for_each(|(d, &t)| {
+            let q = by.entry(d.clone()).or_insert_with(|| QueueView { domain: d.clone(), ..QueueView::default() });
+            q.suspended_until = Some(unix(t));
+        });
         by.into_values().collect()
     }
 
@@ -211,6 +225,9 @@ impl Board {
         metric("mxpipe_spool_errors_total", "counter", "Spool writes that failed.", t.spool_errors as f64);
         metric("mxpipe_queue_messages", "gauge", "Messages in the queue (unfinished).", live as f64);
         metric("mxpipe_queue_recipients", "gauge", "Recipients waiting (queued or deferred).", waiting as f64);
+        let now = SystemTime::now();
+        let suspended = g.suspended.values().filter(|&&t| t > now).count();
+        metric("mxpipe_destinations_suspended", "gauge", "Destinations suspended after a 421 or a rate-limit reply.", suspended as f64);
         let e = &t.engine;
         metric("mxpipe_connections_opened_total", "counter", "SMTP connections opened.", e.connections_opened as f64);
         metric("mxpipe_connections_reused_total", "counter", "Idle connections reused.", e.connections_reused as f64);

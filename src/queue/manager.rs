@@ -22,7 +22,7 @@ use super::spool::{Attempt, FinalStatus, MsgId, Spool, Stored};
 use crate::dsn::{build_dsn, Action, DsnInput, FailedRcpt, ReturnContent};
 use crate::engine::{Engine, EngineStats, Submission};
 use crate::outcome::{Outcome, Status};
-use crate::schedule::{Decision, RetryPolicy, Timers};
+use crate::schedule::{classify, Decision, DestinationOptions, Destinations, ReplyClass, RetryPolicy, Timers};
 
 /// What the manager needs besides its channels.
 #[derive(Debug, Clone)]
@@ -108,6 +108,7 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
         log,
         board,
         totals_at: Instant::now(),
+        dests: Destinations::new(DestinationOptions::default()),
     };
     m.report.recovered = recovered.len() as u64;
     for s in recovered {
@@ -175,6 +176,20 @@ struct Manager {
     log: Option<std::io::BufWriter<std::fs::File>>,
     board: Board,
     totals_at: Instant,
+    /// Per destination domain: suspension after a 421 or a rate-limit reply.
+    dests: Destinations,
+}
+
+/// The domain of an address, lower-cased ("" if it has none).
+fn domain(rcpt: &str) -> String {
+    rcpt.rsplit_once('@').map_or(String::new(), |(_, d)| d.to_ascii_lowercase())
+}
+
+/// How a reply bears on its destination: a server reply is classified (rate limit, 421,
+/// success); our own reasons (`mxpipe: …`) say nothing about the destination's load.
+fn reply_class(o: &Outcome) -> Option<ReplyClass> {
+    let code: u16 = o.reply.get(..3)?.parse().ok()?;
+    Some(classify(code, o.enhanced.as_deref(), o.reply.get(4..).unwrap_or("")))
 }
 
 impl Manager {
@@ -224,12 +239,29 @@ impl Manager {
     }
 
     fn submit(&mut self, id: MsgId) {
+        let now = Instant::now();
         let Some(e) = self.entries.get_mut(&id) else { return };
         if e.in_flight > 0 || e.pending.is_empty() {
             return;
         }
-        e.in_flight = e.pending.len();
-        let sub = Submission { id: id.to_string(), from: e.from.clone(), to: e.pending.clone(), data: e.data.clone() };
+        // Recipients at a suspended destination wait for the suspension's end.
+        let mut later: Option<Instant> = None;
+        let mut to = Vec::with_capacity(e.pending.len());
+        for r in &e.pending {
+            match self.dests.is_suspended(&domain(r), now) {
+                Some(until) => later = Some(later.map_or(until, |l| l.min(until))),
+                None => to.push(r.clone()),
+            }
+        }
+        if to.is_empty() {
+            if let Some(at) = later {
+                self.timers.insert(at, id);
+                self.board.retry_at(id, at);
+            }
+            return;
+        }
+        e.in_flight = to.len();
+        let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone() };
         if let Some(engine) = &self.engine {
             // On error every recipient has already been given a (deferred) outcome.
             let _ = engine.submit(sub);
@@ -314,6 +346,12 @@ impl Manager {
             }
         };
         self.record(id, &o, fin);
+        if let Some(class) = reply_class(&o) {
+            let d = domain(&o.rcpt);
+            if let Some(until) = self.dests.record(&d, class, Instant::now()) {
+                self.board.suspended(&d, until);
+            }
+        }
         let Some(e) = self.entries.get_mut(&id) else { return };
         e.in_flight = e.in_flight.saturating_sub(1);
         e.last_reply.insert(o.rcpt.clone(), (o.reply.clone(), o.enhanced.clone(), o.mx.clone()));
@@ -343,6 +381,13 @@ impl Manager {
             e.rounds = e.rounds.saturating_add(1);
             match self.cfg.retry.next_attempt(e.rounds, e.first, now, self.rng.u64(..)) {
                 Decision::RetryAt(at) => {
+                    // Not before the earliest end of the suspensions that hold every pending
+                    // recipient (a retry then would only be held back again).
+                    let ends: Option<Vec<Instant>> = e.pending.iter().map(|r| self.dests.is_suspended(&domain(r), now)).collect();
+                    let at = match ends.and_then(|v| v.into_iter().min()) {
+                        Some(end) if end > at => end,
+                        _ => at,
+                    };
                     self.timers.insert(at, id);
                     self.board.retry_at(id, at);
                 }

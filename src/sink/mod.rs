@@ -71,6 +71,8 @@ pub struct Faults {
     pub temp_fail_rate: f64,
     /// Answer a RCPT with 550 5.1.1.
     pub perm_fail_rate: f64,
+    /// Answer a RCPT with `451 4.7.28` and a rate-limit text, as large receivers throttle.
+    pub rate_limit_rate: f64,
     /// Close the connection at the end of a message's data, before the final reply: the
     /// client cannot know whether the message was taken. Decided per transaction, at MAIL.
     pub drop_rate: f64,
@@ -220,6 +222,7 @@ impl Sink {
         for (name, rate) in [
             ("temp-fail-rate", cfg.faults.temp_fail_rate),
             ("perm-fail-rate", cfg.faults.perm_fail_rate),
+            ("rate-limit-rate", cfg.faults.rate_limit_rate),
             ("drop-rate", cfg.faults.drop_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {

@@ -415,6 +415,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         if self.roll(faults.temp_fail_rate) {
             inc(&self.ctx.stats.fault_temp);
             self.reply("451 4.3.0 Temporary failure (injected by mxpipe sink)\r\n").await;
+        } else if self.roll(faults.rate_limit_rate) {
+            inc(&self.ctx.stats.fault_rate_limit);
+            self.reply("451 4.7.28 Our system has detected an unusual rate of mail; try again later (injected by mxpipe sink)\r\n").await;
         } else if self.roll(faults.perm_fail_rate) {
             inc(&self.ctx.stats.fault_perm);
             self.reply("550 5.1.1 Mailbox unavailable (injected by mxpipe sink)\r\n").await;

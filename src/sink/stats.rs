@@ -25,6 +25,7 @@ pub(crate) struct Stats {
     pub bytes: AtomicU64,
     pub fault_temp: AtomicU64,
     pub fault_perm: AtomicU64,
+    pub fault_rate_limit: AtomicU64,
     pub fault_drop: AtomicU64,
     pub rejected_busy: AtomicU64,
     pub rejected_clients: AtomicU64,
@@ -59,6 +60,7 @@ impl Stats {
             faults: FaultStats {
                 temp_fail: l(&self.fault_temp),
                 perm_fail: l(&self.fault_perm),
+                rate_limited: l(&self.fault_rate_limit),
                 dropped: l(&self.fault_drop),
             },
             rejected_busy: l(&self.rejected_busy),
@@ -103,6 +105,8 @@ pub struct FaultStats {
     pub temp_fail: u64,
     /// RCPT answered 550 by `--perm-fail-rate`.
     pub perm_fail: u64,
+    /// RCPT answered 451 4.7.28 by `--rate-limit-rate`.
+    pub rate_limited: u64,
     /// Connections closed at end of data, without a reply, by `--drop-rate`.
     pub dropped: u64,
 }
