@@ -102,6 +102,8 @@ async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
         Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "spool task failed: retry later"),
     };
     for (id, (from, rcpts, data)) in ids.iter().zip(for_manager) {
+        // Visible before it is acknowledged, so a GET right after the 202 finds it.
+        api.board.queued(*id, &from, &rcpts, std::time::SystemTime::now());
         // Durable already: if the manager is gone, the message is delivered after a restart.
         let _ = api.to_manager.send(Accepted { id: *id, from, rcpts, data });
     }

@@ -37,6 +37,7 @@ pub struct ServeReport {
 struct SpoolAcceptor {
     spool: Arc<Spool>,
     to_manager: crossbeam_channel::Sender<Accepted>,
+    board: Board,
 }
 
 impl Acceptor for SpoolAcceptor {
@@ -55,6 +56,8 @@ impl Acceptor for SpoolAcceptor {
                 .await
                 .map_err(|_| "spool task failed".to_string())?
                 .map_err(|e| if e.is_disk_full() { "spool disk full".to_string() } else { format!("spool error: {e}") })?;
+            // Visible before it is acknowledged, so a lookup right after the 250 finds it.
+            self.board.queued(id, &from, &rcpts, std::time::SystemTime::now());
             // The message is durable: if the manager is gone it is delivered after a restart.
             let _ = self.to_manager.send(Accepted { id, from, rcpts, data });
             Ok(format!("{id:X}"))
@@ -115,7 +118,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     sc.starttls_port = Some(inject.listen.port());
     sc.implicit_port = None;
     sc.hostname = cfg.engine.ehlo_name.clone();
-    sc.acceptor = Some(AcceptorRef(Arc::new(SpoolAcceptor { spool: spool.clone(), to_manager: acc_tx.clone() })));
+    sc.acceptor = Some(AcceptorRef(Arc::new(SpoolAcceptor { spool: spool.clone(), to_manager: acc_tx.clone(), board: board.clone() })));
     sc.allowed_clients = Some(inject.allowed_networks.clone());
     let sink = Sink::start(sc).await.map_err(|e| format!("cannot start the injection listener: {e}"))?;
     let api = crate::api::start(cfg.inject.http.listen, spool.clone(), acc_tx, board)

@@ -194,35 +194,26 @@ fn notification_part(input: &DsnInput, host: &str, returned: &Returned) -> Vec<u
     wrap_into(&mut t, "", &format!("This is the mail delivery system at {host}."), "", 72);
     t.push_str("\r\n");
 
-    let failed: Vec<&FailedRcpt> = input.rcpts.iter().filter(|r| r.action == Action::Failed).collect();
-    let delayed: Vec<&FailedRcpt> = input.rcpts.iter().filter(|r| r.action == Action::Delayed).collect();
-    if !failed.is_empty() {
-        wrap_into(
-            &mut t,
-            "",
+    for (action, explanation) in [
+        (
+            Action::Failed,
             "Your message could not be delivered to one or more of its recipients. This is a \
              permanent error: it will not be retried for them.",
-            "",
-            72,
-        );
-        t.push_str("\r\n");
-        for r in failed {
-            rcpt_line(&mut t, r);
-        }
-        t.push_str("\r\n");
-    }
-    if !delayed.is_empty() {
-        wrap_into(
-            &mut t,
-            "",
+        ),
+        (
+            Action::Delayed,
             "Your message has not yet been delivered to one or more of its recipients. The mail \
              system will keep trying; you do not need to send it again. You will be notified if \
              delivery finally fails.",
-            "",
-            72,
-        );
+        ),
+    ] {
+        let rcpts: Vec<&FailedRcpt> = input.rcpts.iter().filter(|r| r.action == action).collect();
+        if rcpts.is_empty() {
+            continue;
+        }
+        wrap_into(&mut t, "", explanation, "", 72);
         t.push_str("\r\n");
-        for r in delayed {
+        for r in rcpts {
             rcpt_line(&mut t, r);
         }
         t.push_str("\r\n");

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 
 use super::spool::MsgId;
-use crate::engine::EngineStats;
+use super::manager::ManagerReport;
 use crate::outcome::Outcome;
 
 /// Finished messages kept for lookups.
@@ -64,26 +64,13 @@ pub struct QueueView {
     pub suspended_until: Option<f64>,
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Totals {
-    pub accepted: u64,
-    pub recovered: u64,
-    pub delivered: u64,
-    pub deferred_attempts: u64,
-    pub bounced: u64,
-    pub expired: u64,
-    pub dsns: u64,
-    pub spool_errors: u64,
-    pub engine: EngineStats,
-}
-
 #[derive(Default)]
 struct Inner {
     live: HashMap<MsgId, MessageView>,
     finished: HashMap<MsgId, MessageView>,
     finished_order: VecDeque<MsgId>,
-    totals: Totals,
+    /// The manager's counters as last published.
+    report: ManagerReport,
     suspended: HashMap<String, SystemTime>,
 }
 
@@ -170,9 +157,15 @@ impl Board {
         self.lock().suspended.insert(domain.to_string(), when);
     }
 
-    /// Update the counters.
-    pub fn totals(&self, f: impl FnOnce(&mut Totals)) {
-        f(&mut self.lock().totals);
+    /// Publish the manager's counters (the engine's part only when `with_engine`: reading
+    /// it costs a system call, so the manager refreshes it at most once a second).
+    pub fn publish(&self, report: &ManagerReport, with_engine: bool) {
+        let mut g = self.lock();
+        let engine = std::mem::take(&mut g.report.engine);
+        g.report = report.clone();
+        if !with_engine {
+            g.report.engine = engine;
+        }
     }
 
     /// A message by its id as shown to clients (hexadecimal).
@@ -209,7 +202,7 @@ impl Board {
     /// Counters and gauges as Prometheus text (exposition format 0.0.4).
     pub fn metrics(&self) -> String {
         let g = self.lock();
-        let t = &g.totals;
+        let t = &g.report;
         let (live, waiting) = (g.live.len(), g.live.values().flat_map(|m| &m.rcpts).filter(|r| r.state == "queued" || r.state == "deferred").count());
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {

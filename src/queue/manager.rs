@@ -196,26 +196,14 @@ impl Manager {
     /// Copy the counters to the board (the engine's at most once a second: they cost a
     /// system call).
     fn publish(&mut self, force: bool) {
-        let r = &self.report;
-        let engine = if force || self.totals_at.elapsed() >= std::time::Duration::from_secs(1) {
+        let refresh = force || self.totals_at.elapsed() >= std::time::Duration::from_secs(1);
+        if refresh {
             self.totals_at = Instant::now();
-            self.engine.as_ref().map(Engine::stats).or_else(|| Some(r.engine.clone()))
-        } else {
-            None
-        };
-        self.board.totals(|t| {
-            t.accepted = r.accepted;
-            t.recovered = r.recovered;
-            t.delivered = r.delivered;
-            t.deferred_attempts = r.deferred_attempts;
-            t.bounced = r.bounced;
-            t.expired = r.expired;
-            t.dsns = r.dsns;
-            t.spool_errors = r.spool_errors;
-            if let Some(e) = engine {
-                t.engine = e;
+            if let Some(engine) = &self.engine {
+                self.report.engine = engine.stats();
             }
-        });
+        }
+        self.board.publish(&self.report, refresh);
     }
 
     fn recover(&mut self, s: Stored) {
@@ -233,7 +221,7 @@ impl Manager {
 
     fn accept(&mut self, a: Accepted) {
         self.report.accepted += 1;
-        self.board.queued(a.id, &a.from, &a.rcpts, SystemTime::now());
+        // The injection side has already put it on the board (before acknowledging it).
         self.entries.insert(a.id, Entry::new(a.from, a.data, a.rcpts, 0, Instant::now(), SystemTime::now()));
         self.submit(a.id);
     }
