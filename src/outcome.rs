@@ -129,15 +129,6 @@ impl Tally {
     }
 }
 
-/// Classify a reply code into a status: 2xx delivered, 5xx bounced, everything else deferred.
-pub fn status_of_code(code: u16) -> Status {
-    match code {
-        200..=299 => Status::Delivered,
-        500..=599 => Status::Bounced,
-        _ => Status::Deferred,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,13 +143,5 @@ mod tests {
         assert_eq!(v["enhanced"], "5.1.10");
         assert!(v["reply"].as_str().unwrap().starts_with("mxpipe: null MX"));
         assert!(v.get("tls_version").is_none());
-    }
-
-    #[test]
-    fn codes() {
-        assert_eq!(status_of_code(250), Status::Delivered);
-        assert_eq!(status_of_code(451), Status::Deferred);
-        assert_eq!(status_of_code(550), Status::Bounced);
-        assert_eq!(status_of_code(354), Status::Deferred);
     }
 }

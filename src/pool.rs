@@ -146,7 +146,7 @@ pub enum ConnectError {
     OpportunisticTls { host: String, reason: String },
     /// The server refused us at the greeting or EHLO, or broke the protocol.
     #[error("{host}: no SMTP session: {reason}")]
-    Smtp { host: String, reason: String, permanent: bool },
+    Smtp { host: String, reason: String },
 }
 
 /// An open SMTP connection whose session is ready for a message.
@@ -167,13 +167,13 @@ pub struct Conn {
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// How a message attempt on a connection ended.
+/// How a message attempt on a connection ended (the caller still holds the message).
 pub enum DeliverError {
     /// The session could not take the message (the server closed it in the meantime); nothing
     /// of it was sent, so it can go out on another connection.
-    NotSent { error: String, msg: Message },
-    /// The connection failed; the session returned the messages it had not finished.
-    Broken { error: String, unfinished: Vec<Message> },
+    NotSent { error: String },
+    /// The connection failed with the message in flight: whether it was taken is unknown.
+    Broken { error: String },
 }
 
 impl Conn {
@@ -233,13 +233,12 @@ impl Conn {
                 return Err(ConnectError::Smtp {
                     host: conn.target.host.clone(),
                     reason: format!("unexpected event before ready: {}", event_name(&other)),
-                    permanent: false,
                 })
             }
             Err(Failure::Session(e)) => return Err(session_error_to_connect(&conn.target, e)),
             Err(Failure::Tls(e)) => return Err(e),
             Err(Failure::Io(e)) => {
-                return Err(ConnectError::Smtp { host: conn.target.host.clone(), reason: e, permanent: false })
+                return Err(ConnectError::Smtp { host: conn.target.host.clone(), reason: e })
             }
         }
         if let Some(f) = &conn.facts.tls_facts {
@@ -253,29 +252,23 @@ impl Conn {
     /// Send one message and wait for its outcome.
     pub async fn deliver(&mut self, msg: Message, tls: &TlsClients, timeouts: Timeouts) -> Result<MessageOutcome, DeliverError> {
         self.rx_at_send = self.session.stats().bytes_received;
-        if let Err(msg) = self.session.send_message(msg) {
-            return Err(DeliverError::NotSent { error: "the session was no longer ready".into(), msg });
+        if self.session.send_message(msg).is_err() {
+            return Err(DeliverError::NotSent { error: "the session was no longer ready".into() });
         }
         self.messages += 1;
         loop {
             match self.next_event(tls, timeouts).await {
-                Ok(Event::Done(outcome)) => {
-                    // The session goes Ready again; consume that event so the next use starts clean.
-                    return Ok(outcome);
-                }
+                // The session queues a Ready after Done; the next use skips it (below).
+                Ok(Event::Done(outcome)) => return Ok(outcome),
                 Ok(Event::Ready) => continue,
-                Ok(other) => {
-                    let unfinished = self.session.unfinished();
-                    return Err(DeliverError::Broken { error: format!("unexpected {}", event_name(&other)), unfinished });
-                }
+                Ok(other) => return Err(DeliverError::Broken { error: format!("unexpected {}", event_name(&other)) }),
                 Err(f) => {
-                    let unfinished = self.session.unfinished();
                     let error = match f {
-                        Failure::Session(e) => describe_session_error(&e),
+                        Failure::Session(e) => e.to_string(),
                         Failure::Tls(e) => e.to_string(),
                         Failure::Io(e) => e,
                     };
-                    return Err(DeliverError::Broken { error, unfinished });
+                    return Err(DeliverError::Broken { error });
                 }
             }
         }
@@ -377,19 +370,14 @@ fn event_name(e: &Event) -> &'static str {
     }
 }
 
-/// A one-line description of a session failure, for outcomes.
-pub fn describe_session_error(e: &SessionError) -> String {
-    e.to_string()
-}
-
 fn session_error_to_connect(target: &Target, e: SessionError) -> ConnectError {
     let host = target.host.clone();
     match e {
         SessionError::StartTlsUnavailable(reason) => ConnectError::Policy { host, reason: format!("STARTTLS required: {reason}") },
         SessionError::Greeting(r) | SessionError::Ehlo(r) => {
-            ConnectError::Smtp { host, permanent: r.is_permanent(), reason: r.one_line() }
+            ConnectError::Smtp { host, reason: r.one_line() }
         }
-        other => ConnectError::Smtp { host, reason: other.to_string(), permanent: false },
+        other => ConnectError::Smtp { host, reason: other.to_string() },
     }
 }
 
@@ -494,13 +482,5 @@ impl Pool {
     /// Remove and return every idle connection (at shutdown).
     pub fn drain(&mut self) -> Vec<Conn> {
         self.idle.drain().flat_map(|(_, l)| l.into_iter().map(|(c, _)| c)).collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.idle.values().map(Vec::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
