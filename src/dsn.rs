@@ -595,6 +595,18 @@ Message-ID: <m1@sender.test>\r\n\r\nHi Bob.\r\n";
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
+    /// A recipient still being retried.
+    fn carol() -> FailedRcpt {
+        FailedRcpt {
+            rcpt: "carol@slow.test".into(),
+            action: Action::Delayed,
+            status: "4.7.1".into(),
+            remote_mta: Some("mx.slow.test".into()),
+            diagnostic: Some("451 4.7.1 Try again later".into()),
+            last_attempt: None,
+        }
+    }
+
     fn bob() -> FailedRcpt {
         FailedRcpt {
             rcpt: "bob@rcpt.test".into(),
@@ -936,14 +948,7 @@ Message-ID: <m1@sender.test>\r\n\r\nHi Bob.\r\n";
 
     #[test]
     fn failed_and_delayed_wording() {
-        let delayed = FailedRcpt {
-            rcpt: "carol@slow.test".into(),
-            action: Action::Delayed,
-            status: "4.7.1".into(),
-            remote_mta: Some("mx.slow.test".into()),
-            diagnostic: Some("451 4.7.1 Try again later".into()),
-            last_attempt: None,
-        };
+        let delayed = carol();
         let (top, parts) = split(&build(&input(vec![delayed.clone()])).data);
         assert_eq!(top.get("Subject").unwrap(), "Delivery Status Notification (Delay)");
         let t = parts[0].text();
@@ -1097,14 +1102,7 @@ Message-ID: <m1@sender.test>\r\n\r\nHi Bob.\r\n";
     /// format shows up here and must be deliberate.
     #[test]
     fn golden() {
-        let carol = FailedRcpt {
-            rcpt: "carol@slow.test".into(),
-            action: Action::Delayed,
-            status: "4.7.1".into(),
-            remote_mta: Some("mx.slow.test".into()),
-            diagnostic: Some("451 4.7.1 Try again later".into()),
-            last_attempt: None,
-        };
+        let carol = carol();
         let i = DsnInput { return_content: ReturnContent::Full, ..input(vec![bob(), carol]) };
         let want = concat!(
             "From: Mail Delivery System <MAILER-DAEMON@out1.sender.test>\r\n",
