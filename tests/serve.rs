@@ -4,164 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use common::daemon::*;
 use common::Client;
 use mxpipe::dnsserver::{DnsServer, ZoneBuilder};
-use mxpipe::sink::{Sink, SinkConfig};
-use mxpipe::tls::{self, ServerResumption};
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mxpipe-serve-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A destination sink on `ip`, writing what it accepts to `dir`.
-async fn sink_on(ip: Ipv4Addr, port: u16, dir: &Path, adjust: impl FnOnce(&mut SinkConfig)) -> Sink {
-    let pki = tls::certs::generate(&["localhost".into()]).unwrap();
-    let mut c = SinkConfig::new(tls::server_config(pki.identity, ServerResumption::default()).unwrap());
-    c.listen = vec![IpAddr::V4(ip)];
-    c.starttls_port = Some(port);
-    c.implicit_port = None;
-    c.mail_dir = Some(dir.to_path_buf());
-    adjust(&mut c);
-    Sink::start(c).await.unwrap()
-}
-
-struct Daemon {
-    child: Child,
-    inject: SocketAddr,
-}
-
-/// A failing test must not leave the daemon running (it would also hold the output open).
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_config(dir: &Path, dns: SocketAddr, smtp_port: u16, inject: SocketAddr, allowed: &str) -> PathBuf {
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
-    write_config_http(dir, dns, smtp_port, inject, http, allowed)
-}
-
-fn write_config_http(dir: &Path, dns: SocketAddr, smtp_port: u16, inject: SocketAddr, http: SocketAddr, allowed: &str) -> PathBuf {
-    let cfg = format!(
-        r#"
-[engine]
-ehlo_name = "serve.test"
-connect_timeout = "2s"
-command_timeout = "10s"
-idle_timeout = "1s"
-
-[dns]
-nameserver = "{dns}"
-
-[ports]
-smtp = {smtp_port}
-smtps = {smtp_port}
-
-[spool]
-dir = "{spool}"
-
-[retry]
-initial = "1s"
-max_interval = "2s"
-max_age = "1h"
-
-[inject.smtp]
-listen = "{inject}"
-allowed_networks = [{allowed}]
-
-[inject.http]
-listen = "{http}"
-
-[log]
-delivery_log = "{log}"
-"#,
-        spool = dir.join("spool").display(),
-        log = dir.join("delivery.jsonl").display()
-    );
-    let path = dir.join("mxpipe.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
-}
-
-fn start_daemon(config: &Path, inject: SocketAddr) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mxpipe"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("serve prints its listener").unwrap();
-    assert!(first.contains("injection SMTP on"), "{first}");
-    std::thread::spawn(move || for _ in lines {});
-    Daemon { child, inject }
-}
-
-fn terminate(mut d: Daemon) -> bool {
-    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(30) {
-        if let Some(s) = d.child.try_wait().unwrap() {
-            return s.success();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    d.child.kill().unwrap();
-    panic!("serve did not stop within 30 s of SIGTERM");
-}
-
-/// Inject one message over SMTP; true if the daemon acknowledged it (250 after the data).
-async fn inject(addr: SocketAddr, from: &str, to: &str, subject: &str) -> bool {
-    let mut c = Client::connect(addr).await;
-    assert_eq!(c.reply().await.code, 220);
-    assert_eq!(c.cmd("EHLO app.test").await, 250);
-    assert_eq!(c.cmd(&format!("MAIL FROM:<{from}>")).await, 250);
-    assert_eq!(c.cmd(&format!("RCPT TO:<{to}>")).await, 250);
-    assert_eq!(c.cmd("DATA").await, 354);
-    c.send(format!("Subject: {subject}\r\n\r\nhello\r\n.\r\n")).await;
-    let ok = c.reply().await.code == 250;
-    let _ = c.cmd("QUIT").await;
-    ok
-}
-
-/// Subjects of the messages a sink wrote to `dir`.
-fn subjects(dir: &Path) -> Vec<String> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "eml") {
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
-            if let Some(l) = text.lines().find(|l| l.starts_with("Subject: ")) {
-                v.push(l["Subject: ".len()..].to_string());
-            }
-        }
-    }
-    v
-}
-
-async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_mail_is_delivered_and_survives_kill_9() {
@@ -175,7 +23,8 @@ async fn injected_mail_is_delivered_and_survives_kill_9() {
     z.mx("d.t.test", 10, "mx.t.test").a("mx.t.test", Ipv4Addr::new(127, 4, 0, 1));
     let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let inject_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
-    let config = write_config(&dir, dns.addr(), port, inject_addr, r#""127.0.0.0/8""#);
+    let setup = Setup { allowed: r#""127.0.0.0/8""#.into(), inject: inject_addr, ..Setup::new(&dir, dns.addr(), port) };
+    let config = setup.write(&dir);
 
     let d = start_daemon(&config, inject_addr);
     let mut acked = Vec::new();
@@ -188,10 +37,7 @@ async fn injected_mail_is_delivered_and_survives_kill_9() {
     assert_eq!(acked.len(), 40, "every injected message acknowledged");
     // Kill -9 as soon as some (not all) have arrived.
     wait_for("first deliveries", Duration::from_secs(30), || subjects(&mail).len() >= 5).await;
-    let mut d = d;
-    d.child.kill().unwrap();
-    d.child.wait().unwrap();
-    drop(d);
+    d.kill9();
     let before = subjects(&mail).len();
     assert!(before < 40, "the kill came after everything was delivered; the test proves nothing");
 
@@ -218,7 +64,8 @@ async fn clients_outside_allowed_networks_get_5_7_1() {
     let dir = tmpdir("relay");
     let dns = DnsServer::start(vec![ZoneBuilder::new("t.test.")], "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let inject_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
-    let config = write_config(&dir, dns.addr(), 25, inject_addr, r#""10.0.0.0/8""#);
+    let setup = Setup { allowed: r#""10.0.0.0/8""#.into(), inject: inject_addr, ..Setup::new(&dir, dns.addr(), 25) };
+    let config = setup.write(&dir);
     let d = start_daemon(&config, inject_addr);
     let mut c = Client::connect(inject_addr).await;
     let r = c.reply().await;
@@ -242,7 +89,8 @@ async fn permanent_failure_sends_a_dsn_to_the_sender() {
     z.mx("src.t.test", 10, "mx-src.t.test").a("mx-src.t.test", Ipv4Addr::new(127, 4, 0, 3));
     let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let inject_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
-    let config = write_config(&dir, dns.addr(), port, inject_addr, r#""127.0.0.0/8""#);
+    let setup = Setup { allowed: r#""127.0.0.0/8""#.into(), inject: inject_addr, ..Setup::new(&dir, dns.addr(), port) };
+    let config = setup.write(&dir);
     let d = start_daemon(&config, inject_addr);
     assert!(inject(d.inject, "app@src.t.test", "nobody@bad.t.test", "will bounce").await);
     wait_for("the DSN", Duration::from_secs(30), || std::fs::read_dir(&src_mail).unwrap().count() >= 1).await;
@@ -271,24 +119,6 @@ async fn permanent_failure_sends_a_dsn_to_the_sender() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// One HTTP/1.1 request over a fresh connection: (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: mxpipe\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string());
-    (code, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_api_injects_and_shows_messages_queues_and_metrics() {
     let dir = tmpdir("http");
@@ -301,7 +131,8 @@ async fn http_api_injects_and_shows_messages_queues_and_metrics() {
     let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let inject_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
     let api: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
-    let config = write_config_http(&dir, dns.addr(), port, inject_addr, api, r#""127.0.0.0/8""#);
+    let setup = Setup { allowed: r#""127.0.0.0/8""#.into(), inject: inject_addr, http: api, ..Setup::new(&dir, dns.addr(), port) };
+    let config = setup.write(&dir);
     let d = start_daemon(&config, inject_addr);
 
     let body = r#"{"messages":[{"from":"app@src.test","to":["a@h.t.test","b@h.t.test"],"data":"Subject: via api\r\n\r\nhi\r\n"}]}"#;
@@ -379,7 +210,8 @@ async fn a_rate_limit_reply_suspends_the_destination() {
     let inject_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
     let api: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
     // Retries every second: without the suspension the destination would be hammered.
-    let config = write_config_http(&dir, dns.addr(), port, inject_addr, api, r#""127.0.0.0/8""#);
+    let setup = Setup { allowed: r#""127.0.0.0/8""#.into(), inject: inject_addr, http: api, ..Setup::new(&dir, dns.addr(), port) };
+    let config = setup.write(&dir);
     let d = start_daemon(&config, inject_addr);
     assert!(inject(d.inject, "app@src.test", "a@busy.t.test", "first").await);
     wait_for("the rate-limit reply", Duration::from_secs(20), || sink.stats().faults.rate_limited >= 1).await;

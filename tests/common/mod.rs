@@ -2,6 +2,8 @@
 //! SMTP client over a real socket (plain or TLS) that reads replies with the library's parser.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::sync::Arc;
 use std::time::Duration;
 
