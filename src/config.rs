@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::engine::limits::{LimitRule, LimitScope};
 use crate::engine::{EngineConfig, PortMap};
 use crate::policy::Floor;
 use crate::tls::Kx;
@@ -376,12 +377,18 @@ pub struct LogSection {
     pub delivery_log: Option<PathBuf>,
 }
 
-/// One `[[domain]]` entry: settings for one destination domain (`name`) or for every
-/// destination whose MX host matches `mx_pattern`. Exactly one of the two is given.
+/// One `[[domain]]` entry: limits for one destination domain (`name`), or a budget shared by
+/// every MX host matching `mx_pattern`. Exactly one of the two is given.
 ///
-/// For a destination, the entry whose `name` is its domain applies; failing that, the first
-/// entry (in file order) whose `mx_pattern` matches one of its MX hosts. The entry applies as a
-/// whole: settings are not merged from several entries.
+/// - A `name` entry sets that domain's own connection limit (instead of
+///   `engine.max_conns_per_dest`), message rate and TLS floor.
+/// - An `mx_pattern` entry is one budget for all connections and messages to the MX hosts
+///   matching it, whatever domain they serve: `max_conns = 50` for `*.outlook.com` means 50
+///   connections to Microsoft's MX hosts in all. An MX host falls under the first pattern
+///   (in file order) that matches it.
+///
+/// Both apply when both match: a domain with its own entry whose MX hosts fall under a
+/// pattern is held to the stricter of the two at every moment.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DomainOverride {
@@ -391,9 +398,12 @@ pub struct DomainOverride {
     /// `"*.mail.protection.outlook.com"` (matches hosts under it at any depth, not the suffix
     /// itself).
     pub mx_pattern: Option<MxPattern>,
-    /// Connections at once to this destination (instead of `engine.max_conns_per_dest`).
+    /// Connections at once (busy or idle): to this domain (instead of
+    /// `engine.max_conns_per_dest`), or to all the MX hosts matching the pattern together.
     pub max_conns: Option<usize>,
-    /// Messages per second to this destination, e.g. 0.5 for one every two seconds.
+    /// Messages (transactions) per second, e.g. 0.5 for one every two seconds: to this
+    /// domain, or to all the MX hosts matching the pattern together. Messages over the rate
+    /// wait in the queue (nothing is deferred for it).
     pub msgs_per_s: Option<f64>,
     /// Minimum TLS: `"none"`, `"encrypt"` (TLS required, certificate not verified) or
     /// `"verify"` (TLS required and verified); the strictest of this and the MX-prefix policy
@@ -431,8 +441,9 @@ impl Config {
     ///
     /// Refused: a `tls_floor` on an `mx_pattern` entry, because the engine applies floors by
     /// domain only, and a floor that is silently not enforced is worse than an error.
-    /// `max_conns` and `msgs_per_s` of overrides are not engine settings: the scheduler reads
-    /// them with [`Config::override_for`].
+    /// `max_conns` and `msgs_per_s` become the engine's limit rules: on a `name` entry they
+    /// limit that domain; on an `mx_pattern` entry they are one budget shared by every
+    /// connection and message to the MX hosts matching it, whatever their domain.
     pub fn engine_config(&self) -> Result<EngineConfig, ConfigError> {
         let e = &self.engine;
         let mut c = EngineConfig::default();
@@ -460,6 +471,14 @@ impl Config {
             c.extra_roots.extend(certs);
         }
         for d in &self.domains {
+            if d.max_conns.is_some() || d.msgs_per_s.is_some() {
+                let scope = match (&d.name, &d.mx_pattern) {
+                    (Some(name), _) => LimitScope::Domain(name.clone()),
+                    (None, Some(p)) => LimitScope::MxHosts(p.as_str().to_string()),
+                    (None, None) => unreachable!("checked at load: every entry has a name or a pattern"),
+                };
+                c.limits.push(LimitRule { scope, max_conns: d.max_conns, msgs_per_s: d.msgs_per_s });
+            }
             match (&d.name, &d.mx_pattern) {
                 (Some(name), _) if d.tls_floor != Floor::None => {
                     c.floors.insert(name.clone(), d.tls_floor);
@@ -891,18 +910,7 @@ impl MxPattern {
 
     /// Whether the MX host name `host` matches.
     pub fn matches(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.');
-        match self.text.strip_prefix("*.") {
-            Some(suffix) => {
-                // At least one non-empty label, a dot, then the suffix (bytes: no UTF-8 slicing).
-                let (h, suffix) = (host.as_bytes(), suffix.as_bytes());
-                h.len() > suffix.len() + 1
-                    && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                    && h[h.len() - suffix.len() - 1] == b'.'
-                    && h[h.len() - suffix.len() - 2] != b'.'
-            }
-            None => host.eq_ignore_ascii_case(&self.text),
-        }
+        crate::engine::limits::host_matches(&self.text, host)
     }
 }
 

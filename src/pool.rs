@@ -144,6 +144,9 @@ pub enum ConnectError {
     /// Opportunistic TLS failed in the handshake: the same host may be retried in clear.
     #[error("opportunistic TLS handshake with {host} failed: {reason}")]
     OpportunisticTls { host: String, reason: String },
+    /// Not tried: the engine is shutting down.
+    #[error("{reason}")]
+    Stopped { reason: String },
     /// The server refused us at the greeting or EHLO, or broke the protocol.
     #[error("{host}: no SMTP session: {reason}")]
     Smtp { host: String, reason: String },
@@ -165,6 +168,8 @@ pub struct Conn {
     rx_at_send: u64,
     /// This connection's slot in the per-address connection limit; freed when it is dropped.
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its slot in the budget of its MX host's pattern, if the operator set one.
+    pub mx_slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// How a message attempt on a connection ended (the caller still holds the message).
@@ -224,6 +229,7 @@ impl Conn {
             max_command: timeouts.max_command,
             rx_at_send: 0,
             slot: None,
+            mx_slot: None,
         };
         // Drive the greeting, EHLO and (maybe) STARTTLS to Ready (`next_event` does the
         // writes and the TLS upgrade itself).
@@ -476,6 +482,23 @@ impl Pool {
             }
         }
         self.idle.retain(|_, l| !l.is_empty());
+        out
+    }
+
+    /// Remove and return every idle connection to a host for which `f` holds.
+    pub fn take_hosts(&mut self, mut f: impl FnMut(&str) -> bool) -> Vec<Conn> {
+        let mut out = Vec::new();
+        self.idle.retain(|_, list| {
+            let mut i = 0;
+            while i < list.len() {
+                if f(&list[i].0.target.host) {
+                    out.push(list.swap_remove(i).0);
+                } else {
+                    i += 1;
+                }
+            }
+            !list.is_empty()
+        });
         out
     }
 

@@ -17,6 +17,7 @@
 //! # let _ = stats; Ok(()) }
 //! ```
 
+pub mod limits;
 mod shard;
 
 use std::collections::HashMap;
@@ -92,6 +93,9 @@ pub struct EngineConfig {
     pub policy: PolicyOptions,
     /// Per-domain TLS floors set by the operator (the strictest of floor and MX prefix wins).
     pub floors: HashMap<String, Floor>,
+    /// Operator limits for some destinations: a domain's own connection and message-rate
+    /// limits, and budgets shared by all connections to the MX hosts matching a pattern.
+    pub limits: Vec<limits::LimitRule>,
     /// TLS 1.3 tickets kept per MX host name (at least the connection limit).
     pub tickets_per_host: usize,
     /// MX host names whose tickets are kept, per shard.
@@ -116,6 +120,7 @@ impl Default for EngineConfig {
             ehlo_name: "mxpipe.localhost".into(),
             policy: PolicyOptions::default(),
             floors: HashMap::new(),
+            limits: Vec::new(),
             tickets_per_host: 16,
             ticket_hosts: 50_000,
         }
@@ -229,11 +234,13 @@ impl Engine {
         let (otx, orx) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
         let cfg = Arc::new(cfg);
+        // Built here, not in the config, so that each engine has its own budgets.
+        let limits = Arc::new(limits::Limits::new(&cfg.limits));
         let mut shards = Vec::new();
         for id in 0..cfg.shards.max(1) {
             let (tx, rx) = crossbeam_channel::unbounded();
             let wake = Arc::new(tokio::sync::Notify::new());
-            let thread = shard::spawn(id, cfg.clone(), rx, wake.clone(), otx.clone(), counters.clone())
+            let thread = shard::spawn(id, cfg.clone(), limits.clone(), rx, wake.clone(), otx.clone(), counters.clone())
                 .map_err(|e| SubmitError::Start(e.to_string()))?;
             shards.push(ShardHandle { tx, wake, thread: Some(thread) });
         }
@@ -278,7 +285,7 @@ impl Engine {
                     }
                     Err(e) => match e.0 {
                         shard::Command::Deliver(part) => Some(part),
-                        shard::Command::Drain => None,
+                        shard::Command::Drain(_) => None,
                     },
                 }
             };
@@ -344,9 +351,16 @@ impl Engine {
 
     /// Wait until every submitted recipient has its outcome, close idle connections, stop the
     /// shards, and return the final counters.
-    pub fn shutdown(mut self) -> EngineStats {
+    pub fn shutdown(self) -> EngineStats {
+        self.shutdown_by(None)
+    }
+
+    /// Like [`Engine::shutdown`], but at `deadline` parts not yet started (queued, waiting for
+    /// a connection slot or a rate limit) are deferred with [`NOT_ATTEMPTED`] instead of sent;
+    /// transactions already under way finish.
+    pub fn shutdown_by(mut self, deadline: Option<Instant>) -> EngineStats {
         for s in &self.shards {
-            let _ = s.tx.send(shard::Command::Drain);
+            let _ = s.tx.send(shard::Command::Drain(deadline));
             s.wake.notify_one();
         }
         for s in &mut self.shards {
@@ -356,6 +370,15 @@ impl Engine {
         }
         self.stats()
     }
+}
+
+/// The reason (after `mxpipe: `) of a deferral for a part that was never tried because the
+/// engine was shutting down: it says nothing about the destination and is no attempt.
+pub const NOT_ATTEMPTED: &str = "not attempted: shutting down";
+
+/// Whether `o` is a deferral of that kind.
+pub fn not_attempted(o: &Outcome) -> bool {
+    o.status == Status::Deferred && o.mx.is_none() && o.reply.strip_prefix("mxpipe: ") == Some(NOT_ATTEMPTED)
 }
 
 /// The lower-cased domain of `user@domain`, if it has one.

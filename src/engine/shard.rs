@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::{Counters, EngineConfig};
+use super::limits::{Limits, MxBudget};
+use super::{Counters, EngineConfig, NOT_ATTEMPTED};
 use crate::outcome::{Outcome, Status, TlsUse};
 use crate::policy::{self, Floor, HostPlan, LogicalPort, PolicyCache, Security};
 use crate::pool::{Conn, ConnectError, DeliverError, Pool, Target, TlsClients, Timeouts};
@@ -38,12 +39,15 @@ const ENOUGH_WORKERS: usize = 128;
 const MAX_ADDRS_PER_HOST: usize = 10;
 /// Reasons kept for a deferral when every MX host failed.
 const MAX_REASONS: usize = 4;
+/// A rate-limit wait up to this long keeps the connection; a longer one parks it.
+const RATE_HOLD: Duration = Duration::from_secs(1);
 
 /// What the engine sends a shard.
 pub(super) enum Command {
     Deliver(Part),
-    /// Finish everything queued, close idle connections, stop.
-    Drain,
+    /// Finish everything queued, close idle connections, stop. At the deadline, if any,
+    /// parts not yet started are deferred as [`NOT_ATTEMPTED`].
+    Drain(Option<Instant>),
 }
 
 /// The recipients of one message at one destination domain.
@@ -67,6 +71,7 @@ pub(super) fn count_outcome(c: &Counters, s: Status) {
 pub(super) fn spawn(
     id: usize,
     cfg: Arc<EngineConfig>,
+    limits: Arc<Limits>,
     rx: crossbeam_channel::Receiver<Command>,
     wake: Arc<Notify>,
     outcomes: crossbeam_channel::Sender<Outcome>,
@@ -96,6 +101,8 @@ pub(super) fn spawn(
         let local = tokio::task::LocalSet::new();
         let shard = Rc::new(Shard {
             cfg: cfg.clone(),
+            limits,
+            stop: tokio::sync::watch::Sender::new(false),
             resolver,
             tls,
             policy: RefCell::new(PolicyCache::new(&cfg.policy)),
@@ -133,6 +140,9 @@ fn tls_clients(cfg: &EngineConfig) -> Result<TlsClients, tls::TlsError> {
 
 struct Shard {
     cfg: Arc<EngineConfig>,
+    limits: Arc<Limits>,
+    /// Set at the drain deadline: waits for a slot or a rate limit end, and nothing new starts.
+    stop: tokio::sync::watch::Sender<bool>,
     resolver: MxResolver,
     tls: TlsClients,
     policy: RefCell<PolicyCache>,
@@ -164,6 +174,8 @@ struct DomainState {
 struct Job {
     seq: u64,
     part: Part,
+    /// The send time it reserved under a rate limit (kept if it goes back in the queue).
+    not_before: Option<Instant>,
 }
 
 impl Job {
@@ -180,7 +192,12 @@ async fn run(shard: Rc<Shard>, rx: crossbeam_channel::Receiver<Command>, wake: A
         loop {
             match rx.try_recv() {
                 Ok(Command::Deliver(part)) => enqueue(&shard, part),
-                Ok(Command::Drain) => draining = true,
+                Ok(Command::Drain(deadline)) => {
+                    if let (false, Some(at)) = (draining, deadline) {
+                        tokio::task::spawn_local(stop_at(shard.clone(), at));
+                    }
+                    draining = true;
+                }
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => {
                     draining = true;
@@ -205,11 +222,40 @@ async fn run(shard: Rc<Shard>, rx: crossbeam_channel::Receiver<Command>, wake: A
     }
 }
 
-/// Close connections that idled past their time, once a second.
+/// At the drain deadline: nothing new starts; queued parts are deferred as not attempted.
+async fn stop_at(shard: Rc<Shard>, at: Instant) {
+    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+    shard.stop.send_replace(true);
+    let domains: Vec<String> = shard.domains.borrow().keys().cloned().collect();
+    for d in domains {
+        fail_queue(&shard, &d, Status::Deferred, "4.3.2", NOT_ATTEMPTED);
+    }
+    shard.idle.notify_one();
+}
+
+fn stopping(shard: &Shard) -> bool {
+    *shard.stop.borrow()
+}
+
+/// Sleep until `until`; false if the drain deadline came first.
+async fn sleep_unless_stopped(shard: &Shard, until: Instant) -> bool {
+    let mut stop = shard.stop.subscribe();
+    tokio::select! {
+        _ = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => true,
+        _ = stop.wait_for(|v| *v) => false,
+    }
+}
+
+/// Close connections that idled past their time, and idle ones under an MX budget that
+/// someone waits for, twice a second.
 async fn reap(shard: Rc<Shard>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let expired = shard.pool.borrow_mut().expired(Instant::now());
+        let mut expired = shard.pool.borrow_mut().expired(Instant::now());
+        if shard.limits.has_mx_budgets() {
+            let limits = &shard.limits;
+            expired.extend(shard.pool.borrow_mut().take_hosts(|h| mx_wanted(limits, h)));
+        }
         for c in expired {
             let s = shard.clone();
             tokio::task::spawn_local(async move { c.quit(&s.tls, timeouts(&s.cfg)).await });
@@ -228,12 +274,13 @@ fn enqueue(shard: &Rc<Shard>, part: Part) {
     let spawn = {
         let mut domains = shard.domains.borrow_mut();
         let d = domains.entry(domain.clone()).or_default();
-        d.queue.push_back(Job { seq, part });
+        d.queue.push_back(Job { seq, part, not_before: None });
+        let max_conns = shard.limits.domain(&domain).and_then(|l| l.max_conns).unwrap_or(shard.cfg.max_conns_per_dest);
         // One more worker (so one more connection) while under the limit and the backlog is
         // more than the open ones will clear soon: a handshake costs more than a few queued
         // transactions on a warm, pipelining connection.
         let spawn = d.workers == 0
-            || (d.workers < shard.cfg.max_conns_per_dest.max(1)
+            || (d.workers < max_conns.max(1)
                 && d.queue.len() > d.workers * BACKLOG_PER_CONNECTION
                 && shard.workers.get() < ENOUGH_WORKERS);
         if spawn {
@@ -415,6 +462,8 @@ enum ConnEnd {
     Recycle,
     /// A reused idle connection turned out dead before it took the part; try again at once.
     Stale,
+    /// The next part waits for a rate limit until then; the connection was parked.
+    Wait(Instant),
 }
 
 async fn work(shard: &Rc<Shard>, domain: &str) {
@@ -451,6 +500,12 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
             match try_host(shard, domain, &dest, host, &plan).await {
                 Ok(ConnEnd::QueueEmpty) => return,
                 Ok(ConnEnd::Recycle) => continue 'again,
+                Ok(ConnEnd::Wait(until)) => {
+                    if sleep_unless_stopped(shard, until).await {
+                        continue 'again;
+                    }
+                    break 'again;
+                }
                 Ok(ConnEnd::Stale) => {
                     // Bounded: every stale connection came from the pool or died at once.
                     stale += 1;
@@ -473,6 +528,10 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
             }
         }
         break;
+    }
+    if stopping(shard) {
+        fail_queue(shard, domain, Status::Deferred, "4.3.2", NOT_ATTEMPTED);
+        return;
     }
     // Every host failed. Leave the queue to a worker that has a connection; else defer it.
     let connected = shard.domains.borrow().get(domain).map_or(0, |d| d.connected);
@@ -530,6 +589,7 @@ async fn try_host(
                 Err(e @ ConnectError::Smtp { .. }) => {
                     last = e.to_string();
                 }
+                Err(e @ ConnectError::Stopped { .. }) => return Err(e.to_string()),
             }
         }
         if step.port == LogicalPort::Smtps && unreachable == addrs.len() {
@@ -550,9 +610,14 @@ async fn open(shard: &Rc<Shard>, target: Target) -> Result<Conn, ConnectError> {
         }
         // Closed by the server while idle: drop it and look for another.
     }
+    if stopping(shard) {
+        return Err(ConnectError::Stopped { reason: NOT_ATTEMPTED.into() });
+    }
+    let mx_slot = take_mx_slot(shard, &target.host).await?;
     let slot = take_slot(shard, target.addr).await?;
     let (mut conn, full) = Conn::open(target, &shard.tls, &shard.cfg.ehlo_name, timeouts(&shard.cfg)).await?;
     conn.slot = Some(slot);
+    conn.mx_slot = mx_slot;
     let c = &shard.counters;
     c.connections.fetch_add(1, Ordering::Relaxed);
     if conn.facts.tls != TlsUse::None {
@@ -563,6 +628,64 @@ async fn open(shard: &Rc<Shard>, target: Target) -> Result<Conn, ConnectError> {
         shard.policy.borrow_mut().starttls_absent(&conn.target.host, Instant::now());
     }
     Ok(conn)
+}
+
+/// Someone waits for a connection slot in the MX budget of `host`.
+fn mx_wanted(limits: &Limits, host: &str) -> bool {
+    limits.mx(host).is_some_and(|b| b.waiting.load(Ordering::Relaxed) > 0)
+}
+
+/// A slot in the operator's connection budget for the MX hosts matching a pattern, if `host`
+/// falls under one. When the budget is used up, close this shard's idle connections under it
+/// (other shards do on their next reap), then wait in line: connections give their slot back
+/// when their queue is empty, or at `max_msgs_per_conn`, so the wait ends. Only the drain
+/// deadline cuts it short.
+async fn take_mx_slot(shard: &Rc<Shard>, host: &str) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ConnectError> {
+    let Some(budget) = shard.limits.mx(host).cloned() else { return Ok(None) };
+    let Some(sem) = budget.conns.clone() else { return Ok(None) };
+    if let Ok(p) = sem.clone().try_acquire_owned() {
+        return Ok(Some(p));
+    }
+    let limits = shard.limits.clone();
+    let mine = |h: &str| limits.mx(h).is_some_and(|b| Arc::ptr_eq(b, &budget));
+    let idle = shard.pool.borrow_mut().take_hosts(mine);
+    for c in idle {
+        let s = shard.clone();
+        tokio::task::spawn_local(async move { c.quit(&s.tls, timeouts(&s.cfg)).await });
+    }
+    let waiting = WaitCount::new(&budget);
+    let mut stop = shard.stop.subscribe();
+    let got = tokio::select! {
+        p = sem.acquire_owned() => p.ok(),
+        _ = stop.wait_for(|v| *v) => None,
+    };
+    drop(waiting);
+    got.map(Some).ok_or_else(|| ConnectError::Stopped { reason: NOT_ATTEMPTED.into() })
+}
+
+/// One waiter counted in an MX budget for as long as it lives (also if the wait is dropped).
+struct WaitCount<'a>(&'a MxBudget);
+
+impl<'a> WaitCount<'a> {
+    fn new(b: &'a MxBudget) -> Self {
+        b.waiting.fetch_add(1, Ordering::Relaxed);
+        WaitCount(b)
+    }
+}
+
+impl Drop for WaitCount<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long the next message on a connection to `host` for `domain` must wait under the
+/// domain's own rate and its MX budget's rate; reserves its place in both.
+fn rate_wait(shard: &Shard, domain: &str, host: &str) -> Duration {
+    let now = Instant::now();
+    let d = shard.limits.domain(domain).and_then(|l| l.rate.as_ref()).map_or(Duration::ZERO, |g| g.reserve(now));
+    let m = shard.limits.mx(host).and_then(|b| b.rate.as_ref()).map_or(Duration::ZERO, |g| g.reserve(now));
+    d.max(m)
 }
 
 /// A slot in the per-address connection limit. When none is free, close an idle connection to
@@ -603,15 +726,32 @@ fn slot_wanted(shard: &Shard, addr: SocketAddr) -> bool {
     shard.slots.borrow().get(&addr).is_some_and(|e| e.1 > 0)
 }
 
+/// Keep a connection for reuse while a part waits for its rate limit.
+fn park(shard: &Rc<Shard>, conn: Conn) {
+    match Instant::now().checked_add(shard.cfg.idle_timeout) {
+        Some(until) if !shard.cfg.idle_timeout.is_zero() && !mx_wanted(&shard.limits, &conn.target.host) => {
+            shard.pool.borrow_mut().put(conn, until)
+        }
+        _ => {
+            let s = shard.clone();
+            tokio::task::spawn_local(async move { conn.quit(&s.tls, timeouts(&s.cfg)).await });
+        }
+    }
+}
+
 /// Deliver queued parts of `domain` over `conn` until the queue is empty.
 async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &HostPlan) -> ConnEnd {
     set_connected(shard, domain, 1);
     let t = timeouts(&shard.cfg);
     let end = loop {
-        let Some(job) = pop_job(shard, domain) else {
+        let Some(mut job) = pop_job(shard, domain) else {
             let until = Instant::now().checked_add(shard.cfg.idle_timeout);
             match until {
-                Some(until) if !shard.cfg.idle_timeout.is_zero() && !slot_wanted(shard, conn.target.addr) => {
+                Some(until)
+                    if !shard.cfg.idle_timeout.is_zero()
+                        && !slot_wanted(shard, conn.target.addr)
+                        && !mx_wanted(&shard.limits, &conn.target.host) =>
+                {
                     shard.pool.borrow_mut().put(conn, until)
                 }
                 // No idling wanted, or another destination waits for this address's slot.
@@ -626,6 +766,22 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
             conn.quit(&shard.tls, t).await;
             set_connected(shard, domain, -1);
             return ConnEnd::Recycle;
+        }
+        // Under a rate limit: wait for the send time this part reserved (short waits keep
+        // the connection; long ones park it and the worker sleeps).
+        let not_before = *job.not_before.get_or_insert_with(|| Instant::now() + rate_wait(shard, domain, &conn.target.host));
+        let now = Instant::now();
+        if not_before > now {
+            if not_before - now > RATE_HOLD {
+                push_front(shard, domain, job);
+                park(shard, conn);
+                set_connected(shard, domain, -1);
+                return ConnEnd::Wait(not_before);
+            }
+            if !sleep_unless_stopped(shard, not_before).await {
+                finish(shard, &job, Status::Deferred, "4.3.2", NOT_ATTEMPTED, None);
+                continue;
+            }
         }
         let ctx = OutcomeCtx::of(&conn, plan);
         // First use since it was taken from the idle pool?

@@ -8,8 +8,10 @@
 //! past the maximum age, are bounced. Bounced recipients get one DSN per round to the envelope
 //! sender (none for the null sender), itself spooled before it is sent, like any message.
 //!
-//! Not here yet (issue 4): per-destination suspension and rate limits (`schedule::Destinations`
-//! is ready for it), the HTTP API's per-message view, metrics.
+//! A 421 or a recognised rate-limit reply suspends the recipient's domain
+//! ([`Destinations`]): its recipients wait for the suspension's end without being tried.
+//! Connection and message-rate limits are the engine's (`EngineConfig::limits`): parts over
+//! them wait in the engine's queues.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +25,10 @@ use crate::dsn::{build_dsn, Action, DsnInput, FailedRcpt, ReturnContent};
 use crate::engine::{Engine, EngineStats, Submission};
 use crate::outcome::{Outcome, Status};
 use crate::schedule::{classify, Decision, DestinationOptions, Destinations, ReplyClass, RetryPolicy, Timers};
+
+/// At shutdown, how long transactions under way may take to finish (each wait is also bounded
+/// by the engine's command timeout); parts not started by then stay in the spool untried.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the manager needs besides its channels.
 #[derive(Debug, Clone)]
@@ -149,8 +155,10 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
         }
         m.publish(false);
     }
-    // Shutdown: no new rounds; the engine finishes what it holds, and its outcomes are recorded.
-    let stats = m.engine.take().map(Engine::shutdown).unwrap_or_default();
+    // Shutdown: no new rounds; the engine finishes the transactions under way, gives back
+    // what it has not started by the deadline, and its outcomes are recorded.
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    let stats = m.engine.take().map(|e| e.shutdown_by(Some(deadline))).unwrap_or_default();
     while let Ok(o) = outcomes.try_recv() {
         m.record_only(o);
     }
@@ -297,9 +305,13 @@ impl Manager {
         }
     }
 
-    /// Record an outcome without starting anything new (at shutdown).
+    /// Record an outcome without starting anything new (at shutdown). A part the engine gave
+    /// back untried is no attempt: it stays pending in the spool as it was.
     fn record_only(&mut self, o: Outcome) {
         let Ok(id) = o.id.parse::<MsgId>() else { return };
+        if crate::engine::not_attempted(&o) {
+            return;
+        }
         let fin = match o.status {
             Status::Delivered => Some(FinalStatus::Delivered),
             Status::Bounced => Some(FinalStatus::Bounced),

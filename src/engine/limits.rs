@@ -1,0 +1,235 @@
+//! Operator limits beyond the defaults: connections and messages per second for one
+//! destination domain, and budgets shared by every connection to the MX hosts matching a
+//! pattern, whatever the domain (a provider hosting thousands of domains gets one budget).
+//!
+//! A domain's limits live on its shard only (a domain belongs to one shard), so they are
+//! plain per-shard state. An MX budget is shared by all shards: a `tokio` semaphore for its
+//! connections (runtime-agnostic, touched once per connection) and an atomic GCRA for its
+//! message rate (one compare-and-swap per message). Waiting for either is a timer or a
+//! semaphore wait, never polling.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+/// Longest spacing a rate enforces (rates below one message a day act as one a day).
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// What one limit rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitScope {
+    /// One destination domain (lowercase, no trailing dot).
+    Domain(String),
+    /// Every MX host matching: a host name, or `*.` and a suffix (hosts under it at any depth,
+    /// not the suffix itself). One budget for all of them together.
+    MxHosts(String),
+}
+
+/// One operator limit, as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitRule {
+    pub scope: LimitScope,
+    /// Connections open at once (busy or idle).
+    pub max_conns: Option<usize>,
+    /// Messages (transactions) per second.
+    pub msgs_per_s: Option<f64>,
+}
+
+/// Whether MX host `host` matches `pattern` (`mx.example.net`, or `*.example.net` for any
+/// host under it). Case and a trailing dot are ignored.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.');
+    let host = host.trim_end_matches('.');
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            // At least one non-empty label, a dot, then the suffix (bytes: no UTF-8 slicing).
+            let (h, suffix) = (host.as_bytes(), suffix.as_bytes());
+            h.len() > suffix.len() + 1
+                && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                && h[h.len() - suffix.len() - 1] == b'.'
+                && h[h.len() - suffix.len() - 2] != b'.'
+        }
+        None => host.eq_ignore_ascii_case(pattern),
+    }
+}
+
+/// A message-rate limit (GCRA) that many threads may share: `reserve` claims the next free
+/// send time and says how long to wait for it, so waiters queue up in order with no retries.
+#[derive(Debug)]
+pub struct RateGate {
+    base: Instant,
+    /// Theoretical arrival time, in nanoseconds since `base`.
+    tat: AtomicU64,
+    interval: u64,
+    /// How far ahead of the rate a burst may run, in nanoseconds.
+    tolerance: u64,
+}
+
+impl RateGate {
+    /// `msgs_per_s` messages per second, letting `burst` (at least 1) go at once after a
+    /// quiet spell.
+    pub fn new(msgs_per_s: f64, burst: u32) -> RateGate {
+        let interval = Duration::try_from_secs_f64(1.0 / msgs_per_s).map_or(MAX_INTERVAL, |d| d.min(MAX_INTERVAL));
+        let interval = interval.as_nanos() as u64;
+        RateGate { base: Instant::now(), tat: AtomicU64::new(0), interval, tolerance: interval * u64::from(burst.max(1) - 1) }
+    }
+
+    /// Claim the next send time at or after `now`; returns how long to wait for it (zero if
+    /// it may go now).
+    pub fn reserve(&self, now: Instant) -> Duration {
+        let now = now.saturating_duration_since(self.base).as_nanos() as u64;
+        let mut tat = self.tat.load(Ordering::Relaxed);
+        loop {
+            let go = tat.saturating_sub(self.tolerance).max(now);
+            let next = tat.max(now) + self.interval;
+            match self.tat.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Duration::from_nanos(go - now),
+                Err(t) => tat = t,
+            }
+        }
+    }
+}
+
+/// A budget shared by every connection to the MX hosts matching one pattern.
+#[derive(Debug)]
+pub struct MxBudget {
+    pub pattern: String,
+    pub max_conns: Option<usize>,
+    /// Connection slots (when `max_conns` is set).
+    pub conns: Option<Arc<Semaphore>>,
+    /// Workers waiting for a slot, in any shard: idle connections under this budget should
+    /// close rather than idle while someone waits.
+    pub waiting: AtomicUsize,
+    pub rate: Option<RateGate>,
+}
+
+/// A domain's own limits.
+#[derive(Debug)]
+pub struct DomainLimit {
+    pub max_conns: Option<usize>,
+    pub rate: Option<RateGate>,
+}
+
+/// The limits of a running engine, built from its rules at start.
+#[derive(Debug, Default)]
+pub struct Limits {
+    domains: HashMap<String, DomainLimit>,
+    /// In rule order: the first pattern matching a host is its budget.
+    mx: Vec<Arc<MxBudget>>,
+}
+
+impl Limits {
+    pub fn new(rules: &[LimitRule]) -> Limits {
+        let mut l = Limits::default();
+        for r in rules {
+            let rate = r.msgs_per_s.filter(|x| x.is_finite() && *x > 0.0).map(|x| RateGate::new(x, 1));
+            match &r.scope {
+                LimitScope::Domain(d) => {
+                    let name = d.trim_end_matches('.').to_ascii_lowercase();
+                    l.domains.entry(name).or_insert(DomainLimit { max_conns: r.max_conns, rate });
+                }
+                LimitScope::MxHosts(p) => l.mx.push(Arc::new(MxBudget {
+                    pattern: p.clone(),
+                    max_conns: r.max_conns,
+                    conns: r.max_conns.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+                    waiting: AtomicUsize::new(0),
+                    rate,
+                })),
+            }
+        }
+        l
+    }
+
+    /// A domain's own limits, if it has any.
+    pub fn domain(&self, domain: &str) -> Option<&DomainLimit> {
+        if self.domains.is_empty() {
+            return None;
+        }
+        self.domains.get(domain)
+    }
+
+    /// The budget MX host `host` falls under, if any.
+    pub fn mx(&self, host: &str) -> Option<&Arc<MxBudget>> {
+        self.mx.iter().find(|b| host_matches(&b.pattern, host))
+    }
+
+    pub fn has_mx_budgets(&self) -> bool {
+        !self.mx.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(host_matches("*.example.net", "mx1.example.net"));
+        assert!(host_matches("*.example.net", "a.b.EXAMPLE.net."));
+        assert!(!host_matches("*.example.net", "example.net"));
+        assert!(!host_matches("*.example.net", "xexample.net"));
+        assert!(!host_matches("*.example.net", ".example.net"));
+        assert!(host_matches("mx.example.net", "MX.example.net."));
+        assert!(!host_matches("mx.example.net", "mx2.example.net"));
+    }
+
+    #[test]
+    fn rate_gate_spaces_reservations() {
+        let g = RateGate::new(10.0, 1);
+        let t = g.base + Duration::from_secs(5);
+        assert_eq!(g.reserve(t), Duration::ZERO);
+        assert_eq!(g.reserve(t), Duration::from_millis(100));
+        assert_eq!(g.reserve(t), Duration::from_millis(200));
+        // Later: the queue of reservations has moved on.
+        assert_eq!(g.reserve(t + Duration::from_millis(250)), Duration::from_millis(50));
+        // After a quiet spell, one goes at once again (no credit saved up with burst 1).
+        let later = t + Duration::from_secs(10);
+        assert_eq!(g.reserve(later), Duration::ZERO);
+        assert_eq!(g.reserve(later), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn rate_gate_burst() {
+        let g = RateGate::new(1.0, 3);
+        let t = g.base + Duration::from_secs(100);
+        assert_eq!(g.reserve(t), Duration::ZERO);
+        assert_eq!(g.reserve(t), Duration::ZERO);
+        assert_eq!(g.reserve(t), Duration::ZERO);
+        assert_eq!(g.reserve(t), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn rate_gate_is_shared_across_threads() {
+        let g = Arc::new(RateGate::new(1000.0, 1));
+        let t = g.base + Duration::from_secs(1);
+        let waits: Vec<Duration> = (0..4)
+            .map(|_| {
+                let g = g.clone();
+                std::thread::spawn(move || (0..250).map(|_| g.reserve(t)).collect::<Vec<_>>())
+            })
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let mut ms: Vec<u128> = waits.iter().map(|d| d.as_micros()).collect();
+        ms.sort_unstable();
+        // 1000 reservations at one instant: every 1 ms slot from 0 to 999 taken exactly once.
+        assert_eq!(ms, (0..1000).map(|i| i * 1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn lookups() {
+        let l = Limits::new(&[
+            LimitRule { scope: LimitScope::Domain("A.test.".into()), max_conns: Some(2), msgs_per_s: Some(0.5) },
+            LimitRule { scope: LimitScope::MxHosts("*.big.test".into()), max_conns: Some(3), msgs_per_s: None },
+            LimitRule { scope: LimitScope::MxHosts("*.test".into()), max_conns: None, msgs_per_s: Some(5.0) },
+        ]);
+        assert_eq!(l.domain("a.test").and_then(|d| d.max_conns), Some(2));
+        assert!(l.domain("b.test").is_none());
+        assert_eq!(l.mx("mx1.big.test").map(|b| b.pattern.as_str()), Some("*.big.test"));
+        assert_eq!(l.mx("mx.other.test").map(|b| b.pattern.as_str()), Some("*.test"));
+        assert!(l.mx("mx.example.com").is_none());
+        assert_eq!(l.mx("mx1.big.test").unwrap().conns.as_ref().unwrap().available_permits(), 3);
+    }
+}
