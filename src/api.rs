@@ -1,5 +1,6 @@
-//! The daemon's HTTP API: injection (`POST /v1/messages`) and observation
-//! (`GET /v1/messages/{id}`, `GET /v1/queues`, `GET /metrics`).
+//! The daemon's HTTP API: injection (`POST /v1/messages`), observation
+//! (`GET /v1/messages/{id}`, `GET /v1/queues`, `GET /metrics`) and the operator's commands on
+//! a destination (`POST /v1/queues/{domain}/suspend|resume|bounce`, used by `mxpipe queue`).
 //!
 //! A message is answered 202 only once the spool has it on disk; a full disk answers 507 and
 //! another spool error 503, so the client retries and nothing is half-accepted. Bodies are
@@ -16,7 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::queue::board::Board;
-use crate::queue::manager::Accepted;
+use crate::queue::manager::{Accepted, Control, ControlReply};
 use crate::queue::spool::Spool;
 
 /// Largest request body (a batch of messages).
@@ -28,6 +29,7 @@ pub const MAX_BATCH: usize = 10_000;
 struct Api {
     spool: Arc<Spool>,
     to_manager: crossbeam_channel::Sender<Accepted>,
+    control: crossbeam_channel::Sender<Control>,
     board: Board,
 }
 
@@ -125,6 +127,53 @@ async fn queues(State(api): State<Api>) -> Response {
     Json(serde_json::json!({ "queues": api.board.queues() })).into_response()
 }
 
+/// Body of `POST /v1/queues/{domain}/suspend`: for how long (`"30m"`, `"2h"`; default 1h,
+/// at most a day).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendBody {
+    #[serde(rename = "for")]
+    duration: Option<String>,
+}
+
+async fn queue_command(State(api): State<Api>, Path((domain, action)): Path<(String, String)>, body: axum::body::Bytes) -> Response {
+    let name = domain.trim_end_matches('.');
+    if name.is_empty() || name.len() > 253 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+        return error(StatusCode::BAD_REQUEST, format!("{domain:?} is not a domain name"));
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel::<ControlReply>();
+    let domain = name.to_string();
+    let cmd = match action.as_str() {
+        "suspend" => {
+            let b: SuspendBody = if body.iter().all(u8::is_ascii_whitespace) {
+                SuspendBody::default()
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(b) => b,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+                }
+            };
+            let duration = match b.duration.as_deref().map(crate::config::parse_duration) {
+                None => std::time::Duration::from_secs(3600),
+                Some(Ok(d)) if !d.is_zero() && d <= crate::schedule::MAX_SUSPENSION => d,
+                Some(Ok(_)) => return error(StatusCode::BAD_REQUEST, "\"for\" must be more than 0 and at most 24h"),
+                Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("\"for\": {e}")),
+            };
+            Control::Suspend { domain, duration, reply }
+        }
+        "resume" => Control::Resume { domain, reply },
+        "bounce" => Control::Bounce { domain, reply },
+        other => return error(StatusCode::NOT_FOUND, format!("no queue command {other:?} (suspend, resume, bounce)")),
+    };
+    if api.control.send(cmd).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the queue manager is stopping");
+    }
+    match answer.await {
+        Ok(r) => Json(r).into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the queue manager is stopping"),
+    }
+}
+
 async fn metrics(State(api): State<Api>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.board.metrics()).into_response()
 }
@@ -149,15 +198,17 @@ pub async fn start(
     listen: SocketAddr,
     spool: Arc<Spool>,
     to_manager: crossbeam_channel::Sender<Accepted>,
+    control: crossbeam_channel::Sender<Control>,
     board: Board,
 ) -> std::io::Result<ApiServer> {
     let app = Router::new()
         .route("/v1/messages", post(inject))
         .route("/v1/messages/{id}", get(message))
         .route("/v1/queues", get(queues))
+        .route("/v1/queues/{domain}/{action}", post(queue_command))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Api { spool, to_manager, board });
+        .with_state(Api { spool, to_manager, control, board });
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

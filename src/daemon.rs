@@ -83,6 +83,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
 
     let (acc_tx, acc_rx) = crossbeam_channel::unbounded();
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let mcfg = ManagerConfig {
         retry: RetryPolicy {
             initial: cfg.retry.initial,
@@ -100,7 +101,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let manager = std::thread::Builder::new()
         .name("mxpipe-queue".into())
         .spawn(move || {
-            let inputs = manager::Inputs { outcomes, accepted: acc_rx, stop: stop_rx };
+            let inputs = manager::Inputs { outcomes, accepted: acc_rx, control: ctl_rx, stop: stop_rx };
             manager::run(mcfg, mspool, engine, recovered, inputs, mboard)
         })
         .map_err(|e| format!("cannot start the queue manager: {e}"))?;
@@ -121,7 +122,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     sc.acceptor = Some(AcceptorRef(Arc::new(SpoolAcceptor { spool: spool.clone(), to_manager: acc_tx.clone(), board: board.clone() })));
     sc.allowed_clients = Some(inject.allowed_networks.clone());
     let sink = Sink::start(sc).await.map_err(|e| format!("cannot start the injection listener: {e}"))?;
-    let api = crate::api::start(cfg.inject.http.listen, spool.clone(), acc_tx, board)
+    let api = crate::api::start(cfg.inject.http.listen, spool.clone(), acc_tx, ctl_tx, board)
         .await
         .map_err(|e| format!("cannot start the HTTP API on {}: {e}", cfg.inject.http.listen))?;
     println!(

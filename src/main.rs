@@ -29,9 +29,44 @@ enum Cmd {
     /// Deliver a generated burst to an in-process DNS server and sink on many loopback
     /// addresses: the whole engine, with nothing installed.
     Demo(DemoArgs),
-    /// Run the delivery service: SMTP injection into a durable spool, delivery with retries
-    /// and bounces (work in progress: no HTTP API or metrics yet).
+    /// Run the delivery service: SMTP and HTTP injection into a durable spool, delivery with
+    /// retries, limits and bounces, a delivery log and metrics.
     Serve(ServeArgs),
+    /// Show and steer a running `serve`'s queues: list, suspend, resume, bounce a destination.
+    Queue(QueueArgs),
+}
+
+#[derive(Args)]
+struct QueueArgs {
+    /// The daemon's HTTP API address (default: `inject.http.listen` of --config, else
+    /// 127.0.0.1:8025).
+    #[arg(long, value_name = "ADDR:PORT", global = true)]
+    api: Option<std::net::SocketAddr>,
+    /// The daemon's configuration, to find its HTTP API.
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// Print the API's JSON answer instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: QueueSub,
+}
+
+#[derive(Subcommand)]
+enum QueueSub {
+    /// Recipients waiting per destination domain, next attempts, suspensions.
+    List,
+    /// Hold a destination's recipients (those already sending finish their attempt).
+    Suspend {
+        domain: String,
+        /// How long: "30m", "2h" (at most 24h).
+        #[arg(long = "for", value_name = "DURATION", default_value = "1h")]
+        duration: String,
+    },
+    /// Lift a suspension (the operator's or the daemon's own after a 421) and try now.
+    Resume { domain: String },
+    /// Give up on every recipient waiting for a destination: bounced with a DSN to each sender.
+    Bounce { domain: String },
 }
 
 #[derive(Args)]
@@ -278,6 +313,7 @@ fn main() -> ExitCode {
         Cmd::Send(args) => run_send(args),
         Cmd::Demo(args) => run_demo(args),
         Cmd::Serve(args) => run_serve(args),
+        Cmd::Queue(args) => run_queue(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -593,6 +629,27 @@ fn run_serve(a: ServeArgs) -> Result<(), String> {
     if m.spool_errors > 0 {
         return Err(format!("{} spool errors (see above); unfinished messages stay in the spool", m.spool_errors));
     }
+    Ok(())
+}
+
+fn run_queue(a: QueueArgs) -> Result<(), String> {
+    use mxpipe::queue::ctl::{self, QueueCmd};
+    let api = match (a.api, &a.config) {
+        (Some(addr), _) => addr,
+        (None, Some(path)) => mxpipe::config::Config::load(path).map_err(|e| e.to_string())?.inject.http.listen,
+        (None, None) => mxpipe::config::Config::default().inject.http.listen,
+    };
+    let cmd = match a.cmd {
+        QueueSub::List => QueueCmd::List,
+        QueueSub::Suspend { domain, duration } => {
+            // Checked here too, so a typo is reported without asking the daemon.
+            mxpipe::config::parse_duration(&duration).map_err(|e| format!("--for: {e}"))?;
+            QueueCmd::Suspend { domain, duration: Some(duration) }
+        }
+        QueueSub::Resume { domain } => QueueCmd::Resume { domain },
+        QueueSub::Bounce { domain } => QueueCmd::Bounce { domain },
+    };
+    println!("{}", ctl::run(api, &cmd, a.json)?);
     Ok(())
 }
 

@@ -157,6 +157,11 @@ impl Board {
         self.lock().suspended.insert(domain.to_string(), when);
     }
 
+    /// A destination's suspension was lifted.
+    pub fn resumed(&self, domain: &str) {
+        self.lock().suspended.remove(domain);
+    }
+
     /// Publish the manager's counters (the engine's part only when `with_engine`: reading
     /// it costs a system call, so the manager refreshes it at most once a second).
     pub fn publish(&self, report: &ManagerReport, with_engine: bool) {

@@ -49,6 +49,30 @@ pub struct Accepted {
     pub data: Arc<[u8]>,
 }
 
+/// An operator's command about one destination domain (`mxpipe queue`, the HTTP API).
+#[derive(Debug)]
+pub enum Control {
+    /// Hold its recipients (those already with the engine finish their attempt) for a while.
+    Suspend { domain: String, duration: std::time::Duration, reply: tokio::sync::oneshot::Sender<ControlReply> },
+    /// Lift a suspension (the operator's or the daemon's own) and try its recipients now.
+    Resume { domain: String, reply: tokio::sync::oneshot::Sender<ControlReply> },
+    /// Give up on every recipient waiting for it: bounced with a DSN to each sender.
+    /// Recipients with the engine at that moment are bounced unless that attempt delivers them.
+    Bounce { domain: String, reply: tokio::sync::oneshot::Sender<ControlReply> },
+}
+
+/// What a [`Control`] command did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ControlReply {
+    pub domain: String,
+    /// Recipients waiting for the domain (for `bounce`: bounced now).
+    pub recipients: u64,
+    /// Of those, how many were with the engine (their attempt finishes first).
+    pub in_flight: u64,
+    /// The suspension in force afterwards (Unix seconds), if any.
+    pub suspended_until: Option<f64>,
+}
+
 /// Counters at the end of a run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ManagerReport {
@@ -58,6 +82,8 @@ pub struct ManagerReport {
     pub deferred_attempts: u64,
     pub bounced: u64,
     pub expired: u64,
+    /// Recipients bounced by an operator's `bounce` command.
+    pub bounced_by_operator: u64,
     pub dsns: u64,
     /// Messages still unfinished at shutdown (they stay in the spool for the next start).
     pub unfinished: u64,
@@ -72,6 +98,8 @@ struct Entry {
     data: Arc<[u8]>,
     /// Recipients without a final outcome.
     pending: Vec<String>,
+    /// Of `pending`, those with the engine in the round in progress.
+    sent: Vec<String>,
     /// Outcomes still expected for the round in progress (0: waiting for a timer).
     in_flight: usize,
     /// Rounds that ended with something deferred.
@@ -88,11 +116,12 @@ struct Entry {
 pub struct Inputs {
     pub outcomes: Receiver<Outcome>,
     pub accepted: Receiver<Accepted>,
+    pub control: Receiver<Control>,
     pub stop: Receiver<()>,
 }
 
 pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec<Stored>, inputs: Inputs, board: Board) -> ManagerReport {
-    let Inputs { outcomes, accepted, stop } = inputs;
+    let Inputs { outcomes, accepted, control, stop } = inputs;
     let log = match &cfg.delivery_log {
         Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
             Ok(f) => Some(std::io::BufWriter::new(f)),
@@ -115,6 +144,7 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
         board,
         totals_at: Instant::now(),
         dests: Destinations::new(DestinationOptions::default()),
+        doomed: std::collections::HashSet::new(),
     };
     m.report.recovered = recovered.len() as u64;
     for s in recovered {
@@ -125,6 +155,7 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
         let mut sel = Select::new();
         let i_out = sel.recv(&outcomes);
         let i_acc = sel.recv(&accepted);
+        let i_ctl = sel.recv(&control);
         let i_stop = sel.recv(&stop);
         let op = match wait {
             Some(w) => sel.select_timeout(w).ok(),
@@ -142,6 +173,10 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
             }
             Some(op) if op.index() == i_acc => match op.recv(&accepted) {
                 Ok(a) => m.accept(a),
+                Err(_) => break,
+            },
+            Some(op) if op.index() == i_ctl => match op.recv(&control) {
+                Ok(c) => m.control(c),
                 Err(_) => break,
             },
             Some(op) => {
@@ -186,6 +221,20 @@ struct Manager {
     totals_at: Instant,
     /// Per destination domain: suspension after a 421 or a rate-limit reply.
     dests: Destinations,
+    /// Recipients an operator bounced while they were with the engine: bounced when that
+    /// attempt comes back undelivered.
+    doomed: std::collections::HashSet<(MsgId, String)>,
+}
+
+/// Whether `rcpt` is at `domain` (lower-case, no trailing dot).
+fn domain_is(rcpt: &str, domain: &str) -> bool {
+    rcpt.rsplit_once('@').is_some_and(|(_, d)| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
+}
+
+/// An `Instant` as Unix seconds.
+fn unix_at(at: Instant) -> f64 {
+    let t = SystemTime::now() + at.saturating_duration_since(Instant::now());
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
 /// The domain of an address, lower-cased ("" if it has none).
@@ -257,6 +306,7 @@ impl Manager {
             return;
         }
         e.in_flight = to.len();
+        e.sent.clone_from(&to);
         let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone() };
         if let Some(engine) = &self.engine {
             // On error every recipient has already been given a (deferred) outcome.
@@ -329,8 +379,14 @@ impl Manager {
         }
     }
 
-    fn outcome(&mut self, o: Outcome) {
+    fn outcome(&mut self, mut o: Outcome) {
         let Ok(id) = o.id.parse::<MsgId>() else { return };
+        if !self.doomed.is_empty() && self.doomed.remove(&(id, o.rcpt.clone())) && o.status == Status::Deferred {
+            o.status = Status::Bounced;
+            o.reply = format!("mxpipe: bounced by the operator; last attempt: {}", o.reply);
+            o.enhanced = Some("5.0.0".into());
+            self.report.bounced_by_operator += 1;
+        }
         let fin = match o.status {
             Status::Delivered => {
                 self.report.delivered += 1;
@@ -354,6 +410,7 @@ impl Manager {
         }
         let Some(e) = self.entries.get_mut(&id) else { return };
         e.in_flight = e.in_flight.saturating_sub(1);
+        e.sent.retain(|r| *r != o.rcpt);
         e.last_reply.insert(o.rcpt.clone(), (o.reply.clone(), o.enhanced.clone(), o.mx.clone()));
         if fin.is_some() {
             e.pending.retain(|r| *r != o.rcpt);
@@ -431,6 +488,114 @@ impl Manager {
         }
     }
 
+    fn control(&mut self, c: Control) {
+        let now = Instant::now();
+        match c {
+            Control::Suspend { domain, duration, reply } => {
+                let domain = crate::policy::normalize(&domain).into_owned();
+                let until = self.dests.suspend(&domain, now + duration, now);
+                if let Some(until) = until {
+                    self.board.suspended(&domain, until);
+                }
+                let mut r = self.waiting_for(&domain);
+                r.suspended_until = until.map(unix_at);
+                let _ = reply.send(r);
+            }
+            Control::Resume { domain, reply } => {
+                let domain = crate::policy::normalize(&domain).into_owned();
+                self.dests.resume(&domain, now);
+                self.board.resumed(&domain);
+                let r = self.waiting_for(&domain);
+                // Their next round now: those held only by the suspension go at once.
+                let ids: Vec<MsgId> = self.entries.iter().filter(|(_, e)| e.pending.iter().any(|p| domain_is(p, &domain))).map(|(id, _)| *id).collect();
+                for id in ids {
+                    self.submit(id);
+                }
+                let _ = reply.send(r);
+            }
+            Control::Bounce { domain, reply } => {
+                let domain = crate::policy::normalize(&domain).into_owned();
+                let r = self.waiting_for(&domain);
+                let ids: Vec<MsgId> = self.entries.iter().filter(|(_, e)| e.pending.iter().any(|p| domain_is(p, &domain))).map(|(id, _)| *id).collect();
+                for id in ids {
+                    self.bounce_now(id, &domain);
+                }
+                let _ = reply.send(r);
+            }
+        }
+        self.publish(false);
+    }
+
+    /// Recipients waiting for `domain`, and how many of them are with the engine.
+    fn waiting_for(&self, domain: &str) -> ControlReply {
+        let mut r = ControlReply { domain: domain.to_string(), ..ControlReply::default() };
+        for e in self.entries.values() {
+            for p in e.pending.iter().filter(|p| domain_is(p, domain)) {
+                r.recipients += 1;
+                if e.sent.contains(p) {
+                    r.in_flight += 1;
+                }
+            }
+        }
+        r.suspended_until = self.dests.is_suspended(domain, Instant::now()).map(unix_at);
+        r
+    }
+
+    /// Bounce the recipients of `id` at `domain` (an operator's command): those with the
+    /// engine when their attempt comes back undelivered, the others now, with a DSN.
+    fn bounce_now(&mut self, id: MsgId, domain: &str) {
+        let Some(e) = self.entries.get_mut(&id) else { return };
+        let mut now_bounced = Vec::new();
+        for p in e.pending.iter().filter(|p| domain_is(p, domain)) {
+            if e.sent.contains(p) {
+                self.doomed.insert((id, p.clone()));
+            } else {
+                now_bounced.push(p.clone());
+            }
+        }
+        if now_bounced.is_empty() {
+            return;
+        }
+        e.pending.retain(|p| !now_bounced.contains(p));
+        let mut records = Vec::with_capacity(now_bounced.len());
+        for rcpt in now_bounced {
+            let (last, _, mx) = e.last_reply.get(&rcpt).cloned().unwrap_or_default();
+            let reason = if last.is_empty() { "bounced by the operator".to_string() } else { format!("bounced by the operator; last attempt: {last}") };
+            let o = Outcome::local(&id.to_string(), &rcpt, Status::Bounced, "5.0.0", reason);
+            e.bounced.push(FailedRcpt {
+                rcpt,
+                action: Action::Failed,
+                status: "5.0.0".into(),
+                remote_mta: mx,
+                diagnostic: Some(o.reply.clone()),
+                last_attempt: Some(SystemTime::now()),
+            });
+            records.push(o);
+        }
+        for o in records {
+            self.board.attempt(id, &o);
+            self.log(id, &o);
+            let attempt = Attempt { at: SystemTime::now(), rcpt: o.rcpt, status: "bounced".into(), reply: o.reply };
+            if self.spool.record_attempt(id, attempt, Some(FinalStatus::Bounced)).is_err() {
+                self.report.spool_errors += 1;
+            }
+            self.report.bounced_by_operator += 1;
+        }
+        let e = self.entries.get_mut(&id).expect("entry present");
+        if e.in_flight == 0 {
+            // Between rounds: send the DSN and finish now (a round in progress does it at its end).
+            let bounced = std::mem::take(&mut e.bounced);
+            let done = e.pending.is_empty();
+            if !bounced.is_empty() {
+                self.send_dsn(id, bounced);
+            }
+            if done {
+                self.entries.remove(&id);
+                self.board.finished(id);
+            }
+        }
+    }
+
     /// Spool and send a DSN to the sender of `id` for `rcpts` (none for the null sender).
     fn send_dsn(&mut self, id: MsgId, rcpts: Vec<FailedRcpt>) {
         let Some(e) = self.entries.get(&id) else { return };
@@ -462,6 +627,6 @@ impl Manager {
 
 impl Entry {
     fn new(from: String, data: Arc<[u8]>, pending: Vec<String>, rounds: u32, first: Instant, received_at: SystemTime) -> Entry {
-        Entry { from, data, pending, in_flight: 0, rounds, first, received_at, last_reply: HashMap::new(), bounced: Vec::new() }
+        Entry { from, data, pending, sent: Vec::new(), in_flight: 0, rounds, first, received_at, last_reply: HashMap::new(), bounced: Vec::new() }
     }
 }

@@ -4,8 +4,10 @@
 //!   restart gives back every unfinished message with its attempt history.
 //! - [`board`]: what the manager shows observers (HTTP API, metrics).
 //! - [`manager`]: between acceptance and the last final outcome: submission to the engine,
-//!   attempts recorded, retries on a timer, expiry, bounces (DSNs).
+//!   attempts recorded, retries on a timer, expiry, bounces (DSNs), operator commands.
+//! - [`ctl`]: `mxpipe queue`, the operator's client of those commands.
 
 pub mod board;
+pub mod ctl;
 pub mod manager;
 pub mod spool;
