@@ -324,14 +324,26 @@ impl Default for SmtpInjectSection {
     }
 }
 
-/// `[inject.smtp.auth]`: AUTH PLAIN for clients outside `allowed_networks`.
+/// `[inject.smtp.auth]`: AUTH PLAIN (RFC 4954, RFC 4616) for clients outside
+/// `allowed_networks`. With a users file, such a client may connect, EHLO, STARTTLS and AUTH;
+/// MAIL gets `530 5.7.0` until it has authenticated. A failed AUTH is answered `535 5.7.8`
+/// after a one-second pause; the third on a connection gets `421 4.7.0` and the connection is
+/// closed. Clients from `allowed_networks` need no AUTH.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SmtpAuthSection {
-    /// File of the users allowed to AUTH. Unset: AUTH is not offered. Default unset.
+    /// File of the users allowed to AUTH, read at start (`serve` refuses to start if it is
+    /// unreadable or has a bad line). One user a line,
+    /// `name:pbkdf2-sha256:ITERATIONS:SALT:HASH` (salt and hash base64); `#` comments and blank
+    /// lines are ignored. `mxpipe passwd NAME` reads a password on standard input and prints
+    /// the line: no password is stored, only a salted PBKDF2-HMAC-SHA256 of it.
+    /// Unset: AUTH is not offered, and clients outside `allowed_networks` are refused at the
+    /// greeting with 554 5.7.1. Default unset.
     pub users_file: Option<PathBuf>,
-    /// Offer AUTH only after STARTTLS, so that passwords never cross the network in clear.
-    /// May be false only when `listen` is a loopback address. Default true.
+    /// Offer AUTH only after STARTTLS, so that passwords never cross the network in clear:
+    /// before it, `AUTH PLAIN` is not advertised and an AUTH command gets `538 5.7.11`
+    /// (RFC 4954 §6, "encryption required"). May be false only when `listen` is a loopback
+    /// address. Default true.
     pub require_starttls: bool,
 }
 

@@ -2,14 +2,17 @@
 //!
 //! Injection (SMTP, the sink's server session with the spool as its acceptor) → spool
 //! (acknowledged only once durable) → queue manager (its own thread: submission to the engine,
-//! attempts recorded, retries, expiry, bounces) → engine. On stop: injection stops accepting
-//! and finishes its open sessions, the engine finishes what it holds, the spool is flushed;
-//! anything unfinished is delivered after the next start.
+//! attempts recorded, retries, expiry, bounces, suspensions) → engine (with the `[[domain]]`
+//! connection and rate limits). On stop: injection stops accepting and finishes its open
+//! sessions, the engine finishes the transactions under way and gives back what it has not
+//! started within a grace period, the spool is flushed; anything unfinished is delivered after
+//! the next start.
 //!
-//! The HTTP API ([`crate::api`]) injects too, and shows messages, queues and metrics.
+//! The HTTP API ([`crate::api`]) injects too, shows messages, queues and metrics, and takes
+//! the operator's commands (`mxpipe queue`).
 //!
-//! Not yet (issue 4): AUTH on the injection listener, `mxpipe queue` commands, suspension and
-//! rate limits per destination.
+//! A client outside `[inject.smtp] allowed_networks` is refused at the greeting, unless
+//! `[inject.smtp.auth] users_file` is set: then it must AUTH PLAIN ([`crate::auth`]) before MAIL.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -22,7 +25,7 @@ use crate::queue::board::Board;
 use crate::queue::manager::{self, Accepted, ManagerConfig, ManagerReport};
 use crate::queue::spool::{Spool, SpoolConfig};
 use crate::schedule::RetryPolicy;
-use crate::sink::{Acceptor, AcceptorRef, PortKind, Sink, SinkConfig};
+use crate::sink::{Acceptor, AcceptorRef, PortKind, Sink, SinkAuth, SinkConfig};
 use crate::tls;
 
 /// What `serve` did.
@@ -68,6 +71,16 @@ impl Acceptor for SpoolAcceptor {
 /// Run the daemon on the current tokio runtime until `stop` completes.
 pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeReport, String> {
     let engine_cfg = cfg.engine_config().map_err(|e| e.to_string())?;
+    // Before anything starts: a bad users file stops the daemon with the file and line.
+    let auth = match &cfg.inject.smtp.auth.users_file {
+        Some(path) => {
+            let users = crate::auth::Users::load(path).map_err(|e| format!("inject.smtp.auth.users_file: {e}"))?;
+            let mut a = SinkAuth::new(Arc::new(users));
+            a.require_tls = cfg.inject.smtp.auth.require_starttls;
+            Some(a)
+        }
+        None => None,
+    };
     let mut spool_cfg = SpoolConfig::new(cfg.spool.dir.clone());
     spool_cfg.max_batch = cfg.spool.max_batch;
     spool_cfg.max_delay = cfg.spool.max_delay;
@@ -121,6 +134,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     sc.hostname = cfg.engine.ehlo_name.clone();
     sc.acceptor = Some(AcceptorRef(Arc::new(SpoolAcceptor { spool: spool.clone(), to_manager: acc_tx.clone(), board: board.clone() })));
     sc.allowed_clients = Some(inject.allowed_networks.clone());
+    sc.auth = auth;
     let sink = Sink::start(sc).await.map_err(|e| format!("cannot start the injection listener: {e}"))?;
     let api = crate::api::start(cfg.inject.http.listen, spool.clone(), acc_tx, ctl_tx, board)
         .await

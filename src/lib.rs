@@ -7,6 +7,7 @@
 //! Modules:
 //! - [`resolve`]: MX resolution over hickory with our own TTL-bound, single-flight cache.
 //! - [`api`]: the daemon's HTTP API (inject, message state, queues, Prometheus metrics).
+//! - [`auth`]: (daemon) SMTP AUTH on injection: the users file (PBKDF2), SASL PLAIN.
 //! - [`daemon`]: `mxpipe serve`: injection, spool, queue manager and engine together.
 //! - [`config`]: the daemon's TOML configuration (`mxpipe.example.toml` documents it).
 //! - [`dsn`]: RFC 3464 delivery status notifications (bounces) for the daemon.
@@ -20,6 +21,7 @@
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod demo;

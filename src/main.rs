@@ -32,6 +32,16 @@ enum Cmd {
     /// Run the delivery service: SMTP and HTTP injection into a durable spool, delivery with
     /// retries, limits and bounces, a delivery log and metrics.
     Serve(ServeArgs),
+    /// Print a users-file line for `[inject.smtp.auth] users_file`: reads the password as one
+    /// line from standard input (not echoed on a terminal), stores only a salted
+    /// PBKDF2-SHA256 of it. Example: `mxpipe passwd alice >> /etc/mxpipe/users`.
+    Passwd {
+        /// The user name clients will AUTH as (no spaces or ':').
+        user: String,
+        /// PBKDF2 iterations: more is slower for an attacker and for every AUTH.
+        #[arg(long, value_name = "N", default_value_t = mxpipe::auth::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
     /// Show and steer a running `serve`'s queues: list, suspend, resume, bounce a destination.
     Queue(QueueArgs),
 }
@@ -314,6 +324,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => run_demo(args),
         Cmd::Serve(args) => run_serve(args),
         Cmd::Queue(args) => run_queue(args),
+        Cmd::Passwd { user, iterations } => mxpipe::auth::passwd(&user, iterations, std::io::stdin().lock()).map(|line| println!("{line}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

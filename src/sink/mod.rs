@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 pub use session::MAX_COMMAND_LINE;
 pub use stats::{FaultStats, PortStats, StatsSnapshot};
 
-use session::{Exit, Session};
+use session::{AuthGate, Exit, Session};
 use stats::{inc, Stats};
 
 /// Which kind of port a listener is.
@@ -135,9 +135,32 @@ pub struct SinkConfig {
     pub backlog: u32,
     /// Hand accepted messages to this instead of counting and discarding them.
     pub acceptor: Option<AcceptorRef>,
-    /// Only clients from these networks may connect; others get 554 5.7.1 and are closed.
-    /// `None`: everyone (a test sink).
+    /// Only clients from these networks may send without AUTH. Others get 554 5.7.1 and are
+    /// closed, or, with `auth` set, must AUTH before MAIL. `None`: everyone (a test sink).
     pub allowed_clients: Option<Vec<crate::config::Cidr>>,
+    /// AUTH PLAIN (the daemon's injection listener). `None`: no AUTH, and nothing on the
+    /// session's hot path looks further than this.
+    pub auth: Option<SinkAuth>,
+}
+
+/// AUTH PLAIN on a listener (RFC 4954, RFC 4616).
+#[derive(Debug, Clone)]
+pub struct SinkAuth {
+    pub users: Arc<crate::auth::Users>,
+    /// Offer and accept AUTH only over TLS; before STARTTLS, AUTH gets 538 5.7.11.
+    pub require_tls: bool,
+    /// Wait before answering a failed AUTH, to slow password guessing (the session waits,
+    /// nothing else does).
+    pub failure_delay: Duration,
+    /// Failed AUTHs on one connection before it is closed with 421 4.7.0.
+    pub max_failures: u32,
+}
+
+impl SinkAuth {
+    /// One second before each failure reply, three failures per connection.
+    pub fn new(users: Arc<crate::auth::Users>) -> SinkAuth {
+        SinkAuth { users, require_tls: true, failure_delay: Duration::from_secs(1), max_failures: 3 }
+    }
 }
 
 impl SinkConfig {
@@ -162,6 +185,7 @@ impl SinkConfig {
             backlog: 4096,
             acceptor: None,
             allowed_clients: None,
+            auth: None,
         }
     }
 }
@@ -325,18 +349,23 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tracker: TaskTracker,
         };
         inc(&ctx.stats.port(ctx.port).connections);
         let ctx = ctx.clone();
+        // An outsider may stay only to AUTH (never an open relay).
+        let mut must_auth = false;
         if let Some(allowed) = &ctx.cfg.allowed_clients {
             if !allowed.iter().any(|n| n.contains(peer.ip())) {
-                inc(&ctx.stats.rejected_clients);
-                tracker.spawn(refuse_client(tcp, ctx));
-                continue;
+                if ctx.cfg.auth.is_none() {
+                    inc(&ctx.stats.rejected_clients);
+                    tracker.spawn(refuse_client(tcp, ctx));
+                    continue;
+                }
+                must_auth = true;
             }
         }
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
                 tracker.spawn(async move {
                     ctx.stats.sessions_active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    serve(tcp, &ctx).await;
+                    serve(tcp, &ctx, must_auth).await;
                     ctx.stats.sessions_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     drop(permit);
                 });
@@ -366,13 +395,15 @@ async fn refuse_client(mut tcp: TcpStream, ctx: Arc<Ctx>) {
     }
 }
 
-/// Serve one connection to its end.
-async fn serve(tcp: TcpStream, ctx: &Ctx) {
+/// Serve one connection to its end. `must_auth`: a client outside `allowed_clients`, which
+/// must AUTH before MAIL.
+async fn serve(tcp: TcpStream, ctx: &Ctx, must_auth: bool) {
     let _ = tcp.set_nodelay(true);
+    let gate = AuthGate { required: must_auth, failures: 0 };
     let exit = match ctx.port {
         PortKind::Implicit => match handshake(tcp, ctx).await {
             Some(mut tls) => {
-                let exit = Session::new(&mut tls, ctx, true).run(true).await;
+                let exit = Session::new(&mut tls, ctx, true, gate).run(true).await;
                 close(&mut tls, exit).await;
                 exit
             }
@@ -380,14 +411,19 @@ async fn serve(tcp: TcpStream, ctx: &Ctx) {
         },
         PortKind::StartTls => {
             let mut tcp = tcp;
-            let exit = Session::new(&mut tcp, ctx, false).run(true).await;
+            let (exit, gate) = {
+                let mut s = Session::new(&mut tcp, ctx, false, gate);
+                (s.run(true).await, s.auth_gate())
+            };
             if exit != Exit::StartTls {
                 close(&mut tcp, exit).await;
                 exit
             } else {
                 match handshake(tcp, ctx).await {
                     Some(mut tls) => {
-                        let exit = Session::new(&mut tls, ctx, true).run(false).await;
+                        // A fresh session (RFC 3207: forget what the client said in clear), but
+                        // failed AUTHs count for the whole connection.
+                        let exit = Session::new(&mut tls, ctx, true, gate).run(false).await;
                         close(&mut tls, exit).await;
                         exit
                     }

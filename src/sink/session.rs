@@ -47,6 +47,16 @@ pub(super) enum Exit {
     Io,
 }
 
+/// What a connection must do about AUTH, carried from the clear half of a session to the TLS
+/// half.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct AuthGate {
+    /// A client outside the allowed networks: MAIL gets 530 until it has authenticated.
+    pub required: bool,
+    /// Failed AUTH attempts on this connection so far.
+    pub failures: u32,
+}
+
 /// Message ids unique within the process, for "queued as" replies and file names.
 static MESSAGE_SEQ: AtomicU64 = AtomicU64::new(1);
 
@@ -95,6 +105,9 @@ pub(super) struct Session<'a, S> {
     txn: Option<Txn>,
     bad: u32,
     rng: fastrand::Rng,
+    gate: AuthGate,
+    /// AUTH succeeded in this session.
+    authenticated: bool,
 }
 
 enum Line {
@@ -104,7 +117,7 @@ enum Line {
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
-    pub fn new(io: &'a mut S, ctx: &'a Ctx, tls: bool) -> Self {
+    pub fn new(io: &'a mut S, ctx: &'a Ctx, tls: bool, gate: AuthGate) -> Self {
         Session {
             io,
             ctx,
@@ -117,7 +130,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             txn: None,
             bad: 0,
             rng: fastrand::Rng::new(),
+            gate,
+            authenticated: false,
         }
+    }
+
+    /// What the next session on this connection (after STARTTLS) must know about AUTH.
+    pub fn auth_gate(&self) -> AuthGate {
+        self.gate
     }
 
     /// Run the session until it ends. `banner`: send the 220 greeting first (not after
@@ -338,6 +358,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 self.reply("221 2.0.0 Bye\r\n").await;
                 return Some(Exit::Quit);
             }
+            b"AUTH" if self.ctx.cfg.auth.is_some() => return self.auth(arg).await,
             b"VRFY" => self.reply("252 2.5.0 Cannot VRFY user, but will accept message\r\n").await,
             b"HELP" => self.reply("214 2.0.0 mxpipe sink: see RFC 5321\r\n").await,
             _ => return self.bad_command("500 5.5.1 Command unrecognized\r\n").await,
@@ -358,6 +379,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         if before_tls && cfg.starttls {
             lines.push("STARTTLS".to_string());
         }
+        if cfg.auth.as_ref().is_some_and(|a| self.tls || !a.require_tls) {
+            lines.push("AUTH PLAIN".to_string());
+        }
         let mut s = String::with_capacity(160);
         for (i, l) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
@@ -375,6 +399,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         }
         if self.txn.is_some() {
             return self.bad_command("503 5.5.1 Nested MAIL command\r\n").await;
+        }
+        if self.gate.required && !self.authenticated {
+            return self.bad_command("530 5.7.0 Authentication required\r\n").await;
         }
         let Some((path, params)) = parse_path(arg, b"FROM:") else {
             return self.bad_command("501 5.5.4 Syntax: MAIL FROM:<address>\r\n").await;
@@ -396,6 +423,91 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         self.txn = Some(Txn { from: path.to_vec(), rcpts: Vec::new(), drop, bdat: None });
         self.reply("250 2.1.0 Ok\r\n").await;
         None
+    }
+
+    /// AUTH PLAIN (RFC 4954, RFC 4616), with an initial response or after a `334`.
+    async fn auth(&mut self, arg: &[u8]) -> Option<Exit> {
+        let auth = self.ctx.cfg.auth.clone()?;
+        if !self.helo {
+            return self.bad_command("503 5.5.1 Send EHLO first\r\n").await;
+        }
+        if self.authenticated {
+            return self.bad_command("503 5.5.1 Already authenticated\r\n").await;
+        }
+        if self.txn.is_some() {
+            return self.bad_command("503 5.5.1 AUTH not allowed during a mail transaction\r\n").await;
+        }
+        if !self.tls && auth.require_tls {
+            return self.bad_command("538 5.7.11 Encryption required for requested authentication mechanism\r\n").await;
+        }
+        let mut words = arg.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let (Some(mechanism), initial, None) = (words.next(), words.next(), words.next()) else {
+            return self.bad_command("501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n").await;
+        };
+        if !mechanism.eq_ignore_ascii_case(b"PLAIN") {
+            return self.bad_command("504 5.5.4 Unrecognized authentication type\r\n").await;
+        }
+        let response = match initial {
+            Some(r) => r.to_vec(),
+            None => {
+                self.reply("334 \r\n").await;
+                match self.auth_response().await {
+                    Ok(Some(r)) if r == b"*" => {
+                        self.reply("501 5.7.0 Authentication cancelled\r\n").await;
+                        return None;
+                    }
+                    Ok(Some(r)) => r,
+                    Ok(None) => return None,
+                    Err(exit) => return Some(exit),
+                }
+            }
+        };
+        let creds = match crate::auth::decode_plain(&response) {
+            Ok(c) => c,
+            Err(crate::auth::PlainError::Base64) => {
+                return self.bad_command("501 5.5.2 Cannot decode response\r\n").await;
+            }
+            Err(crate::auth::PlainError::Malformed) => {
+                return self.bad_command("501 5.5.2 Malformed PLAIN response\r\n").await;
+            }
+        };
+        let ok = match creds.user() {
+            Some(user) => auth.users.check(user.to_string(), creds.password).await,
+            None => false,
+        };
+        if ok {
+            self.authenticated = true;
+            self.bad = 0;
+            self.reply("235 2.7.0 Authentication successful\r\n").await;
+            return None;
+        }
+        self.gate.failures += 1;
+        // Only this session waits: other sessions and the runtime carry on.
+        tokio::time::sleep(auth.failure_delay).await;
+        if self.gate.failures >= auth.max_failures {
+            let host = &self.ctx.cfg.hostname;
+            let text = format!("421 4.7.0 {host} Too many failed authentication attempts, closing connection\r\n");
+            self.reply(&text).await;
+            return Some(Exit::Protocol);
+        }
+        self.reply("535 5.7.8 Authentication credentials invalid\r\n").await;
+        None
+    }
+
+    /// The client's line after a `334`. `Ok(None)`: it was refused (reply queued).
+    async fn auth_response(&mut self) -> Result<Option<Vec<u8>>, Exit> {
+        loop {
+            match self.take_line() {
+                Line::Command(start, end) => return Ok(Some(self.rbuf[start..end].to_vec())),
+                Line::TooLong => {
+                    return match self.bad_command("500 5.5.6 Authentication exchange line is too long\r\n").await {
+                        Some(exit) => Err(exit),
+                        None => Ok(None),
+                    };
+                }
+                Line::Incomplete => self.fill(true).await?,
+            }
+        }
     }
 
     async fn rcpt(&mut self, arg: &[u8]) -> Option<Exit> {

@@ -42,6 +42,13 @@ pub fn client_tls(pki: &GeneratedPki) -> Arc<rustls::ClientConfig> {
     tls::client_config(&opts, None).unwrap()
 }
 
+/// A client config that encrypts without verifying (a server with a generated self-signed
+/// certificate, like `mxpipe serve` without `[inject.smtp.tls]`).
+pub fn client_tls_unverified() -> Arc<rustls::ClientConfig> {
+    let opts = ClientOptions { verify: Verify::None, kx: Kx::X25519, resumption: ClientResumption::Off, tls12_only: false };
+    tls::client_config(&opts, None).unwrap()
+}
+
 pub struct Client<S> {
     pub io: S,
     buf: Vec<u8>,
@@ -50,6 +57,14 @@ pub struct Client<S> {
 impl Client<TcpStream> {
     pub async fn connect(addr: std::net::SocketAddr) -> Self {
         Client { io: TcpStream::connect(addr).await.unwrap(), buf: Vec::new() }
+    }
+
+    /// Connect from a chosen local address (e.g. one of 127/8, to be inside or outside a
+    /// server's allowed networks).
+    pub async fn connect_from(addr: std::net::SocketAddr, from: std::net::IpAddr) -> Self {
+        let sock = if from.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.unwrap();
+        sock.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+        Client { io: sock.connect(addr).await.unwrap(), buf: Vec::new() }
     }
 
     /// Upgrade after a `220` to STARTTLS (or straight away, for implicit TLS).

@@ -1,0 +1,403 @@
+//! SMTP AUTH for the daemon's injection listener: the users file, password verification and
+//! the SASL PLAIN message (RFC 4616).
+//!
+//! The users file never holds a password, only a salted PBKDF2-HMAC-SHA256 of it, one user a
+//! line: `name:pbkdf2-sha256:<iterations>:<salt base64>:<hash base64>` (`mxpipe passwd NAME`
+//! prints such a line). Blank lines and lines starting with `#` are ignored. The crypto is
+//! aws-lc-rs, the library rustls already uses; the comparison is constant-time.
+//!
+//! This module knows nothing of SMTP replies or sockets: the sink's session (`sink::session`)
+//! runs the AUTH dialogue and asks [`Users::check`] and [`decode_plain`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::BufRead;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aws_lc_rs::pbkdf2;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
+/// The one hashing scheme of the users file, named in each line so another can be added.
+pub const SCHEME: &str = "pbkdf2-sha256";
+/// Iterations `mxpipe passwd` uses unless told otherwise (OWASP's 2023 advice for
+/// PBKDF2-HMAC-SHA256). Each AUTH costs this much CPU, on a blocking thread.
+pub const DEFAULT_ITERATIONS: u32 = 600_000;
+/// Fewer iterations than this make a stolen file cheap to attack: refused.
+pub const MIN_ITERATIONS: u32 = 10_000;
+/// More than this would make one AUTH take many seconds of CPU: refused.
+pub const MAX_ITERATIONS: u32 = 10_000_000;
+/// Longest user name, authorization identity or password (RFC 4616 §2: 255 octets).
+pub const MAX_FIELD: usize = 255;
+const SALT_LEN: usize = 16;
+const HASH_LEN: usize = 32;
+/// Accepted salt and hash sizes in a users file (bytes).
+const MIN_BYTES: usize = 16;
+const MAX_BYTES: usize = 64;
+
+/// Why a users file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("cannot read the users file {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("users file {}, line {line}: {message}", path.display())]
+    Line { path: PathBuf, line: usize, message: String },
+}
+
+/// One user's stored hash.
+struct Entry {
+    iterations: NonZeroU32,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+/// The users allowed to AUTH, loaded once at start.
+pub struct Users {
+    users: HashMap<String, Entry>,
+    /// Checked for an unknown name, so that it costs as much as a known one: the time of a
+    /// failure does not tell whether the name exists.
+    dummy: Entry,
+    /// Verifications at once: each is a burst of CPU, and a flood of AUTH attempts must not
+    /// take every core from delivery.
+    slots: tokio::sync::Semaphore,
+}
+
+impl fmt::Debug for Users {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the hashes.
+        write!(f, "Users({} users)", self.users.len())
+    }
+}
+
+impl Users {
+    /// Read and parse a users file.
+    pub fn load(path: &Path) -> Result<Users, UsersError> {
+        let text = std::fs::read_to_string(path).map_err(|source| UsersError::Io { path: path.to_path_buf(), source })?;
+        Users::parse(&text, path)
+    }
+
+    /// Parse the text of a users file; `path` is only for error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Users, UsersError> {
+        let mut users = HashMap::new();
+        let mut first_line = HashMap::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |message: String| UsersError::Line { path: path.to_path_buf(), line: i + 1, message };
+            let (name, entry) = parse_line(line).map_err(err)?;
+            if let Some(first) = first_line.insert(name.clone(), i + 1) {
+                return Err(err(format!("user {name:?} again (first on line {first})")));
+            }
+            users.insert(name, entry);
+        }
+        let iterations = users.values().map(|e| e.iterations).max().unwrap_or(NonZeroU32::new(DEFAULT_ITERATIONS).unwrap_or(NonZeroU32::MIN));
+        let mut salt = vec![0u8; SALT_LEN];
+        // A fixed salt would do as well: the dummy only has to cost the same.
+        let _ = aws_lc_rs::rand::fill(&mut salt);
+        let dummy = Entry { iterations, salt, hash: vec![0u8; HASH_LEN] };
+        let slots = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Users { users, dummy, slots: tokio::sync::Semaphore::new(slots) })
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Whether `password` is `user`'s. Blocks for the PBKDF2 (tens to hundreds of ms): from
+    /// async code use [`Users::check`].
+    pub fn verify(&self, user: &str, password: &[u8]) -> bool {
+        let (entry, known) = match self.users.get(user) {
+            Some(e) => (e, true),
+            None => (&self.dummy, false),
+        };
+        let ok = pbkdf2::verify(pbkdf2::PBKDF2_HMAC_SHA256, entry.iterations, &entry.salt, password, &entry.hash).is_ok();
+        ok && known
+    }
+
+    /// [`Users::verify`] on a blocking thread, a few at a time, so sessions on the runtime's
+    /// threads keep running.
+    pub async fn check(self: &Arc<Self>, user: String, password: Vec<u8>) -> bool {
+        let Ok(_slot) = self.slots.acquire().await else { return false };
+        let users = self.clone();
+        tokio::task::spawn_blocking(move || users.verify(&user, &password)).await.unwrap_or(false)
+    }
+}
+
+fn parse_line(line: &str) -> Result<(String, Entry), String> {
+    let fields: Vec<&str> = line.split(':').collect();
+    let [name, scheme, iterations, salt, hash] = fields[..] else {
+        return Err(format!("expected name:{SCHEME}:ITERATIONS:SALT:HASH (5 fields separated by ':'), found {} fields", fields.len()));
+    };
+    check_name(name)?;
+    if scheme != SCHEME {
+        return Err(format!("unknown scheme {scheme:?} for user {name:?} (only {SCHEME:?})"));
+    }
+    let iterations = iterations
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (MIN_ITERATIONS..=MAX_ITERATIONS).contains(n))
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| format!("iterations {iterations:?} for user {name:?}: must be a number from {MIN_ITERATIONS} to {MAX_ITERATIONS}"))?;
+    let bytes = |what: &str, b64: &str| {
+        let v = B64.decode(b64).map_err(|e| format!("{what} of user {name:?} is not base64: {e}"))?;
+        if !(MIN_BYTES..=MAX_BYTES).contains(&v.len()) {
+            return Err(format!("{what} of user {name:?} is {} bytes; it must be {MIN_BYTES} to {MAX_BYTES}", v.len()));
+        }
+        Ok(v)
+    };
+    let salt = bytes("salt", salt)?;
+    let hash = bytes("hash", hash)?;
+    Ok((name.to_string(), Entry { iterations, salt, hash }))
+}
+
+/// A user name: what a client sends as its authentication identity, so printable and short.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty user name".into());
+    }
+    if name.len() > MAX_FIELD {
+        return Err(format!("user name longer than {MAX_FIELD} bytes"));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':') {
+        return Err(format!("user name {name:?} contains a space, a control character or ':'"));
+    }
+    Ok(())
+}
+
+/// The users-file line for `user` with `password`: a fresh random salt, PBKDF2-HMAC-SHA256.
+pub fn hash_line(user: &str, password: &str, iterations: u32) -> Result<String, String> {
+    check_name(user)?;
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    if password.len() > MAX_FIELD {
+        return Err(format!("password longer than {MAX_FIELD} bytes (RFC 4616 allows no more)"));
+    }
+    let iters = NonZeroU32::new(iterations)
+        .filter(|n| (MIN_ITERATIONS..=MAX_ITERATIONS).contains(&n.get()))
+        .ok_or_else(|| format!("iterations must be from {MIN_ITERATIONS} to {MAX_ITERATIONS}, not {iterations}"))?;
+    let mut salt = [0u8; SALT_LEN];
+    aws_lc_rs::rand::fill(&mut salt).map_err(|_| "no random numbers from the system".to_string())?;
+    let mut hash = [0u8; HASH_LEN];
+    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iters, &salt, password.as_bytes(), &mut hash);
+    Ok(format!("{user}:{SCHEME}:{iterations}:{}:{}", B64.encode(salt), B64.encode(hash)))
+}
+
+/// `mxpipe passwd`: read one line (the password) from `input` and return the users-file
+/// line. On a terminal the password is not echoed.
+pub fn passwd(user: &str, iterations: u32, input: impl BufRead) -> Result<String, String> {
+    check_name(user)?;
+    let password = read_password(input).map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    let password = password.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&password);
+    if password.is_empty() {
+        return Err("no password on standard input (give it as one line)".into());
+    }
+    hash_line(user, password, iterations)
+}
+
+fn read_password(mut input: impl BufRead) -> std::io::Result<String> {
+    let _echo = EchoOff::on_stdin_terminal();
+    let mut line = String::new();
+    input.read_line(&mut line)?;
+    Ok(line)
+}
+
+/// Terminal echo off while it lives, when standard input is a terminal; restored on drop.
+struct EchoOff(Option<libc::termios>);
+
+impl EchoOff {
+    fn on_stdin_terminal() -> EchoOff {
+        // SAFETY: isatty/tcgetattr/tcsetattr only read or write the termios struct we own.
+        unsafe {
+            if libc::isatty(libc::STDIN_FILENO) != 1 {
+                return EchoOff(None);
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(libc::STDIN_FILENO, &mut t) != 0 {
+                return EchoOff(None);
+            }
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) != 0 {
+                return EchoOff(None);
+            }
+            eprint!("Password: ");
+            EchoOff(Some(saved))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: restores the attributes read in `on_stdin_terminal`.
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+            eprintln!();
+        }
+    }
+}
+
+/// A decoded SASL PLAIN message (RFC 4616): `[authzid] NUL authcid NUL passwd`.
+pub struct Plain {
+    /// The identity to act as; empty means the same as `authcid`.
+    pub authzid: String,
+    /// The user name whose password this is.
+    pub authcid: String,
+    pub password: Vec<u8>,
+}
+
+impl fmt::Debug for Plain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plain").field("authzid", &self.authzid).field("authcid", &self.authcid).finish_non_exhaustive()
+    }
+}
+
+impl Plain {
+    /// The user to check the password of, or `None` if the client asks to act as someone else
+    /// (we let no user act for another).
+    pub fn user(&self) -> Option<&str> {
+        (self.authzid.is_empty() || self.authzid == self.authcid).then_some(self.authcid.as_str())
+    }
+}
+
+/// Why a PLAIN response was refused before any password was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PlainError {
+    #[error("not base64")]
+    Base64,
+    #[error("not a PLAIN message (authzid NUL authcid NUL password)")]
+    Malformed,
+}
+
+/// Decode a client's base64 PLAIN response (`=` is the empty response, RFC 4954 §4).
+pub fn decode_plain(response: &[u8]) -> Result<Plain, PlainError> {
+    let bytes = if response == b"=" { Vec::new() } else { B64.decode(response).map_err(|_| PlainError::Base64)? };
+    let mut parts = bytes.split(|&b| b == 0);
+    let (Some(authzid), Some(authcid), Some(password), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(PlainError::Malformed);
+    };
+    if authcid.is_empty() || password.is_empty() || [authzid, authcid, password].iter().any(|f| f.len() > MAX_FIELD) {
+        return Err(PlainError::Malformed);
+    }
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| PlainError::Malformed);
+    Ok(Plain { authzid: text(authzid)?, authcid: text(authcid)?, password: password.to_vec() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/etc/mxpipe/users";
+
+    fn parse(text: &str) -> Result<Users, String> {
+        Users::parse(text, Path::new(FILE)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_hashed_line_verifies_its_password_only() {
+        let line = hash_line("alice", "correct horse", MIN_ITERATIONS).unwrap();
+        assert!(line.starts_with("alice:pbkdf2-sha256:10000:"), "{line}");
+        assert!(!line.contains("correct horse"));
+        let users = parse(&format!("# users\n\n  {line}  \n{}\n", hash_line("bob", "other", MIN_ITERATIONS).unwrap())).unwrap();
+        assert_eq!(users.len(), 2);
+        assert!(users.verify("alice", b"correct horse"));
+        assert!(!users.verify("alice", b"correct hors"));
+        assert!(!users.verify("alice", b"other"), "bob's password is not alice's");
+        assert!(users.verify("bob", b"other"));
+        assert!(!users.verify("Alice", b"correct horse"), "names are case-sensitive");
+        assert!(!users.verify("carol", b"correct horse"));
+    }
+
+    #[test]
+    fn the_same_password_gets_a_different_salt_each_time() {
+        let a = hash_line("u", "pw", MIN_ITERATIONS).unwrap();
+        let b = hash_line("u", "pw", MIN_ITERATIONS).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[tokio::test]
+    async fn check_runs_off_the_runtime_thread() {
+        let users = Arc::new(parse(&hash_line("alice", "pw", MIN_ITERATIONS).unwrap()).unwrap());
+        assert!(users.check("alice".into(), b"pw".to_vec()).await);
+        assert!(!users.check("alice".into(), b"pX".to_vec()).await);
+        assert!(!users.check("nobody".into(), b"pw".to_vec()).await);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let good = hash_line("alice", "pw", MIN_ITERATIONS).unwrap();
+        let salt = B64.encode([1u8; 16]);
+        let hash = B64.encode([2u8; 32]);
+        let cases = [
+            (format!("{good}\nbob:pbkdf2-sha256:10000:{salt}\n"), 2, "5 fields"),
+            (format!("#c\nbob:sha1:10000:{salt}:{hash}\n"), 2, "unknown scheme \"sha1\""),
+            (format!("bob:pbkdf2-sha256:999:{salt}:{hash}\n"), 1, "iterations \"999\""),
+            (format!("bob:pbkdf2-sha256:many:{salt}:{hash}\n"), 1, "iterations \"many\""),
+            (format!("bob:pbkdf2-sha256:10000:not*b64:{hash}\n"), 1, "salt of user \"bob\" is not base64"),
+            (format!("bob:pbkdf2-sha256:10000:{salt}:{}\n", B64.encode([2u8; 8])), 1, "hash of user \"bob\" is 8 bytes"),
+            (format!(":pbkdf2-sha256:10000:{salt}:{hash}\n"), 1, "empty user name"),
+            (format!("b b:pbkdf2-sha256:10000:{salt}:{hash}\n"), 1, "contains a space"),
+            (format!("\n{good}\n\n{good}\n"), 4, "user \"alice\" again (first on line 2)"),
+            ("alice:correct horse\n".to_string(), 1, "found 2 fields"),
+        ];
+        for (text, line, want) in cases {
+            let e = parse(&text).map(|_| ()).unwrap_err();
+            assert!(e.starts_with(&format!("users file {FILE}, line {line}: ")), "{e}");
+            assert!(e.contains(want), "{e} (wanted {want})");
+        }
+        let e = Users::load(Path::new("/nonexistent/mxpipe-users")).unwrap_err().to_string();
+        assert!(e.contains("cannot read the users file /nonexistent/mxpipe-users"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_file_has_no_users() {
+        let users = parse("# nobody yet\n").unwrap();
+        assert!(users.is_empty());
+        assert!(!users.verify("", b""));
+        assert!(!users.verify("x", b"y"));
+    }
+
+    #[test]
+    fn passwd_reads_one_line_and_refuses_bad_input() {
+        let line = passwd("alice", MIN_ITERATIONS, &b"s3cret\r\nignored\n"[..]).unwrap();
+        let users = parse(&line).unwrap();
+        assert!(users.verify("alice", b"s3cret"));
+        assert!(!users.verify("alice", b"s3cret\r"));
+        assert!(passwd("alice", MIN_ITERATIONS, &b"no newline"[..]).is_ok());
+        assert!(passwd("alice", MIN_ITERATIONS, &b"\n"[..]).unwrap_err().contains("no password"));
+        assert!(passwd("alice", MIN_ITERATIONS, &b""[..]).unwrap_err().contains("no password"));
+        assert!(passwd("a:b", MIN_ITERATIONS, &b"pw\n"[..]).unwrap_err().contains("':'"));
+        assert!(passwd("alice", 5, &b"pw\n"[..]).unwrap_err().contains("iterations"));
+        assert!(hash_line("alice", &"x".repeat(256), MIN_ITERATIONS).unwrap_err().contains("255"));
+    }
+
+    #[test]
+    fn plain_messages() {
+        let enc = |s: &[u8]| B64.encode(s).into_bytes();
+        let p = decode_plain(&enc(b"\0alice\0pw")).unwrap();
+        assert_eq!((p.authzid.as_str(), p.authcid.as_str(), &p.password[..]), ("", "alice", &b"pw"[..]));
+        assert_eq!(p.user(), Some("alice"));
+        assert_eq!(decode_plain(&enc(b"alice\0alice\0pw")).unwrap().user(), Some("alice"));
+        assert_eq!(decode_plain(&enc(b"bob\0alice\0pw")).unwrap().user(), None, "alice may not act as bob");
+        assert_eq!(decode_plain(&enc(b"\0alice\0p\xffw")).unwrap().password, b"p\xffw");
+        assert!(!format!("{p:?}").contains("pw"), "Debug hides the password");
+        for bad in [&b"alice\0pw"[..], b"\0\0pw", b"\0alice\0", b"\0alice\0pw\0x", b"", b"\0\xffalice\0pw"] {
+            assert_eq!(decode_plain(&enc(bad)).unwrap_err(), PlainError::Malformed, "{bad:?}");
+        }
+        let long = [&b"\0"[..], &[b'a'; 256], b"\0pw"].concat();
+        assert_eq!(decode_plain(&enc(&long)).unwrap_err(), PlainError::Malformed);
+        assert_eq!(decode_plain(b"=").unwrap_err(), PlainError::Malformed);
+        for bad in [&b"*"[..], b"AGFsaWNlAHB3=", b"AGFsaWNl AHB3", b"not base64!"] {
+            assert_eq!(decode_plain(bad).unwrap_err(), PlainError::Base64, "{bad:?}");
+        }
+    }
+}
