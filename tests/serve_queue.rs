@@ -1,0 +1,105 @@
+//! `mxpipe queue` against a running `mxpipe serve`: list, suspend, resume and bounce a
+//! destination, through the real binary and the daemon's HTTP API.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::time::Duration;
+
+use common::daemon::*;
+use mxpipe::dnsserver::{DnsServer, ZoneBuilder};
+
+/// Run `mxpipe queue --api API args...`: (success, stdout, stderr).
+fn queue(api: SocketAddr, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mxpipe")).arg("queue").arg("--api").arg(api.to_string()).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+async fn queue_async(api: SocketAddr, args: &'static [&'static str]) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || queue(api, args)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_suspend_resume_and_bounce_a_destination() {
+    let dir = tmpdir("queuecmd");
+    let (held_mail, src_mail) = (dir.join("held"), dir.join("src"));
+    std::fs::create_dir_all(&held_mail).unwrap();
+    std::fs::create_dir_all(&src_mail).unwrap();
+    let port = free_port("127.8.1.1");
+    // Every message to held.t.test is deferred (451), so its recipients stay queued.
+    let held = sink_on(Ipv4Addr::new(127, 8, 1, 1), port, &held_mail, |c| c.faults.temp_fail_rate = 1.0).await;
+    let src = sink_on(Ipv4Addr::new(127, 8, 1, 2), port, &src_mail, |_| {}).await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("held.t.test", 10, "mx-held.t.test").a("mx-held.t.test", Ipv4Addr::new(127, 8, 1, 1));
+    z.mx("src.t.test", 10, "mx-src.t.test").a("mx-src.t.test", Ipv4Addr::new(127, 8, 1, 2));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let setup = Setup::new(&dir, dns.addr(), port);
+    let d = start_daemon(&setup.write(&dir), setup.inject);
+    let api = setup.http;
+
+    for (i, to) in ["a@held.t.test", "b@held.t.test", "c@Held.T.test"].iter().enumerate() {
+        assert!(inject(d.inject, "app@src.t.test", to, &format!("held {i}")).await);
+    }
+    wait_for("three deferrals", Duration::from_secs(20), || held.stats().faults.temp_fail >= 3).await;
+
+    // list: the destination with its three recipients, as a table and as JSON.
+    let (ok, out, err) = queue_async(api, &["list"]).await;
+    assert!(ok, "{err}");
+    let row = out.lines().find(|l| l.starts_with("held.t.test ")).unwrap_or_else(|| panic!("no row for held.t.test:\n{out}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("3"), "{out}");
+    let (ok, out, _) = queue_async(api, &["--json", "list"]).await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["queues"][0]["domain"], "held.t.test", "{v}");
+
+    // suspend: nothing more is tried (retries come every 1-2 s otherwise).
+    let (ok, out, err) = queue_async(api, &["suspend", "HELD.t.test.", "--for", "10m"]).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("held.t.test: suspended until in 9m") && out.contains("3 recipients wait"), "{out}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let tried = held.stats().faults.temp_fail;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(held.stats().faults.temp_fail, tried, "a suspended destination was tried");
+    let (_, out, _) = queue_async(api, &["list"]).await;
+    assert!(out.lines().any(|l| l.starts_with("held.t.test ") && l.contains("until in 9m")), "{out}");
+
+    // resume: tried again at once.
+    let (ok, out, err) = queue_async(api, &["resume", "held.t.test"]).await;
+    assert!(ok && out.contains("resumed; 3 recipients go now"), "{out}{err}");
+    wait_for("attempts after resume", Duration::from_secs(5), || held.stats().faults.temp_fail >= tried + 3).await;
+
+    // bounce: every recipient bounced, one DSN per message to the sender, queue empty.
+    let (ok, out, err) = queue_async(api, &["bounce", "held.t.test"]).await;
+    assert!(ok && out.starts_with("held.t.test: 3 recipients bounced"), "{out}{err}");
+    wait_for("three DSNs", Duration::from_secs(20), || std::fs::read_dir(&src_mail).unwrap().count() >= 3).await;
+    let dsn = std::fs::read_to_string(std::fs::read_dir(&src_mail).unwrap().next().unwrap().unwrap().path()).unwrap();
+    assert!(dsn.contains("Action: failed") && dsn.contains("bounced by the operator"), "{dsn}");
+    wait_for("an empty queue", Duration::from_secs(10), || {
+        let (_, out, _) = queue(api, &["--json", "list"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["queues"].as_array().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(std::fs::read_dir(&held_mail).unwrap().count(), 0);
+
+    // Bad input: clear errors, non-zero exit.
+    let (ok, _, err) = queue_async(api, &["suspend", "a/b.test"]).await;
+    assert!(!ok && err.contains("not a domain name"), "{err}");
+    let (ok, _, err) = queue_async(api, &["suspend", "x.test", "--for", "3 weeks"]).await;
+    assert!(!ok && err.contains("--for"), "{err}");
+    let (ok, _, err) = queue_async(api, &["suspend", "x.test", "--for", "2d"]).await;
+    assert!(!ok && err.contains("at most 24h"), "{err}");
+    assert!(terminate(d));
+    let (ok, _, err) = queue_async(api, &["list"]).await;
+    assert!(!ok && err.contains("cannot reach the daemon's HTTP API"), "{err}");
+
+    // After the restart the bounced recipients are gone for good.
+    let d = start_daemon(&setup.write(&dir), setup.inject);
+    let (ok, out, _) = queue_async(api, &["list"]).await;
+    assert!(ok && out.contains("no recipients waiting"), "{out}");
+    assert!(terminate(d));
+    held.shutdown(Duration::from_secs(1)).await;
+    src.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
