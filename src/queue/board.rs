@@ -221,7 +221,10 @@ impl Board {
         metric("mxpipe_recipients_expired_total", "counter", "Recipients bounced for exceeding the maximum age.", t.expired as f64);
         metric("mxpipe_dsns_total", "counter", "Bounce messages (DSNs) queued.", t.dsns as f64);
         metric("mxpipe_spool_errors_total", "counter", "Spool writes that failed.", t.spool_errors as f64);
+        metric("mxpipe_recipients_bounced_by_operator_total", "counter", "Recipients bounced by `mxpipe queue bounce`.", t.bounced_by_operator as f64);
+        metric("mxpipe_delivery_log_errors_total", "counter", "Delivery-log lines that could not be written.", t.log_errors as f64);
         metric("mxpipe_queue_messages", "gauge", "Messages in the queue (unfinished).", live as f64);
+        metric("mxpipe_recipients_in_flight", "gauge", "Recipients with the delivery engine now.", t.in_flight as f64);
         metric("mxpipe_queue_recipients", "gauge", "Recipients waiting (queued or deferred).", waiting as f64);
         let now = SystemTime::now();
         let suspended = g.suspended.values().filter(|&&t| t > now).count();
@@ -233,6 +236,18 @@ impl Board {
         metric("mxpipe_tls_handshakes_resumed_total", "counter", "Resumed TLS handshakes.", e.tls_resumed_handshakes as f64);
         metric("mxpipe_dns_lookups_total", "counter", "MX resolutions asked of the resolver.", e.dns_lookups as f64);
         metric("mxpipe_dns_cache_hits_total", "counter", "MX resolutions answered from the cache.", e.dns_cache_hits as f64);
+        metric("mxpipe_dns_queries_total", "counter", "DNS queries sent.", e.dns_queries as f64);
+        metric("mxpipe_connect_failures_total", "counter", "TCP connects refused or timed out.", e.connect_failures as f64);
+        metric("mxpipe_transactions_total", "counter", "Message transactions sent over connections.", e.transactions as f64);
+        s.push_str(
+            "# HELP mxpipe_outcomes_total Recipient outcomes by status and by the MX-prefix policy class of the host (none: no host reached).\n\
+             # TYPE mxpipe_outcomes_total counter\n",
+        );
+        for (class, c) in &t.by_class {
+            for (status, n) in [("delivered", c.delivered), ("deferred", c.deferred), ("bounced", c.bounced)] {
+                s.push_str(&format!("mxpipe_outcomes_total{{status=\"{status}\",class=\"{class}\"}} {n}\n"));
+            }
+        }
         s
     }
 }

@@ -30,6 +30,9 @@ use crate::schedule::{classify, Decision, DestinationOptions, Destinations, Repl
 /// by the engine's command timeout); parts not started by then stay in the spool untried.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often the engine's counters are copied to the board.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the manager needs besides its channels.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -73,6 +76,14 @@ pub struct ControlReply {
     pub suspended_until: Option<f64>,
 }
 
+/// Outcomes of one policy class.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClassCounts {
+    pub delivered: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+}
+
 /// Counters at the end of a run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ManagerReport {
@@ -84,6 +95,11 @@ pub struct ManagerReport {
     pub expired: u64,
     /// Recipients bounced by an operator's `bounce` command.
     pub bounced_by_operator: u64,
+    /// Recipients with the engine now (submitted, no outcome yet).
+    pub in_flight: u64,
+    /// Outcomes by the policy class of the MX host they came from (`starttls-prefix`,
+    /// `smtps-prefix`, `opportunistic`, `override`; `none` when no host was reached).
+    pub by_class: std::collections::BTreeMap<String, ClassCounts>,
     pub dsns: u64,
     /// Messages still unfinished at shutdown (they stay in the spool for the next start).
     pub unfinished: u64,
@@ -151,16 +167,14 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
         m.recover(s);
     }
     loop {
-        let wait = m.timers.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+        // At most a second, so the engine's counters on the board stay fresh when idle.
+        let wait = m.timers.next_deadline().map_or(STATS_EVERY, |d| d.saturating_duration_since(Instant::now()).min(STATS_EVERY));
         let mut sel = Select::new();
         let i_out = sel.recv(&outcomes);
         let i_acc = sel.recv(&accepted);
         let i_ctl = sel.recv(&control);
         let i_stop = sel.recv(&stop);
-        let op = match wait {
-            Some(w) => sel.select_timeout(w).ok(),
-            None => Some(sel.select()),
-        };
+        let op = sel.select_timeout(wait).ok();
         match op {
             None => {}
             Some(op) if op.index() == i_out => {
@@ -253,7 +267,7 @@ impl Manager {
     /// Copy the counters to the board (the engine's at most once a second: they cost a
     /// system call).
     fn publish(&mut self, force: bool) {
-        let refresh = force || self.totals_at.elapsed() >= std::time::Duration::from_secs(1);
+        let refresh = force || self.totals_at.elapsed() >= STATS_EVERY;
         if refresh {
             self.totals_at = Instant::now();
             if let Some(engine) = &self.engine {
@@ -306,6 +320,7 @@ impl Manager {
             return;
         }
         e.in_flight = to.len();
+        self.report.in_flight += to.len() as u64;
         e.sent.clone_from(&to);
         let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone() };
         if let Some(engine) = &self.engine {
@@ -359,6 +374,7 @@ impl Manager {
     /// back untried is no attempt: it stays pending in the spool as it was.
     fn record_only(&mut self, o: Outcome) {
         let Ok(id) = o.id.parse::<MsgId>() else { return };
+        self.report.in_flight = self.report.in_flight.saturating_sub(1);
         if crate::engine::not_attempted(&o) {
             return;
         }
@@ -386,6 +402,13 @@ impl Manager {
             o.reply = format!("mxpipe: bounced by the operator; last attempt: {}", o.reply);
             o.enhanced = Some("5.0.0".into());
             self.report.bounced_by_operator += 1;
+        }
+        self.report.in_flight = self.report.in_flight.saturating_sub(1);
+        let class = self.report.by_class.entry(o.policy.as_deref().unwrap_or("none").to_string()).or_default();
+        match o.status {
+            Status::Delivered => class.delivered += 1,
+            Status::Deferred => class.deferred += 1,
+            Status::Bounced => class.bounced += 1,
         }
         let fin = match o.status {
             Status::Delivered => {
