@@ -103,3 +103,41 @@ async fn list_suspend_resume_and_bounce_a_destination() {
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_retry_schedule() {
+    let dir = tmpdir("reschedule");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.8.1.3");
+    let sink = sink_on(Ipv4Addr::new(127, 8, 1, 3), port, &mail, |c| c.faults.temp_fail_rate = 1.0).await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("later.t.test", 10, "mx-later.t.test").a("mx-later.t.test", Ipv4Addr::new(127, 8, 1, 3));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut setup = Setup::new(&dir, dns.addr(), port);
+    setup.retry = "initial = \"20s\"\nmax_interval = \"1h\"\nmax_age = \"1h\"\njitter = 0.0\n".into();
+    let config = setup.write(&dir);
+    let d = start_daemon(&config, setup.inject);
+    let body = r#"{"from":"app@src.test","to":["u@later.t.test"],"data":"Subject: later\r\n\r\nhi\r\n"}"#.to_string();
+    let (code, resp) = http_async(setup.http, "POST", "/v1/messages".into(), body).await;
+    assert_eq!(code, 202, "{resp}");
+    let id = serde_json::from_str::<serde_json::Value>(&resp).unwrap()["ids"][0].as_str().unwrap().to_string();
+    wait_for("the first (deferred) attempt", Duration::from_secs(20), || sink.stats().faults.temp_fail >= 1).await;
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let deferred_at = now();
+    d.kill9();
+
+    // Restarted: the message is not tried again at once, but 20 s after its attempt.
+    let d = start_daemon(&config, setup.inject);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(sink.stats().faults.temp_fail, 1, "retried at once after the restart instead of on its schedule");
+    let (code, resp) = http_async(setup.http, "GET", format!("/v1/messages/{id}"), String::new()).await;
+    assert_eq!(code, 200, "{resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    let next = v["next_attempt"].as_f64().unwrap_or_else(|| panic!("no next attempt: {v}"));
+    assert!((next - (deferred_at + 20.0)).abs() < 3.0, "next attempt {:.1}s after the deferral, not 20s", next - deferred_at);
+    assert!(terminate(d));
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -277,17 +277,47 @@ impl Manager {
         self.board.publish(&self.report, refresh);
     }
 
+    /// Take back an unfinished message after a restart, on the schedule it had: its failed
+    /// rounds are the most deferred attempts of any recipient still pending, and its next
+    /// attempt is due that round's backoff after its last one (at once if that has passed, or
+    /// if it was never tried).
     fn recover(&mut self, s: Stored) {
         let pending: Vec<String> = s.rcpts.iter().filter(|r| r.done.is_none()).map(|r| r.rcpt.clone()).collect();
         if pending.is_empty() {
             return;
         }
+        let now = Instant::now();
         let age = SystemTime::now().duration_since(s.received_at).unwrap_or_default();
-        let first = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        let rounds = s.attempts.iter().filter(|a| a.status == "deferred").count().min(u32::MAX as usize) as u32;
+        let first = now.checked_sub(age).unwrap_or(now);
+        let deferred: Vec<&Attempt> = s.attempts.iter().filter(|a| a.status == "deferred" && pending.contains(&a.rcpt)).collect();
+        let rounds = pending
+            .iter()
+            .map(|r| s.attempts.iter().filter(|a| a.status == "deferred" && a.rcpt == *r).count())
+            .max()
+            .unwrap_or(0)
+            .min(u32::MAX as usize) as u32;
+        let last = deferred.iter().map(|a| a.at).max();
         self.board.queued(s.id, &s.from, &pending, s.received_at);
-        self.entries.insert(s.id, Entry::new(s.from, s.data, pending, rounds, first, s.received_at));
-        self.submit(s.id);
+        let last_reply = deferred.iter().map(|a| (a.rcpt.clone(), (a.reply.clone(), None, None))).collect();
+        let mut entry = Entry::new(s.from, s.data, pending, rounds, first, s.received_at);
+        entry.last_reply = last_reply;
+        self.entries.insert(s.id, entry);
+        let due = last.and_then(|at| {
+            let ago = SystemTime::now().duration_since(at).unwrap_or_default();
+            let last_at = now.checked_sub(ago).unwrap_or(now);
+            match self.cfg.retry.next_attempt(rounds, first, last_at, self.rng.u64(..)) {
+                Decision::RetryAt(t) if t > now => Some(t),
+                // Due, or past its age: one more attempt now (expiry follows if it fails).
+                _ => None,
+            }
+        });
+        match due {
+            Some(t) => {
+                self.timers.insert(t, s.id);
+                self.board.retry_at(s.id, t);
+            }
+            None => self.submit(s.id),
+        }
     }
 
     fn accept(&mut self, a: Accepted) {
