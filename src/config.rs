@@ -306,6 +306,11 @@ pub struct SmtpInjectSection {
     /// Client networks allowed to send without AUTH, as CIDRs (`"10.0.0.0/8"`,
     /// `"2001:db8::/32"`, or a single address). Default `["127.0.0.0/8", "::1/128"]`.
     pub allowed_networks: Vec<Cidr>,
+    /// How long a client may stay silent, between commands or inside a message, before it is
+    /// told 421 4.4.2 and disconnected (a half-received message is discarded), 1s to 1h.
+    /// Default `"5m"` (RFC 5321 §4.5.3.2.7).
+    #[serde(deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
     pub auth: SmtpAuthSection,
     pub tls: SmtpInjectTlsSection,
 }
@@ -318,6 +323,7 @@ impl Default for SmtpInjectSection {
                 Cidr { addr: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), prefix: 8 },
                 Cidr { addr: IpAddr::V6(Ipv6Addr::LOCALHOST), prefix: 128 },
             ],
+            idle_timeout: Duration::from_secs(300),
             auth: SmtpAuthSection::default(),
             tls: SmtpInjectTlsSection::default(),
         }
@@ -566,6 +572,7 @@ impl Config {
         }
 
         let smtp = &self.inject.smtp;
+        in_range("inject.smtp.idle_timeout", smtp.idle_timeout, Duration::from_secs(1), Duration::from_secs(3600))?;
         if !smtp.auth.require_starttls && !smtp.listen.ip().is_loopback() {
             return Err(ConfigError::invalid(
                 "inject.smtp.auth.require_starttls",
@@ -1094,6 +1101,7 @@ mod tests {
             [inject.smtp]
             listen = "[::]:25"
             allowed_networks = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
+            idle_timeout = "30s"
             auth = { users_file = "/etc/mxpipe/users" }
             tls = { cert = "c.pem", key = "k.pem" }
 
@@ -1115,6 +1123,7 @@ mod tests {
         assert_eq!(c.retry.max_age, Duration::from_secs(86_400));
         assert_eq!(c.inject.smtp.listen, "[::]:25".parse().unwrap());
         assert_eq!(c.inject.smtp.allowed_networks[2].to_string(), "192.0.2.7/32");
+        assert_eq!(c.inject.smtp.idle_timeout, Duration::from_secs(30));
         assert_eq!(c.inject.smtp.auth.users_file.as_deref(), Some(Path::new("/etc/mxpipe/users")));
         assert!(c.inject.smtp.auth.require_starttls);
         assert_eq!(c.inject.http.listen.port(), 80);
@@ -1250,6 +1259,8 @@ mod tests {
     fn bad_cidr_and_addresses_say_which() {
         let e = err("[inject.smtp]\nallowed_networks = [\"10.0.0.0/8\", \"192.168.0.0/33\"]\n");
         assert!(e.contains("inject.smtp.allowed_networks") && e.contains("192.168.0.0/33") && e.contains("/33"), "{e}");
+        let e = err("[inject.smtp]\nidle_timeout = \"0s\"\n");
+        assert!(e.contains("inject.smtp.idle_timeout") && e.contains("from 1s to 1h"), "{e}");
         let e = err("[inject.smtp]\nlisten = \"localhost:2025\"\n");
         assert!(e.contains("inject.smtp.listen") && e.contains("IP:PORT"), "{e}");
         let e = err("[inject.http]\nlisten = \"127.0.0.1\"\n");

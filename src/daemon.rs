@@ -135,6 +135,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     sc.acceptor = Some(AcceptorRef(Arc::new(SpoolAcceptor { spool: spool.clone(), to_manager: acc_tx.clone(), board: board.clone() })));
     sc.allowed_clients = Some(inject.allowed_networks.clone());
     sc.auth = auth;
+    sc.idle_timeout = inject.idle_timeout;
     let sink = Sink::start(sc).await.map_err(|e| format!("cannot start the injection listener: {e}"))?;
     let api = crate::api::start(cfg.inject.http.listen, spool.clone(), acc_tx, ctl_tx, board)
         .await

@@ -124,6 +124,7 @@ async fn sequence_and_syntax_errors() {
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, 503, "nested MAIL");
     assert_eq!(c.cmd("DATA").await, 554, "DATA without recipients");
     assert_eq!(c.cmd("RCPT TO:<>").await, 501, "empty recipient");
+    assert_eq!(c.cmd("RCPT TO:<nodomain>").await, 501, "recipient without a domain");
     assert_eq!(c.cmd("XYZZY").await, 500);
     assert_eq!(c.cmd("NOOP").await, 250);
     sink.shutdown(Duration::from_millis(100)).await;
@@ -138,6 +139,44 @@ async fn oversized_message_gets_552_and_session_continues() {
     assert_eq!(c.reply().await.code, 552);
     assert_eq!(c.cmd("NOOP").await, 250);
     assert_eq!(sink.shutdown(Duration::from_millis(100)).await.stats.messages, 0);
+}
+
+#[tokio::test]
+async fn nul_in_the_data_gets_554_and_session_continues() {
+    let (sink, _) = start_sink(|_| {}).await;
+    let mut c = in_data(sink.addr(PortKind::StartTls).unwrap()).await;
+    c.send("Subject: s\r\n\r\na\0b\r\n.\r\n").await;
+    let r = c.reply().await;
+    assert_eq!((r.code, r.enhanced.unwrap().to_string()), (554, "5.6.0".to_string()));
+    assert_eq!(c.cmd("NOOP").await, 250);
+    assert_eq!(sink.shutdown(Duration::from_millis(100)).await.stats.messages, 0);
+}
+
+/// Only CRLF.CRLF ends the data; a dot line beside a bare LF (an LF-only client, or SMTP
+/// smuggling) is refused and the connection closed. A CRLF split across the sink's partial
+/// flush of a long line is still a CRLF.
+#[tokio::test]
+async fn bare_lf_dot_is_refused_and_closes_but_a_split_crlf_is_not_bare() {
+    let (sink, _) = start_sink(|_| {}).await;
+    let addr = sink.addr(PortKind::StartTls).unwrap();
+    for end in ["\n.\n", "\n.\r\n", "\r\n.\n"] {
+        let mut c = in_data(addr).await;
+        c.send(format!("Subject: s\r\n\r\nhello{end}MAIL FROM:<x@y.test>\r\n")).await;
+        let r = c.reply().await;
+        assert_eq!((r.code, r.enhanced.unwrap().to_string()), (554, "5.5.2".to_string()), "{end:?}");
+        assert!(c.expect_close().await.is_empty(), "{end:?}: nothing after the refusal is answered");
+    }
+    // Bare LF inside the body is fine.
+    let mut c = in_data(addr).await;
+    c.send("Subject: s\n\nline\nline\r\n.\r\n").await;
+    assert_eq!(c.reply().await.code, 250);
+    // A 9000-byte line whose CR arrives before its LF.
+    let mut c = in_data(addr).await;
+    c.send(format!("{}\r", "x".repeat(9000))).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.send("\n.\r\n").await;
+    assert_eq!(c.reply().await.code, 250);
+    assert_eq!(sink.shutdown(Duration::from_millis(100)).await.stats.messages, 2);
 }
 
 #[tokio::test]

@@ -504,27 +504,30 @@ impl Manager {
                 Decision::Expire => {
                     // Too old: every recipient still pending is bounced (4.4.7, RFC 3463).
                     let pending = std::mem::take(&mut e.pending);
+                    // The delivery log gets each recipient's final outcome, this one too.
+                    let mut expired = Vec::with_capacity(pending.len());
                     for rcpt in pending {
                         let (reply, _, mx) = e.last_reply.get(&rcpt).cloned().unwrap_or_default();
                         e.bounced.push(FailedRcpt {
                             rcpt: rcpt.clone(),
                             action: Action::Failed,
                             status: "4.4.7".into(),
-                            remote_mta: mx,
+                            remote_mta: mx.clone(),
                             diagnostic: Some(reply.clone()),
                             last_attempt: Some(SystemTime::now()),
                         });
-                        let attempt = Attempt {
-                            at: SystemTime::now(),
-                            rcpt,
-                            status: "bounced".into(),
-                            reply: format!("mxpipe: expired after {} attempts; last: {reply}", e.rounds),
-                        };
+                        let mut o = Outcome::local(&id.to_string(), &rcpt, Status::Bounced, "4.4.7", format!("expired after {} attempts; last: {reply}", e.rounds));
+                        o.mx = mx;
+                        let attempt = Attempt { at: SystemTime::now(), rcpt, status: "bounced".into(), reply: o.reply.clone() };
                         self.board.expired(id, &attempt.rcpt);
                         if self.spool.record_attempt(id, attempt, Some(FinalStatus::Bounced)).is_err() {
                             self.report.spool_errors += 1;
                         }
                         self.report.expired += 1;
+                        expired.push(o);
+                    }
+                    for o in &expired {
+                        self.log(id, o);
                     }
                 }
             }

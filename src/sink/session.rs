@@ -73,16 +73,19 @@ struct Txn {
 struct Body {
     bytes: u64,
     too_big: bool,
+    /// A NUL byte was seen: not mail text (RFC 5322 §2.1, RFC 6152; BINARYMIME is not offered).
+    nul: bool,
     content: Option<Vec<u8>>,
 }
 
 impl Body {
     fn new(keep: bool) -> Body {
-        Body { bytes: 0, too_big: false, content: keep.then(Vec::new) }
+        Body { bytes: 0, too_big: false, nul: false, content: keep.then(Vec::new) }
     }
 
     fn add(&mut self, data: &[u8], max: u64) {
         self.bytes += data.len() as u64;
+        self.nul = self.nul || memchr::memchr(0, data).is_some();
         if self.bytes > max {
             self.too_big = true;
             self.content = None;
@@ -406,6 +409,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         let Some((path, params)) = parse_path(arg, b"FROM:") else {
             return self.bad_command("501 5.5.4 Syntax: MAIL FROM:<address>\r\n").await;
         };
+        if !path.is_empty() && !is_mailbox(path) {
+            return self.bad_command("501 5.1.7 Bad sender address syntax\r\n").await;
+        }
         for p in params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
             if p.len() > 5 && p[..5].eq_ignore_ascii_case(b"SIZE=") {
                 let declared = std::str::from_utf8(&p[5..]).ok().and_then(|s| s.parse::<u64>().ok());
@@ -517,6 +523,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         let Some((path, _)) = parse_path(arg, b"TO:").filter(|(p, _)| !p.is_empty()) else {
             return self.bad_command("501 5.5.4 Syntax: RCPT TO:<address>\r\n").await;
         };
+        if !is_mailbox(path) {
+            return self.bad_command("501 5.1.3 Bad recipient address syntax\r\n").await;
+        }
         let path = path.to_vec();
         let n = self.txn.as_ref().map_or(0, |t| t.rcpts.len());
         if n >= self.ctx.cfg.max_rcpts {
@@ -567,28 +576,48 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
 
     /// Read a dot-terminated body, unstuffing dots, without holding more than one partial
     /// line unless the body is to be stored.
+    ///
+    /// Only <CR><LF>.<CR><LF> ends the data (RFC 5321 §2.3.8, §4.1.1.4). Other lines ending in
+    /// a bare LF are taken as they are (the engine sends every line ending as CRLF), but a dot
+    /// line with a bare LF before or after it is refused and the connection closed: it is an
+    /// LF-only client's terminator, which would otherwise leave it waiting until the idle
+    /// timeout, or SMTP smuggling, where what follows must not be read as commands.
     async fn receive_data(&mut self) -> Result<Body, Exit> {
         let max = self.ctx.cfg.max_message_size;
         let mut body = Body::new(self.keeps_content());
         let mut at_line_start = true;
+        // The previous line ended in CRLF (the DATA command's line counts as one).
+        let mut after_crlf = true;
+        // The part of a long line already taken ended in CR (its LF may come next).
+        let mut taken_cr = false;
         loop {
             let buf = &self.rbuf[self.rpos..];
             match memchr::memchr(b'\n', buf) {
                 Some(i) => {
                     let line = &buf[..=i];
+                    let crlf = if i > 0 { buf[i - 1] == b'\r' } else { taken_cr };
                     if at_line_start && (line == b".\r\n" || line == b".\n") {
-                        self.rpos += i + 1;
-                        return Ok(body);
+                        if after_crlf && crlf {
+                            self.rpos += i + 1;
+                            return Ok(body);
+                        }
+                        self.rpos = self.rbuf.len();
+                        inc(&self.ctx.stats.bad_commands);
+                        self.reply("554 5.5.2 Bare <LF> next to the final dot: end data with <CR><LF>.<CR><LF>; closing connection\r\n").await;
+                        return Err(Exit::Protocol);
                     }
                     let payload = if at_line_start && line[0] == b'.' { &line[1..] } else { line };
                     body.add(payload, max);
                     self.rpos += i + 1;
                     at_line_start = true;
+                    after_crlf = crlf;
+                    taken_cr = false;
                 }
                 None if buf.len() >= PARTIAL_LINE_FLUSH => {
                     // A very long line: take what we have so the buffer stays bounded.
                     let payload = if at_line_start && buf[0] == b'.' { &buf[1..] } else { buf };
                     body.add(payload, max);
+                    taken_cr = buf.last() == Some(&b'\r');
                     self.rpos = self.rbuf.len();
                     at_line_start = false;
                 }
@@ -660,6 +689,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         }
         if body.too_big {
             self.reply("552 5.3.4 Message size exceeds fixed limit\r\n").await;
+            return None;
+        }
+        if body.nul {
+            self.reply("554 5.6.0 Message contains NUL characters\r\n").await;
             return None;
         }
         if let Some(acceptor) = self.ctx.cfg.acceptor.clone() {
@@ -745,6 +778,12 @@ fn parse_path<'b>(arg: &'b [u8], keyword: &[u8]) -> Option<(&'b [u8], &'b [u8])>
     Some((path, trim(&rest[close + 1..])))
 }
 
+/// An address the envelope can carry: `local@domain`, neither part empty, ASCII only (we do
+/// not offer SMTPUTF8). [`parse_path`] has already refused spaces, brackets and controls.
+fn is_mailbox(path: &[u8]) -> bool {
+    path.is_ascii() && memchr::memrchr(b'@', path).is_some_and(|at| at > 0 && at + 1 < path.len())
+}
+
 fn trim(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
     let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
@@ -768,5 +807,15 @@ mod tests {
         assert_eq!(parse_path(b"FROM:<a@b", b"FROM:"), None);
         assert_eq!(parse_path(b"TO:<a b@c>", b"TO:"), None);
         assert_eq!(parse_path(b"TO", b"TO:"), None);
+    }
+
+    #[test]
+    fn mailboxes() {
+        for ok in [&b"a@b"[..], b"first.last+tag@example.test", b"\"q\"@x", b"a@[192.0.2.1]"] {
+            assert!(is_mailbox(ok), "{ok:?}");
+        }
+        for bad in [&b""[..], b"nodomain", b"@x", b"a@", b"@", b"\xc3\xbc@x", b"\xff@x"] {
+            assert!(!is_mailbox(bad), "{bad:?}");
+        }
     }
 }

@@ -134,6 +134,8 @@ delivery_log = "{log}"
 pub struct Daemon {
     pub child: Child,
     pub inject: SocketAddr,
+    /// The first line serve printed (its listeners and how many messages it recovered).
+    pub banner: String,
 }
 
 impl Drop for Daemon {
@@ -144,6 +146,12 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
+    /// The N of "(N unfinished messages recovered)" in the first line.
+    pub fn recovered(&self) -> usize {
+        let (head, _) = self.banner.rsplit_once(" unfinished messages recovered").expect(&self.banner);
+        head.rsplit('(').next().and_then(|n| n.parse().ok()).expect(&self.banner)
+    }
+
     /// `kill -9`, and wait for it to be gone.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
@@ -164,7 +172,7 @@ pub fn start_daemon(config: &Path, inject: SocketAddr) -> Daemon {
     let first = lines.next().expect("serve prints its listener").unwrap();
     assert!(first.contains("injection SMTP on"), "{first}");
     std::thread::spawn(move || for _ in lines {});
-    Daemon { child, inject }
+    Daemon { child, inject, banner: first }
 }
 
 /// SIGTERM, and wait (30 s at most) for a clean exit: true if it exited with success.
