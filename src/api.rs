@@ -42,12 +42,29 @@ pub struct NewMessage {
     pub data: String,
 }
 
-/// A request body: one message, or `{"messages": [...]}`.
+/// A batch: `{"messages": [...]}`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Inject {
-    Batch { messages: Vec<NewMessage> },
-    One(NewMessage),
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    pub messages: Vec<NewMessage>,
+}
+
+/// Largest message content, as on the SMTP listener (its SIZE).
+pub const MAX_MESSAGE: usize = 50 * 1024 * 1024;
+
+/// A request body: one message, or `{"messages": [...]}`. Parsed as the one its shape says,
+/// so a mistake is reported against that type ("missing field `to`"), not as "matches
+/// neither".
+fn parse_inject(body: &[u8]) -> Result<Vec<NewMessage>, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    if !v.is_object() {
+        return Err("expected a JSON object: a message, or {\"messages\": [...]}".into());
+    }
+    if v.get("messages").is_some() {
+        serde_json::from_value::<Batch>(v).map(|b| b.messages).map_err(|e| format!("invalid batch: {e}"))
+    } else {
+        serde_json::from_value::<NewMessage>(v).map(|m| vec![m]).map_err(|e| format!("invalid message: {e}"))
+    }
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -70,13 +87,9 @@ fn check_address(a: &str, sender: bool) -> Result<(), String> {
 }
 
 async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
-    let req: Inject = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON message: {e}")),
-    };
-    let msgs = match req {
-        Inject::Batch { messages } => messages,
-        Inject::One(m) => vec![m],
+    let msgs = match parse_inject(&body) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if msgs.is_empty() || msgs.len() > MAX_BATCH {
         return error(StatusCode::BAD_REQUEST, format!("give 1 to {MAX_BATCH} messages"));
@@ -88,6 +101,9 @@ async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
         }
         if let Err(e) = check_address(&m.from, true).and_then(|_| m.to.iter().try_for_each(|t| check_address(t, false))) {
             return error(StatusCode::BAD_REQUEST, format!("message {i}: {e}"));
+        }
+        if m.data.len() > MAX_MESSAGE {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("message {i}: larger than {MAX_MESSAGE} bytes"));
         }
         if m.data.contains('\0') {
             return error(StatusCode::BAD_REQUEST, format!("message {i}: NUL bytes in data"));
@@ -220,4 +236,25 @@ pub async fn start(
             .await;
     });
     Ok(ApiServer { addr, stop, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_what_is_wrong() {
+        let e = parse_inject(br#"{"from": 1, "to": ["a@b.test"], "data": "x"}"#).unwrap_err();
+        assert!(e.starts_with("invalid message") && e.contains("invalid type: integer"), "{e}");
+        let e = parse_inject(br#"{"from": "a@b.test", "data": "x"}"#).unwrap_err();
+        assert!(e.contains("missing field `to`"), "{e}");
+        let e = parse_inject(br#"{"messages": [{"from": "a@b.test", "to": "c@d.test", "data": "x"}]}"#).unwrap_err();
+        assert!(e.starts_with("invalid batch") && e.contains("expected a sequence"), "{e}");
+        let e = parse_inject(br#"{"messages": [], "extra": 1}"#).unwrap_err();
+        assert!(e.contains("unknown field `extra`"), "{e}");
+        assert!(parse_inject(b"[1]").unwrap_err().contains("expected a JSON object"));
+        assert!(parse_inject(b"{nope").unwrap_err().starts_with("invalid JSON"));
+        assert_eq!(parse_inject(br#"{"from": "", "to": ["a@b.test"], "data": "x"}"#).unwrap().len(), 1);
+        assert_eq!(parse_inject(br#"{"messages": [{"from": "", "to": ["a@b.test"], "data": "x"}]}"#).unwrap().len(), 1);
+    }
 }
