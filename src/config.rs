@@ -515,18 +515,6 @@ impl Config {
         Ok(c)
     }
 
-    /// The override for a destination: the entry whose `name` is `domain`, else the first
-    /// entry whose `mx_pattern` matches `mx_host`. Case and a trailing dot are ignored.
-    /// A linear scan: the scheduler looks it up per destination queue, not per message.
-    pub fn override_for(&self, domain: &str, mx_host: Option<&str>) -> Option<&DomainOverride> {
-        let domain = normalize_name(domain);
-        if let Some(d) = self.domains.iter().find(|d| d.name.as_deref() == Some(domain.as_str())) {
-            return Some(d);
-        }
-        let host = mx_host?;
-        self.domains.iter().find(|d| d.mx_pattern.as_ref().is_some_and(|p| p.matches(host)))
-    }
-
     /// Checks that span settings or need a range, after serde has checked kinds.
     fn normalize_and_check(&mut self) -> Result<(), ConfigError> {
         let e = &self.engine;
@@ -1004,7 +992,7 @@ mod tests {
         assert_eq!(e.resolver.nameserver, d.resolver.nameserver);
         assert_eq!(e.resolver.timeout, d.resolver.timeout);
         assert_eq!(e.resolver.validate_dnssec, d.resolver.validate_dnssec);
-        assert!(e.extra_roots.is_empty() && e.floors.is_empty());
+        assert!(e.extra_roots.is_empty() && e.floors.is_empty() && e.limits.is_empty());
         assert_eq!(e.tickets_per_host, d.tickets_per_host);
         assert_eq!(e.ticket_hosts, d.ticket_hosts);
     }
@@ -1018,11 +1006,20 @@ mod tests {
         without_domains.domains.clear();
         assert_eq!(without_domains, Config::default());
         assert_eq!(c.domains.len(), 2);
-        assert_eq!(c.override_for("Example.COM.", None).unwrap().tls_floor, Floor::Verified);
-        let o = c.override_for("contoso.test", Some("contoso-test.mail.protection.outlook.com")).unwrap();
-        assert_eq!((o.max_conns, o.msgs_per_s), (Some(20), Some(100.0)));
         let e = c.engine_config().unwrap();
+        assert_eq!(e.floors.len(), 1);
         assert_eq!(e.floors.get("example.com"), Some(&Floor::Verified));
+        assert_eq!(
+            e.limits,
+            [
+                LimitRule { scope: LimitScope::Domain("example.com".into()), max_conns: Some(4), msgs_per_s: Some(20.0) },
+                LimitRule {
+                    scope: LimitScope::MxHosts("*.mail.protection.outlook.com".into()),
+                    max_conns: Some(20),
+                    msgs_per_s: Some(100.0),
+                },
+            ]
+        );
     }
 
     /// Every setting the example documents is a real key: uncommenting the commented-out
@@ -1327,8 +1324,8 @@ mod tests {
         assert_eq!(e.floors.get("secure.test"), Some(&Floor::Verified));
         assert_eq!(e.floors.get("enc.test"), Some(&Floor::Encrypted));
 
-        // A floor by MX pattern parses (the scheduler can read it), but the engine cannot
-        // enforce it yet, so building the engine's settings refuses it rather than ignore it.
+        // A floor by MX pattern parses, but the engine cannot enforce it yet, so building the
+        // engine's settings refuses it rather than ignore it.
         let c = Config::from_toml_str("[[domain]]\nmx_pattern = \"*.x.test\"\ntls_floor = \"verify\"\n").unwrap();
         let e = c.engine_config().unwrap_err().to_string();
         assert!(e.contains("domain \"*.x.test\".tls_floor") && e.contains("not enforced"), "{e}");
@@ -1358,35 +1355,53 @@ mod tests {
     }
 
     #[test]
-    fn override_precedence() {
+    fn limit_rules_reach_the_engine() {
         let c = Config::from_toml_str(
             r#"
             [[domain]]
-            mx_pattern = "*.protection.outlook.com"
+            mx_pattern = "*.Protection.Outlook.COM."
             max_conns = 1
             [[domain]]
             mx_pattern = "*.mail.protection.outlook.com"
-            max_conns = 2
+            msgs_per_s = 0.5
             [[domain]]
-            name = "contoso.test"
+            name = "Contoso.TEST."
             max_conns = 3
+            msgs_per_s = 10.0
+            [[domain]]
+            name = "floor-only.test"
+            tls_floor = "verify"
             [[domain]]
             mx_pattern = "mx.exact.test"
             max_conns = 4
             "#,
         )
         .unwrap();
-        let conns = |d: &str, mx: Option<&str>| c.override_for(d, mx).and_then(|o| o.max_conns);
-        // Exact domain wins over any pattern, whatever the order in the file.
-        assert_eq!(conns("contoso.test", Some("contoso-test.mail.protection.outlook.com")), Some(3));
-        assert_eq!(conns("CONTOSO.test.", None), Some(3));
-        // Otherwise the first matching pattern in file order, even if a later one is narrower.
-        assert_eq!(conns("fabrikam.test", Some("fabrikam-test.mail.protection.outlook.com")), Some(1));
-        assert_eq!(conns("other.test", Some("MX.exact.test.")), Some(4));
-        // Nothing matches: no override.
-        assert_eq!(conns("other.test", Some("mx.other.test")), None);
-        assert_eq!(conns("other.test", None), None);
-        // The whole entry applies: a name entry's unset settings do not come from a pattern.
-        assert_eq!(c.override_for("contoso.test", Some("x.protection.outlook.com")).unwrap().msgs_per_s, None);
+        let e = c.engine_config().unwrap();
+        let rule = |scope, max_conns, msgs_per_s| LimitRule { scope, max_conns, msgs_per_s };
+        let mx = |p: &str| LimitScope::MxHosts(p.into());
+        // One rule per entry with a limit, in file order, names and patterns normalized; an
+        // entry with neither `max_conns` nor `msgs_per_s` (a floor only) is no rule.
+        assert_eq!(
+            e.limits,
+            [
+                rule(mx("*.protection.outlook.com"), Some(1), None),
+                rule(mx("*.mail.protection.outlook.com"), None, Some(0.5)),
+                rule(LimitScope::Domain("contoso.test".into()), Some(3), Some(10.0)),
+                rule(mx("mx.exact.test"), Some(4), None),
+            ]
+        );
+        assert_eq!(e.floors.get("floor-only.test"), Some(&Floor::Verified));
+
+        // File order is meaning: the engine puts an MX host under the first pattern matching
+        // it, even if a later one is narrower. A domain's own rule applies beside its MX
+        // hosts' budget (the engine holds it to both).
+        let limits = crate::engine::limits::Limits::new(&e.limits);
+        let budget = |host: &str| limits.mx(host).map(|b| b.pattern.clone());
+        assert_eq!(budget("contoso-test.mail.protection.outlook.com").as_deref(), Some("*.protection.outlook.com"));
+        assert_eq!(budget("MX.exact.test.").as_deref(), Some("mx.exact.test"));
+        assert_eq!(budget("mx.other.test"), None);
+        assert_eq!(limits.domain("contoso.test").and_then(|d| d.max_conns), Some(3));
+        assert!(limits.domain("floor-only.test").is_none());
     }
 }

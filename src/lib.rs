@@ -13,7 +13,7 @@
 //! - [`dsn`]: RFC 3464 delivery status notifications (bounces) for the daemon.
 //! - [`dnsserver`]: an in-process authoritative DNS server (tests and `mxpipe demo`).
 //! - [`queue`]: (daemon) the durable spool: a segment log with group commit and crash recovery.
-//! - [`schedule`]: retry backoff, reply classification, destination suspension and rate limits, timers.
+//! - [`schedule`]: retry backoff, reply classification, destination suspension, timers.
 //! - [`policy`]: the MX-prefix TLS policy, a pure function of resolved facts, and what was learned.
 //! - [`reply`]: SMTP reply and EHLO-capability parsing (pure, shared by every client).
 //! - [`tls`]: rustls configuration, certificates, the client session store.

@@ -550,11 +550,9 @@ impl Manager {
             Control::Suspend { domain, duration, reply } => {
                 let domain = crate::policy::normalize(&domain).into_owned();
                 let until = self.dests.suspend(&domain, now + duration, now);
-                if let Some(until) = until {
-                    self.board.suspended(&domain, until);
-                }
+                self.board.suspended(&domain, until);
                 let mut r = self.waiting_for(&domain);
-                r.suspended_until = until.map(unix_at);
+                r.suspended_until = Some(unix_at(until));
                 let _ = reply.send(r);
             }
             Control::Resume { domain, reply } => {

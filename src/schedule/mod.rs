@@ -1,34 +1,43 @@
 //! Scheduling state for the daemon: when to retry a deferred message, what a reply means for
-//! its destination, which destinations are suspended or throttled, and when to wake up next.
+//! its destination, which destinations are suspended, and when to wake up next.
 //!
 //! Everything here is pure and deterministic: no tokio, no threads, no I/O, no clock reads and
 //! no random numbers of its own. The caller passes `now: Instant` (and, for jitter, a random
 //! `u64`) into every decision, so each rule is unit tested here with exact values, and the
-//! daemon's queue runner owns the state and borrows it `&mut` without locks. This module does
-//! not know about messages, the spool or connections; it only answers "when" and "may I".
+//! daemon's queue manager owns the state and borrows it `&mut` without locks. This module does
+//! not know about messages, the spool or connections; it only answers "when" and "not yet".
+//! Connection and message-rate limits are not here: the engine enforces them
+//! (`engine::limits`, from the `[[domain]]` entries of the configuration), holding messages
+//! over a limit in its own queues.
 //!
 //! - [`RetryPolicy`]: exponential backoff with jitter and a cap, and expiry at a maximum age
 //!   (then the daemon bounces with a DSN).
 //! - [`classify`]: a final SMTP reply as [`ReplyClass`]: delivered, temporary or permanent
 //!   failure, or a rate limit / 421 that should suspend the whole destination.
-//! - [`Destinations`]: per-destination suspension with escalation, a message-rate limit and a
-//!   connection counter, in a bounded map that forgets idle destinations.
+//! - [`Destinations`]: per-destination suspension with escalation, in a bounded map that
+//!   forgets idle destinations.
 //! - [`Timers`]: a min-heap of deadlines with cancellation, so the runner sleeps exactly until
 //!   the next retry or suspension end instead of polling.
 //!
 //! # How the daemon uses it
 //!
+//! The queue manager (`queue::manager`) submits messages to the engine, which applies the
+//! connection and rate limits; this module decides what happens around each attempt:
+//!
 //! ```text
 //! loop {
-//!     for item in timers.pop_due(now) { /* a message is due, or a suspension ended */ }
-//!     // for each due message of a destination:
-//!     //   destinations.is_suspended(d, now)  -> Some(until): timers.insert(until, …)
-//!     //   destinations.try_take(d, now)      -> Err(at):     timers.insert(at, …)
-//!     //   destinations.acquire(d, now) && hosts.acquire(mx, now) -> connect
-//!     // after the reply: destinations.record(d, classify(code, enh, text), now),
-//!     //   release both counters, and on a temporary failure
-//!     //   retry.next_attempt(n, first, now, fastrand::u64(..)) -> RetryAt(t) | Expire
-//!     sleep_until(timers.next_deadline())   // or until new work arrives
+//!     for id in timers.pop_due(now) { /* a message's next round is due */ }
+//!     // for each pending recipient of a due message, by its domain d:
+//!     //   destinations.is_suspended(d, now) -> Some(until): held back, untried (if all are,
+//!     //                                        timers.insert(earliest until, id))
+//!     //   None                              -> submitted to the engine
+//!     // for each outcome from the engine:
+//!     //   destinations.record(d, classify(code, enh, text), now) -> Some(until): d suspended
+//!     // when a round ends with recipients deferred:
+//!     //   retry.next_attempt(n, first, now, rng.u64(..)) -> RetryAt(t): timers.insert(t, id)
+//!     //   (not before the suspensions holding them end) | Expire: bounce with a DSN
+//!     // operator commands: destinations.suspend(d, until, now), destinations.resume(d, now)
+//!     sleep_until(timers.next_deadline())   // or until an outcome or new work arrives
 //! }
 //! ```
 
@@ -38,9 +47,7 @@ mod retry;
 mod timers;
 
 pub use classify::{classify, ReplyClass, MAX_CLASSIFIED_TEXT};
-pub use destinations::{
-    DestinationLimits, DestinationOptions, Destinations, LimitTable, MAX_EMISSION_INTERVAL, MAX_SUSPENSION,
-};
+pub use destinations::{DestinationOptions, Destinations, MAX_SUSPENSION};
 pub use retry::{Decision, RetryPolicy};
 pub use timers::{TimerId, Timers};
 
