@@ -425,7 +425,8 @@ pub struct DomainOverride {
     pub msgs_per_s: Option<f64>,
     /// Minimum TLS: `"none"`, `"encrypt"` (TLS required, certificate not verified) or
     /// `"verify"` (TLS required and verified); the strictest of this and the MX-prefix policy
-    /// applies. Default `"none"`.
+    /// applies. On an `mx_pattern` entry it applies to every matching MX host, and the
+    /// stricter of it and the domain's own floor wins. Default `"none"`.
     pub tls_floor: Floor,
 }
 
@@ -457,8 +458,8 @@ impl Config {
     /// The engine's settings: `[engine]`, `[dns]`, `[ports]`, `[tls]` (whose CA files are read
     /// here) and the TLS floors of `[[domain]]` entries with a `name`.
     ///
-    /// Refused: a `tls_floor` on an `mx_pattern` entry, because the engine applies floors by
-    /// domain only, and a floor that is silently not enforced is worse than an error.
+    /// A `tls_floor` on an `mx_pattern` entry applies to every MX host matching it (the first
+    /// pattern in file order that matches a host), together with its domain's floor.
     /// `max_conns` and `msgs_per_s` become the engine's limit rules: on a `name` entry they
     /// limit that domain; on an `mx_pattern` entry they are one budget shared by every
     /// connection and message to the MX hosts matching it, whatever their domain.
@@ -501,12 +502,8 @@ impl Config {
                 (Some(name), _) if d.tls_floor != Floor::None => {
                     c.floors.insert(name.clone(), d.tls_floor);
                 }
-                (None, Some(_)) if d.tls_floor != Floor::None => {
-                    return Err(ConfigError::invalid(
-                        format!("{}.tls_floor", d.label()),
-                        "a TLS floor by MX pattern is not enforced by the engine yet; \
-                         give it per domain with `name` instead",
-                    ));
+                (None, Some(p)) if d.tls_floor != Floor::None => {
+                    c.mx_floors.push((p.as_str().to_string(), d.tls_floor));
                 }
                 _ => {}
             }
@@ -1324,11 +1321,14 @@ mod tests {
         assert_eq!(e.floors.get("secure.test"), Some(&Floor::Verified));
         assert_eq!(e.floors.get("enc.test"), Some(&Floor::Encrypted));
 
-        // A floor by MX pattern parses, but the engine cannot enforce it yet, so building the
-        // engine's settings refuses it rather than ignore it.
-        let c = Config::from_toml_str("[[domain]]\nmx_pattern = \"*.x.test\"\ntls_floor = \"verify\"\n").unwrap();
-        let e = c.engine_config().unwrap_err().to_string();
-        assert!(e.contains("domain \"*.x.test\".tls_floor") && e.contains("not enforced"), "{e}");
+        // A floor by MX pattern goes to the engine's MX floors, in file order.
+        let c = Config::from_toml_str(
+            "[[domain]]\nmx_pattern = \"*.X.test\"\ntls_floor = \"verify\"\n[[domain]]\nmx_pattern = \"mx.y.test\"\ntls_floor = \"encrypt\"\n",
+        )
+        .unwrap();
+        let e = c.engine_config().unwrap();
+        assert_eq!(e.mx_floors, vec![("*.x.test".to_string(), Floor::Verified), ("mx.y.test".to_string(), Floor::Encrypted)]);
+        assert!(e.floors.is_empty());
     }
 
     #[test]

@@ -284,7 +284,8 @@ impl HostPlan {
 }
 
 /// An operator's minimum for a domain or MX pattern (strictest of floor and prefix wins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+/// Ordered from weakest to strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Floor {
     #[default]

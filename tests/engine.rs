@@ -365,13 +365,21 @@ async fn operator_floor_is_stricter_than_a_plain_name() {
     // a valid certificate mandatory, so a host without STARTTLS is deferred, not sent in clear.
     let mut z = ZoneBuilder::new("t.test.");
     z.mx("floor.t.test", 10, "mx-floor.t.test").a("mx-floor.t.test", ip(32));
+    // The same for every domain whose MX host matches a pattern floor, and only for those.
+    z.mx("hosted.t.test", 10, "mx1.pinned.t.test").a("mx1.pinned.t.test", ip(32));
+    z.mx("other.t.test", 10, "mx.other.t.test").a("mx.other.t.test", ip(32));
     let w = World::start(vec![z], vec![(32, Box::new(|c: &mut SinkConfig| c.starttls = false))]).await;
     let mut cfg = w.engine_config();
     cfg.floors.insert("floor.t.test".into(), mxpipe::policy::Floor::Verified);
-    let (o, _) = deliver(cfg, vec![msg("m1", &["a@floor.t.test"])]).await;
-    let a = one(&o, "a@floor.t.test");
-    assert_eq!(a.status, Status::Deferred, "{a:?}");
-    assert!(a.reply.contains("STARTTLS"), "{}", a.reply);
+    cfg.mx_floors.push(("*.pinned.t.test".into(), mxpipe::policy::Floor::Encrypted));
+    let (o, _) = deliver(cfg, vec![msg("m1", &["a@floor.t.test", "b@hosted.t.test", "c@other.t.test"])]).await;
+    for r in ["a@floor.t.test", "b@hosted.t.test"] {
+        let a = one(&o, r);
+        assert_eq!(a.status, Status::Deferred, "{a:?}");
+        assert!(a.reply.contains("STARTTLS"), "{}", a.reply);
+    }
+    let c = one(&o, "c@other.t.test");
+    assert_eq!((c.status, c.tls), (Status::Delivered, mxpipe::outcome::TlsUse::None), "{c:?}");
     let s = w.stop().await;
-    assert_eq!(s[0].messages, 0);
+    assert_eq!(s[0].messages, 1, "only the domain without a floor got its message (in clear)");
 }

@@ -93,6 +93,9 @@ pub struct EngineConfig {
     pub policy: PolicyOptions,
     /// Per-domain TLS floors set by the operator (the strictest of floor and MX prefix wins).
     pub floors: HashMap<String, Floor>,
+    /// TLS floors by MX host pattern (`mx.example.net` or `*.example.net`); an MX host takes
+    /// the first that matches, and the stricter of it and its domain's floor applies.
+    pub mx_floors: Vec<(String, Floor)>,
     /// Operator limits for some destinations: a domain's own connection and message-rate
     /// limits, and budgets shared by all connections to the MX hosts matching a pattern.
     pub limits: Vec<limits::LimitRule>,
@@ -120,6 +123,7 @@ impl Default for EngineConfig {
             ehlo_name: "mxpipe.localhost".into(),
             policy: PolicyOptions::default(),
             floors: HashMap::new(),
+            mx_floors: Vec::new(),
             limits: Vec::new(),
             tickets_per_host: 16,
             ticket_hosts: 50_000,

@@ -495,6 +495,10 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
             }
             let plan = {
                 let cache = shard.policy.borrow();
+                let floor = match shard.cfg.mx_floors.iter().find(|(p, _)| super::limits::host_matches(p, &host.name)) {
+                    Some(&(_, f)) => floor.max(f),
+                    None => floor,
+                };
                 policy::plan_cached(&cache, &host.name, dest.dnssec, floor, &shard.cfg.policy, Instant::now())
             };
             match try_host(shard, domain, &dest, host, &plan).await {
