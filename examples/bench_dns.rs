@@ -10,7 +10,8 @@
 //! Domains are `d{i}.bench.test`, each with one MX `{prefix}mx{i}.bench.test` (prefix by
 //! `--kind`: `starttls-`, `smtps-`, none, or a third each for `mixed`), whose A record is one
 //! of `--addresses` loopback addresses 127.1.x.y (the same formula as `mxpipe demo`: domain i
-//! gets address i mod K, numbered from 127.1.0.1), or `--all-to IP` for every host.
+//! gets address i mod K, numbered from 127.1.0.1; `--mx-ip-base 127.7` numbers them from
+//! 127.7.0.1 instead), or `--all-to IP` for every host.
 //!
 //! Serving: prints `dns 127.0.0.1:PORT` as its first stdout line, then runs until SIGTERM,
 //! SIGINT or `--max-secs` (default 600). With `--write-burst` (and no `--serve`) it only writes
@@ -39,16 +40,20 @@ struct Args {
     /// Destination domains d0.bench.test … d{N-1}.bench.test.
     #[arg(long, default_value_t = 500)]
     domains: usize,
-    /// Loopback addresses 127.1.x.y the MX hosts are spread over.
+    /// Loopback addresses 127.B.x.y the MX hosts are spread over.
     #[arg(long, default_value_t = 64)]
     addresses: usize,
     /// MX host name prefix: starttls- (mandatory STARTTLS), smtps- (implicit TLS), plain
     /// (opportunistic), or mixed (a third each).
     #[arg(long, value_enum, default_value_t = Kind::Starttls)]
     kind: Kind,
-    /// First two octets of the MX addresses (only 127.1 is supported: the demo's formula).
+    /// First two octets of the MX addresses, 127.B (127.1 is the demo's formula); another B
+    /// keeps a benchmark's addresses apart from others on the same machine.
     #[arg(long, default_value = "127.1")]
     mx_ip_base: String,
+    /// Where the DNS server listens (UDP and TCP); port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    dns_listen: SocketAddr,
     /// Give every MX host this address instead (e.g. 127.0.0.1).
     #[arg(long)]
     all_to: Option<Ipv4Addr>,
@@ -78,10 +83,18 @@ struct Args {
     serve: bool,
 }
 
-/// The i-th MX address: 127.1.0.1, 127.1.0.2, … (as `address()` in src/demo.rs).
-fn address(i: usize) -> Ipv4Addr {
+/// The i-th MX address: 127.B.0.1, 127.B.0.2, … (with B = 1 as `address()` in src/demo.rs).
+fn address(base: u8, i: usize) -> Ipv4Addr {
     let n = i as u32 + 1;
-    Ipv4Addr::new(127, 1, (n >> 8) as u8, (n & 0xff) as u8)
+    Ipv4Addr::new(127, base, (n >> 8) as u8, (n & 0xff) as u8)
+}
+
+/// B of `--mx-ip-base 127.B`.
+fn ip_base(a: &Args) -> Result<u8, String> {
+    a.mx_ip_base
+        .strip_prefix("127.")
+        .and_then(|b| b.parse().ok())
+        .ok_or_else(|| format!("--mx-ip-base {}: expected 127.B (a loopback /16, e.g. 127.1)", a.mx_ip_base))
 }
 
 fn mx_name(kind: Kind, i: usize) -> String {
@@ -95,7 +108,7 @@ fn mx_name(kind: Kind, i: usize) -> String {
 }
 
 fn host_ip(a: &Args, i: usize) -> Ipv4Addr {
-    a.all_to.unwrap_or_else(|| address(i % a.addresses.max(1)))
+    a.all_to.unwrap_or_else(|| address(ip_base(a).unwrap_or(1), i % a.addresses.max(1)))
 }
 
 fn write_burst(a: &Args, path: &PathBuf) -> std::io::Result<()> {
@@ -136,9 +149,7 @@ fn run(a: Args) -> Result<(), String> {
     if a.domains == 0 || a.addresses == 0 {
         return Err("--domains and --addresses must be at least 1".into());
     }
-    if a.mx_ip_base != "127.1" {
-        return Err("--mx-ip-base: only 127.1 is supported (addresses 127.1.x.y as in mxpipe demo)".into());
-    }
+    ip_base(&a)?;
     if a.all_to.is_none() && a.addresses > 65_000 {
         return Err("--addresses: at most 65000".into());
     }
@@ -163,7 +174,7 @@ fn run(a: Args) -> Result<(), String> {
             zone.mx(&format!("d{i}.bench.test"), 10, &host);
             zone.a(&host, host_ip(&a, i));
         }
-        let dns = DnsServer::start(vec![zone], SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        let dns = DnsServer::start(vec![zone], a.dns_listen)
             .await
             .map_err(|e| format!("cannot start the DNS server: {e}"))?;
         {

@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# The daemon end to end, side by side with Postfix, in one run on this machine (loopback only):
+# the same burst (MSGS messages of ~SIZE bytes to DOMAINS domains, one recipient each) is injected
+# with Postfix's smtp-source into
+#   1. mxpipe serve (release build; spool fsync on, group commit; delivery log on), and
+#   2. Postfix as the relay (a separate instance through perf/postfix-sender.sh with PF_HOLD=no:
+#      queued durably by cleanup, then delivered by its smtp client with mandatory TLS, TLS session
+#      cache, connection cache and TLS connection reuse, 8 connections per next hop),
+# both delivering to the same sink (examples/bench_sink.rs: mxpipe's sink with a live progress file)
+# with STARTTLS on ADDRS addresses 127.7.x.y, destinations resolved as in perf/delivery.sh (our DNS
+# server, examples/bench_dns.rs, MX hosts starttls-…: mandatory, verified STARTTLS, for mxpipe; the
+# same addresses in a transport map for Postfix, which does no DNS).
+#
+# Injection: smtp-source cannot vary the recipient domain, so each domain gets one smtp-source
+# process (one session, connection kept: -d; recipients numbered: -N) and SESSIONS of them run at
+# once (xargs -P). smtp-source does not pipeline (its BUGS section); Postfix's smtp client does.
+# Per side: end-to-end messages/s (first injection to the last message counted at the sink),
+# injection-only rate (to the last 250 from the system under test), CPU seconds of the daemon or of
+# all Postfix processes (master and every descendant, reaped ones included) per message, fsync +
+# fdatasync calls per message (FSYNC_TRACE=1: `perf record -a` of the syscalls:sys_enter_fsync and
+# sys_enter_fdatasync tracepoints plus sched:sched_process_fork, calls attributed to the daemon's
+# process, or to Postfix's master and its process tree), and the sink's count (must equal MSGS).
+# Pinning (2+ CPUs), as perf/delivery.sh: the system under test on CPU $SUT_CPU (the daemon, with
+# shards = 1; Postfix's master and so all its processes); sink, DNS and smtp-source on CPU $PEER_CPU.
+# PIN=0 pins nothing (the daemon then has one shard per core), for comparison.
+# Writes raw files to $OUT, results.json and summary.md (paste into perf/RESULTS.md).
+#
+# Usage (root; installs Postfix via apt-get if missing):
+#   bash perf/daemon.sh                                  (MSGS=50000 DOMAINS=500 SIZE=2048 ADDRS=64)
+#   MSGS=2000 DOMAINS=50 bash perf/daemon.sh             (short run)
+#   SIDES=mxpipe PROFILE=1 bash perf/daemon.sh           (also perf record -g the daemon: mx-profile.txt)
+# The Postfix instance is /etc/postfix-daemonbench (queue /var/spool/postfix-daemonbench): neither the
+# default instance (tests/peers/postfix-peer.sh) nor perf/delivery.sh's /etc/postfix-bench is touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MSGS=${MSGS:-50000}
+DOMAINS=${DOMAINS:-500}
+SIZE=${SIZE:-2048}
+ADDRS=${ADDRS:-64}
+SESSIONS=${SESSIONS:-50}                # smtp-source processes (sessions) at once
+P25=${P25:-3725}                        # the sink's STARTTLS port on every 127.7.x.y address
+IP=${IP:-127.7.255.1}                   # injection listeners (daemon, Postfix), DNS, HTTP API
+INJ_PORT=${INJ_PORT:-3790}
+PF_PORT=${PF_PORT:-3791}
+HTTP_PORT=${HTTP_PORT:-3792}
+SUT_CPU=${SUT_CPU:-0}
+PEER_CPU=${PEER_CPU:-1}
+PIN=${PIN:-1}                           # PIN=0: nothing pinned, the daemon with one shard per core
+LIMIT=${LIMIT:-600}                     # seconds, bound on every wait of every run
+SIDES=${SIDES:-mxpipe postfix}
+FSYNC_TRACE=${FSYNC_TRACE:-1}
+PROFILE=${PROFILE:-0}
+PROFILE_ARGS=${PROFILE_ARGS:--F 999 -g} # perf record options of PROFILE=1
+MX_KX=${MX_KX:-default}                 # [engine] kx of the daemon (Postfix's OpenSSL uses X25519)
+MX_DELIVERY_LOG=${MX_DELIVERY_LOG:-1}   # the daemon logs every delivery, as Postfix does
+PF_CONC=${PF_CONC:-8}
+PF_CACHE_DESTS=${PF_CACHE_DESTS:-}      # static:all: Postfix caches every connection, not only "on demand"
+OUT=${OUT:-perf/out/daemon-$(date -u +%Y%m%dT%H%M%SZ)}
+export PF_CONC PF_CACHE_DESTS PF_CONF=/etc/postfix-daemonbench PF_SPOOL=/var/spool/postfix-daemonbench \
+  PF_DATA=/var/lib/postfix-daemonbench PF_LISTEN=$IP PF_INET_INTERFACES=127.0.0.1 PF_PORT PF_HOLD=no
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+die() { echo "daemon.sh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (Postfix is reconfigured and started)"
+[ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (system under test and load apart)"
+case "$IP" in 127.*) ;; *) die "IP must be loopback";; esac
+(( ADDRS > DOMAINS )) && ADDRS=$DOMAINS
+(( MSGS >= DOMAINS )) || die "MSGS must be at least DOMAINS (every domain gets a message)"
+command -v smtp-source >/dev/null || die "smtp-source not found (package postfix: run perf/postfix-sender.sh once, or apt-get install postfix)"
+[ "$FSYNC_TRACE" = 0 ] || [ "$PROFILE" = 0 ] || command -v perf >/dev/null || die "perf not found (FSYNC_TRACE=0 PROFILE=0 to run without)"
+
+cargo build --release --locked -q --bin mxpipe --example bench_dns --example bench_sink
+if [ "$PIN" = 1 ]; then
+  ON_SUT=(taskset -c "$SUT_CPU"); ON_PEER=(taskset -c "$PEER_CPU"); PF_CPU=$SUT_CPU; SHARDS=1
+else
+  ON_SUT=(); ON_PEER=(); PF_CPU=""; SHARDS='"auto"'
+fi
+BIN=$PWD/target/release
+PFS=$PWD/perf/postfix-sender.sh
+
+PIDS=()
+SINK_PID="" DPID="" PERF_PID="" PROF_PID=""
+cleanup() {
+  set +e
+  [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
+  [ -n "$PROF_PID" ] && kill -INT "$PROF_PID" 2>/dev/null
+  [ -n "$DPID" ] && kill -TERM "$DPID" 2>/dev/null
+  [ -n "$SINK_PID" ] && kill -TERM "$SINK_PID" 2>/dev/null
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  bash "$PFS" stop >/dev/null 2>&1
+  wait 2>/dev/null
+}
+trap cleanup EXIT
+
+cputime() { # utime+stime of one live process, seconds
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+}
+now_ns() { date +%s%N; }
+# wait_until SECONDS DESCRIPTION COMMAND…: poll every 0.1 s, fail after SECONDS
+wait_until() {
+  local limit=$1 what=$2; shift 2
+  local deadline=$(( $(date +%s) + limit ))
+  until "$@"; do
+    [ "$(date +%s)" -lt "$deadline" ] || return 1
+    sleep 0.1
+  done
+}
+load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+echo "== $MSGS messages of ~$SIZE B to $DOMAINS domains on $ADDRS addresses 127.7.x.y; $SESSIONS smtp-source sessions at once"
+echo "{\"uptime\": \"$(uptime)\", \"loadavg\": \"$(load_avg)\"}" >"$OUT/load-before.json"
+BDNS=$BIN/examples/bench_dns
+$BDNS --domains "$DOMAINS" --addresses "$ADDRS" --mx-ip-base 127.7 --write-transport "$OUT/transport.txt" --transport-port "$P25"
+"${ON_PEER[@]}" "$BDNS" --domains "$DOMAINS" --addresses "$ADDRS" --mx-ip-base 127.7 --kind starttls \
+  --dns-listen "$IP:0" --max-secs 7200 >"$OUT/dns.out" 2>"$OUT/dns.err" &
+PIDS+=($!)
+wait_until 10 "the DNS server" grep -q '^dns ' "$OUT/dns.out" || die "bench_dns did not start: $(cat "$OUT/dns.err")"
+DNS_ADDR=$(awk '/^dns /{print $2; exit}' "$OUT/dns.out")
+
+# The injection jobs: "DOMAIN-INDEX COUNT", MSGS spread evenly over the domains.
+: >"$OUT/jobs.txt"
+for ((i = 0; i < DOMAINS; i++)); do
+  echo "$i $(( MSGS / DOMAINS + (i < MSGS % DOMAINS ? 1 : 0) ))" >>"$OUT/jobs.txt"
+done
+BODY=$(( SIZE > 400 ? SIZE - 170 : SIZE ))   # smtp-source adds ~170 B of headers
+cat >"$OUT/inject-one.sh" <<EOF
+#!/bin/sh
+# one smtp-source session: \$1 = domain index, \$2 = messages; \$3 = ADDR:PORT of the system under test
+exec smtp-source -d -s 1 -m "\$2" -N -l $BODY -S "daemon bench" -M inject.bench.test \\
+  -f sender@src.bench.test -t "u@d\$1.bench.test" "\$3"
+EOF
+chmod +x "$OUT/inject-one.sh"
+
+LISTEN=()
+for ((i = 0; i < ADDRS; i++)); do n=$((i + 1)); LISTEN+=(--listen "127.7.$((n >> 8)).$((n & 255))"); done
+sink_start() { # side
+  local side=$1
+  rm -f "$OUT/$side-ca.pem" "$OUT/$side-progress.json"
+  "${ON_PEER[@]}" "$BIN/examples/bench_sink" "${LISTEN[@]}" --starttls-port "$P25" --cert-names '*.bench.test' \
+    --ca-out "$OUT/$side-ca.pem" --hostname sink.bench.test --threads 1 --max-secs 7200 \
+    --progress "$OUT/$side-progress.json" --stats-json "$OUT/$side-sink.json" >"$OUT/$side-sink.log" 2>&1 &
+  SINK_PID=$!
+  wait_until 20 "the sink" grep -q '^sink ready' "$OUT/$side-sink.log" || die "sink did not start: $(cat "$OUT/$side-sink.log")"
+  SINK_CPU0=$(cputime "$SINK_PID")
+}
+sink_count() { # side: messages the sink has counted (its progress file, rewritten every 100 ms)
+  sed -n 's/.*"messages":\([0-9]*\).*/\1/p' "$OUT/$1-progress.json" 2>/dev/null | grep . || echo 0
+}
+sink_has_all() { [ "$(sink_count "$CUR_SIDE")" -ge "$MSGS" ]; }
+sink_stop() { # side
+  local side=$1 c1
+  c1=$(cputime "$SINK_PID")
+  kill -TERM "$SINK_PID"; wait "$SINK_PID" || true; SINK_PID=""
+  echo "{\"sink_cpu_s\": $(awk -v a="$SINK_CPU0" -v b="$c1" 'BEGIN{printf "%.2f", b - a}')}" >"$OUT/$side-sinkcpu.json"
+  [ -s "$OUT/$side-sink.json" ] || die "the sink wrote no stats ($side)"
+}
+
+# fsync tracing: every CPU, only three tracepoints (a few events per message); attributed afterwards.
+trace_start() { # side
+  [ "$FSYNC_TRACE" = 1 ] || return 0
+  perf record -q -a -e syscalls:sys_enter_fsync -e syscalls:sys_enter_fdatasync -e sched:sched_process_fork \
+    -o "$OUT/$1-fsync.data" >"$OUT/$1-perf.log" 2>&1 &
+  PERF_PID=$!
+  sleep 1   # perf needs a moment to open the events on every CPU
+  kill -0 "$PERF_PID" 2>/dev/null || die "perf record failed: $(cat "$OUT/$1-perf.log")"
+}
+trace_stop() { # side root-pids…: count fsync/fdatasync of the roots' process trees into $side-fsync.json
+  [ "$FSYNC_TRACE" = 1 ] || return 0
+  local side=$1; shift
+  kill -INT "$PERF_PID"; wait "$PERF_PID" || true; PERF_PID=""
+  perf script -i "$OUT/$side-fsync.data" -F comm,pid,event,trace 2>/dev/null | python3 -c '
+import json, re, sys
+tree = set(int(p) for p in sys.argv[2:])
+n = {"fsync": 0, "fdatasync": 0, "fsync_other": 0, "fdatasync_other": 0, "by_thread": {}}
+for line in sys.stdin:
+    m = re.match(r"\s*(.+?)\s+(\d+)\s+(\S+):", line)
+    if not m:
+        continue
+    comm, pid, ev = m.group(1), int(m.group(2)), m.group(3)
+    if ev == "sched:sched_process_fork":
+        c = re.search(r"child_pid=(\d+)", line)
+        if c and pid in tree:
+            tree.add(int(c.group(1)))
+    elif ev.endswith("sys_enter_fsync") or ev.endswith("sys_enter_fdatasync"):
+        k = "fsync" if ev.endswith("fsync") and not ev.endswith("fdatasync") else "fdatasync"
+        n[k if pid in tree else k + "_other"] += 1
+        if pid in tree:
+            n["by_thread"][f"{comm} {k}"] = n["by_thread"].get(f"{comm} {k}", 0) + 1
+n["tree_pids"] = len(tree)
+json.dump(n, open(sys.argv[1], "w"))
+' "$OUT/$side-fsync.json" "$@"
+  rm -f "$OUT/$side-fsync.data"
+}
+descendants() { # pid: the pid and every live descendant
+  python3 - "$1" <<'PY'
+import os, sys
+kids = {}
+for p in os.listdir("/proc"):
+    if p.isdigit():
+        try:
+            s = open(f"/proc/{p}/stat").read()
+        except OSError:
+            continue
+        kids.setdefault(int(s[s.rindex(")") + 2:].split()[1]), []).append(int(p))
+out, todo = [], [int(sys.argv[1])]
+while todo:
+    p = todo.pop(); out.append(p); todo += kids.get(p, [])
+print(" ".join(map(str, out)))
+PY
+}
+
+# inject SIDE ADDR:PORT: run every job, SESSIONS at once, timed; then wait for the sink to count MSGS.
+inject_and_wait() {
+  local side=$1 target=$2 t0 t1 rc=0
+  echo "   injecting with smtp-source into $target"
+  t0=$(now_ns)
+  "${ON_PEER[@]}" timeout "$LIMIT" /usr/bin/time -f '{"wall_s": %e, "user_s": %U, "sys_s": %S}' -o "$OUT/$side-inject.time" \
+    xargs -P "$SESSIONS" -L 1 "$OUT/inject-one.sh" <<<"$(sed "s|\$| $target|" "$OUT/jobs.txt")" \
+    >"$OUT/$side-inject.log" 2>&1 || rc=$?
+  t1=$(now_ns)
+  echo "{\"t0_ns\": $t0, \"inject_end_ns\": $t1, \"inject_rc\": $rc}" >"$OUT/$side-inject.json"
+  [ "$rc" = 0 ] || { tail -5 "$OUT/$side-inject.log" >&2; die "smtp-source failed on $side (exit $rc): not every message was acknowledged"; }
+  echo "   all $MSGS acknowledged in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b - a) / 1e9}') s; waiting for the sink"
+  CUR_SIDE=$side
+  wait_until "$LIMIT" "the sink" sink_has_all || die "$side: the sink counted $(sink_count "$side") of $MSGS within ${LIMIT}s"
+}
+
+side_mxpipe() {
+  echo "== 1. mxpipe serve (release; spool fsync on; shards $SHARDS$([ "$PIN" = 1 ] && echo " on CPU $SUT_CPU"))"
+  sink_start mxpipe
+  rm -rf "$OUT/mx-spool"
+  cat >"$OUT/mxpipe.toml" <<TOML
+# generated by perf/daemon.sh
+[engine]
+shards = $SHARDS
+max_conns_per_dest = $PF_CONC
+ehlo_name = "relay.bench.test"
+kx = "$MX_KX"
+[dns]
+nameserver = "$DNS_ADDR"
+[ports]
+smtp = $P25
+smtps = $((P25 + 1))
+[tls]
+ca_files = ["$OUT/mxpipe-ca.pem"]
+[spool]
+dir = "$OUT/mx-spool"
+fsync = true
+[inject.smtp]
+listen = "$IP:$INJ_PORT"
+allowed_networks = ["127.0.0.0/8"]
+[inject.http]
+listen = "$IP:$HTTP_PORT"
+[log]
+$([ "$MX_DELIVERY_LOG" = 1 ] && echo "delivery_log = \"$OUT/mx-delivery.jsonl\"")
+TOML
+  rm -f "$OUT/mx-delivery.jsonl"
+  "${ON_SUT[@]}" "$BIN/mxpipe" serve --config "$OUT/mxpipe.toml" >"$OUT/mxpipe-serve.out" 2>"$OUT/mxpipe-serve.err" &
+  DPID=$!
+  wait_until 20 "mxpipe serve" grep -q 'injection SMTP on' "$OUT/mxpipe-serve.out" || die "serve did not start: $(cat "$OUT/mxpipe-serve.err")"
+  trace_start mxpipe
+  [ "$PROFILE" = 1 ] && { perf record -q $PROFILE_ARGS -p "$DPID" -o "$OUT/mx-profile.data" >/dev/null 2>&1 & PROF_PID=$!; sleep 0.5; }
+  local c0 c1; c0=$(cputime "$DPID")
+  inject_and_wait mxpipe "$IP:$INJ_PORT"
+  c1=$(cputime "$DPID")
+  # per thread, for where the daemon's time goes
+  # (threads of the blocking pool that already exited are not listed: their time is in cpu_s above)
+  for t in /proc/"$DPID"/task/*; do
+    printf '%s\t%s\t%s\n' "$(cat "$t/comm")" "$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); print ($12 + $13) / hz }' "$t/stat")" \
+      "$(awk '/ctxt_switches/ {s += $2} END {print s}' "$t/status")"
+  done | sort | awk -F'\t' '{c[$1] += $2; n[$1]++; x[$1] += $3}
+    END {for (k in c) printf "{\"thread\": \"%s\", \"threads\": %d, \"cpu_s\": %.2f, \"ctx_switches\": %d}\n", k, n[k], c[k], x[k]}' >"$OUT/mxpipe-threads.jsonl"
+  [ "$PROFILE" = 1 ] && { kill -INT "$PROF_PID"; wait "$PROF_PID" || true; PROF_PID=""; }
+  sleep 1   # late duplicates would show in the final count
+  trace_stop mxpipe "$DPID"
+  kill -TERM "$DPID"; wait "$DPID" || true; DPID=""
+  echo "{\"cpu_s\": $(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b - a}')}" >"$OUT/mxpipe-cpu.json"
+  sink_stop mxpipe
+  grep -h 'stopped' "$OUT/mxpipe-serve.out" | sed 's/^/   /' || true
+  [ ! -f "$OUT/mx-delivery.jsonl" ] || grep -c '"status":"delivered"' "$OUT/mx-delivery.jsonl" >"$OUT/mxpipe-delivered.count" || true
+  rm -rf "$OUT/mx-spool" "$OUT/mx-delivery.jsonl"
+  if [ "$PROFILE" = 1 ]; then
+    # flat by thread and symbol; by thread; call chains (callers) of the top symbols. perf.data is kept.
+    perf report -i "$OUT/mx-profile.data" --no-children --sort comm,dso,symbol -g none --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -80 >"$OUT/mx-profile.txt" || true
+    perf report -i "$OUT/mx-profile.data" --no-children --sort comm --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' >"$OUT/mx-profile-threads.txt" || true
+    perf report -i "$OUT/mx-profile.data" --no-children --sort symbol -g caller,0.5,callee --stdio 2>/dev/null | grep -v '^$' | head -400 >"$OUT/mx-profile-callers.txt" || true
+  fi
+}
+
+side_postfix() {
+  echo "== 2. Postfix $(postconf -h mail_version 2>/dev/null) as the relay (durable queue; smtp client TLS encrypt, caches, TLS reuse$([ "$PIN" = 1 ] && echo "; on CPU $SUT_CPU"))"
+  sink_start postfix
+  PF_TRANSPORT=$OUT/transport.txt PF_CA=$OUT/postfix-ca.pem PF_CPU=$PF_CPU PF_LOG=$OUT/postfix.log PF_TIMEOUT=$LIMIT \
+    bash "$PFS" start | sed 's/^/   /'
+  cp "$PF_CONF/main.cf" "$OUT/postfix-main.cf"; cp "$PF_CONF/master.cf" "$OUT/postfix-master.cf"
+  local master c0 c1
+  master=$(tr -d ' ' <"$PF_SPOOL/pid/master.pid")
+  trace_start postfix
+  read -r c0 _ < <(bash "$PFS" cpu)
+  local roots; roots=$(descendants "$master")
+  inject_and_wait postfix "$IP:$PF_PORT"
+  read -r c1 _ < <(bash "$PFS" cpu)
+  sleep 1
+  # shellcheck disable=SC2086
+  trace_stop postfix $roots
+  echo "{\"cpu_s\": $(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b - a}')}" >"$OUT/postfix-cpu.json"
+  wait_until 30 "Postfix's queue" sh -c "[ -z \"\$(find $PF_SPOOL/incoming $PF_SPOOL/active $PF_SPOOL/deferred -type f -print -quit 2>/dev/null)\" ]" \
+    || echo "   WARNING: Postfix's queue is not empty"
+  sleep 1   # postlogd writes the last lines
+  grep -c 'status=sent' "$OUT/postfix.log" >"$OUT/postfix-delivered.count" || true
+  grep -o 'conn_use=[0-9]*' "$OUT/postfix.log" | wc -l >"$OUT/postfix-conn-use.count" || true
+  bash "$PFS" stop >/dev/null
+  sink_stop postfix
+}
+
+for side in $SIDES; do
+  case "$side" in
+    mxpipe) side_mxpipe;;
+    postfix) side_postfix;;
+    *) die "SIDES: mxpipe and/or postfix, not $side";;
+  esac
+  python3 - "$OUT" "$side" "$MSGS" <<'PY' || die "$side lost or duplicated messages"
+import json, sys
+out, side, msgs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = json.load(open(f"{out}/{side}-sink.json"))
+i = json.load(open(f"{out}/{side}-inject.json"))
+e2e = (s["last_ns"] - i["t0_ns"]) / 1e9
+print(f"   sink: {s['messages']}/{msgs} messages, {s['starttls']['connections']} connections; "
+      f"end to end {e2e:.2f} s = {msgs / e2e:,.0f} msg/s")
+sys.exit(0 if s["messages"] == msgs else 1)
+PY
+done
+echo "{\"uptime\": \"$(uptime)\", \"loadavg\": \"$(load_avg)\"}" >"$OUT/load-after.json"
+
+cat >"$OUT/params.json" <<JSON
+{"msgs": $MSGS, "domains": $DOMAINS, "size": $SIZE, "body": $BODY, "addrs": $ADDRS, "sessions": $SESSIONS, "p25": $P25,
+ "pf_conc": $PF_CONC, "pf_cache_dests": "$PF_CACHE_DESTS", "mx_kx": "$MX_KX", "mx_delivery_log": $MX_DELIVERY_LOG, "fsync_trace": $FSYNC_TRACE,
+ "pin": $PIN, "sut_cpu": $SUT_CPU, "peer_cpu": $PEER_CPU, "sides": "$SIDES",
+ "cpus": $(nproc), "cpu_model": "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)",
+ "postfix": "$(postconf -h mail_version 2>/dev/null)", "git": "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo +dirty)",
+ "command": "MSGS=$MSGS DOMAINS=$DOMAINS SIZE=$SIZE ADDRS=$ADDRS SESSIONS=$SESSIONS$([ "$FSYNC_TRACE" = 1 ] || echo " FSYNC_TRACE=0")$([ "$PIN" = 1 ] || echo " PIN=0")$([ -z "$PF_CACHE_DESTS" ] || echo " PF_CACHE_DESTS=$PF_CACHE_DESTS")$([ "$SIDES" = "mxpipe postfix" ] || echo " SIDES=\\\"$SIDES\\\"")$([ "$MX_KX" = default ] || echo " MX_KX=$MX_KX") bash perf/daemon.sh"}
+JSON
+python3 perf/summarize_daemon.py "$OUT" | tee "$OUT/summary.md"

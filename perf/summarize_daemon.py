@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Markdown summary (stdout) and results.json of one perf/daemon.sh run:
+python3 perf/summarize_daemon.py OUTDIR"""
+import json
+import os
+import sys
+
+out = sys.argv[1]
+
+
+def load(name):
+    p = os.path.join(out, name)
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+def count(name):
+    p = os.path.join(out, name)
+    try:
+        return int(open(p).read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+P = load("params.json") or {}
+MSGS = P.get("msgs", 0)
+LABELS = {
+    "mxpipe": "mxpipe serve (spool fsync on)",
+    "postfix": f"Postfix {P.get('postfix', '')} relay (durable queue)",
+}
+
+
+def side(name):
+    sink, inj, cpu = load(f"{name}-sink.json"), load(f"{name}-inject.json"), load(f"{name}-cpu.json")
+    if not sink or not inj or not cpu:
+        return None
+    fs = load(f"{name}-fsync.json")
+    itime = load(f"{name}-inject.time") or {}
+    sinkcpu = (load(f"{name}-sinkcpu.json") or {}).get("sink_cpu_s")
+    e2e = (sink["last_ns"] - inj["t0_ns"]) / 1e9
+    inject = (inj["inject_end_ns"] - inj["t0_ns"]) / 1e9
+    st = sink["starttls"]
+    syncs = None if fs is None else fs["fsync"] + fs["fdatasync"]
+    injector_cpu = itime.get("user_s", 0) + itime.get("sys_s", 0) if itime else None
+    threads = []
+    tp = os.path.join(out, f"{name}-threads.jsonl")
+    if os.path.exists(tp):
+        threads = sorted((json.loads(l) for l in open(tp) if l.strip()), key=lambda t: -t["cpu_s"])
+    return {
+        "side": name,
+        "label": LABELS.get(name, name),
+        "messages_injected": MSGS if inj.get("inject_rc") == 0 else None,
+        "messages_at_sink": sink["messages"],
+        "lost": MSGS - sink["messages"],
+        "e2e_s": e2e,
+        "e2e_msgs_per_s": MSGS / e2e if e2e > 0 else 0.0,
+        "inject_s": inject,
+        "inject_msgs_per_s": MSGS / inject if inject > 0 else 0.0,
+        "cpu_s": cpu["cpu_s"],
+        "cpu_us_per_msg": 1e6 * cpu["cpu_s"] / MSGS if MSGS else 0.0,
+        "fsync": None if fs is None else fs["fsync"],
+        "fdatasync": None if fs is None else fs["fdatasync"],
+        "syncs_per_msg": None if syncs is None else syncs / MSGS,
+        "syncs_elsewhere": None if fs is None else fs["fsync_other"] + fs["fdatasync_other"],
+        "syncs_by_thread": None if fs is None else fs.get("by_thread"),
+        "sink_connections": st["connections"],
+        "tls_full": st["handshakes_full"],
+        "tls_resumed": st["handshakes_resumed"],
+        "sink_cpu_s": sinkcpu,
+        "injector_cpu_s": injector_cpu,
+        "load_cpu_busy": None if sinkcpu is None or injector_cpu is None else (sinkcpu + injector_cpu) / e2e,
+        "delivered_logged": count(f"{name}-delivered.count"),
+        "threads": threads,
+    }
+
+
+def fmt(x, nd=0):
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.{nd}f}"
+    return f"{x:,}"
+
+
+rows = [r for r in (side(s) for s in P.get("sides", "mxpipe postfix").split()) if r]
+before, after = load("load-before.json") or {}, load("load-after.json") or {}
+lines = []
+w = lines.append
+w(f"#### Daemon end to end: mxpipe serve vs Postfix ({MSGS:,} messages, {P.get('domains')} domains)")
+w("")
+pinning = (f"system under test pinned to CPU {P.get('sut_cpu')}, sink, DNS and smtp-source to CPU {P.get('peer_cpu')}"
+           if P.get("pin", 1) else "nothing pinned (the daemon with one shard per core)")
+w(f"Machine: {P.get('cpus')} CPUs ({P.get('cpu_model')}); {pinning}; Postfix {P.get('postfix')}; the code of commit {P.get('git')}. "
+  f"Load average before: {before.get('loadavg', '?')}, after: {after.get('loadavg', '?')}.")
+w("")
+w(f"~{P.get('size'):,} B messages (smtp-source: {P.get('body'):,} B body + ~170 B of headers), one recipient each, "
+  f"injected by `smtp-source` ({P.get('sessions')} sessions at once, one per domain, connection kept, not pipelined), "
+  f"delivered with STARTTLS to the sink on {P.get('addrs')} addresses 127.7.x.y. "
+  f"mxpipe: `shards = {1 if P.get('pin', 1) else 'auto'}`, `max_conns_per_dest = {P.get('pf_conc')}`, kx {P.get('mx_kx')}, MX hosts `starttls-…` (verified), "
+  f"delivery log {'on' if P.get('mx_delivery_log') else 'off'}. Postfix: `smtp_tls_security_level = encrypt`, session and "
+  f"connection caches (connections cached {'for ' + P['pf_cache_dests'] if P.get('pf_cache_dests') else 'on demand, the default'}), TLS connection reuse, {P.get('pf_conc')} connections per next hop. "
+  f"End to end: first injection to the last message counted at the sink; injection: to the last 250. "
+  f"CPU: the daemon's process, or every Postfix process (master and all descendants, reaped ones included). "
+  + ("fsync: `fsync`+`fdatasync` calls of that process tree (perf tracepoints, system-wide)." if P.get("fsync_trace") else "fsync: not traced (FSYNC_TRACE=0)."))
+w("")
+w("| system | messages | at sink | end-to-end s | end-to-end msg/s | injection s | injection msg/s | CPU s | CPU µs/msg | fsync+fdatasync | per msg | sink conns | TLS full | TLS resumed | load CPU busy |")
+w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for r in rows:
+    syncs = None if r["fsync"] is None else r["fsync"] + r["fdatasync"]
+    busy = "–" if r["load_cpu_busy"] is None else f"{100 * r['load_cpu_busy']:.0f} %"
+    w(f"| {r['label']} | {fmt(MSGS)} | {fmt(r['messages_at_sink'])} | {r['e2e_s']:.2f} | {fmt(r['e2e_msgs_per_s'])} | "
+      f"{r['inject_s']:.2f} | {fmt(r['inject_msgs_per_s'])} | {r['cpu_s']:.2f} | {fmt(r['cpu_us_per_msg'])} | "
+      f"{fmt(syncs)} | {fmt(r['syncs_per_msg'], 3)} | {fmt(r['sink_connections'])} | {fmt(r['tls_full'])} | {fmt(r['tls_resumed'])} | "
+      f"{busy} |")
+w("")
+w("\"load CPU busy\": sink + smtp-source CPU seconds over the end-to-end time, on their one CPU (near 100 %: the load side, "
+  "not the system under test, was the limit).")
+by = {r["side"]: r for r in rows}
+if "mxpipe" in by and "postfix" in by:
+    m, p = by["mxpipe"], by["postfix"]
+    ratio = m["e2e_msgs_per_s"] / p["e2e_msgs_per_s"] if p["e2e_msgs_per_s"] else 0
+    w("")
+    w("| ratio | value | target | |")
+    w("|---|---:|---:|---|")
+    ok = ratio >= 3 and m["lost"] == 0 and p["lost"] == 0
+    w(f"| mxpipe / Postfix, end-to-end messages/s | {ratio:.2f}× | ≥ 3×, nothing lost | {'met' if ok else 'NOT met'} |")
+    if p["inject_msgs_per_s"]:
+        w(f"| mxpipe / Postfix, injection messages/s | {m['inject_msgs_per_s'] / p['inject_msgs_per_s']:.2f}× | – | |")
+    if m["cpu_us_per_msg"]:
+        w(f"| Postfix / mxpipe, CPU per message | {p['cpu_us_per_msg'] / m['cpu_us_per_msg']:.2f}× | – | |")
+    if m["syncs_per_msg"] and p["syncs_per_msg"]:
+        w(f"| Postfix / mxpipe, fsyncs per message | {p['syncs_per_msg'] / m['syncs_per_msg']:.1f}× | – | |")
+for r in rows:
+    extra = []
+    if r["delivered_logged"] is not None:
+        extra.append(f"{r['delivered_logged']:,} deliveries logged")
+    if r.get("syncs_by_thread"):
+        extra.append("fsync calls by thread: " + ", ".join(f"{k} {v:,}" for k, v in sorted(r["syncs_by_thread"].items(), key=lambda kv: -kv[1])))
+    if r["syncs_elsewhere"]:
+        extra.append(f"{r['syncs_elsewhere']:,} fsyncs by other processes during the run (not counted)")
+    if extra:
+        w("")
+        w(f"{r['label']}: " + "; ".join(extra) + ".")
+m = by.get("mxpipe")
+if m and m["threads"]:
+    w("")
+    w("mxpipe serve, CPU by thread over the run (and context switches per message): " + ", ".join(
+        f"{t['thread']}{' ×' + str(t['threads']) if t['threads'] > 1 else ''} {t['cpu_s']:.2f} s"
+        + (f" ({t['ctx_switches'] / MSGS:.1f})" if t.get("ctx_switches") is not None and MSGS else "")
+        for t in m["threads"] if t["cpu_s"] > 0) + ".")
+w("")
+w("Command:")
+w("")
+w("```sh")
+w(P.get("command", "bash perf/daemon.sh"))
+w("```")
+print("\n".join(lines))
+with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"params": P, "load_before": before, "load_after": after, "sides": rows}, f, indent=1)
