@@ -110,14 +110,12 @@ async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
         }
         batch.push((m.from, m.to, Arc::<[u8]>::from(m.data.into_bytes())));
     }
-    let spool = api.spool.clone();
     let for_manager = batch.clone();
     // All or nothing: one spool frame, one fsync.
-    let ids = match tokio::task::spawn_blocking(move || spool.accept_many(batch)).await {
-        Ok(Ok(ids)) => ids,
-        Ok(Err(e)) if e.is_disk_full() => return error(StatusCode::INSUFFICIENT_STORAGE, "spool disk full: retry later"),
-        Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("spool error: {e}: retry later")),
-        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "spool task failed: retry later"),
+    let ids = match api.spool.accept_many_async(batch).await {
+        Ok(ids) => ids,
+        Err(e) if e.is_disk_full() => return error(StatusCode::INSUFFICIENT_STORAGE, "spool disk full: retry later"),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("spool error: {e}: retry later")),
     };
     for (id, (from, rcpts, data)) in ids.iter().zip(for_manager) {
         // Visible before it is acknowledged, so a GET right after the 202 finds it.

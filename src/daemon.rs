@@ -53,11 +53,10 @@ impl Acceptor for SpoolAcceptor {
                 .collect::<Result<_, _>>()
                 .map_err(|_| "recipient is not UTF-8".to_string())?;
             let data: Arc<[u8]> = data.into();
-            let spool = self.spool.clone();
-            let (f, r, d) = (from.clone(), rcpts.clone(), data.clone());
-            let id = tokio::task::spawn_blocking(move || spool.accept(&f, &r, d))
+            let id = self
+                .spool
+                .accept_async(&from, &rcpts, data.clone())
                 .await
-                .map_err(|_| "spool task failed".to_string())?
                 .map_err(|e| if e.is_disk_full() { "spool disk full".to_string() } else { format!("spool error: {e}") })?;
             // Visible before it is acknowledged, so a lookup right after the 250 finds it.
             self.board.queued(id, &from, &rcpts, std::time::SystemTime::now());

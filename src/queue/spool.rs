@@ -218,12 +218,21 @@ pub(crate) struct NewMsg {
     rec: Vec<u8>,
 }
 
+/// Where the writer answers a request once it is durable (or failed): a oneshot, which a
+/// thread waits on by parking and a task by awaiting, so a session waiting for its group
+/// commit holds no thread.
+pub(crate) type Reply = tokio::sync::oneshot::Sender<Result<(), SpoolError>>;
+
 /// What callers send the writer.
 pub(crate) enum Req {
-    Accept { msgs: Vec<NewMsg>, reply: Sender<Result<(), SpoolError>> },
+    Accept { msgs: Vec<NewMsg>, reply: Reply },
     Attempt { id: MsgId, rcpt: String, final_status: Option<FinalStatus>, rec: Vec<u8> },
-    Flush { reply: Sender<Result<(), SpoolError>> },
+    Flush { reply: Reply },
 }
+
+/// Messages larger than this are encoded on a blocking thread by the async calls (copying and
+/// checksumming megabytes would hold up the runtime thread).
+const ASYNC_ENCODE_MAX: usize = 256 * 1024;
 
 /// The spool. `Send + Sync`: share it in an `Arc` and call it from any thread. Dropping it
 /// writes what is queued and stops the writer.
@@ -268,6 +277,34 @@ impl Spool {
         Ok(id)
     }
 
+    /// [`Spool::accept`] for async callers: the wait for the group commit holds no thread.
+    /// Must be called within a tokio runtime.
+    pub async fn accept_async(self: &Arc<Self>, from: &str, rcpts: &[String], data: Arc<[u8]>) -> Result<MsgId, SpoolError> {
+        if data.len() > ASYNC_ENCODE_MAX {
+            let (spool, from, rcpts) = (self.clone(), from.to_string(), rcpts.to_vec());
+            return tokio::task::spawn_blocking(move || spool.accept(&from, &rcpts, data)).await.map_err(|_| SpoolError::Closed)?;
+        }
+        let msg = self.encode(from, rcpts, &data, SystemTime::now())?;
+        let id = msg.id;
+        self.send_and_await(vec![msg]).await?;
+        Ok(id)
+    }
+
+    /// [`Spool::accept_many`] for async callers (see [`Spool::accept_async`]).
+    pub async fn accept_many_async(self: &Arc<Self>, msgs: Vec<(String, Vec<String>, Arc<[u8]>)>) -> Result<Vec<MsgId>, SpoolError> {
+        if msgs.iter().map(|(_, _, d)| d.len()).sum::<usize>() > ASYNC_ENCODE_MAX {
+            let spool = self.clone();
+            return tokio::task::spawn_blocking(move || spool.accept_many(msgs)).await.map_err(|_| SpoolError::Closed)?;
+        }
+        let now = SystemTime::now();
+        let enc = msgs.iter().map(|(f, r, d)| self.encode(f, r, d, now)).collect::<Result<Vec<_>, _>>()?;
+        let ids = enc.iter().map(|m| m.id).collect();
+        if !enc.is_empty() {
+            self.send_and_await(enc).await?;
+        }
+        Ok(ids)
+    }
+
     /// Stores several messages, all in one frame when they fit; returns once all are durable.
     /// All or nothing: on error none of the ids is acknowledged.
     pub fn accept_many(&self, msgs: Vec<(String, Vec<String>, Arc<[u8]>)>) -> Result<Vec<MsgId>, SpoolError> {
@@ -291,9 +328,9 @@ impl Spool {
 
     /// Waits until everything submitted before this call is durable.
     pub fn flush(&self) -> Result<(), SpoolError> {
-        let (reply, rx) = bounded(1);
+        let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx()?.send(Req::Flush { reply }).map_err(|_| SpoolError::Closed)?;
-        rx.recv().map_err(|_| SpoolError::Closed)?
+        rx.blocking_recv().map_err(|_| SpoolError::Closed)?
     }
 
     pub fn stats(&self) -> SpoolStats {
@@ -353,9 +390,25 @@ impl Spool {
     }
 
     fn send_and_wait(&self, msgs: Vec<NewMsg>) -> Result<(), SpoolError> {
-        let (reply, rx) = bounded(1);
+        let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx()?.send(Req::Accept { msgs, reply }).map_err(|_| SpoolError::Closed)?;
-        rx.recv().map_err(|_| SpoolError::Closed)?
+        rx.blocking_recv().map_err(|_| SpoolError::Closed)?
+    }
+
+    async fn send_and_await(self: &Arc<Self>, msgs: Vec<NewMsg>) -> Result<(), SpoolError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        match self.tx()?.try_send(Req::Accept { msgs, reply }) {
+            Ok(()) => {}
+            // The writer's queue is full (back-pressure): wait for room on a blocking thread.
+            Err(crossbeam_channel::TrySendError::Full(req)) => {
+                let spool = self.clone();
+                tokio::task::spawn_blocking(move || spool.tx().and_then(|tx| tx.send(req).map_err(|_| SpoolError::Closed)))
+                    .await
+                    .map_err(|_| SpoolError::Closed)??;
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(SpoolError::Closed),
+        }
+        rx.await.map_err(|_| SpoolError::Closed)?
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::format::{self, check_record, FrameHeader, SegHeader, FRAME_HDR, SEG_HDR};
 use super::index::{Index, Loc, Seg};
@@ -36,7 +36,7 @@ struct PendingAttempt {
     rec: Vec<u8>,
 }
 
-type Reply = Sender<Result<(), SpoolError>>;
+use super::Reply;
 
 #[derive(Default)]
 struct Batch {
