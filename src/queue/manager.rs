@@ -532,7 +532,13 @@ impl Manager {
                 }
             }
         }
-        let e = self.entries.get_mut(&id).expect("entry present");
+        self.settle(id);
+    }
+
+    /// Between rounds: send one DSN for what bounced, and finish the message if nothing is
+    /// pending any more.
+    fn settle(&mut self, id: MsgId) {
+        let Some(e) = self.entries.get_mut(&id) else { return };
         let bounced = std::mem::take(&mut e.bounced);
         let done = e.pending.is_empty();
         if !bounced.is_empty() {
@@ -635,18 +641,9 @@ impl Manager {
             }
             self.report.bounced_by_operator += 1;
         }
-        let e = self.entries.get_mut(&id).expect("entry present");
-        if e.in_flight == 0 {
-            // Between rounds: send the DSN and finish now (a round in progress does it at its end).
-            let bounced = std::mem::take(&mut e.bounced);
-            let done = e.pending.is_empty();
-            if !bounced.is_empty() {
-                self.send_dsn(id, bounced);
-            }
-            if done {
-                self.entries.remove(&id);
-                self.board.finished(id);
-            }
+        // A round in progress settles at its end.
+        if self.entries.get(&id).is_some_and(|e| e.in_flight == 0) {
+            self.settle(id);
         }
     }
 
