@@ -99,7 +99,8 @@ impl Users {
         // A fixed salt would do as well: the dummy only has to cost the same.
         let _ = aws_lc_rs::rand::fill(&mut salt);
         let dummy = Entry { iterations, salt, hash: vec![0u8; HASH_LEN] };
-        let slots = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Half the cores at most: a flood of AUTH attempts must not take delivery's CPU.
+        let slots = std::thread::available_parallelism().map_or(1, |n| n.get() / 2).max(1);
         Ok(Users { users, dummy, slots: tokio::sync::Semaphore::new(slots) })
     }
 
@@ -123,14 +124,20 @@ impl Users {
         ok && known
     }
 
-    /// [`Users::verify`] on a blocking thread, a few at a time, so sessions on the runtime's
-    /// threads keep running.
-    pub async fn check(self: &Arc<Self>, user: String, password: Vec<u8>) -> bool {
-        let Ok(_slot) = self.slots.acquire().await else { return false };
+    /// [`Users::verify`] on a blocking thread, a few at a time (half the cores), so sessions
+    /// on the runtime's threads and delivery keep running. `None` when no check could start
+    /// within [`CHECK_WAIT`] (a flood of attempts): the client should try again later.
+    pub async fn check(self: &Arc<Self>, user: String, password: Vec<u8>) -> Option<bool> {
+        let slot = tokio::time::timeout(CHECK_WAIT, self.slots.acquire()).await.ok()?.ok()?;
         let users = self.clone();
-        tokio::task::spawn_blocking(move || users.verify(&user, &password)).await.unwrap_or(false)
+        let ok = tokio::task::spawn_blocking(move || users.verify(&user, &password)).await.unwrap_or(false);
+        drop(slot);
+        Some(ok)
     }
 }
+
+/// Longest wait for a password check to start before the client is told to try later.
+pub const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn parse_line(line: &str) -> Result<(String, Entry), String> {
     let fields: Vec<&str> = line.split(':').collect();
@@ -327,9 +334,9 @@ mod tests {
     #[tokio::test]
     async fn check_runs_off_the_runtime_thread() {
         let users = Arc::new(parse(&hash_line("alice", "pw", MIN_ITERATIONS).unwrap()).unwrap());
-        assert!(users.check("alice".into(), b"pw".to_vec()).await);
-        assert!(!users.check("alice".into(), b"pX".to_vec()).await);
-        assert!(!users.check("nobody".into(), b"pw".to_vec()).await);
+        assert!(users.check("alice".into(), b"pw".to_vec()).await == Some(true));
+        assert_eq!(users.check("alice".into(), b"pX".to_vec()).await, Some(false));
+        assert_eq!(users.check("nobody".into(), b"pw".to_vec()).await, Some(false));
     }
 
     #[test]

@@ -402,8 +402,9 @@ pub struct LogSection {
 ///   `engine.max_conns_per_dest`), message rate and TLS floor.
 /// - An `mx_pattern` entry is one budget for all connections and messages to the MX hosts
 ///   matching it, whatever domain they serve: `max_conns = 50` for `*.outlook.com` means 50
-///   connections to Microsoft's MX hosts in all. An MX host falls under the first pattern
-///   (in file order) that matches it.
+///   connections to Microsoft's MX hosts in all. An MX host takes its budget (`max_conns`
+///   and `msgs_per_s` together) from the first pattern in file order that matches it and
+///   sets either, and its floor from the first that matches it and sets `tls_floor`.
 ///
 /// Both apply when both match: a domain with its own entry whose MX hosts fall under a
 /// pattern is held to the stricter of the two at every moment.
@@ -597,8 +598,8 @@ impl Config {
                 return Err(ConfigError::DuplicateDomain { file: None, key, value, first, second: n });
             }
             seen.insert(value, n);
-            if d.max_conns == Some(0) {
-                return Err(ConfigError::invalid(format!("{}.max_conns", d.label()), "must be at least 1"));
+            if d.max_conns.is_some_and(|c| !(1..=MAX_CONNS_LIMIT).contains(&c)) {
+                return Err(ConfigError::invalid(format!("{}.max_conns", d.label()), format!("must be from 1 to {MAX_CONNS_LIMIT}")));
             }
             if let Some(r) = d.msgs_per_s {
                 if !(r.is_finite() && r > 0.0) {
@@ -612,6 +613,9 @@ impl Config {
         Ok(())
     }
 }
+
+/// Most connections a `[[domain]]` entry may allow (more than any server takes from one sender).
+const MAX_CONNS_LIMIT: usize = 100_000;
 
 fn at_least_one(setting: &str, v: usize) -> Result<(), ConfigError> {
     if v == 0 {
@@ -1297,6 +1301,7 @@ mod tests {
         assert!(err("[[domain]]\nmax_conns = 3\n").contains("exactly one of `name`"));
         assert!(err("[[domain]]\nname = \"a.test\"\nmx_pattern = \"*.a.test\"\n").contains("exactly one of"));
         assert!(err("[[domain]]\nname = \"a.test\"\nmax_conns = 0\n").contains("domain \"a.test\".max_conns"));
+        assert!(err("[[domain]]\nmx_pattern = \"*.a.test\"\nmax_conns = 9223372036854775807\n").contains("must be from 1 to 100000"));
         assert!(err("[[domain]]\nname = \"a.test\"\nmsgs_per_s = 0.0\n").contains("domain \"a.test\".msgs_per_s"));
         assert!(err("[[domain]]\nname = \"a.test\"\nmsgs_per_s = nan\n").contains("msgs_per_s"));
         assert!(err("[[domain]]\nname = \"a test\"\n").contains("name"));

@@ -96,6 +96,9 @@ pub struct Target {
     pub security: Security,
     /// The name the certificate must match (the MX host as published).
     pub verify_name: String,
+    /// The operator's MX budget the host falls under (its index), if any: connections are
+    /// shared only within one budget, so reuse never escapes a budget's limits.
+    pub budget: Option<usize>,
 }
 
 impl Target {
@@ -108,6 +111,7 @@ impl Target {
             start: self.start,
             security: self.security,
             name: (self.security == Security::RequireVerified).then(|| self.verify_name.clone()),
+            budget: self.budget,
         }
     }
 }
@@ -119,6 +123,7 @@ pub struct PoolKey {
     pub start: TlsStart,
     pub security: Security,
     pub name: Option<String>,
+    pub budget: Option<usize>,
 }
 
 /// What we know of an open connection, for outcome records.
@@ -505,5 +510,34 @@ impl Pool {
     /// Remove and return every idle connection (at shutdown).
     pub fn drain(&mut self) -> Vec<Conn> {
         self.idle.drain().flat_map(|(_, l)| l.into_iter().map(|(c, _)| c)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(host: &str, security: Security, budget: Option<usize>) -> Target {
+        Target {
+            host: host.into(),
+            addr: "127.0.0.1:25".parse().unwrap(),
+            start: TlsStart::Starttls,
+            security,
+            verify_name: host.into(),
+            budget,
+        }
+    }
+
+    #[test]
+    fn unverified_connections_are_shared_by_address_but_never_across_budgets() {
+        let a = target("mx.a.test", Security::Opportunistic, None);
+        let b = target("mx.b.test", Security::Opportunistic, None);
+        assert_eq!(a.pool_key(), b.pool_key(), "hosted domains share an address's connections");
+        let limited = target("mx1.big.test", Security::Opportunistic, Some(0));
+        assert_ne!(a.pool_key(), limited.pool_key(), "a connection outside a budget must not serve a host inside it");
+        assert_ne!(limited.pool_key(), target("mx1.big.test", Security::Opportunistic, Some(1)).pool_key());
+        let v1 = target("mx.a.test", Security::RequireVerified, None);
+        let v2 = target("mx.b.test", Security::RequireVerified, None);
+        assert_ne!(v1.pool_key(), v2.pool_key(), "verified connections are bound to their name");
     }
 }

@@ -141,3 +141,69 @@ async fn a_restart_keeps_the_retry_schedule() {
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A backlog waiting in the engine behind a rate limit is given back when its destination is
+/// suspended or bounced: it waits (untried, no attempt logged) or is bounced with DSNs, and
+/// is not delivered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_bounce_reach_a_backlog_held_by_a_rate_limit() {
+    let dir = tmpdir("withdraw");
+    let (slow_mail, src_mail) = (dir.join("slow"), dir.join("src"));
+    std::fs::create_dir_all(&slow_mail).unwrap();
+    std::fs::create_dir_all(&src_mail).unwrap();
+    let port = free_port("127.8.1.4");
+    let slow = sink_on(Ipv4Addr::new(127, 8, 1, 4), port, &slow_mail, |_| {}).await;
+    let src = sink_on(Ipv4Addr::new(127, 8, 1, 5), port, &src_mail, |_| {}).await;
+    let mut z = ZoneBuilder::new("t.test.");
+    for d in ["slow", "slow2"] {
+        z.mx(&format!("{d}.t.test"), 10, &format!("mx-{d}.t.test")).a(&format!("mx-{d}.t.test"), Ipv4Addr::new(127, 8, 1, 4));
+    }
+    z.mx("src.t.test", 10, "mx-src.t.test").a("mx-src.t.test", Ipv4Addr::new(127, 8, 1, 5));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut setup = Setup::new(&dir, dns.addr(), port);
+    // One message every 4 s: after the first, the others wait in the engine.
+    setup.tail = "[[domain]]\nname = \"slow.t.test\"\nmsgs_per_s = 0.25\n[[domain]]\nname = \"slow2.t.test\"\nmsgs_per_s = 0.25\n".into();
+    let d = start_daemon(&setup.write(&dir), setup.inject);
+    let api = setup.http;
+    for i in 0..4 {
+        assert!(inject(d.inject, "app@src.t.test", "u@slow.t.test", &format!("slow {i}")).await);
+    }
+    wait_for("the first delivery", Duration::from_secs(10), || subjects(&slow_mail).len() == 1).await;
+
+    // Suspend: the three waiting come back to the queue, untried.
+    let (ok, out, err) = queue_async(api, &["suspend", "slow.t.test", "--for", "1h"]).await;
+    assert!(ok, "{out}{err}");
+    wait_for("three recipients back in the queue", Duration::from_secs(5), || {
+        let (_, out, _) = queue(api, &["--json", "list"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["queues"].as_array().unwrap().iter().any(|q| q["domain"] == "slow.t.test" && q["recipients"] == 3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(subjects(&slow_mail).len(), 1, "a suspended destination's backlog was still delivered");
+
+    // Bounce: the three are bounced with DSNs, never delivered.
+    let (ok, out, err) = queue_async(api, &["bounce", "slow.t.test"]).await;
+    assert!(ok && out.starts_with("slow.t.test: 3 recipients bounced"), "{out}{err}");
+    wait_for("three DSNs", Duration::from_secs(10), || std::fs::read_dir(&src_mail).unwrap().count() >= 3).await;
+
+    // Bounce without a suspension, while the backlog is with the engine.
+    for i in 0..3 {
+        assert!(inject(d.inject, "app@src.t.test", "u@slow2.t.test", &format!("slow2 {i}")).await);
+    }
+    wait_for("slow2's first delivery", Duration::from_secs(10), || subjects(&slow_mail).len() == 2).await;
+    let (ok, out, err) = queue_async(api, &["bounce", "slow2.t.test"]).await;
+    assert!(ok && out.contains("2 recipients bounced") && out.contains("2 with the engine"), "{out}{err}");
+    wait_for("two more DSNs", Duration::from_secs(10), || std::fs::read_dir(&src_mail).unwrap().count() >= 5).await;
+    assert!(terminate(d));
+    assert_eq!(subjects(&slow_mail).len(), 2, "bounced recipients were delivered");
+    let log: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(log.iter().all(|r| r["status"] != "deferred"), "a withdrawn part was logged as an attempt");
+    let bounced = log.iter().filter(|r| r["status"] == "bounced" && r["reply"].as_str().unwrap().contains("bounced by the operator")).count();
+    assert_eq!(bounced, 5);
+    slow.shutdown(Duration::from_secs(1)).await;
+    src.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -134,7 +134,7 @@ impl Limits {
                 LimitScope::MxHosts(p) => l.mx.push(Arc::new(MxBudget {
                     pattern: p.clone(),
                     max_conns: r.max_conns,
-                    conns: r.max_conns.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+                    conns: r.max_conns.map(|n| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)))),
                     waiting: AtomicUsize::new(0),
                     rate,
                 })),
@@ -153,7 +153,16 @@ impl Limits {
 
     /// The budget MX host `host` falls under, if any.
     pub fn mx(&self, host: &str) -> Option<&Arc<MxBudget>> {
-        self.mx.iter().find(|b| host_matches(&b.pattern, host))
+        self.mx_index(host).map(|i| &self.mx[i])
+    }
+
+    /// Which budget (by index) MX host `host` falls under, if any: the first pattern that
+    /// matches it.
+    pub fn mx_index(&self, host: &str) -> Option<usize> {
+        if self.mx.is_empty() {
+            return None;
+        }
+        self.mx.iter().position(|b| host_matches(&b.pattern, host))
     }
 
     pub fn has_mx_budgets(&self) -> bool {

@@ -289,7 +289,7 @@ impl Engine {
                     }
                     Err(e) => match e.0 {
                         shard::Command::Deliver(part) => Some(part),
-                        shard::Command::Drain(_) => None,
+                        shard::Command::Drain(_) | shard::Command::Withdraw(_) => None,
                     },
                 }
             };
@@ -305,6 +305,17 @@ impl Engine {
             return Err(SubmitError::ShuttingDown);
         }
         Ok(())
+    }
+
+    /// Give back the parts for `domain` that no connection has started yet: each recipient
+    /// gets a deferral with [`WITHDRAWN`] (no attempt was made). For a destination that was
+    /// suspended or bounced while a backlog waited in the engine (behind a rate limit, say).
+    pub fn withdraw(&self, domain: &str) {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let shard = &self.shards[shard_of(&domain, self.shards.len())];
+        if shard.tx.send(shard::Command::Withdraw(domain)).is_ok() {
+            shard.wake.notify_one();
+        }
     }
 
     /// Recipients submitted that have no outcome yet: what a submitter should keep bounded.
@@ -380,9 +391,12 @@ impl Engine {
 /// engine was shutting down: it says nothing about the destination and is no attempt.
 pub const NOT_ATTEMPTED: &str = "not attempted: shutting down";
 
-/// Whether `o` is a deferral of that kind.
+/// The reason of a deferral for a part given back untried by [`Engine::withdraw`].
+pub const WITHDRAWN: &str = "not attempted: withdrawn (destination suspended or bounced)";
+
+/// Whether `o` is a deferral of a part that was never tried ([`NOT_ATTEMPTED`], [`WITHDRAWN`]).
 pub fn not_attempted(o: &Outcome) -> bool {
-    o.status == Status::Deferred && o.mx.is_none() && o.reply.strip_prefix("mxpipe: ") == Some(NOT_ATTEMPTED)
+    o.status == Status::Deferred && o.mx.is_none() && o.reply.starts_with("mxpipe: not attempted: ")
 }
 
 /// The lower-cased domain of `user@domain`, if it has one.

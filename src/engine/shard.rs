@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::limits::{Limits, MxBudget};
-use super::{Counters, EngineConfig, NOT_ATTEMPTED};
+use super::{Counters, EngineConfig, NOT_ATTEMPTED, WITHDRAWN};
 use crate::outcome::{Outcome, Status, TlsUse};
 use crate::policy::{self, Floor, HostPlan, LogicalPort, PolicyCache, Security};
 use crate::pool::{Conn, ConnectError, DeliverError, Pool, Target, TlsClients, Timeouts};
@@ -48,6 +48,8 @@ pub(super) enum Command {
     /// Finish everything queued, close idle connections, stop. At the deadline, if any,
     /// parts not yet started are deferred as [`NOT_ATTEMPTED`].
     Drain(Option<Instant>),
+    /// Give back a domain's parts not yet started, deferred as [`WITHDRAWN`].
+    Withdraw(String),
 }
 
 /// The recipients of one message at one destination domain.
@@ -166,7 +168,8 @@ struct Shard {
 struct DomainState {
     queue: VecDeque<Job>,
     workers: usize,
-    /// Workers that currently hold a working connection.
+    /// Workers that currently hold a working connection, or parked theirs only to wait for
+    /// the rate limit: the domain is reachable.
     connected: usize,
 }
 
@@ -192,6 +195,7 @@ async fn run(shard: Rc<Shard>, rx: crossbeam_channel::Receiver<Command>, wake: A
         loop {
             match rx.try_recv() {
                 Ok(Command::Deliver(part)) => enqueue(&shard, part),
+                Ok(Command::Withdraw(domain)) => fail_queue(&shard, &domain, Status::Deferred, "4.3.2", WITHDRAWN),
                 Ok(Command::Drain(deadline)) => {
                     if let (false, Some(at)) = (draining, deadline) {
                         tokio::task::spawn_local(stop_at(shard.clone(), at));
@@ -505,7 +509,12 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
                 Ok(ConnEnd::QueueEmpty) => return,
                 Ok(ConnEnd::Recycle) => continue 'again,
                 Ok(ConnEnd::Wait(until)) => {
-                    if sleep_unless_stopped(shard, until).await {
+                    // Still counted as connected while it waits: another worker failing
+                    // meanwhile must not defer the queue of a reachable domain.
+                    set_connected(shard, domain, 1);
+                    let slept = sleep_unless_stopped(shard, until).await;
+                    set_connected(shard, domain, -1);
+                    if slept {
                         continue 'again;
                     }
                     break 'again;
@@ -568,6 +577,7 @@ async fn try_host(
                 start: step.start,
                 security: step.security,
                 verify_name: plan.verify_name.clone(),
+                budget: shard.limits.mx_index(&host.name),
             };
             match open(shard, target.clone()).await {
                 Ok(conn) => return Ok(deliver_all(shard, domain, conn, plan).await),
@@ -606,6 +616,9 @@ async fn try_host(
 
 /// A connection to `target`: an idle one from the pool, or a new one.
 async fn open(shard: &Rc<Shard>, target: Target) -> Result<Conn, ConnectError> {
+    if stopping(shard) {
+        return Err(ConnectError::Stopped { reason: NOT_ATTEMPTED.into() });
+    }
     loop {
         let Some(mut conn) = shard.pool.borrow_mut().take(&target, Instant::now()) else { break };
         if conn.probe_alive().await {
@@ -613,9 +626,6 @@ async fn open(shard: &Rc<Shard>, target: Target) -> Result<Conn, ConnectError> {
             return Ok(conn);
         }
         // Closed by the server while idle: drop it and look for another.
-    }
-    if stopping(shard) {
-        return Err(ConnectError::Stopped { reason: NOT_ATTEMPTED.into() });
     }
     let mx_slot = take_mx_slot(shard, &target.host).await?;
     let slot = take_slot(shard, target.addr).await?;
@@ -733,7 +743,11 @@ fn slot_wanted(shard: &Shard, addr: SocketAddr) -> bool {
 /// Keep a connection for reuse while a part waits for its rate limit.
 fn park(shard: &Rc<Shard>, conn: Conn) {
     match Instant::now().checked_add(shard.cfg.idle_timeout) {
-        Some(until) if !shard.cfg.idle_timeout.is_zero() && !mx_wanted(&shard.limits, &conn.target.host) => {
+        Some(until)
+            if !shard.cfg.idle_timeout.is_zero()
+                && !slot_wanted(shard, conn.target.addr)
+                && !mx_wanted(&shard.limits, &conn.target.host) =>
+        {
             shard.pool.borrow_mut().put(conn, until)
         }
         _ => {
@@ -773,10 +787,17 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
         }
         // Under a rate limit: wait for the send time this part reserved (short waits keep
         // the connection; long ones park it and the worker sleeps).
-        let not_before = *job.not_before.get_or_insert_with(|| Instant::now() + rate_wait(shard, domain, &conn.target.host));
+        if stopping(shard) {
+            // Past the drain deadline (a part put back after it): nothing new starts.
+            finish(shard, &job, Status::Deferred, "4.3.2", NOT_ATTEMPTED, None);
+            continue;
+        }
+        let not_before = *job.not_before.get_or_insert_with(|| Instant::now() + rate_wait(shard, domain, &plan.host));
         let now = Instant::now();
         if not_before > now {
-            if not_before - now > RATE_HOLD {
+            // A long wait, or a short one while someone needs this connection's slot: park.
+            let wanted = slot_wanted(shard, conn.target.addr) || mx_wanted(&shard.limits, &conn.target.host);
+            if wanted || not_before - now > RATE_HOLD {
                 push_front(shard, domain, job);
                 park(shard, conn);
                 set_connected(shard, domain, -1);

@@ -24,7 +24,7 @@ use super::spool::{Attempt, FinalStatus, MsgId, Spool, Stored};
 use crate::dsn::{build_dsn, Action, DsnInput, FailedRcpt, ReturnContent};
 use crate::engine::{Engine, EngineStats, Submission};
 use crate::outcome::{Outcome, Status};
-use crate::schedule::{classify, Decision, DestinationOptions, Destinations, ReplyClass, RetryPolicy, Timers};
+use crate::schedule::{classify, Decision, DestinationOptions, Destinations, ReplyClass, RetryPolicy, TimerId, Timers};
 
 /// At shutdown, how long transactions under way may take to finish (each wait is also bounded
 /// by the engine's command timeout); parts not started by then stay in the spool untried.
@@ -116,6 +116,10 @@ struct Entry {
     pending: Vec<String>,
     /// Of `pending`, those with the engine in the round in progress.
     sent: Vec<String>,
+    /// The round in progress had a real deferral (not only parts given back untried).
+    round_deferred: bool,
+    /// Its retry (or suspension-end) timer, cancelled when it is submitted earlier.
+    timer: Option<TimerId>,
     /// Outcomes still expected for the round in progress (0: waiting for a timer).
     in_flight: usize,
     /// Rounds that ended with something deferred.
@@ -200,6 +204,9 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
             }
         }
         for id in m.timers.pop_due(Instant::now()) {
+            if let Some(e) = m.entries.get_mut(&id) {
+                e.timer = None;
+            }
             m.submit(id);
         }
         m.publish(false);
@@ -210,6 +217,12 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
     let stats = m.engine.take().map(|e| e.shutdown_by(Some(deadline))).unwrap_or_default();
     while let Ok(o) = outcomes.try_recv() {
         m.record_only(o);
+    }
+    // Bounces of the last moments get their DSN spooled (delivered after the next start);
+    // finished messages leave the board.
+    let ids: Vec<MsgId> = m.entries.iter().filter(|(_, e)| !e.bounced.is_empty() || e.pending.is_empty()).map(|(id, _)| *id).collect();
+    for id in ids {
+        m.settle(id);
     }
     m.flush_log();
     if m.spool.flush().is_err() {
@@ -238,6 +251,25 @@ struct Manager {
     /// Recipients an operator bounced while they were with the engine: bounced when that
     /// attempt comes back undelivered.
     doomed: std::collections::HashSet<(MsgId, String)>,
+}
+
+/// A deferral turned into the operator's bounce.
+fn operator_bounced(o: &mut Outcome) {
+    o.status = Status::Bounced;
+    o.reply = format!("mxpipe: bounced by the operator; last attempt: {}", o.reply);
+    o.enhanced = Some("5.0.0".into());
+}
+
+/// A bounced outcome as a DSN line.
+fn failed(o: &Outcome) -> FailedRcpt {
+    FailedRcpt {
+        rcpt: o.rcpt.clone(),
+        action: Action::Failed,
+        status: o.enhanced.clone().unwrap_or_else(|| "5.0.0".into()),
+        remote_mta: o.mx.clone(),
+        diagnostic: Some(o.reply.clone()),
+        last_attempt: Some(SystemTime::now()),
+    }
 }
 
 /// Whether `rcpt` is at `domain` (lower-case, no trailing dot).
@@ -312,10 +344,7 @@ impl Manager {
             }
         });
         match due {
-            Some(t) => {
-                self.timers.insert(t, s.id);
-                self.board.retry_at(s.id, t);
-            }
+            Some(t) => self.schedule(s.id, t),
             None => self.submit(s.id),
         }
     }
@@ -327,10 +356,20 @@ impl Manager {
         self.submit(a.id);
     }
 
+    /// (Re)set the timer of `id` to `at`.
+    fn schedule(&mut self, id: MsgId, at: Instant) {
+        let Some(e) = self.entries.get_mut(&id) else { return };
+        if let Some(old) = e.timer.replace(self.timers.insert(at, id)) {
+            self.timers.cancel(old);
+        }
+        self.board.retry_at(id, at);
+    }
+
     fn submit(&mut self, id: MsgId) {
         let now = Instant::now();
         let Some(e) = self.entries.get_mut(&id) else { return };
-        if e.in_flight > 0 || e.pending.is_empty() {
+        if e.in_flight > 0 || e.pending.is_empty() || self.engine.is_none() {
+            // (No engine: shutting down; the spool keeps it for the next start.)
             return;
         }
         // Recipients at a suspended destination wait for the suspension's end.
@@ -344,12 +383,16 @@ impl Manager {
         }
         if to.is_empty() {
             if let Some(at) = later {
-                self.timers.insert(at, id);
-                self.board.retry_at(id, at);
+                self.schedule(id, at);
             }
             return;
         }
+        if let Some(t) = e.timer.take() {
+            // Submitted before its timer (a resume): the timer would start an extra round.
+            self.timers.cancel(t);
+        }
         e.in_flight = to.len();
+        e.round_deferred = false;
         self.report.in_flight += to.len() as u64;
         e.sent.clone_from(&to);
         let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone() };
@@ -402,11 +445,19 @@ impl Manager {
 
     /// Record an outcome without starting anything new (at shutdown). A part the engine gave
     /// back untried is no attempt: it stays pending in the spool as it was.
-    fn record_only(&mut self, o: Outcome) {
+    fn record_only(&mut self, mut o: Outcome) {
         let Ok(id) = o.id.parse::<MsgId>() else { return };
         self.report.in_flight = self.report.in_flight.saturating_sub(1);
+        let doomed = !self.doomed.is_empty() && self.doomed.remove(&(id, o.rcpt.clone()));
         if crate::engine::not_attempted(&o) {
+            if doomed {
+                self.operator_bounce(id, vec![o.rcpt]);
+            }
             return;
+        }
+        if doomed && o.status == Status::Deferred {
+            operator_bounced(&mut o);
+            self.report.bounced_by_operator += 1;
         }
         let fin = match o.status {
             Status::Delivered => Some(FinalStatus::Delivered),
@@ -418,19 +469,20 @@ impl Manager {
             if fin.is_some() {
                 e.pending.retain(|r| *r != o.rcpt);
             }
-            if e.pending.is_empty() {
-                self.entries.remove(&id);
-                self.board.finished(id);
+            if o.status == Status::Bounced {
+                e.bounced.push(failed(&o));
             }
         }
     }
 
     fn outcome(&mut self, mut o: Outcome) {
         let Ok(id) = o.id.parse::<MsgId>() else { return };
-        if !self.doomed.is_empty() && self.doomed.remove(&(id, o.rcpt.clone())) && o.status == Status::Deferred {
-            o.status = Status::Bounced;
-            o.reply = format!("mxpipe: bounced by the operator; last attempt: {}", o.reply);
-            o.enhanced = Some("5.0.0".into());
+        let doomed = !self.doomed.is_empty() && self.doomed.remove(&(id, o.rcpt.clone()));
+        if crate::engine::not_attempted(&o) {
+            return self.given_back(id, o, doomed);
+        }
+        if doomed && o.status == Status::Deferred {
+            operator_bounced(&mut o);
             self.report.bounced_by_operator += 1;
         }
         self.report.in_flight = self.report.in_flight.saturating_sub(1);
@@ -457,8 +509,15 @@ impl Manager {
         self.record(id, &o, fin);
         if let Some(class) = reply_class(&o) {
             let d = domain(&o.rcpt);
+            let before = self.dests.is_suspended(&d, Instant::now());
             if let Some(until) = self.dests.record(&d, class, Instant::now()) {
                 self.board.suspended(&d, until);
+                if before.is_none() {
+                    // A backlog waiting in the engine (behind a rate limit) must wait too.
+                    if let Some(engine) = &self.engine {
+                        engine.withdraw(&d);
+                    }
+                }
             }
         }
         let Some(e) = self.entries.get_mut(&id) else { return };
@@ -469,17 +528,36 @@ impl Manager {
             e.pending.retain(|r| *r != o.rcpt);
         }
         if o.status == Status::Bounced {
-            e.bounced.push(FailedRcpt {
-                rcpt: o.rcpt.clone(),
-                action: Action::Failed,
-                status: o.enhanced.clone().unwrap_or_else(|| "5.0.0".into()),
-                remote_mta: o.mx.clone(),
-                diagnostic: Some(o.reply.clone()),
-                last_attempt: Some(SystemTime::now()),
-            });
+            e.bounced.push(failed(&o));
+        }
+        if o.status == Status::Deferred {
+            e.round_deferred = true;
         }
         if e.in_flight == 0 {
             self.end_round(id);
+        }
+    }
+
+    /// The engine gave a recipient back untried (its destination was withdrawn after a
+    /// suspension or an operator's bounce): no attempt, no round counted. Bounced now if the
+    /// operator bounced it; otherwise it waits as its destination says (a suspension's end).
+    fn given_back(&mut self, id: MsgId, o: Outcome, doomed: bool) {
+        self.report.in_flight = self.report.in_flight.saturating_sub(1);
+        let Some(e) = self.entries.get_mut(&id) else { return };
+        e.in_flight = e.in_flight.saturating_sub(1);
+        e.sent.retain(|r| *r != o.rcpt);
+        let round_over = e.in_flight == 0;
+        let deferred = e.round_deferred;
+        if doomed {
+            self.operator_bounce(id, vec![o.rcpt]);
+        }
+        if round_over {
+            if deferred {
+                self.end_round(id);
+            } else {
+                self.settle(id);
+                self.submit(id);
+            }
         }
     }
 
@@ -498,8 +576,7 @@ impl Manager {
                         Some(end) if end > at => end,
                         _ => at,
                     };
-                    self.timers.insert(at, id);
-                    self.board.retry_at(id, at);
+                    self.schedule(id, at);
                 }
                 Decision::Expire => {
                     // Too old: every recipient still pending is bounced (4.4.7, RFC 3463).
@@ -557,6 +634,10 @@ impl Manager {
                 let domain = crate::policy::normalize(&domain).into_owned();
                 let until = self.dests.suspend(&domain, now + duration, now);
                 self.board.suspended(&domain, until);
+                // Parts of a backlog the engine has not started come back and wait too.
+                if let Some(engine) = &self.engine {
+                    engine.withdraw(&domain);
+                }
                 let mut r = self.waiting_for(&domain);
                 r.suspended_until = Some(unix_at(until));
                 let _ = reply.send(r);
@@ -579,6 +660,10 @@ impl Manager {
                 let ids: Vec<MsgId> = self.entries.iter().filter(|(_, e)| e.pending.iter().any(|p| domain_is(p, &domain))).map(|(id, _)| *id).collect();
                 for id in ids {
                     self.bounce_now(id, &domain);
+                }
+                // Those the engine has not started come back and are bounced then.
+                if let Some(engine) = &self.engine {
+                    engine.withdraw(&domain);
                 }
                 let _ = reply.send(r);
             }
@@ -616,20 +701,25 @@ impl Manager {
         if now_bounced.is_empty() {
             return;
         }
-        e.pending.retain(|p| !now_bounced.contains(p));
-        let mut records = Vec::with_capacity(now_bounced.len());
-        for rcpt in now_bounced {
+        self.operator_bounce(id, now_bounced);
+        // A round in progress settles at its end.
+        if self.entries.get(&id).is_some_and(|e| e.in_flight == 0) {
+            self.settle(id);
+        }
+    }
+
+    /// Bounce `rcpts` of `id` by the operator's command, without an attempt: final in the
+    /// spool, logged, counted, and listed for the message's next DSN.
+    fn operator_bounce(&mut self, id: MsgId, rcpts: Vec<String>) {
+        let Some(e) = self.entries.get_mut(&id) else { return };
+        e.pending.retain(|p| !rcpts.contains(p));
+        let mut records = Vec::with_capacity(rcpts.len());
+        for rcpt in rcpts {
             let (last, _, mx) = e.last_reply.get(&rcpt).cloned().unwrap_or_default();
             let reason = if last.is_empty() { "bounced by the operator".to_string() } else { format!("bounced by the operator; last attempt: {last}") };
-            let o = Outcome::local(&id.to_string(), &rcpt, Status::Bounced, "5.0.0", reason);
-            e.bounced.push(FailedRcpt {
-                rcpt,
-                action: Action::Failed,
-                status: "5.0.0".into(),
-                remote_mta: mx,
-                diagnostic: Some(o.reply.clone()),
-                last_attempt: Some(SystemTime::now()),
-            });
+            let mut o = Outcome::local(&id.to_string(), &rcpt, Status::Bounced, "5.0.0", reason);
+            o.mx = mx;
+            e.bounced.push(failed(&o));
             records.push(o);
         }
         for o in records {
@@ -639,11 +729,9 @@ impl Manager {
             if self.spool.record_attempt(id, attempt, Some(FinalStatus::Bounced)).is_err() {
                 self.report.spool_errors += 1;
             }
+            self.report.bounced += 1;
             self.report.bounced_by_operator += 1;
-        }
-        // A round in progress settles at its end.
-        if self.entries.get(&id).is_some_and(|e| e.in_flight == 0) {
-            self.settle(id);
+            self.report.by_class.entry("none".into()).or_default().bounced += 1;
         }
     }
 
@@ -678,6 +766,6 @@ impl Manager {
 
 impl Entry {
     fn new(from: String, data: Arc<[u8]>, pending: Vec<String>, rounds: u32, first: Instant, received_at: SystemTime) -> Entry {
-        Entry { from, data, pending, sent: Vec::new(), in_flight: 0, rounds, first, received_at, last_reply: HashMap::new(), bounced: Vec::new() }
+        Entry { from, data, pending, sent: Vec::new(), round_deferred: false, timer: None, in_flight: 0, rounds, first, received_at, last_reply: HashMap::new(), bounced: Vec::new() }
     }
 }

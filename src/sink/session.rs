@@ -479,7 +479,17 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         };
         let ok = match creds.user() {
             Some(user) => auth.users.check(user.to_string(), creds.password).await,
-            None => false,
+            None => Some(false),
+        };
+        let Some(ok) = ok else {
+            // Too many checks under way (a flood): not a wrong password, but it counts.
+            self.gate.failures += 1;
+            if self.gate.failures >= auth.max_failures {
+                self.reply("421 4.7.0 Too many authentication attempts, closing connection\r\n").await;
+                return Some(Exit::Protocol);
+            }
+            self.reply("454 4.7.0 Temporary authentication failure, try again later\r\n").await;
+            return None;
         };
         if ok {
             self.authenticated = true;
