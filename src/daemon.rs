@@ -136,6 +136,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     sc.auth = auth;
     sc.idle_timeout = inject.idle_timeout;
     let sink = Sink::start(sc).await.map_err(|e| format!("cannot start the injection listener: {e}"))?;
+    board.set_injection_stats(sink.stats_reader());
     let api = crate::api::start(cfg.inject.http.listen, spool.clone(), acc_tx, ctl_tx, board)
         .await
         .map_err(|e| format!("cannot start the HTTP API on {}: {e}", cfg.inject.http.listen))?;

@@ -76,6 +76,7 @@ struct Running {
     daemon: Daemon,
     dns: DnsServer,
     dir: PathBuf,
+    http: SocketAddr,
 }
 
 impl Running {
@@ -101,7 +102,7 @@ async fn start(tag: &str, allowed: &str, auth_extra: &str, zone: ZoneBuilder, sm
     setup.tail = format!("[inject.smtp.auth]\nusers_file = \"{}\"\n{auth_extra}\n", users.display());
     let config = setup.write(&dir);
     let daemon = start_daemon(&config, setup.inject);
-    Running { daemon, dns, dir }
+    Running { daemon, dns, dir, http: setup.http }
 }
 
 async fn start_plain(tag: &str) -> Running {
@@ -230,6 +231,11 @@ async fn wrong_password_gets_535_slowly_and_mail_stays_refused() {
     assert_eq!(fast.cmd(&format!("AUTH PLAIN {}", plain("", "bob", "bobs password"))).await, 235);
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert_eq!(slow.reply().await.code, 535, "an unknown user fails like a wrong password");
+    // The metrics count them: alice's and bob's successes, three failures.
+    let (code, m) = http_async(d.http, "GET", "/metrics".into(), String::new()).await;
+    assert_eq!(code, 200);
+    assert!(m.contains("mxpipe_injection_auth_ok_total 2\n") && m.contains("mxpipe_injection_auth_failed_total 3\n"), "{m}");
+    assert!(m.contains("mxpipe_injection_connections_total 3\n") && m.contains("mxpipe_injection_tls_handshakes_total 3\n"), "{m}");
     d.stop().await;
 }
 

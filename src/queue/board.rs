@@ -72,7 +72,12 @@ struct Inner {
     /// The manager's counters as last published.
     report: ManagerReport,
     suspended: HashMap<String, SystemTime>,
+    /// The injection listener's counters, once it runs.
+    injection: Option<InjectionStats>,
 }
+
+/// Reads the SMTP injection listener's counters.
+type InjectionStats = Arc<dyn Fn() -> crate::sink::StatsSnapshot + Send + Sync>;
 
 /// Shared between the manager (writer) and observers (readers).
 #[derive(Clone, Default)]
@@ -157,6 +162,11 @@ impl Board {
         self.lock().suspended.insert(domain.to_string(), when);
     }
 
+    /// Where to read the SMTP injection listener's counters for `/metrics`.
+    pub fn set_injection_stats(&self, read: impl Fn() -> crate::sink::StatsSnapshot + Send + Sync + 'static) {
+        self.lock().injection = Some(Arc::new(read));
+    }
+
     /// A destination's suspension was lifted.
     pub fn resumed(&self, domain: &str) {
         self.lock().suspended.remove(domain);
@@ -239,6 +249,23 @@ impl Board {
         metric("mxpipe_dns_queries_total", "counter", "DNS queries sent.", e.dns_queries as f64);
         metric("mxpipe_connect_failures_total", "counter", "TCP connects refused or timed out.", e.connect_failures as f64);
         metric("mxpipe_transactions_total", "counter", "Message transactions sent over connections.", e.transactions as f64);
+        if let Some(read) = &g.injection {
+            let i = read();
+            let tls = i.starttls.handshakes_full + i.starttls.handshakes_resumed;
+            let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+                s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+            };
+            metric("mxpipe_injection_connections_total", "counter", "SMTP injection connections accepted.", i.starttls.connections);
+            metric("mxpipe_injection_sessions", "gauge", "SMTP injection sessions open now.", i.sessions_active);
+            metric("mxpipe_injection_tls_handshakes_total", "counter", "STARTTLS handshakes on the injection listener.", tls);
+            metric("mxpipe_injection_messages_total", "counter", "Messages accepted over SMTP injection (acknowledged after the spool commit).", i.messages);
+            metric("mxpipe_injection_refused_total", "counter", "Messages SMTP injection answered with a temporary failure because the spool refused them.", i.store_errors);
+            metric("mxpipe_injection_rejected_clients_total", "counter", "Injection connections refused: client outside allowed_networks (no AUTH configured).", i.rejected_clients);
+            metric("mxpipe_injection_auth_ok_total", "counter", "AUTH PLAIN that succeeded.", i.auth_ok);
+            metric("mxpipe_injection_auth_failed_total", "counter", "AUTH PLAIN that failed (wrong credentials, or the checks were busy).", i.auth_failed);
+            metric("mxpipe_injection_bad_commands_total", "counter", "Injection commands refused as bad syntax or out of sequence.", i.bad_commands);
+            metric("mxpipe_injection_timeouts_total", "counter", "Injection sessions closed for idling.", i.timeouts);
+        }
         s.push_str(
             "# HELP mxpipe_outcomes_total Recipient outcomes by status and by the MX-prefix policy class of the host (none: no host reached).\n\
              # TYPE mxpipe_outcomes_total counter\n",

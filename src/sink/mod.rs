@@ -306,6 +306,12 @@ impl Sink {
         self.stats.snapshot()
     }
 
+    /// A reader of the counters that outlives borrowing the sink (for metrics).
+    pub fn stats_reader(&self) -> impl Fn() -> StatsSnapshot + Send + Sync + 'static {
+        let stats = self.stats.clone();
+        move || stats.snapshot()
+    }
+
     /// Stop accepting, let open sessions finish for up to `grace` (idle ones are told 421 at
     /// once, ones inside a message may complete it), then close whatever is left.
     pub async fn shutdown(self, grace: Duration) -> ShutdownReport {

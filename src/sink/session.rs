@@ -484,6 +484,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         let Some(ok) = ok else {
             // Too many checks under way (a flood): not a wrong password, but it counts.
             self.gate.failures += 1;
+            inc(&self.ctx.stats.auth_failed);
             if self.gate.failures >= auth.max_failures {
                 self.reply("421 4.7.0 Too many authentication attempts, closing connection\r\n").await;
                 return Some(Exit::Protocol);
@@ -493,11 +494,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         };
         if ok {
             self.authenticated = true;
+            inc(&self.ctx.stats.auth_ok);
             self.bad = 0;
             self.reply("235 2.7.0 Authentication successful\r\n").await;
             return None;
         }
         self.gate.failures += 1;
+        inc(&self.ctx.stats.auth_failed);
         // Only this session waits: other sessions and the runtime carry on.
         tokio::time::sleep(auth.failure_delay).await;
         if self.gate.failures >= auth.max_failures {

@@ -36,6 +36,8 @@ pub(crate) struct Stats {
     pub sessions_aborted: AtomicU64,
     pub commands: AtomicU64,
     pub command_batches: AtomicU64,
+    pub auth_ok: AtomicU64,
+    pub auth_failed: AtomicU64,
 }
 
 impl Stats {
@@ -72,6 +74,8 @@ impl Stats {
             sessions_aborted: l(&self.sessions_aborted),
             commands: l(&self.commands),
             command_batches: l(&self.command_batches),
+            auth_ok: l(&self.auth_ok),
+            auth_failed: l(&self.auth_failed),
         }
     }
 }
@@ -142,6 +146,9 @@ pub struct StatsSnapshot {
     /// Reads that brought at least one command: `commands / command_batches` above 1 shows
     /// the clients pipelining.
     pub command_batches: u64,
+    /// AUTH that succeeded, and that failed (wrong credentials, or no check slot in time).
+    pub auth_ok: u64,
+    pub auth_failed: u64,
 }
 
 impl StatsSnapshot {
