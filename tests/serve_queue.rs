@@ -207,3 +207,32 @@ async fn suspend_and_bounce_reach_a_backlog_held_by_a_rate_limit() {
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_outlasts_a_restart_and_a_resume_too() {
+    let dir = tmpdir("keepsusp");
+    let dns = DnsServer::start(vec![ZoneBuilder::new("t.test.")], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let setup = Setup::new(&dir, dns.addr(), 25);
+    let config = setup.write(&dir);
+    let api = setup.http;
+    let d = start_daemon(&config, setup.inject);
+    assert!(queue_async(api, &["suspend", "paused.t.test", "--for", "2h"]).await.0);
+    assert!(queue_async(api, &["suspend", "brief.t.test", "--for", "1s"]).await.0);
+    assert!(terminate(d));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let d = start_daemon(&config, setup.inject);
+    let (ok, out, err) = queue_async(api, &["list"]).await;
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("paused.t.test ") && l.contains("until in 1h59m")), "lost at restart:\n{out}");
+    assert!(!out.contains("brief.t.test"), "an expired suspension came back:\n{out}");
+    assert!(queue_async(api, &["resume", "paused.t.test"]).await.0);
+    d.kill9();
+
+    let d = start_daemon(&config, setup.inject);
+    let (_, out, _) = queue_async(api, &["list"]).await;
+    assert!(out.contains("no recipients waiting and no destination suspended"), "the resume was lost:\n{out}");
+    assert!(terminate(d));
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -41,6 +41,9 @@ pub struct ManagerConfig {
     pub reporting_mta: String,
     /// Append one JSON line per attempt here (with its TLS facts), if set.
     pub delivery_log: Option<std::path::PathBuf>,
+    /// Keep the suspensions in force here (JSON, rewritten on each change), so that they
+    /// outlast a restart; if set.
+    pub suspensions_file: Option<std::path::PathBuf>,
 }
 
 /// A message the injection side has made durable.
@@ -166,6 +169,7 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
         dests: Destinations::new(DestinationOptions::default()),
         doomed: std::collections::HashSet::new(),
     };
+    m.load_suspensions();
     m.report.recovered = recovered.len() as u64;
     for s in recovered {
         m.recover(s);
@@ -513,6 +517,7 @@ impl Manager {
             if let Some(until) = self.dests.record(&d, class, Instant::now()) {
                 self.board.suspended(&d, until);
                 if before.is_none() {
+                    self.save_suspensions();
                     // A backlog waiting in the engine (behind a rate limit) must wait too.
                     if let Some(engine) = &self.engine {
                         engine.withdraw(&d);
@@ -634,6 +639,7 @@ impl Manager {
                 let domain = crate::policy::normalize(&domain).into_owned();
                 let until = self.dests.suspend(&domain, now + duration, now);
                 self.board.suspended(&domain, until);
+                self.save_suspensions();
                 // Parts of a backlog the engine has not started come back and wait too.
                 if let Some(engine) = &self.engine {
                     engine.withdraw(&domain);
@@ -646,6 +652,7 @@ impl Manager {
                 let domain = crate::policy::normalize(&domain).into_owned();
                 self.dests.resume(&domain, now);
                 self.board.resumed(&domain);
+                self.save_suspensions();
                 let r = self.waiting_for(&domain);
                 // Their next round now: those held only by the suspension go at once.
                 let ids: Vec<MsgId> = self.entries.iter().filter(|(_, e)| e.pending.iter().any(|p| domain_is(p, &domain))).map(|(id, _)| *id).collect();
@@ -669,6 +676,46 @@ impl Manager {
             }
         }
         self.publish(false);
+    }
+
+    /// Write the suspensions in force (domain → end, Unix seconds) to the suspensions file,
+    /// atomically (a temporary file renamed over it).
+    fn save_suspensions(&mut self) {
+        let Some(path) = &self.cfg.suspensions_file else { return };
+        let map: std::collections::BTreeMap<&str, f64> =
+            self.dests.suspended(Instant::now()).into_iter().map(|(d, until)| (d, unix_at(until))).collect();
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec_pretty(&map)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            eprintln!("mxpipe: cannot save the suspensions to {}: {e} (they hold until a restart)", path.display());
+        }
+    }
+
+    /// Take back the suspensions saved before a restart (those not yet over).
+    fn load_suspensions(&mut self) {
+        let Some(path) = &self.cfg.suspensions_file else { return };
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => return eprintln!("mxpipe: cannot read the suspensions in {}: {e}; none restored", path.display()),
+        };
+        let map: std::collections::BTreeMap<String, f64> = match serde_json::from_slice(&text) {
+            Ok(m) => m,
+            Err(e) => return eprintln!("mxpipe: {} is damaged ({e}); no suspension restored", path.display()),
+        };
+        let (now, unix_now) = (Instant::now(), SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64());
+        for (domain, until) in map {
+            let left = until - unix_now;
+            if !(left > 0.0 && left.is_finite()) {
+                continue;
+            }
+            let until = now + std::time::Duration::from_secs_f64(left.min(crate::schedule::MAX_SUSPENSION.as_secs_f64()));
+            let until = self.dests.suspend(&domain, until, now);
+            self.board.suspended(&domain, until);
+        }
     }
 
     /// Recipients waiting for `domain`, and how many of them are with the engine.
