@@ -60,10 +60,15 @@ fn parse_inject(body: &[u8]) -> Result<Vec<NewMessage>, String> {
     if !v.is_object() {
         return Err("expected a JSON object: a message, or {\"messages\": [...]}".into());
     }
+    // The error names where it is: `messages[3].to[0]: invalid type: ...`.
+    let at = |e: serde_path_to_error::Error<serde_json::Error>| match e.path().to_string().as_str() {
+        "." => e.inner().to_string(),
+        path => format!("{path}: {}", e.inner()),
+    };
     if v.get("messages").is_some() {
-        serde_json::from_value::<Batch>(v).map(|b| b.messages).map_err(|e| format!("invalid batch: {e}"))
+        serde_path_to_error::deserialize::<_, Batch>(v).map(|b| b.messages).map_err(|e| format!("invalid batch: {}", at(e)))
     } else {
-        serde_json::from_value::<NewMessage>(v).map(|m| vec![m]).map_err(|e| format!("invalid message: {e}"))
+        serde_path_to_error::deserialize::<_, NewMessage>(v).map(|m| vec![m]).map_err(|e| format!("invalid message: {}", at(e)))
     }
 }
 
@@ -243,7 +248,9 @@ mod tests {
     #[test]
     fn errors_name_what_is_wrong() {
         let e = parse_inject(br#"{"from": 1, "to": ["a@b.test"], "data": "x"}"#).unwrap_err();
-        assert!(e.starts_with("invalid message") && e.contains("invalid type: integer"), "{e}");
+        assert!(e.starts_with("invalid message: from: invalid type: integer"), "{e}");
+        let e = parse_inject(br#"{"messages": [{"from": "", "to": ["a@b.test"], "data": "x"}, {"from": "", "to": [7], "data": "x"}]}"#).unwrap_err();
+        assert!(e.starts_with("invalid batch: messages[1].to[0]: invalid type: integer"), "{e}");
         let e = parse_inject(br#"{"from": "a@b.test", "data": "x"}"#).unwrap_err();
         assert!(e.contains("missing field `to`"), "{e}");
         let e = parse_inject(br#"{"messages": [{"from": "a@b.test", "to": "c@d.test", "data": "x"}]}"#).unwrap_err();
