@@ -136,6 +136,52 @@ impl Users {
     }
 }
 
+/// Failed AUTHs counted per client address over a window: past the limit, that address's
+/// AUTHs are refused without a password check until its oldest failures age out. A client
+/// that reconnects gets no fresh tries, and a flood from one address costs no PBKDF2.
+#[derive(Debug)]
+pub struct FailureLog {
+    max: u32,
+    window: std::time::Duration,
+    by_ip: std::sync::Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+/// Addresses remembered at most; past it, those whose window has passed are forgotten first,
+/// then all (a flood from that many addresses is no longer a guessing attack to slow down).
+const FAILURE_LOG_CAP: usize = 100_000;
+
+impl FailureLog {
+    /// `max` failures per address within `window` (from the first of them).
+    pub fn new(max: u32, window: std::time::Duration) -> FailureLog {
+        FailureLog { max: max.max(1), window, by_ip: std::sync::Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, (u32, std::time::Instant)>> {
+        self.by_ip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `ip` has used up its failures.
+    pub fn blocked(&self, ip: std::net::IpAddr, now: std::time::Instant) -> bool {
+        self.lock().get(&ip).is_some_and(|&(n, since)| n >= self.max && now.saturating_duration_since(since) < self.window)
+    }
+
+    /// One more failure from `ip`.
+    pub fn record(&self, ip: std::net::IpAddr, now: std::time::Instant) {
+        let mut map = self.lock();
+        if map.len() >= FAILURE_LOG_CAP && !map.contains_key(&ip) {
+            map.retain(|_, &mut (_, since)| now.saturating_duration_since(since) < self.window);
+            if map.len() >= FAILURE_LOG_CAP {
+                map.clear();
+            }
+        }
+        let e = map.entry(ip).or_insert((0, now));
+        if now.saturating_duration_since(e.1) >= self.window {
+            *e = (0, now);
+        }
+        e.0 += 1;
+    }
+}
+
 /// Longest wait for a password check to start before the client is told to try later.
 pub const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -329,6 +375,24 @@ mod tests {
         let a = hash_line("u", "pw", MIN_ITERATIONS).unwrap();
         let b = hash_line("u", "pw", MIN_ITERATIONS).unwrap();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn failures_are_limited_per_address_within_a_window() {
+        let log = FailureLog::new(3, std::time::Duration::from_secs(600));
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t = std::time::Instant::now();
+        for _ in 0..2 {
+            log.record(a, t);
+        }
+        assert!(!log.blocked(a, t));
+        log.record(a, t);
+        assert!(log.blocked(a, t) && !log.blocked(b, t), "only the address that failed");
+        assert!(log.blocked(a, t + std::time::Duration::from_secs(599)));
+        let later = t + std::time::Duration::from_secs(600);
+        assert!(!log.blocked(a, later), "the window passed");
+        log.record(a, later);
+        assert!(!log.blocked(a, later), "a failure after the window starts a new count");
     }
 
     #[tokio::test]

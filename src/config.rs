@@ -334,7 +334,8 @@ impl Default for SmtpInjectSection {
 /// `allowed_networks`. With a users file, such a client may connect, EHLO, STARTTLS and AUTH;
 /// MAIL gets `530 5.7.0` until it has authenticated. A failed AUTH is answered `535 5.7.8`
 /// after a one-second pause; the third on a connection gets `421 4.7.0` and the connection is
-/// closed. Clients from `allowed_networks` need no AUTH.
+/// closed. After 10 failures from one address within 10 minutes, its AUTHs get `454 4.7.0`
+/// without a password check until they age out. Clients from `allowed_networks` need no AUTH.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SmtpAuthSection {

@@ -371,3 +371,38 @@ fn passwd_prints_a_line_that_verifies() {
     let out = passwd("ca:rol", "pw\n");
     assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_keeps_failing_gets_no_more_password_checks() {
+    let d = start_plain("byip").await;
+    // Four connections, three wrong passwords each (closed after the third): twelve failures
+    // from 127.0.0.1, past the ten allowed per address.
+    let guessers: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = d.addr();
+            tokio::spawn(async move {
+                let mut c = starttls(addr).await;
+                for n in 0..3 {
+                    let r = ask(&mut c, &format!("AUTH PLAIN {}", plain("", "alice", &format!("guess {i}.{n}")))).await;
+                    assert!(r.code == 535 || r.code == 421 || r.code == 454, "{r:?}");
+                    if r.code == 421 {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    for g in guessers {
+        g.await.unwrap();
+    }
+    // Now even the right password from that address is not checked.
+    let mut c = starttls(d.addr()).await;
+    let t0 = Instant::now();
+    let r = ask(&mut c, &format!("AUTH PLAIN {}", plain("", "alice", PASSWORD))).await;
+    assert_eq!((r.code, enhanced(&r)), (454, "4.7.0".into()), "{r:?}");
+    assert!(r.lines[0].contains("from your address"), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_millis(900), "refused without the failure pause or a check");
+    let r = ask(&mut c, "MAIL FROM:<app@src.test>").await;
+    assert_eq!(r.code, 530, "{r:?}");
+    d.stop().await;
+}

@@ -154,12 +154,21 @@ pub struct SinkAuth {
     pub failure_delay: Duration,
     /// Failed AUTHs on one connection before it is closed with 421 4.7.0.
     pub max_failures: u32,
+    /// Failed AUTHs per client address (10 in 10 minutes): past them, AUTH from that address
+    /// gets 454 4.7.0 without a password check.
+    pub by_ip: Arc<crate::auth::FailureLog>,
 }
 
 impl SinkAuth {
     /// One second before each failure reply, three failures per connection.
     pub fn new(users: Arc<crate::auth::Users>) -> SinkAuth {
-        SinkAuth { users, require_tls: true, failure_delay: Duration::from_secs(1), max_failures: 3 }
+        SinkAuth {
+            users,
+            require_tls: true,
+            failure_delay: Duration::from_secs(1),
+            max_failures: 3,
+            by_ip: Arc::new(crate::auth::FailureLog::new(10, Duration::from_secs(600))),
+        }
     }
 }
 
@@ -371,7 +380,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tracker: TaskTracker,
             Ok(permit) => {
                 tracker.spawn(async move {
                     ctx.stats.sessions_active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    serve(tcp, &ctx, must_auth).await;
+                    serve(tcp, &ctx, must_auth.then_some(peer.ip())).await;
                     ctx.stats.sessions_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                     drop(permit);
                 });
@@ -401,11 +410,11 @@ async fn refuse_client(mut tcp: TcpStream, ctx: Arc<Ctx>) {
     }
 }
 
-/// Serve one connection to its end. `must_auth`: a client outside `allowed_clients`, which
-/// must AUTH before MAIL.
-async fn serve(tcp: TcpStream, ctx: &Ctx, must_auth: bool) {
+/// Serve one connection to its end. `must_auth`: the address of a client outside
+/// `allowed_clients`, which must AUTH before MAIL.
+async fn serve(tcp: TcpStream, ctx: &Ctx, must_auth: Option<IpAddr>) {
     let _ = tcp.set_nodelay(true);
-    let gate = AuthGate { required: must_auth, failures: 0 };
+    let gate = AuthGate { required: must_auth.is_some(), failures: 0, peer: must_auth };
     let exit = match ctx.port {
         PortKind::Implicit => match handshake(tcp, ctx).await {
             Some(mut tls) => {

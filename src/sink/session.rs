@@ -55,6 +55,9 @@ pub(super) struct AuthGate {
     pub required: bool,
     /// Failed AUTH attempts on this connection so far.
     pub failures: u32,
+    /// The client's address when it must AUTH: its failures count against it across
+    /// connections.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// Message ids unique within the process, for "queued as" replies and file names.
@@ -477,20 +480,17 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 return self.bad_command("501 5.5.2 Malformed PLAIN response\r\n").await;
             }
         };
+        if self.gate.peer.is_some_and(|ip| auth.by_ip.blocked(ip, std::time::Instant::now())) {
+            // This address has failed too often lately: no password check at all.
+            return self.auth_refused(&auth, "Too many failed authentications from your address").await;
+        }
         let ok = match creds.user() {
             Some(user) => auth.users.check(user.to_string(), creds.password).await,
             None => Some(false),
         };
         let Some(ok) = ok else {
             // Too many checks under way (a flood): not a wrong password, but it counts.
-            self.gate.failures += 1;
-            inc(&self.ctx.stats.auth_failed);
-            if self.gate.failures >= auth.max_failures {
-                self.reply("421 4.7.0 Too many authentication attempts, closing connection\r\n").await;
-                return Some(Exit::Protocol);
-            }
-            self.reply("454 4.7.0 Temporary authentication failure, try again later\r\n").await;
-            return None;
+            return self.auth_refused(&auth, "Temporary authentication failure").await;
         };
         if ok {
             self.authenticated = true;
@@ -501,6 +501,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         }
         self.gate.failures += 1;
         inc(&self.ctx.stats.auth_failed);
+        if let Some(ip) = self.gate.peer {
+            auth.by_ip.record(ip, std::time::Instant::now());
+        }
         // Only this session waits: other sessions and the runtime carry on.
         tokio::time::sleep(auth.failure_delay).await;
         if self.gate.failures >= auth.max_failures {
@@ -510,6 +513,19 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             return Some(Exit::Protocol);
         }
         self.reply("535 5.7.8 Authentication credentials invalid\r\n").await;
+        None
+    }
+
+    /// AUTH not checked (`why`): 454 4.7.0, counted as a failure of this connection, and its
+    /// last one closes it with 421.
+    async fn auth_refused(&mut self, auth: &super::SinkAuth, why: &str) -> Option<Exit> {
+        self.gate.failures += 1;
+        inc(&self.ctx.stats.auth_failed);
+        if self.gate.failures >= auth.max_failures {
+            self.reply(&format!("421 4.7.0 {why}, closing connection\r\n")).await;
+            return Some(Exit::Protocol);
+        }
+        self.reply(&format!("454 4.7.0 {why}, try again later\r\n")).await;
         None
     }
 
