@@ -16,9 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::queue::board::Board;
-use crate::queue::manager::{Accepted, Control, ControlReply};
-use crate::queue::spool::Spool;
+use crate::queue::manager::{Control, ControlReply, Intake};
 
 /// Largest request body (a batch of messages).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -27,10 +25,8 @@ pub const MAX_BATCH: usize = 10_000;
 
 #[derive(Clone)]
 struct Api {
-    spool: Arc<Spool>,
-    to_manager: crossbeam_channel::Sender<Accepted>,
+    intake: Intake,
     control: crossbeam_channel::Sender<Control>,
-    board: Board,
 }
 
 /// One message to inject: the envelope and the RFC 5322 content.
@@ -115,19 +111,12 @@ async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
         }
         batch.push((m.from, m.to, Arc::<[u8]>::from(m.data.into_bytes())));
     }
-    let for_manager = batch.clone();
     // All or nothing: one spool frame, one fsync.
-    let ids = match api.spool.accept_many_async(batch).await {
+    let ids = match api.intake.accept(batch).await {
         Ok(ids) => ids,
         Err(e) if e.is_disk_full() => return error(StatusCode::INSUFFICIENT_STORAGE, "spool disk full: retry later"),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("spool error: {e}: retry later")),
     };
-    for (id, (from, rcpts, data)) in ids.iter().zip(for_manager) {
-        // Visible before it is acknowledged, so a GET right after the 202 finds it.
-        api.board.queued(*id, &from, &rcpts, std::time::SystemTime::now());
-        // Durable already: if the manager is gone, the message is delivered after a restart.
-        let _ = api.to_manager.send(Accepted { id: *id, from, rcpts, data });
-    }
     let ids: Vec<String> = ids.iter().map(|id| format!("{id:X}")).collect();
     (StatusCode::ACCEPTED, Json(serde_json::json!({ "ids": ids }))).into_response()
 }
@@ -136,14 +125,14 @@ async fn message(State(api): State<Api>, Path(id): Path<String>) -> Response {
     let Ok(n) = u64::from_str_radix(&id, 16) else {
         return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a message id"));
     };
-    match api.board.message(n) {
+    match api.intake.board().message(n) {
         Some(m) => Json(m).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no message {id} (unknown, or finished long ago)")),
     }
 }
 
 async fn queues(State(api): State<Api>) -> Response {
-    Json(serde_json::json!({ "queues": api.board.queues() })).into_response()
+    Json(serde_json::json!({ "queues": api.intake.board().queues() })).into_response()
 }
 
 /// Body of `POST /v1/queues/{domain}/suspend`: for how long (`"30m"`, `"2h"`; default 1h,
@@ -194,7 +183,7 @@ async fn queue_command(State(api): State<Api>, Path((domain, action)): Path<(Str
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.board.metrics()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.intake.board().metrics()).into_response()
 }
 
 /// A running API listener.
@@ -213,13 +202,7 @@ impl ApiServer {
 }
 
 /// Start the API on `listen`.
-pub async fn start(
-    listen: SocketAddr,
-    spool: Arc<Spool>,
-    to_manager: crossbeam_channel::Sender<Accepted>,
-    control: crossbeam_channel::Sender<Control>,
-    board: Board,
-) -> std::io::Result<ApiServer> {
+pub async fn start(listen: SocketAddr, intake: Intake, control: crossbeam_channel::Sender<Control>) -> std::io::Result<ApiServer> {
     let app = Router::new()
         .route("/v1/messages", post(inject))
         .route("/v1/messages/{id}", get(message))
@@ -227,7 +210,7 @@ pub async fn start(
         .route("/v1/queues/{domain}/{action}", post(queue_command))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Api { spool, to_manager, control, board });
+        .with_state(Api { intake, control });
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

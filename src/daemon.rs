@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::queue::board::Board;
-use crate::queue::manager::{self, Accepted, ManagerConfig, ManagerReport};
+use crate::queue::manager::{self, Intake, ManagerConfig, ManagerReport};
 use crate::queue::spool::{Spool, SpoolConfig};
 use crate::schedule::RetryPolicy;
 use crate::sink::{Acceptor, AcceptorRef, PortKind, Sink, SinkAuth, SinkConfig};
@@ -35,13 +35,9 @@ pub struct ServeReport {
     pub manager: ManagerReport,
 }
 
-/// The spool as the injection listener's acceptor: a message is acknowledged only after the
-/// spool has it on disk, then handed to the queue manager.
-struct SpoolAcceptor {
-    spool: Arc<Spool>,
-    to_manager: crossbeam_channel::Sender<Accepted>,
-    board: Board,
-}
+/// The injection listener's acceptor: a message is acknowledged only after the spool has it
+/// on disk ([`Intake::accept`]).
+struct SpoolAcceptor(Intake);
 
 impl Acceptor for SpoolAcceptor {
     fn accept(&self, from: Vec<u8>, rcpts: Vec<Vec<u8>>, data: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
@@ -52,17 +48,13 @@ impl Acceptor for SpoolAcceptor {
                 .map(String::from_utf8)
                 .collect::<Result<_, _>>()
                 .map_err(|_| "recipient is not UTF-8".to_string())?;
-            let data: Arc<[u8]> = data.into();
-            let id = self
-                .spool
-                .accept_async(&from, &rcpts, data.clone())
+            let ids = self
+                .0
+                .accept(vec![(from, rcpts, data.into())])
                 .await
                 .map_err(|e| if e.is_disk_full() { "spool disk full".to_string() } else { format!("spool error: {e}") })?;
-            // Visible before it is acknowledged, so a lookup right after the 250 finds it.
-            self.board.queued(id, &from, &rcpts, std::time::SystemTime::now());
-            // The message is durable: if the manager is gone it is delivered after a restart.
-            let _ = self.to_manager.send(Accepted { id, from, rcpts, data });
-            Ok(format!("{id:X}"))
+            // One message in, one id out.
+            ids.first().map(|id| format!("{id:X}")).ok_or_else(|| "spool returned no id".to_string())
         })
     }
 }
@@ -132,13 +124,14 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     sc.starttls_port = Some(inject.listen.port());
     sc.implicit_port = None;
     sc.hostname = cfg.engine.ehlo_name.clone();
-    sc.acceptor = Some(AcceptorRef(Arc::new(SpoolAcceptor { spool: spool.clone(), to_manager: acc_tx.clone(), board: board.clone() })));
+    let intake = Intake::new(spool.clone(), acc_tx, board.clone());
+    sc.acceptor = Some(AcceptorRef(Arc::new(SpoolAcceptor(intake.clone()))));
     sc.allowed_clients = Some(inject.allowed_networks.clone());
     sc.auth = auth;
     sc.idle_timeout = inject.idle_timeout;
     let sink = Sink::start(sc).await.map_err(|e| format!("cannot start the injection listener: {e}"))?;
     board.set_injection_stats(sink.stats_reader());
-    let api = crate::api::start(cfg.inject.http.listen, spool.clone(), acc_tx, ctl_tx, board)
+    let api = crate::api::start(cfg.inject.http.listen, intake, ctl_tx)
         .await
         .map_err(|e| format!("cannot start the HTTP API on {}: {e}", cfg.inject.http.listen))?;
     println!(

@@ -399,7 +399,7 @@ fn async_accepts_share_group_commits_on_one_thread() {
         let tasks: Vec<_> = (0..500)
             .map(|i| {
                 let spool = spool.clone();
-                tokio::spawn(async move { spool.accept_async("s@x", &rcpts(&["r@y"]), payload(i)).await.unwrap() })
+                tokio::spawn(async move { spool.accept_many_async(vec![("s@x".into(), rcpts(&["r@y"]), payload(i))]).await.unwrap()[0] })
             })
             .collect();
         let mut ids = Vec::new();
@@ -407,7 +407,7 @@ fn async_accepts_share_group_commits_on_one_thread() {
             ids.push(t.await.unwrap());
         }
         let big: Arc<[u8]> = vec![b'b'; 1 << 20].into();
-        ids.push(spool.accept_async("s@x", &rcpts(&["big@y"]), big).await.unwrap());
+        ids.extend(spool.accept_many_async(vec![("s@x".into(), rcpts(&["big@y"]), big)]).await.unwrap());
         ids.extend(spool.accept_many_async(vec![("s@x".into(), rcpts(&["m@y"]), payload(1))]).await.unwrap());
         ids
     });

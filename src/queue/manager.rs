@@ -87,6 +87,38 @@ pub struct ClassCounts {
     pub bounced: u64,
 }
 
+/// Where injection (SMTP and HTTP alike) hands messages in.
+#[derive(Clone)]
+pub struct Intake {
+    spool: Arc<Spool>,
+    to_manager: crossbeam_channel::Sender<Accepted>,
+    board: Board,
+}
+
+impl Intake {
+    pub fn new(spool: Arc<Spool>, to_manager: crossbeam_channel::Sender<Accepted>, board: Board) -> Intake {
+        Intake { spool, to_manager, board }
+    }
+
+    /// Store `msgs` (sender, recipients, content) in one spool commit, all or nothing, and
+    /// return their ids once they are durable: the caller acknowledges only then. They are on
+    /// the board before this returns, so a lookup right after the acknowledgement finds them,
+    /// and handed to the manager (if it is gone, the spool delivers them after a restart).
+    pub async fn accept(&self, msgs: Vec<(String, Vec<String>, Arc<[u8]>)>) -> Result<Vec<MsgId>, super::spool::SpoolError> {
+        let ids = self.spool.accept_many_async(msgs.clone()).await?;
+        for (&id, (from, rcpts, data)) in ids.iter().zip(msgs) {
+            self.board.queued(id, &from, &rcpts, SystemTime::now());
+            let _ = self.to_manager.send(Accepted { id, from, rcpts, data });
+        }
+        Ok(ids)
+    }
+
+    /// The board, for observers.
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+}
+
 /// Counters at the end of a run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ManagerReport {

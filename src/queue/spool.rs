@@ -277,20 +277,8 @@ impl Spool {
         Ok(id)
     }
 
-    /// [`Spool::accept`] for async callers: the wait for the group commit holds no thread.
-    /// Must be called within a tokio runtime.
-    pub async fn accept_async(self: &Arc<Self>, from: &str, rcpts: &[String], data: Arc<[u8]>) -> Result<MsgId, SpoolError> {
-        if data.len() > ASYNC_ENCODE_MAX {
-            let (spool, from, rcpts) = (self.clone(), from.to_string(), rcpts.to_vec());
-            return tokio::task::spawn_blocking(move || spool.accept(&from, &rcpts, data)).await.map_err(|_| SpoolError::Closed)?;
-        }
-        let msg = self.encode(from, rcpts, &data, SystemTime::now())?;
-        let id = msg.id;
-        self.send_and_await(vec![msg]).await?;
-        Ok(id)
-    }
-
-    /// [`Spool::accept_many`] for async callers (see [`Spool::accept_async`]).
+    /// [`Spool::accept_many`] for async callers: the wait for the group commit holds no
+    /// thread. Must be called within a tokio runtime.
     pub async fn accept_many_async(self: &Arc<Self>, msgs: Vec<(String, Vec<String>, Arc<[u8]>)>) -> Result<Vec<MsgId>, SpoolError> {
         if msgs.iter().map(|(_, _, d)| d.len()).sum::<usize>() > ASYNC_ENCODE_MAX {
             let spool = self.clone();
