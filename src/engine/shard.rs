@@ -740,8 +740,9 @@ fn slot_wanted(shard: &Shard, addr: SocketAddr) -> bool {
     shard.slots.borrow().get(&addr).is_some_and(|e| e.1 > 0)
 }
 
-/// Keep a connection for reuse while a part waits for its rate limit.
-fn park(shard: &Rc<Shard>, conn: Conn) {
+/// Keep a connection in the idle pool for reuse, or close it: when no idling is wanted, or
+/// someone waits for the slot it holds (its address's, or its MX budget's).
+async fn park(shard: &Rc<Shard>, conn: Conn) {
     match Instant::now().checked_add(shard.cfg.idle_timeout) {
         Some(until)
             if !shard.cfg.idle_timeout.is_zero()
@@ -750,10 +751,7 @@ fn park(shard: &Rc<Shard>, conn: Conn) {
         {
             shard.pool.borrow_mut().put(conn, until)
         }
-        _ => {
-            let s = shard.clone();
-            tokio::task::spawn_local(async move { conn.quit(&s.tls, timeouts(&s.cfg)).await });
-        }
+        _ => conn.quit(&shard.tls, timeouts(&shard.cfg)).await,
     }
 }
 
@@ -763,18 +761,7 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
     let t = timeouts(&shard.cfg);
     let end = loop {
         let Some(mut job) = pop_job(shard, domain) else {
-            let until = Instant::now().checked_add(shard.cfg.idle_timeout);
-            match until {
-                Some(until)
-                    if !shard.cfg.idle_timeout.is_zero()
-                        && !slot_wanted(shard, conn.target.addr)
-                        && !mx_wanted(&shard.limits, &conn.target.host) =>
-                {
-                    shard.pool.borrow_mut().put(conn, until)
-                }
-                // No idling wanted, or another destination waits for this address's slot.
-                _ => conn.quit(&shard.tls, t).await,
-            }
+            park(shard, conn).await;
             set_connected(shard, domain, -1);
             return ConnEnd::QueueEmpty;
         };
@@ -799,7 +786,7 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
             let wanted = slot_wanted(shard, conn.target.addr) || mx_wanted(&shard.limits, &conn.target.host);
             if wanted || not_before - now > RATE_HOLD {
                 push_front(shard, domain, job);
-                park(shard, conn);
+                park(shard, conn).await;
                 set_connected(shard, domain, -1);
                 return ConnEnd::Wait(not_before);
             }
