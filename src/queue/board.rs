@@ -87,6 +87,16 @@ fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
+/// The wall-clock time of a (future) `Instant`.
+fn wall_clock(at: Instant) -> SystemTime {
+    SystemTime::now() + at.saturating_duration_since(Instant::now())
+}
+
+/// A (future) `Instant` as Unix seconds, as clients are shown times.
+pub(crate) fn unix_at(at: Instant) -> f64 {
+    unix(wall_clock(at))
+}
+
 impl Board {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic elsewhere while holding it leaves a consistent-enough view; keep serving.
@@ -135,9 +145,8 @@ impl Board {
 
     /// The next attempt of a deferred message is due at `at`.
     pub fn retry_at(&self, id: MsgId, at: Instant) {
-        let when = SystemTime::now() + at.saturating_duration_since(Instant::now());
         if let Some(m) = self.lock().live.get_mut(&id) {
-            m.next_attempt = Some(unix(when));
+            m.next_attempt = Some(unix_at(at));
         }
     }
 
@@ -158,8 +167,7 @@ impl Board {
 
     /// A destination is suspended until `until`.
     pub fn suspended(&self, domain: &str, until: Instant) {
-        let when = SystemTime::now() + until.saturating_duration_since(Instant::now());
-        self.lock().suspended.insert(domain.to_string(), when);
+        self.lock().suspended.insert(domain.to_string(), wall_clock(until));
     }
 
     /// Where to read the SMTP injection listener's counters for `/metrics`.

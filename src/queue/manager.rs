@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Select};
 
-use super::board::Board;
+use super::board::{unix_at, Board};
 use super::spool::{Attempt, FinalStatus, MsgId, Spool, Stored};
 use crate::dsn::{build_dsn, Action, DsnInput, FailedRcpt, ReturnContent};
 use crate::engine::{Engine, EngineStats, Submission};
@@ -308,20 +308,14 @@ fn failed(o: &Outcome) -> FailedRcpt {
     }
 }
 
+/// The destination domain of a recipient, as the engine routes it ("" if it has none).
+fn domain(rcpt: &str) -> String {
+    crate::engine::domain_of(rcpt).unwrap_or_default()
+}
+
 /// Whether `rcpt` is at `domain` (lower-case, no trailing dot).
 fn domain_is(rcpt: &str, domain: &str) -> bool {
-    rcpt.rsplit_once('@').is_some_and(|(_, d)| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
-}
-
-/// An `Instant` as Unix seconds.
-fn unix_at(at: Instant) -> f64 {
-    let t = SystemTime::now() + at.saturating_duration_since(Instant::now());
-    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
-}
-
-/// The domain of an address, lower-cased ("" if it has none).
-fn domain(rcpt: &str) -> String {
-    rcpt.rsplit_once('@').map_or(String::new(), |(_, d)| d.to_ascii_lowercase())
+    crate::engine::domain_of(rcpt).as_deref() == Some(domain)
 }
 
 /// How a reply bears on its destination: a server reply is classified (rate limit, 421,
@@ -666,9 +660,10 @@ impl Manager {
 
     fn control(&mut self, c: Control) {
         let now = Instant::now();
+        let (Control::Suspend { domain, .. } | Control::Resume { domain, .. } | Control::Bounce { domain, .. }) = &c;
+        let domain = crate::policy::normalize(domain).into_owned();
         match c {
-            Control::Suspend { domain, duration, reply } => {
-                let domain = crate::policy::normalize(&domain).into_owned();
+            Control::Suspend { duration, reply, .. } => {
                 let until = self.dests.suspend(&domain, now + duration, now);
                 self.board.suspended(&domain, until);
                 self.save_suspensions();
@@ -680,24 +675,20 @@ impl Manager {
                 r.suspended_until = Some(unix_at(until));
                 let _ = reply.send(r);
             }
-            Control::Resume { domain, reply } => {
-                let domain = crate::policy::normalize(&domain).into_owned();
+            Control::Resume { reply, .. } => {
                 self.dests.resume(&domain, now);
                 self.board.resumed(&domain);
                 self.save_suspensions();
                 let r = self.waiting_for(&domain);
                 // Their next round now: those held only by the suspension go at once.
-                let ids: Vec<MsgId> = self.entries.iter().filter(|(_, e)| e.pending.iter().any(|p| domain_is(p, &domain))).map(|(id, _)| *id).collect();
-                for id in ids {
+                for id in self.ids_waiting_for(&domain) {
                     self.submit(id);
                 }
                 let _ = reply.send(r);
             }
-            Control::Bounce { domain, reply } => {
-                let domain = crate::policy::normalize(&domain).into_owned();
+            Control::Bounce { reply, .. } => {
                 let r = self.waiting_for(&domain);
-                let ids: Vec<MsgId> = self.entries.iter().filter(|(_, e)| e.pending.iter().any(|p| domain_is(p, &domain))).map(|(id, _)| *id).collect();
-                for id in ids {
+                for id in self.ids_waiting_for(&domain) {
                     self.bounce_now(id, &domain);
                 }
                 // Those the engine has not started come back and are bounced then.
@@ -708,6 +699,11 @@ impl Manager {
             }
         }
         self.publish(false);
+    }
+
+    /// Messages with a recipient waiting for `domain`.
+    fn ids_waiting_for(&self, domain: &str) -> Vec<MsgId> {
+        self.entries.iter().filter(|(_, e)| e.pending.iter().any(|p| domain_is(p, domain))).map(|(id, _)| *id).collect()
     }
 
     /// Write the suspensions in force (domain → end, Unix seconds) to the suspensions file,
