@@ -145,10 +145,10 @@ struct SuspendBody {
 }
 
 async fn queue_command(State(api): State<Api>, Path((domain, action)): Path<(String, String)>, body: axum::body::Bytes) -> Response {
-    let name = domain.trim_end_matches('.');
-    if name.is_empty() || name.len() > 253 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
-        return error(StatusCode::BAD_REQUEST, format!("{domain:?} is not a domain name"));
-    }
+    let name = match crate::queue::ctl::path_segment(&domain) {
+        Ok(name) => name,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let (reply, answer) = tokio::sync::oneshot::channel::<ControlReply>();
     let domain = name.to_string();
     let cmd = match action.as_str() {

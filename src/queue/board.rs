@@ -83,6 +83,11 @@ type InjectionStats = Arc<dyn Fn() -> crate::sink::StatsSnapshot + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Board(Arc<Mutex<Inner>>);
 
+/// One Prometheus metric without labels: its HELP, TYPE and value lines.
+fn metric(s: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+}
+
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
@@ -228,51 +233,45 @@ impl Board {
         let t = &g.report;
         let (live, waiting) = (g.live.len(), g.live.values().flat_map(|m| &m.rcpts).filter(|r| r.state == "queued" || r.state == "deferred").count());
         let mut s = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-        };
-        metric("mxpipe_messages_accepted_total", "counter", "Messages accepted into the spool.", t.accepted as f64);
-        metric("mxpipe_messages_recovered_total", "counter", "Unfinished messages recovered from the spool at start.", t.recovered as f64);
-        metric("mxpipe_recipients_delivered_total", "counter", "Recipients delivered.", t.delivered as f64);
-        metric("mxpipe_delivery_attempts_deferred_total", "counter", "Recipient attempts that ended deferred.", t.deferred_attempts as f64);
-        metric("mxpipe_recipients_bounced_total", "counter", "Recipients bounced (permanent failure or expiry).", t.bounced as f64);
-        metric("mxpipe_recipients_expired_total", "counter", "Recipients bounced for exceeding the maximum age.", t.expired as f64);
-        metric("mxpipe_dsns_total", "counter", "Bounce messages (DSNs) queued.", t.dsns as f64);
-        metric("mxpipe_spool_errors_total", "counter", "Spool writes that failed.", t.spool_errors as f64);
-        metric("mxpipe_recipients_bounced_by_operator_total", "counter", "Recipients bounced by `mxpipe queue bounce`.", t.bounced_by_operator as f64);
-        metric("mxpipe_delivery_log_errors_total", "counter", "Delivery-log lines that could not be written.", t.log_errors as f64);
-        metric("mxpipe_queue_messages", "gauge", "Messages in the queue (unfinished).", live as f64);
-        metric("mxpipe_recipients_in_flight", "gauge", "Recipients with the delivery engine now.", t.in_flight as f64);
-        metric("mxpipe_queue_recipients", "gauge", "Recipients waiting (queued or deferred).", waiting as f64);
+        metric(&mut s, "mxpipe_messages_accepted_total", "counter", "Messages accepted into the spool.", t.accepted);
+        metric(&mut s, "mxpipe_messages_recovered_total", "counter", "Unfinished messages recovered from the spool at start.", t.recovered);
+        metric(&mut s, "mxpipe_recipients_delivered_total", "counter", "Recipients delivered.", t.delivered);
+        metric(&mut s, "mxpipe_delivery_attempts_deferred_total", "counter", "Recipient attempts that ended deferred.", t.deferred_attempts);
+        metric(&mut s, "mxpipe_recipients_bounced_total", "counter", "Recipients bounced (permanent failure or expiry).", t.bounced);
+        metric(&mut s, "mxpipe_recipients_expired_total", "counter", "Recipients bounced for exceeding the maximum age.", t.expired);
+        metric(&mut s, "mxpipe_dsns_total", "counter", "Bounce messages (DSNs) queued.", t.dsns);
+        metric(&mut s, "mxpipe_spool_errors_total", "counter", "Spool writes that failed.", t.spool_errors);
+        metric(&mut s, "mxpipe_recipients_bounced_by_operator_total", "counter", "Recipients bounced by `mxpipe queue bounce`.", t.bounced_by_operator);
+        metric(&mut s, "mxpipe_delivery_log_errors_total", "counter", "Delivery-log lines that could not be written.", t.log_errors);
+        metric(&mut s, "mxpipe_queue_messages", "gauge", "Messages in the queue (unfinished).", live as u64);
+        metric(&mut s, "mxpipe_recipients_in_flight", "gauge", "Recipients with the delivery engine now.", t.in_flight);
+        metric(&mut s, "mxpipe_queue_recipients", "gauge", "Recipients waiting (queued or deferred).", waiting as u64);
         let now = SystemTime::now();
         let suspended = g.suspended.values().filter(|&&t| t > now).count();
-        metric("mxpipe_destinations_suspended", "gauge", "Destinations suspended after a 421 or a rate-limit reply.", suspended as f64);
+        metric(&mut s, "mxpipe_destinations_suspended", "gauge", "Destinations suspended after a 421 or a rate-limit reply.", suspended as u64);
         let e = &t.engine;
-        metric("mxpipe_connections_opened_total", "counter", "SMTP connections opened.", e.connections_opened as f64);
-        metric("mxpipe_connections_reused_total", "counter", "Idle connections reused.", e.connections_reused as f64);
-        metric("mxpipe_tls_handshakes_full_total", "counter", "Full TLS handshakes.", e.tls_full_handshakes as f64);
-        metric("mxpipe_tls_handshakes_resumed_total", "counter", "Resumed TLS handshakes.", e.tls_resumed_handshakes as f64);
-        metric("mxpipe_dns_lookups_total", "counter", "MX resolutions asked of the resolver.", e.dns_lookups as f64);
-        metric("mxpipe_dns_cache_hits_total", "counter", "MX resolutions answered from the cache.", e.dns_cache_hits as f64);
-        metric("mxpipe_dns_queries_total", "counter", "DNS queries sent.", e.dns_queries as f64);
-        metric("mxpipe_connect_failures_total", "counter", "TCP connects refused or timed out.", e.connect_failures as f64);
-        metric("mxpipe_transactions_total", "counter", "Message transactions sent over connections.", e.transactions as f64);
+        metric(&mut s, "mxpipe_connections_opened_total", "counter", "SMTP connections opened.", e.connections_opened);
+        metric(&mut s, "mxpipe_connections_reused_total", "counter", "Idle connections reused.", e.connections_reused);
+        metric(&mut s, "mxpipe_tls_handshakes_full_total", "counter", "Full TLS handshakes.", e.tls_full_handshakes);
+        metric(&mut s, "mxpipe_tls_handshakes_resumed_total", "counter", "Resumed TLS handshakes.", e.tls_resumed_handshakes);
+        metric(&mut s, "mxpipe_dns_lookups_total", "counter", "MX resolutions asked of the resolver.", e.dns_lookups);
+        metric(&mut s, "mxpipe_dns_cache_hits_total", "counter", "MX resolutions answered from the cache.", e.dns_cache_hits);
+        metric(&mut s, "mxpipe_dns_queries_total", "counter", "DNS queries sent.", e.dns_queries);
+        metric(&mut s, "mxpipe_connect_failures_total", "counter", "TCP connects refused or timed out.", e.connect_failures);
+        metric(&mut s, "mxpipe_transactions_total", "counter", "Message transactions sent over connections.", e.transactions);
         if let Some(read) = &g.injection {
             let i = read();
             let tls = i.starttls.handshakes_full + i.starttls.handshakes_resumed;
-            let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-                s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-            };
-            metric("mxpipe_injection_connections_total", "counter", "SMTP injection connections accepted.", i.starttls.connections);
-            metric("mxpipe_injection_sessions", "gauge", "SMTP injection sessions open now.", i.sessions_active);
-            metric("mxpipe_injection_tls_handshakes_total", "counter", "STARTTLS handshakes on the injection listener.", tls);
-            metric("mxpipe_injection_messages_total", "counter", "Messages accepted over SMTP injection (acknowledged after the spool commit).", i.messages);
-            metric("mxpipe_injection_refused_total", "counter", "Messages SMTP injection answered with a temporary failure because the spool refused them.", i.store_errors);
-            metric("mxpipe_injection_rejected_clients_total", "counter", "Injection connections refused: client outside allowed_networks (no AUTH configured).", i.rejected_clients);
-            metric("mxpipe_injection_auth_ok_total", "counter", "AUTH PLAIN that succeeded.", i.auth_ok);
-            metric("mxpipe_injection_auth_failed_total", "counter", "AUTH PLAIN that failed (wrong credentials, or the checks were busy).", i.auth_failed);
-            metric("mxpipe_injection_bad_commands_total", "counter", "Injection commands refused as bad syntax or out of sequence.", i.bad_commands);
-            metric("mxpipe_injection_timeouts_total", "counter", "Injection sessions closed for idling.", i.timeouts);
+            metric(&mut s, "mxpipe_injection_connections_total", "counter", "SMTP injection connections accepted.", i.starttls.connections);
+            metric(&mut s, "mxpipe_injection_sessions", "gauge", "SMTP injection sessions open now.", i.sessions_active);
+            metric(&mut s, "mxpipe_injection_tls_handshakes_total", "counter", "STARTTLS handshakes on the injection listener.", tls);
+            metric(&mut s, "mxpipe_injection_messages_total", "counter", "Messages accepted over SMTP injection (acknowledged after the spool commit).", i.messages);
+            metric(&mut s, "mxpipe_injection_refused_total", "counter", "Messages SMTP injection answered with a temporary failure because the spool refused them.", i.store_errors);
+            metric(&mut s, "mxpipe_injection_rejected_clients_total", "counter", "Injection connections refused: client outside allowed_networks (no AUTH configured).", i.rejected_clients);
+            metric(&mut s, "mxpipe_injection_auth_ok_total", "counter", "AUTH PLAIN that succeeded.", i.auth_ok);
+            metric(&mut s, "mxpipe_injection_auth_failed_total", "counter", "AUTH PLAIN that failed (wrong credentials, or the checks were busy).", i.auth_failed);
+            metric(&mut s, "mxpipe_injection_bad_commands_total", "counter", "Injection commands refused as bad syntax or out of sequence.", i.bad_commands);
+            metric(&mut s, "mxpipe_injection_timeouts_total", "counter", "Injection sessions closed for idling.", i.timeouts);
         }
         s.push_str(
             "# HELP mxpipe_outcomes_total Recipient outcomes by status and by the MX-prefix policy class of the host (none: no host reached).\n\

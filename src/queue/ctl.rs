@@ -86,10 +86,11 @@ pub fn run(addr: SocketAddr, cmd: &QueueCmd, json: bool) -> Result<String, Strin
     })
 }
 
-/// A domain as one URL path segment (only the characters of host names pass).
-fn path_segment(domain: &str) -> Result<&str, String> {
+/// A domain as one URL path segment, without its trailing dot: only the characters of host
+/// names pass, up to 253 of them. The API checks what it is given with this too.
+pub fn path_segment(domain: &str) -> Result<&str, String> {
     let d = domain.trim_end_matches('.');
-    if d.is_empty() || !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+    if d.is_empty() || d.len() > 253 || !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
         return Err(format!("{domain:?} is not a domain name"));
     }
     Ok(d)
