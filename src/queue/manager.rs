@@ -251,14 +251,10 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
     // what it has not started by the deadline, and its outcomes are recorded.
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     let stats = m.engine.take().map(|e| e.shutdown_by(Some(deadline))).unwrap_or_default();
+    // Recorded as any outcome: with the engine gone nothing new is submitted, and a bounce's
+    // DSN is spooled, to go after the next start.
     while let Ok(o) = outcomes.try_recv() {
-        m.record_only(o);
-    }
-    // Bounces of the last moments get their DSN spooled (delivered after the next start);
-    // finished messages leave the board.
-    let ids: Vec<MsgId> = m.entries.iter().filter(|(_, e)| !e.bounced.is_empty() || e.pending.is_empty()).map(|(id, _)| *id).collect();
-    for id in ids {
-        m.settle(id);
+        m.outcome(o);
     }
     m.flush_log();
     if m.spool.flush().is_err() {
@@ -470,38 +466,6 @@ impl Manager {
         let attempt = Attempt { at: SystemTime::now(), rcpt: o.rcpt.clone(), status: status.into(), reply: o.reply.clone() };
         if self.spool.record_attempt(id, attempt, fin).is_err() {
             self.report.spool_errors += 1;
-        }
-    }
-
-    /// Record an outcome without starting anything new (at shutdown). A part the engine gave
-    /// back untried is no attempt: it stays pending in the spool as it was.
-    fn record_only(&mut self, mut o: Outcome) {
-        let Ok(id) = o.id.parse::<MsgId>() else { return };
-        self.report.in_flight = self.report.in_flight.saturating_sub(1);
-        let doomed = !self.doomed.is_empty() && self.doomed.remove(&(id, o.rcpt.clone()));
-        if crate::engine::not_attempted(&o) {
-            if doomed {
-                self.operator_bounce(id, vec![o.rcpt]);
-            }
-            return;
-        }
-        if doomed && o.status == Status::Deferred {
-            operator_bounced(&mut o);
-            self.report.bounced_by_operator += 1;
-        }
-        let fin = match o.status {
-            Status::Delivered => Some(FinalStatus::Delivered),
-            Status::Bounced => Some(FinalStatus::Bounced),
-            Status::Deferred => None,
-        };
-        self.record(id, &o, fin);
-        if let Some(e) = self.entries.get_mut(&id) {
-            if fin.is_some() {
-                e.pending.retain(|r| *r != o.rcpt);
-            }
-            if o.status == Status::Bounced {
-                e.bounced.push(failed(&o));
-            }
         }
     }
 
