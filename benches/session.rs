@@ -10,7 +10,8 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use mxpipe::reply::{parse_reply, Capabilities};
 use mxpipe::session::{encode_data, ClientSession, Event, Message, SessionConfig, TlsMode};
 
-const EHLO: &[u8] = b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n";
+const EHLO: &[u8] =
+    b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n";
 
 fn parse_ehlo(c: &mut Criterion) {
     c.bench_function("parse 6-line EHLO reply + capabilities", |b| {

@@ -19,9 +19,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     let rcpts: Vec<String> = (0..1000).map(|i| format!("user{i}@Destination-{}.Example.com", i % 50)).collect();
-    g.bench_function("domain_of x1000", |b| {
-        b.iter(|| rcpts.iter().filter_map(|r| domain_of(black_box(r))).count())
-    });
+    g.bench_function("domain_of x1000", |b| b.iter(|| rcpts.iter().filter_map(|r| domain_of(black_box(r))).count()));
     g.finish();
 }
 

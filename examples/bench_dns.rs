@@ -174,9 +174,7 @@ fn run(a: Args) -> Result<(), String> {
             zone.mx(&format!("d{i}.bench.test"), 10, &host);
             zone.a(&host, host_ip(&a, i));
         }
-        let dns = DnsServer::start(vec![zone], a.dns_listen)
-            .await
-            .map_err(|e| format!("cannot start the DNS server: {e}"))?;
+        let dns = DnsServer::start(vec![zone], a.dns_listen).await.map_err(|e| format!("cannot start the DNS server: {e}"))?;
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "dns {}", dns.addr()).map_err(|e| e.to_string())?;

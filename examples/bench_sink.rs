@@ -87,11 +87,8 @@ fn run(a: Args) -> Result<(), String> {
     cfg.implicit_port = None;
     cfg.hostname = a.hostname.clone();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(a.threads.max(1))
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads.max(1)).enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let sink = Sink::start(cfg).await.map_err(|e| e.to_string())?;
         println!("sink ready: {} listeners", sink.listeners().len());

@@ -232,7 +232,8 @@ mod tests {
     fn errors_name_what_is_wrong() {
         let e = parse_inject(br#"{"from": 1, "to": ["a@b.test"], "data": "x"}"#).unwrap_err();
         assert!(e.starts_with("invalid message: from: invalid type: integer"), "{e}");
-        let e = parse_inject(br#"{"messages": [{"from": "", "to": ["a@b.test"], "data": "x"}, {"from": "", "to": [7], "data": "x"}]}"#).unwrap_err();
+        let e = parse_inject(br#"{"messages": [{"from": "", "to": ["a@b.test"], "data": "x"}, {"from": "", "to": [7], "data": "x"}]}"#)
+            .unwrap_err();
         assert!(e.starts_with("invalid batch: messages[1].to[0]: invalid type: integer"), "{e}");
         let e = parse_inject(br#"{"from": "a@b.test", "data": "x"}"#).unwrap_err();
         assert!(e.contains("missing field `to`"), "{e}");

@@ -94,7 +94,8 @@ impl Users {
             }
             users.insert(name, entry);
         }
-        let iterations = users.values().map(|e| e.iterations).max().unwrap_or(NonZeroU32::new(DEFAULT_ITERATIONS).unwrap_or(NonZeroU32::MIN));
+        let iterations =
+            users.values().map(|e| e.iterations).max().unwrap_or(NonZeroU32::new(DEFAULT_ITERATIONS).unwrap_or(NonZeroU32::MIN));
         let mut salt = vec![0u8; SALT_LEN];
         // A fixed salt would do as well: the dummy only has to cost the same.
         let _ = aws_lc_rs::rand::fill(&mut salt);
@@ -194,12 +195,10 @@ fn parse_line(line: &str) -> Result<(String, Entry), String> {
     if scheme != SCHEME {
         return Err(format!("unknown scheme {scheme:?} for user {name:?} (only {SCHEME:?})"));
     }
-    let iterations = iterations
-        .parse::<u32>()
-        .ok()
-        .filter(|n| (MIN_ITERATIONS..=MAX_ITERATIONS).contains(n))
-        .and_then(NonZeroU32::new)
-        .ok_or_else(|| format!("iterations {iterations:?} for user {name:?}: must be a number from {MIN_ITERATIONS} to {MAX_ITERATIONS}"))?;
+    let iterations =
+        iterations.parse::<u32>().ok().filter(|n| (MIN_ITERATIONS..=MAX_ITERATIONS).contains(n)).and_then(NonZeroU32::new).ok_or_else(
+            || format!("iterations {iterations:?} for user {name:?}: must be a number from {MIN_ITERATIONS} to {MAX_ITERATIONS}"),
+        )?;
     let bytes = |what: &str, b64: &str| {
         let v = B64.decode(b64).map_err(|e| format!("{what} of user {name:?} is not base64: {e}"))?;
         if !(MIN_BYTES..=MAX_BYTES).contains(&v.len()) {

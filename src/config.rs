@@ -243,12 +243,7 @@ pub struct SpoolSection {
 
 impl Default for SpoolSection {
     fn default() -> Self {
-        SpoolSection {
-            dir: PathBuf::from("/var/spool/mxpipe"),
-            max_batch: 256,
-            max_delay: Duration::from_millis(2),
-            fsync: true,
-        }
+        SpoolSection { dir: PathBuf::from("/var/spool/mxpipe"), max_batch: 256, max_delay: Duration::from_millis(2), fsync: true }
     }
 }
 
@@ -487,8 +482,7 @@ impl Config {
         c.port_map = PortMap { smtp: self.ports.smtp, smtps: self.ports.smtps };
         for path in &self.tls.ca_files {
             // An empty file is an error there: a trust anchor the operator meant to add is missing.
-            let certs = crate::tls::certs::load_certs(path)
-                .map_err(|source| ConfigError::CaFile { path: path.clone(), source })?;
+            let certs = crate::tls::certs::load_certs(path).map_err(|source| ConfigError::CaFile { path: path.clone(), source })?;
             c.extra_roots.extend(certs);
         }
         for d in &self.domains {
@@ -639,7 +633,9 @@ fn in_range(setting: &str, v: Duration, min: Duration, max: Duration) -> Result<
 fn check_host_name(setting: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
     if !ok {
         return Err(ConfigError::invalid(setting, format!("{name:?} is not a host name (letters, digits, '-' and dots)")));
     }
@@ -791,9 +787,9 @@ fn de_kx<'de, D: Deserializer<'de>>(d: D) -> Result<Kx, D::Error> {
 }
 
 fn parse_socket(s: &str) -> Result<SocketAddr, String> {
-    s.trim().parse().map_err(|_| {
-        format!("{s:?} is not an IP:PORT address, e.g. \"127.0.0.1:2025\" or \"[::1]:2025\" (host names are not resolved)")
-    })
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP:PORT address, e.g. \"127.0.0.1:2025\" or \"[::1]:2025\" (host names are not resolved)"))
 }
 
 fn de_socket<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
@@ -881,7 +877,13 @@ impl FromStr for Cidr {
         };
         let addr: IpAddr = addr.parse().map_err(|_| format!("{s:?} is not a network: {addr:?} is not an IP address"))?;
         let prefix = match prefix {
-            None => if addr.is_ipv4() { 32 } else { 128 },
+            None => {
+                if addr.is_ipv4() {
+                    32
+                } else {
+                    128
+                }
+            }
             Some(p) => p.parse::<u8>().map_err(|_| format!("{s:?} is not a network: {p:?} is not a prefix length"))?,
         };
         Cidr::new(addr, prefix).map_err(|e| format!("{s:?} is not a network: {e}"))
@@ -1052,7 +1054,14 @@ mod tests {
         for i in cuts {
             let _ = Config::from_toml_str(&example[..i]);
         }
-        for odd in ["é = 1", "[é]\nx = 1", "[engine]\nidle_timeout = \"5é\"", "[[domain]]\nmx_pattern = \"*.é\"", "\u{0}", "[engine]\nkx = \"\u{0}\""] {
+        for odd in [
+            "é = 1",
+            "[é]\nx = 1",
+            "[engine]\nidle_timeout = \"5é\"",
+            "[[domain]]\nmx_pattern = \"*.é\"",
+            "\u{0}",
+            "[engine]\nkx = \"\u{0}\"",
+        ] {
             assert!(Config::from_toml_str(odd).is_err(), "{odd:?}");
         }
     }
@@ -1266,7 +1275,10 @@ mod tests {
         assert!(e.contains("inject.http.listen"), "{e}");
         let e = err("[dns]\nnameserver = \"dns.example:53\"\n");
         assert!(e.contains("dns.nameserver"), "{e}");
-        assert_eq!(Config::from_toml_str("[dns]\nnameserver = \"192.0.2.1\"").unwrap().dns.nameserver, Some("192.0.2.1:53".parse().unwrap()));
+        assert_eq!(
+            Config::from_toml_str("[dns]\nnameserver = \"192.0.2.1\"").unwrap().dns.nameserver,
+            Some("192.0.2.1:53".parse().unwrap())
+        );
         let e = err("[inject.http]\nlisten = \"127.0.0.1:2025\"\n");
         assert!(e.contains("inject.http.listen") && e.contains("inject.smtp.listen"), "{e}");
     }

@@ -40,19 +40,23 @@ pub struct ServeReport {
 struct SpoolAcceptor(Intake);
 
 impl Acceptor for SpoolAcceptor {
-    fn accept(&self, from: Vec<u8>, rcpts: Vec<Vec<u8>>, data: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+    fn accept(
+        &self,
+        from: Vec<u8>,
+        rcpts: Vec<Vec<u8>>,
+        data: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
         Box::pin(async move {
             let from = String::from_utf8(from).map_err(|_| "sender is not UTF-8".to_string())?;
-            let rcpts: Vec<String> = rcpts
-                .into_iter()
-                .map(String::from_utf8)
-                .collect::<Result<_, _>>()
-                .map_err(|_| "recipient is not UTF-8".to_string())?;
-            let ids = self
-                .0
-                .accept(vec![(from, rcpts, data.into())])
-                .await
-                .map_err(|e| if e.is_disk_full() { "spool disk full".to_string() } else { format!("spool error: {e}") })?;
+            let rcpts: Vec<String> =
+                rcpts.into_iter().map(String::from_utf8).collect::<Result<_, _>>().map_err(|_| "recipient is not UTF-8".to_string())?;
+            let ids = self.0.accept(vec![(from, rcpts, data.into())]).await.map_err(|e| {
+                if e.is_disk_full() {
+                    "spool disk full".to_string()
+                } else {
+                    format!("spool error: {e}")
+                }
+            })?;
             // One message in, one id out.
             ids.first().map(|id| format!("{id:X}")).ok_or_else(|| "spool returned no id".to_string())
         })

@@ -178,8 +178,7 @@ const SIGNATURE_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
 /// Generate a key, add its DNSKEY to the zone, sign every RRset and build the NSEC chain.
 /// One key serves as both KSK and ZSK, as it may in a zone nobody delegates to.
 fn sign(zone: &mut InMemoryZoneHandler<TokioRuntimeProvider>, origin: &Name) -> io::Result<PublicKeyBuf> {
-    let dnssec_err =
-        |e: hickory_server::proto::dnssec::DnsSecError| io::Error::other(format!("DNSSEC signing of {origin}: {e}"));
+    let dnssec_err = |e: hickory_server::proto::dnssec::DnsSecError| io::Error::other(format!("DNSSEC signing of {origin}: {e}"));
     let algorithm = Algorithm::ECDSAP256SHA256;
     let pkcs8 = EcdsaSigningKey::generate_pkcs8(algorithm).map_err(dnssec_err)?;
     let key = EcdsaSigningKey::from_pkcs8(&pkcs8, algorithm).map_err(dnssec_err)?;

@@ -159,18 +159,10 @@ pub fn build_dsn(input: &DsnInput) -> Option<Dsn> {
     let mut head = String::new();
     head.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n"));
     head.push_str(&format!("To: <{sender}>\r\n"));
-    let subject = if any_failed {
-        "Undelivered Mail Returned to Sender"
-    } else {
-        "Delivery Status Notification (Delay)"
-    };
+    let subject = if any_failed { "Undelivered Mail Returned to Sender" } else { "Delivery Status Notification (Delay)" };
     head.push_str(&format!("Subject: {subject}\r\n"));
     head.push_str(&format!("Date: {}\r\n", rfc5322_date(input.now)));
-    head.push_str(&format!(
-        "Message-ID: <dsn.{}.{:016x}@{id_domain}>\r\n",
-        unix_secs(input.now),
-        input.boundary_seed
-    ));
+    head.push_str(&format!("Message-ID: <dsn.{}.{:016x}@{id_domain}>\r\n", unix_secs(input.now), input.boundary_seed));
     head.push_str("MIME-Version: 1.0\r\n");
     head.push_str("Auto-Submitted: auto-replied\r\n");
     head.push_str("Content-Type: multipart/report; report-type=delivery-status;\r\n");
@@ -234,9 +226,7 @@ fn rcpt_line(t: &mut String, r: &FailedRcpt) {
     let mut text = format!("<{addr}>: ");
     let diag = r.diagnostic.as_deref().and_then(diagnostic_code);
     match (r.remote_mta.as_deref().and_then(clean_host), diag) {
-        (Some(mta), Some((kind, d))) if kind.eq_ignore_ascii_case("smtp") => {
-            text.push_str(&format!("host {mta} said: {d}"))
-        }
+        (Some(mta), Some((kind, d))) if kind.eq_ignore_ascii_case("smtp") => text.push_str(&format!("host {mta} said: {d}")),
         (_, Some((_, d))) => text.push_str(&d),
         (Some(mta), None) => text.push_str(&format!("host {mta} (status {})", status_code(r))),
         (None, None) => text.push_str(&format!("status {}", status_code(r))),
@@ -380,10 +370,7 @@ fn quoted_printable_into(data: &[u8], out: &mut Vec<u8>) {
 fn choose_boundary(seed: u64, parts: &[Vec<u8>]) -> String {
     let mut n: u64 = 0;
     loop {
-        let b = format!(
-            "=_mxpipe-dsn_{:016x}",
-            splitmix64(seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
-        );
+        let b = format!("=_mxpipe-dsn_{:016x}", splitmix64(seed.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
         if parts.iter().all(|p| memchr::memmem::find(p, b.as_bytes()).is_none()) {
             return b;
         }
@@ -480,11 +467,7 @@ fn clean_text(s: &str, max: usize) -> String {
 /// A host name for `Reporting-MTA`, `Remote-MTA`, `From:` and the Message-ID: only the
 /// characters of a domain name or an address literal survive; `None` if none do.
 fn clean_host(s: &str) -> Option<String> {
-    let h: String = s
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'))
-        .take(255)
-        .collect();
+    let h: String = s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']')).take(255).collect();
     (!h.is_empty()).then_some(h)
 }
 
@@ -549,8 +532,7 @@ fn unix_secs(t: SystemTime) -> u64 {
 /// An RFC 5322 §3.3 date-time in UTC: `Tue, 01 Jul 2025 09:05:03 +0000`.
 pub fn rfc5322_date(t: SystemTime) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let secs = unix_secs(t);
     let days = secs / 86_400;
     let rem = secs % 86_400;
@@ -757,10 +739,7 @@ Message-ID: <m1@sender.test>\r\n\r\nHi Bob.\r\n";
         assert!(d.data.iter().all(|&b| b != 0 && b < 0x80), "7-bit");
         let (top, parts) = split(&d.data);
         let names: Vec<String> = top.fields().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(
-            names,
-            ["From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Auto-Submitted", "Content-Type"]
-        );
+        assert_eq!(names, ["From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Auto-Submitted", "Content-Type"]);
         assert_eq!(top.get("From").unwrap(), "Mail Delivery System <MAILER-DAEMON@out1.sender.test>");
         assert_eq!(top.get("To").unwrap(), "<alice@sender.test>");
         assert_eq!(top.get("Subject").unwrap(), "Undelivered Mail Returned to Sender");
@@ -768,10 +747,7 @@ Message-ID: <m1@sender.test>\r\n\r\nHi Bob.\r\n";
         assert_eq!(top.get("Message-ID").unwrap(), "<dsn.1751364300.000000000000002a@sender.test>");
         assert_eq!(top.get("MIME-Version").unwrap(), "1.0");
         assert_eq!(top.get("Auto-Submitted").unwrap(), "auto-replied");
-        assert!(top
-            .get("Content-Type")
-            .unwrap()
-            .starts_with("multipart/report; report-type=delivery-status;"));
+        assert!(top.get("Content-Type").unwrap().starts_with("multipart/report; report-type=delivery-status;"));
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[0].get("Content-Type").unwrap(), "text/plain; charset=us-ascii");
         assert_eq!(parts[1].get("Content-Type").unwrap(), "message/delivery-status");
@@ -794,19 +770,11 @@ Message-ID: <m1@sender.test>\r\n\r\nHi Bob.\r\n";
         assert_eq!(f(r, "Action").unwrap(), "failed");
         assert_eq!(f(r, "Status").unwrap(), "5.1.1");
         assert_eq!(f(r, "Remote-MTA").unwrap(), "dns; mx.rcpt.test");
-        assert_eq!(
-            f(r, "Diagnostic-Code").unwrap(),
-            "smtp; 550 5.1.1 <bob@rcpt.test>: Recipient address rejected: User unknown"
-        );
+        assert_eq!(f(r, "Diagnostic-Code").unwrap(), "smtp; 550 5.1.1 <bob@rcpt.test>: Recipient address rejected: User unknown");
         assert_eq!(f(r, "Last-Attempt-Date").unwrap(), "Tue, 01 Jul 2025 10:00:00 +0000");
 
         // Optional fields are left out, not written empty.
-        let mut i = input(vec![FailedRcpt {
-            remote_mta: None,
-            diagnostic: Some("  ".into()),
-            last_attempt: None,
-            ..bob()
-        }]);
+        let mut i = input(vec![FailedRcpt { remote_mta: None, diagnostic: Some("  ".into()), last_attempt: None, ..bob() }]);
         i.envelope_id = None;
         let d = build(&i);
         let (_, parts) = split(&d.data);
@@ -841,9 +809,7 @@ Message-ID: <m1@sender.test>\r\n\r\nHi Bob.\r\n";
         let mut i = input(vec![FailedRcpt {
             rcpt: "bob@rcpt.test\r\nBcc: evil@x.test".into(),
             remote_mta: Some("mx.rcpt.test\r\nBcc: evil@x.test".into()),
-            diagnostic: Some(
-                "550 5.1.1 no\r\nBcc: evil@x.test\r\n\r\n--x\nAction: delivered\0\x1b[2J".into(),
-            ),
+            diagnostic: Some("550 5.1.1 no\r\nBcc: evil@x.test\r\n\r\n--x\nAction: delivered\0\x1b[2J".into()),
             ..bob()
         }]);
         i.reporting_mta = "out1\r\nBcc: evil@x.test";
@@ -981,10 +947,7 @@ Message-ID: <m1@sender.test>\r\n\r\nHi Bob.\r\n";
         let dc = |s: &str| diagnostic_code(s).map(|(k, v)| format!("{k}; {v}"));
         assert_eq!(dc("smtp; 550 x").unwrap(), "smtp; 550 x");
         assert_eq!(dc("550 5.1.1 a;b").unwrap(), "smtp; 550 5.1.1 a;b");
-        assert_eq!(
-            dc("mxpipe: null MX: domain accepts no mail").unwrap(),
-            "X-mxpipe; mxpipe: null MX: domain accepts no mail"
-        );
+        assert_eq!(dc("mxpipe: null MX: domain accepts no mail").unwrap(), "X-mxpipe; mxpipe: null MX: domain accepts no mail");
         assert_eq!(dc("smtp;"), None);
         assert_eq!(dc("\r\n"), None);
         assert_eq!(dc("550 gr\u{fc}\u{df}e").unwrap(), "smtp; 550 gr??e");
@@ -993,10 +956,7 @@ Message-ID: <m1@sender.test>\r\n\r\nHi Bob.\r\n";
     #[test]
     fn non_ascii_recipient_is_utf8_xtext() {
         assert_eq!(address_field("bob@rcpt.test"), ("rfc822", "bob@rcpt.test".to_string()));
-        assert_eq!(
-            address_field("j\u{fc}+x@b\u{fc}cher.test"),
-            ("utf-8", "j\\x{FC}\\x{2B}x@b\\x{FC}cher.test".to_string())
-        );
+        assert_eq!(address_field("j\u{fc}+x@b\u{fc}cher.test"), ("utf-8", "j\\x{FC}\\x{2B}x@b\\x{FC}cher.test".to_string()));
         let d = build(&input(vec![FailedRcpt { rcpt: "j\u{fc}@rcpt.test".into(), ..bob() }]));
         let (_, parts) = split(&d.data);
         assert!(parts[1].text().contains("Final-Recipient: utf-8; j\\x{FC}@rcpt.test\r\n"));
@@ -1174,9 +1134,6 @@ Message-ID: <m1@sender.test>\r\n\r\nHi Bob.\r\n";
         );
         let d = build(&i);
         assert_eq!(String::from_utf8_lossy(&d.data), want);
-        assert_eq!(
-            d,
-            Dsn { from: String::new(), to: "alice@sender.test".into(), data: want.as_bytes().to_vec() }
-        );
+        assert_eq!(d, Dsn { from: String::new(), to: "alice@sender.test".into(), data: want.as_bytes().to_vec() });
     }
 }

@@ -216,10 +216,7 @@ struct PortOrOff(Option<u16>);
 fn port_or_off(s: &str) -> Result<PortOrOff, String> {
     match s {
         "off" | "none" => Ok(PortOrOff(None)),
-        _ => s
-            .parse::<u16>()
-            .map(|p| PortOrOff(Some(p)))
-            .map_err(|_| format!("{s:?} is not a port number (0-65535) or 'off'")),
+        _ => s.parse::<u16>().map(|p| PortOrOff(Some(p))).map_err(|_| format!("{s:?} is not a port number (0-65535) or 'off'")),
     }
 }
 
@@ -353,16 +350,13 @@ fn run_sink(a: SinkArgs) -> Result<(), String> {
             let names = if a.wrong_name { vec!["wrong-name.invalid".to_string()] } else { a.cert_names.clone() };
             let pki = tls::certs::generate(&names).map_err(|e| e.to_string())?;
             if let Some(path) = &a.ca_out {
-                std::fs::write(path, &pki.ca_pem)
-                    .map_err(|e| format!("cannot write the CA certificate to {}: {e}", path.display()))?;
+                std::fs::write(path, &pki.ca_pem).map_err(|e| format!("cannot write the CA certificate to {}: {e}", path.display()))?;
             }
             pki.identity
         }
     };
-    let resumption = tls::ServerResumption {
-        tickets: !a.no_tickets,
-        session_cache: if a.no_session_cache { 0 } else { a.session_cache_size },
-    };
+    let resumption =
+        tls::ServerResumption { tickets: !a.no_tickets, session_cache: if a.no_session_cache { 0 } else { a.session_cache_size } };
     let server_tls = tls::server_config(identity, resumption).map_err(|e| e.to_string())?;
     if let Some(dir) = &a.mail_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create --mail-dir {}: {e}", dir.display()))?;
@@ -610,15 +604,27 @@ fn run_demo(a: DemoArgs) -> Result<(), String> {
         for (i, b) in report.bursts.iter().enumerate() {
             println!(
                 "burst {}: {} messages in {:.2} s ({:.0}/s); connections {} new, {} reused; TLS {} full, {} resumed; {} DNS queries",
-                i + 1, b.messages, b.seconds, b.messages_per_s, b.connections_opened, b.connections_reused,
-                b.tls_full_handshakes, b.tls_resumed_handshakes, b.dns_queries
+                i + 1,
+                b.messages,
+                b.seconds,
+                b.messages_per_s,
+                b.connections_opened,
+                b.connections_reused,
+                b.tls_full_handshakes,
+                b.tls_resumed_handshakes,
+                b.dns_queries
             );
         }
         print_summary(&report.engine, &report.outcomes);
         let s = &report.sink;
         println!(
             "sink received {} messages for {} recipients; handshakes: STARTTLS {} full {} resumed, implicit {} full {} resumed",
-            s.messages, s.recipients, s.starttls.handshakes_full, s.starttls.handshakes_resumed, s.implicit.handshakes_full, s.implicit.handshakes_resumed
+            s.messages,
+            s.recipients,
+            s.starttls.handshakes_full,
+            s.starttls.handshakes_resumed,
+            s.implicit.handshakes_full,
+            s.implicit.handshakes_resumed
         );
     }
     if report.outcomes.total() != report.engine.recipients {

@@ -214,8 +214,7 @@ impl Step {
     const fn starttls(security: Security) -> Step {
         Step { port: LogicalPort::Smtp, start: TlsStart::Starttls, security }
     }
-    const IMPLICIT_VERIFIED: Step =
-        Step { port: LogicalPort::Smtps, start: TlsStart::Implicit, security: Security::RequireVerified };
+    const IMPLICIT_VERIFIED: Step = Step { port: LogicalPort::Smtps, start: TlsStart::Implicit, security: Security::RequireVerified };
 }
 
 impl fmt::Display for Step {
@@ -371,14 +370,7 @@ pub const MAX_REASON_LEN: usize = 256;
 /// `host` is the MX target as resolved (any case, trailing dot allowed); `dnssec` whether its
 /// MX answer was authenticated; `floor` the operator's minimum for this domain or host;
 /// `learned` what the cache knows about this host (expired facts are ignored against `now`).
-pub fn plan(
-    host: &str,
-    dnssec: bool,
-    floor: Floor,
-    learned: Option<&Learned>,
-    opts: &PolicyOptions,
-    now: Instant,
-) -> HostPlan {
+pub fn plan(host: &str, dnssec: bool, floor: Floor, learned: Option<&Learned>, opts: &PolicyOptions, now: Instant) -> HostPlan {
     let host = normalize(host).into_owned();
     let prefix = prefix_of(&host);
     let trusted = if opts.require_dnssec_for_prefix && !dnssec { Prefix::None } else { prefix };
@@ -399,11 +391,8 @@ pub fn plan(
         Prefix::None => {
             // Only here may learning downgrade: an opportunistic host would end in clear
             // anyway, after a wasted STARTTLS round trip or handshake.
-            let security = if knows(Learned::starttls_absent) || knows(Learned::tls_failed) {
-                Security::Clear
-            } else {
-                Security::Opportunistic
-            };
+            let security =
+                if knows(Learned::starttls_absent) || knows(Learned::tls_failed) { Security::Clear } else { Security::Opportunistic };
             (Source::Opportunistic, vec![Step::starttls(security)])
         }
     };
@@ -421,14 +410,7 @@ pub fn plan(
 }
 
 /// [`plan`] with the facts looked up in `cache`.
-pub fn plan_cached(
-    cache: &PolicyCache,
-    host: &str,
-    dnssec: bool,
-    floor: Floor,
-    opts: &PolicyOptions,
-    now: Instant,
-) -> HostPlan {
+pub fn plan_cached(cache: &PolicyCache, host: &str, dnssec: bool, floor: Floor, opts: &PolicyOptions, now: Instant) -> HostPlan {
     plan(host, dnssec, floor, cache.get(host, now), opts, now)
 }
 
@@ -474,15 +456,10 @@ impl Learned {
 
     /// When the last fact expires; the entry is worthless from then on.
     fn expires(&self) -> Option<Instant> {
-        [
-            self.port26_until,
-            self.starttls_absent_until,
-            self.tls_failed_until,
-            self.last_failure.as_ref().map(|f| f.until),
-        ]
-        .into_iter()
-        .flatten()
-        .max()
+        [self.port26_until, self.starttls_absent_until, self.tls_failed_until, self.last_failure.as_ref().map(|f| f.until)]
+            .into_iter()
+            .flatten()
+            .max()
     }
 
     fn is_live(&self, now: Instant) -> bool {
@@ -769,8 +746,7 @@ mod tests {
 
     #[test]
     fn words_inside_labels_are_not_policies() {
-        for host in ["mystarttls-x.example.com", "starttls.example.com", "mx.smtps-a.example.com", "smtps-.example.com"]
-        {
+        for host in ["mystarttls-x.example.com", "starttls.example.com", "mx.smtps-a.example.com", "smtps-.example.com"] {
             let plan = p(host);
             assert_eq!(plan.source, Source::Opportunistic, "{host}");
             assert_eq!(plan.steps, vec![step(Smtp, Starttls, Opportunistic)], "{host}");
@@ -859,10 +835,7 @@ mod tests {
             plan_cached(&cache, "starttls-a.example", false, Floor::None, &opts(), t0).steps,
             vec![step(Smtp, Starttls, RequireVerified)]
         );
-        assert_eq!(
-            plan_cached(&cache, "mx.example", false, Floor::None, &opts(), t0).steps,
-            vec![step(Smtp, Starttls, Opportunistic)]
-        );
+        assert_eq!(plan_cached(&cache, "mx.example", false, Floor::None, &opts(), t0).steps, vec![step(Smtp, Starttls, Opportunistic)]);
     }
 
     #[test]

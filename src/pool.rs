@@ -188,12 +188,7 @@ pub enum DeliverError {
 
 impl Conn {
     /// Open a connection to `target` and run the dialogue up to the first `Ready`.
-    pub async fn open(
-        target: Target,
-        tls: &TlsClients,
-        ehlo_name: &str,
-        timeouts: Timeouts,
-    ) -> Result<(Conn, bool), ConnectError> {
+    pub async fn open(target: Target, tls: &TlsClients, ehlo_name: &str, timeouts: Timeouts) -> Result<(Conn, bool), ConnectError> {
         let addr = target.addr;
         let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -217,12 +212,8 @@ impl Conn {
             facts.tls = TlsUse::Implicit;
             facts.tls_facts = Some(f);
         }
-        let session = ClientSession::new(SessionConfig {
-            ehlo_name: ehlo_name.to_string(),
-            tls: mode,
-            prefer_bdat: true,
-            pipelining: true,
-        });
+        let session =
+            ClientSession::new(SessionConfig { ehlo_name: ehlo_name.to_string(), tls: mode, prefer_bdat: true, pipelining: true });
         let mut conn = Conn {
             stream,
             session,
@@ -248,9 +239,7 @@ impl Conn {
             }
             Err(Failure::Session(e)) => return Err(session_error_to_connect(&conn.target, e)),
             Err(Failure::Tls(e)) => return Err(e),
-            Err(Failure::Io(e)) => {
-                return Err(ConnectError::Smtp { host: conn.target.host.clone(), reason: e })
-            }
+            Err(Failure::Io(e)) => return Err(ConnectError::Smtp { host: conn.target.host.clone(), reason: e }),
         }
         if let Some(f) = &conn.facts.tls_facts {
             if conn.facts.tls == TlsUse::Starttls {
@@ -385,20 +374,13 @@ fn session_error_to_connect(target: &Target, e: SessionError) -> ConnectError {
     let host = target.host.clone();
     match e {
         SessionError::StartTlsUnavailable(reason) => ConnectError::Policy { host, reason: format!("STARTTLS required: {reason}") },
-        SessionError::Greeting(r) | SessionError::Ehlo(r) => {
-            ConnectError::Smtp { host, reason: r.one_line() }
-        }
+        SessionError::Greeting(r) | SessionError::Ehlo(r) => ConnectError::Smtp { host, reason: r.one_line() },
         other => ConnectError::Smtp { host, reason: other.to_string() },
     }
 }
 
 /// TLS handshake over `stream` as the target's security asks.
-async fn handshake(
-    stream: Stream,
-    target: &Target,
-    tls: &TlsClients,
-    timeouts: Timeouts,
-) -> Result<(Stream, TlsFacts), ConnectError> {
+async fn handshake(stream: Stream, target: &Target, tls: &TlsClients, timeouts: Timeouts) -> Result<(Stream, TlsFacts), ConnectError> {
     let Stream::Plain(tcp) = stream else {
         return Err(ConnectError::Policy { host: target.host.clone(), reason: "TLS requested twice".into() });
     };

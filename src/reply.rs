@@ -116,9 +116,7 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
         let (this_code, last, text) = split_line(line)?;
         match code {
             None => code = Some(this_code),
-            Some(c) if c != this_code => {
-                return Err(ReplyError::MixedCodes { first: c, later: this_code })
-            }
+            Some(c) if c != this_code => return Err(ReplyError::MixedCodes { first: c, later: this_code }),
             _ => {}
         }
         lines.push(String::from_utf8_lossy(text).into_owned());
@@ -294,10 +292,7 @@ mod tests {
 
     #[test]
     fn mixed_codes_rejected() {
-        assert_eq!(
-            parse_reply(b"250-a\r\n251 b\r\n"),
-            Err(ReplyError::MixedCodes { first: 250, later: 251 })
-        );
+        assert_eq!(parse_reply(b"250-a\r\n251 b\r\n"), Err(ReplyError::MixedCodes { first: 250, later: 251 }));
     }
 
     #[test]

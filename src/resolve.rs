@@ -295,10 +295,7 @@ impl MxResolver {
                 for conn in &mut ns.connections {
                     conn.port = addr.port();
                 }
-                Resolver::builder_with_config(
-                    HickoryConfig::from_name_servers(vec![ns]),
-                    TokioRuntimeProvider::default(),
-                )
+                Resolver::builder_with_config(HickoryConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default())
             }
             None => TokioResolver::builder_tokio()
                 .map_err(|e| ResolveError::Temporary(format!("cannot read the system resolver configuration: {e}")))?,
@@ -315,8 +312,7 @@ impl MxResolver {
         if let Some(anchor) = &cfg.trust_anchor {
             builder = builder.with_trust_anchor(anchor.clone());
         }
-        let resolver =
-            builder.build().map_err(|e| ResolveError::Temporary(format!("cannot build the DNS resolver: {e}")))?;
+        let resolver = builder.build().map_err(|e| ResolveError::Temporary(format!("cannot build the DNS resolver: {e}")))?;
 
         let counters = Arc::new(Counters::default());
         let lookup = Lookup {
@@ -383,12 +379,7 @@ impl MxResolver {
     }
 
     /// Look `key` up for everyone waiting on `tx`, cache the outcome and publish it.
-    async fn lead(
-        &self,
-        key: String,
-        name: Name,
-        tx: watch::Sender<Option<Outcome>>,
-    ) -> Result<Destination, ResolveError> {
+    async fn lead(&self, key: String, name: Name, tx: watch::Sender<Option<Outcome>>) -> Result<Destination, ResolveError> {
         let mut guard = InflightGuard { resolver: self, key: Some(key) };
         let found = self.lookup.destination(&name, guard.key.as_deref().unwrap_or_default()).await;
         let lifetime = self.lifetime_of(&found);
@@ -505,8 +496,7 @@ fn normalize(domain: &str) -> Result<(String, Name), ResolveError> {
 
 /// True when `authorities` hold NSEC/NSEC3 records and all of them validated as secure.
 fn denial_is_secure(authorities: &[Record]) -> bool {
-    let mut denials =
-        authorities.iter().filter(|r| matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3)).peekable();
+    let mut denials = authorities.iter().filter(|r| matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3)).peekable();
     denials.peek().is_some() && denials.all(|r| r.proof == Proof::Secure)
 }
 
@@ -547,8 +537,7 @@ impl Lookup {
         };
         match result {
             Ok(lookup) => {
-                let records: Vec<Record> =
-                    lookup.answers().iter().filter(|r| r.record_type() == rtype).cloned().collect();
+                let records: Vec<Record> = lookup.answers().iter().filter(|r| r.record_type() == rtype).cloned().collect();
                 if records.is_empty() {
                     Answer::NoData(false)
                 } else {
@@ -651,8 +640,7 @@ impl Lookup {
             let entry = exchanges.entry(host).or_insert((mx.preference, exchange));
             entry.0 = entry.0.min(mx.preference);
         }
-        let mut sorted: Vec<(u16, String, Name)> =
-            exchanges.into_iter().map(|(host, (pref, name))| (pref, host, name)).collect();
+        let mut sorted: Vec<(u16, String, Name)> = exchanges.into_iter().map(|(host, (pref, name))| (pref, host, name)).collect();
         sorted.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         sorted.truncate(MAX_MX_HOSTS);
 
@@ -676,10 +664,8 @@ impl Lookup {
         let mut degraded = Degraded::No;
         let mut temp_failure = None;
         for ((preference, name, _), found) in sorted.into_iter().zip(results) {
-            let found = found.unwrap_or_else(|| HostAddrs {
-                temp_failure: Some(format!("address lookup of {name} failed")),
-                ..HostAddrs::default()
-            });
+            let found = found
+                .unwrap_or_else(|| HostAddrs { temp_failure: Some(format!("address lookup of {name} failed")), ..HostAddrs::default() });
             if let Some(t) = found.min_ttl {
                 ttl = ttl.min(t);
             }
@@ -700,11 +686,7 @@ impl Lookup {
                 None => ResolveError::NoAddress,
             });
         }
-        Ok(Found {
-            resolved: Resolved { domain: domain.to_owned(), kind: RouteKind::Mx, hosts, dnssec: secure },
-            ttl,
-            degraded,
-        })
+        Ok(Found { resolved: Resolved { domain: domain.to_owned(), kind: RouteKind::Mx, hosts, dnssec: secure }, ttl, degraded })
     }
 }
 

@@ -50,9 +50,6 @@ impl CpuTime {
 
     /// The CPU time spent between `earlier` and `self`.
     pub fn since(&self, earlier: &CpuTime) -> CpuTime {
-        CpuTime {
-            user: self.user.saturating_sub(earlier.user),
-            system: self.system.saturating_sub(earlier.system),
-        }
+        CpuTime { user: self.user.saturating_sub(earlier.user), system: self.system.saturating_sub(earlier.system) }
     }
 }

@@ -122,9 +122,15 @@ async fn every_policy_row_delivers_as_the_spec_says() {
     let w = World::start(vec![z], vec![(1, Box::new(|_| {}))]).await;
     let (o, _) = deliver(w.engine_config(), vec![msg("m1", &["a@st.t.test", "b@sm.t.test", "c@pl.t.test"])]).await;
     let st = one(&o, "a@st.t.test");
-    assert_eq!((st.status, st.tls, st.policy.as_deref(), st.port), (Status::Delivered, TlsUse::Starttls, Some("starttls-prefix"), Some(w.ports.smtp)));
+    assert_eq!(
+        (st.status, st.tls, st.policy.as_deref(), st.port),
+        (Status::Delivered, TlsUse::Starttls, Some("starttls-prefix"), Some(w.ports.smtp))
+    );
     let sm = one(&o, "b@sm.t.test");
-    assert_eq!((sm.status, sm.tls, sm.policy.as_deref(), sm.port), (Status::Delivered, TlsUse::Implicit, Some("smtps-prefix"), Some(w.ports.smtps)));
+    assert_eq!(
+        (sm.status, sm.tls, sm.policy.as_deref(), sm.port),
+        (Status::Delivered, TlsUse::Implicit, Some("smtps-prefix"), Some(w.ports.smtps))
+    );
     let pl = one(&o, "c@pl.t.test");
     assert_eq!((pl.status, pl.tls, pl.policy.as_deref()), (Status::Delivered, TlsUse::Starttls, Some("opportunistic")));
     assert!(st.reply.starts_with("250 2.0.0"), "{}", st.reply);
@@ -141,12 +147,11 @@ async fn starttls_prefix_never_falls_back_to_clear() {
     z.mx("plain.t.test", 10, "plain.t.test").a("plain.t.test", ip(2));
     let mut other = ZoneBuilder::new("wrongname.test.");
     other.a("starttls-b.wrongname.test", ip(3));
-    let w = World::start(
-        vec![z, other],
-        vec![(2, Box::new(|c: &mut SinkConfig| c.starttls = false)), (3, Box::new(|_: &mut SinkConfig| {}))],
-    )
-    .await;
-    let (o, _) = deliver(w.engine_config(), vec![msg("m1", &["a@nostarttls.t.test", "b@badcert.t.test"]), msg("m2", &["c@plain.t.test"])]).await;
+    let w =
+        World::start(vec![z, other], vec![(2, Box::new(|c: &mut SinkConfig| c.starttls = false)), (3, Box::new(|_: &mut SinkConfig| {}))])
+            .await;
+    let (o, _) =
+        deliver(w.engine_config(), vec![msg("m1", &["a@nostarttls.t.test", "b@badcert.t.test"]), msg("m2", &["c@plain.t.test"])]).await;
     let a = one(&o, "a@nostarttls.t.test");
     assert_eq!(a.status, Status::Deferred);
     assert!(a.reply.contains("STARTTLS"), "{}", a.reply);
@@ -260,9 +265,8 @@ async fn pipelining_reuse_and_resumption_on_a_second_burst() {
     // Close connections between bursts, so the second burst must handshake again.
     cfg.idle_timeout = Duration::ZERO;
     cfg.max_conns_per_dest = 2;
-    let burst = |tag: &str| -> Vec<Submission> {
-        (0..200).map(|m| msg(&format!("{tag}{m}"), &[&format!("u{m}@d{}.t.test", m % 20)])).collect()
-    };
+    let burst =
+        |tag: &str| -> Vec<Submission> { (0..200).map(|m| msg(&format!("{tag}{m}"), &[&format!("u{m}@d{}.t.test", m % 20)])).collect() };
     let b1 = burst("a");
     let b2 = burst("b");
     let run = tokio::task::spawn_blocking(move || {

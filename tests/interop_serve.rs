@@ -98,7 +98,8 @@ async fn postfix_relays_into_the_daemon_over_starttls() {
         let (h, b) = original(&tag, i);
         // Dot-stuffed on the wire; Postfix must hand the original on.
         let message = format!("{h}\r\n{b}");
-        let stuffed: String = message.split_inclusive("\r\n").map(|l| if l.starts_with('.') { format!(".{l}") } else { l.into() }).collect();
+        let stuffed: String =
+            message.split_inclusive("\r\n").map(|l| if l.starts_with('.') { format!(".{l}") } else { l.into() }).collect();
         c.send(format!("{stuffed}.\r\n")).await;
         let r = c.reply().await;
         assert_eq!(r.code, 250, "{r:?}");

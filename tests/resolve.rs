@@ -19,12 +19,7 @@ async fn bounded<F: Future<Output = ()>>(secs: u64, body: F) {
 }
 
 fn config(server: &DnsServer) -> ResolverConfig {
-    ResolverConfig {
-        nameserver: Some(server.addr()),
-        timeout: Duration::from_secs(2),
-        attempts: 1,
-        ..ResolverConfig::default()
-    }
+    ResolverConfig { nameserver: Some(server.addr()), timeout: Duration::from_secs(2), attempts: 1, ..ResolverConfig::default() }
 }
 
 fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
@@ -83,10 +78,7 @@ async fn mx_hosts_come_in_preference_order_with_addresses() {
         // v4 first (both of them), then v6.
         let first = &d.hosts[0].addrs;
         assert_eq!(first.len(), 3);
-        assert_eq!(
-            first[..2].iter().copied().collect::<HashSet<_>>(),
-            HashSet::from([v4(127, 0, 0, 10), v4(127, 0, 0, 11)])
-        );
+        assert_eq!(first[..2].iter().copied().collect::<HashSet<_>>(), HashSet::from([v4(127, 0, 0, 10), v4(127, 0, 0, 11)]));
         assert_eq!(first[2], IpAddr::V6(Ipv6Addr::LOCALHOST));
         assert_eq!(d.hosts[1].addrs, [v4(127, 0, 0, 20)]);
         // One MX query and an A and AAAA query per host.
@@ -250,12 +242,7 @@ async fn closed_port_is_temporary() {
     bounded(10, async {
         // Bind and close to get a port nobody listens on (ICMP port unreachable).
         let addr = std::net::UdpSocket::bind(LOOPBACK).unwrap().local_addr().unwrap();
-        let cfg = ResolverConfig {
-            nameserver: Some(addr),
-            timeout: Duration::from_millis(300),
-            attempts: 2,
-            ..ResolverConfig::default()
-        };
+        let cfg = ResolverConfig { nameserver: Some(addr), timeout: Duration::from_millis(300), attempts: 2, ..ResolverConfig::default() };
         let r = MxResolver::new(cfg).unwrap();
         let started = Instant::now();
         let e = r.resolve("anything.test").await.unwrap_err();
@@ -305,11 +292,7 @@ async fn cache_entry_expires_with_the_ttl() {
         let mut z = ZoneBuilder::new("test.").ttl(1);
         z.mx("short.test", 10, "mx.short.test").a("mx.short.test", Ipv4Addr::new(127, 0, 6, 1));
         // The shortest TTL of MX and address records wins: the MX has 3600, its A 1.
-        z.mx_with_ttl("mixed.test", 10, "mx.mixed.test", 3600).a_with_ttl(
-            "mx.mixed.test",
-            Ipv4Addr::new(127, 0, 6, 2),
-            1,
-        );
+        z.mx_with_ttl("mixed.test", 10, "mx.mixed.test", 3600).a_with_ttl("mx.mixed.test", Ipv4Addr::new(127, 0, 6, 2), 1);
         let server = start(vec![z]).await;
         let cfg = ResolverConfig { min_ttl: Duration::from_secs(1), ..config(&server) };
         let r = MxResolver::new(cfg).unwrap();
@@ -535,8 +518,7 @@ async fn server_answers_on_tcp_too() {
 
 fn signed_zone() -> ZoneBuilder {
     let mut z = ZoneBuilder::new("signed.example.").dnssec();
-    z.mx("signed.example", 10, "starttls-mx.signed.example")
-        .a("starttls-mx.signed.example", Ipv4Addr::new(127, 0, 9, 1));
+    z.mx("signed.example", 10, "starttls-mx.signed.example").a("starttls-mx.signed.example", Ipv4Addr::new(127, 0, 9, 1));
     z.a("implicit.signed.example", Ipv4Addr::new(127, 0, 9, 2));
     z.null_mx("null.signed.example");
     z

@@ -65,16 +65,16 @@ async fn send_writes_one_outcome_per_recipient_and_reports_bad_lines() {
     assert_eq!(summary["rejected_input_lines"], 3);
     assert_eq!(summary["outcomes"]["delivered"], 3);
     assert_eq!(summary["outcomes"]["bounced"], 1);
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("out.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.join("out.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 4, "one outcome per recipient of the accepted lines");
     let null = lines.iter().find(|o| o["rcpt"] == "d@null.t.test").unwrap();
     assert_eq!((null["status"].as_str(), null["enhanced"].as_str()), (Some("bounced"), Some("5.1.10")));
     for o in lines.iter().filter(|o| o["status"] == "delivered") {
-        assert_eq!((o["tls"].as_str(), o["policy"].as_str(), o["mx"].as_str()), (Some("starttls"), Some("opportunistic"), Some("mx.t.test")));
+        assert_eq!(
+            (o["tls"].as_str(), o["policy"].as_str(), o["mx"].as_str()),
+            (Some("starttls"), Some("opportunistic"), Some("mx.t.test"))
+        );
         assert_eq!(o["port"], st.port());
     }
     let s = sink.shutdown(Duration::from_secs(2)).await.stats;

@@ -103,13 +103,13 @@ async fn permanent_failure_sends_a_dsn_to_the_sender() {
     assert!(dsn.contains("Status: 5.1.1"), "{dsn}");
     assert!(dsn.contains("Subject: will bounce"), "the original headers are returned: {dsn}");
     // The delivery log has the bounce and the DSN's delivery, with their facts.
-    let log: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("delivery.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let log: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let bounce = log.iter().find(|r| r["rcpt"] == "nobody@bad.t.test").expect("bounce logged");
-    assert_eq!((bounce["status"].as_str(), bounce["mx"].as_str(), bounce["attempt"].as_u64()), (Some("bounced"), Some("mx-bad.t.test"), Some(1)));
+    assert_eq!(
+        (bounce["status"].as_str(), bounce["mx"].as_str(), bounce["attempt"].as_u64()),
+        (Some("bounced"), Some("mx-bad.t.test"), Some(1))
+    );
     assert!(bounce["ts"].as_f64().unwrap() > 1.7e9 && bounce["tls"].is_string());
     assert!(log.iter().any(|r| r["rcpt"] == "app@src.t.test" && r["status"] == "delivered"));
     assert_eq!(std::fs::read_dir(&bad_mail).unwrap().count(), 0);

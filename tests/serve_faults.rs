@@ -80,11 +80,7 @@ fn sink_files(mail: &Path) -> Vec<String> {
 
 /// The delivery log, one JSON value per line.
 fn delivery_log(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("delivery.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// `"250 2.0.0"`: a reply's code and enhanced code, for assertions.
@@ -224,7 +220,12 @@ async fn settled_metric(api: SocketAddr, name: &str, want: u64) {
 fn post_raw(api: SocketAddr, body: Vec<u8>) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(api).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "POST /v1/messages HTTP/1.1\r\nHost: mxpipe\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    write!(
+        s,
+        "POST /v1/messages HTTP/1.1\r\nHost: mxpipe\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
     let mut w = s.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
         let _ = w.write_all(&body);
@@ -414,10 +415,7 @@ async fn kill9_while_waiting_for_retry_keeps_messages_and_history() {
     let failing = sink_on(ip, port, &mail, |c| c.faults.temp_fail_rate = 1.0).await;
     let dns = dns_for(&[("later.t.test", ip)]).await;
     // The retry is 2.4-3.6 s away: the kill lands while every message waits for it.
-    let setup = Setup {
-        retry: "initial = \"3s\"\nmax_interval = \"3s\"\nmax_age = \"1h\"\n".into(),
-        ..Setup::new(&dir, dns.addr(), port)
-    };
+    let setup = Setup { retry: "initial = \"3s\"\nmax_interval = \"3s\"\nmax_age = \"1h\"\n".into(), ..Setup::new(&dir, dns.addr(), port) };
     let config = setup.write(&dir);
     let d = start_daemon(&config, setup.inject);
     let mut c = Smtp::ready(setup.inject).await;
@@ -429,7 +427,8 @@ async fn kill9_while_waiting_for_retry_keeps_messages_and_history() {
         ids.insert(queued_id(&r), subject);
     }
     wait_for("a 451 for every message", Duration::from_secs(20), || {
-        let deferred: HashSet<u64> = delivery_log(&dir).iter().filter(|l| l["status"] == "deferred").filter_map(|l| l["spool_id"].as_u64()).collect();
+        let deferred: HashSet<u64> =
+            delivery_log(&dir).iter().filter(|l| l["status"] == "deferred").filter_map(|l| l["spool_id"].as_u64()).collect();
         ids.keys().all(|id| deferred.contains(id))
     })
     .await;
@@ -484,10 +483,7 @@ async fn flaky_destination_every_recipient_ends_delivered_or_bounced_with_dsn() 
     let never = sink_on(ip_n, port, &never_mail, |c| c.faults.temp_fail_rate = 1.0).await;
     let src = sink_on(ip_s, port, &src_mail, |_| {}).await;
     let dns = dns_for(&[("flaky.t.test", ip_f), ("never.t.test", ip_n), ("src.t.test", ip_s)]).await;
-    let setup = Setup {
-        retry: "initial = \"1s\"\nmax_interval = \"1s\"\nmax_age = \"4s\"\n".into(),
-        ..Setup::new(&dir, dns.addr(), port)
-    };
+    let setup = Setup { retry: "initial = \"1s\"\nmax_interval = \"1s\"\nmax_age = \"4s\"\n".into(), ..Setup::new(&dir, dns.addr(), port) };
     let config = setup.write(&dir);
     let d = start_daemon(&config, setup.inject);
 
@@ -527,7 +523,8 @@ async fn flaky_destination_every_recipient_ends_delivered_or_bounced_with_dsn() 
         }
     }
     // And for the DSNs of the bounced ones.
-    let bounced_msgs: Vec<usize> = (0..40).filter(|&i| views[i]["rcpts"].as_array().unwrap().iter().any(|r| r["state"] == "bounced")).collect();
+    let bounced_msgs: Vec<usize> =
+        (0..40).filter(|&i| views[i]["rcpts"].as_array().unwrap().iter().any(|r| r["state"] == "bounced")).collect();
     wait_for("the DSNs", Duration::from_secs(15), || sink_files(&src_mail).len() >= bounced_msgs.len()).await;
     // Let the log catch up with the DSN deliveries before stopping.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -655,7 +652,8 @@ async fn full_spool_disk_refuses_with_452_and_507_and_recovers() {
     let mut c = Smtp::ready(setup.inject).await;
     let refusal = loop {
         let subject = format!("full-{}", acked.len());
-        let r = c.transaction("app@src.t.test", &["u@full.t.test"], format!("Subject: {subject}\r\n\r\n{body}.\r\n").as_bytes()).await.unwrap();
+        let r =
+            c.transaction("app@src.t.test", &["u@full.t.test"], format!("Subject: {subject}\r\n\r\n{body}.\r\n").as_bytes()).await.unwrap();
         if r.code != 250 {
             break r;
         }
@@ -668,7 +666,10 @@ async fn full_spool_disk_refuses_with_452_and_507_and_recovers() {
     // Still refusing, still answering, on the same session.
     let again = format!("Subject: refused\r\n\r\n{body}.\r\n");
     assert_eq!(status(&c.transaction("app@src.t.test", &["u@full.t.test"], again.as_bytes()).await.unwrap()), "452 4.3.1");
-    let one = |subject: &str| serde_json::json!({"from": "app@src.t.test", "to": ["u@full.t.test"], "data": format!("Subject: {subject}\r\n\r\n{body}")}).to_string();
+    let one = |subject: &str| {
+        serde_json::json!({"from": "app@src.t.test", "to": ["u@full.t.test"], "data": format!("Subject: {subject}\r\n\r\n{body}")})
+            .to_string()
+    };
     let (code, resp) = http_async(setup.http, "POST", "/v1/messages".into(), one("refused-http")).await;
     assert_eq!(code, 507, "{resp}");
     assert!(resp.contains("disk full"), "{resp}");
@@ -689,7 +690,11 @@ async fn full_spool_disk_refuses_with_452_and_507_and_recovers() {
     wait_for("every acknowledged message", Duration::from_secs(20), || tally(&mail).len() >= acked.len()).await;
     assert!(terminate(d));
     let got = tally(&mail);
-    eprintln!("full disk: {} acknowledged (SMTP 452 4.3.1, HTTP 507 when full), all delivered after kill -9 and restart, {} duplicates", acked.len(), duplicates(&got));
+    eprintln!(
+        "full disk: {} acknowledged (SMTP 452 4.3.1, HTTP 507 when full), all delivered after kill -9 and restart, {} duplicates",
+        acked.len(),
+        duplicates(&got)
+    );
     assert_eq!(got.keys().collect::<HashSet<_>>(), acked.iter().collect::<HashSet<_>>(), "nothing refused was delivered");
     assert_eq!(duplicates(&got), 0);
     sink.shutdown(Duration::from_secs(1)).await;
@@ -716,7 +721,9 @@ async fn smtp_malformed_addresses_get_501_and_the_message_goes_to_valid_ones_onl
     let d = start_daemon(&config, setup.inject);
 
     let mut c = Smtp::ready(setup.inject).await;
-    for bad in ["app@src.t.test", "<app src@t.test>", "<app\u{1}@src.t.test>", "<appsrc.t.test>", "<app@>", "<@src.t.test>", "<app@src.t.test"] {
+    for bad in
+        ["app@src.t.test", "<app src@t.test>", "<app\u{1}@src.t.test>", "<appsrc.t.test>", "<app@>", "<@src.t.test>", "<app@src.t.test"]
+    {
         let r = c.cmd(&format!("MAIL FROM:{bad}")).await.unwrap();
         assert_eq!(r.code, 501, "MAIL FROM:{bad:?} got {:?}", r.lines);
     }
@@ -744,7 +751,11 @@ async fn smtp_malformed_addresses_get_501_and_the_message_goes_to_valid_ones_onl
     assert!(terminate(d));
     let files = sink_files(&mail);
     assert_eq!(files.len(), 1);
-    assert!(files[0].starts_with("X-Mxpipe-Mail-From: <app@src.t.test>\r\nX-Mxpipe-Rcpt-To: <good@addr.t.test>\r\nSubject: addr\r\n"), "{}", files[0]);
+    assert!(
+        files[0].starts_with("X-Mxpipe-Mail-From: <app@src.t.test>\r\nX-Mxpipe-Rcpt-To: <good@addr.t.test>\r\nSubject: addr\r\n"),
+        "{}",
+        files[0]
+    );
     sink.shutdown(Duration::from_secs(1)).await;
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -786,7 +797,8 @@ async fn smtp_bare_lf_is_normalised_never_ends_data_and_nul_is_refused() {
 
     // A client that only knows LF: a clear error, not a five-minute wait.
     let mut c = Smtp::connect(setup.inject).await.unwrap();
-    for (cmd, want) in [("EHLO app.test\n", 250), ("MAIL FROM:<app@src.t.test>\n", 250), ("RCPT TO:<u@lf.t.test>\n", 250), ("DATA\n", 354)] {
+    for (cmd, want) in [("EHLO app.test\n", 250), ("MAIL FROM:<app@src.t.test>\n", 250), ("RCPT TO:<u@lf.t.test>\n", 250), ("DATA\n", 354)]
+    {
         c.send(cmd).await.unwrap();
         assert_eq!(c.reply().await.unwrap().code, want, "{cmd:?}");
     }
@@ -897,7 +909,12 @@ async fn smtp_10000_rcpts_accepts_1000_then_452_4_5_3() {
     let received = || -> Vec<String> {
         sink_files(&mail)
             .iter()
-            .flat_map(|f| f.lines().filter_map(|l| l.strip_prefix("X-Mxpipe-Rcpt-To: <")).map(|l| l.trim_end_matches('>').to_string()).collect::<Vec<_>>())
+            .flat_map(|f| {
+                f.lines()
+                    .filter_map(|l| l.strip_prefix("X-Mxpipe-Rcpt-To: <"))
+                    .map(|l| l.trim_end_matches('>').to_string())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     };
     wait_for("1000 recipients delivered", Duration::from_secs(25), || received().len() >= 1000).await;
@@ -981,7 +998,11 @@ async fn http_garbage_gets_4xx_and_nothing_is_half_accepted() {
         ("NUL in data", br#"{"from":"app@src.t.test","to":["u@h.t.test"],"data":"a\u0000b"}"#.to_vec(), 400),
         ("CR LF in an address", br#"{"from":"app@src.t.test","to":["u@h.t.test\r\nRCPT TO:<x@y.test>"],"data":"x"}"#.to_vec(), 400),
         ("empty batch", br#"{"messages":[]}"#.to_vec(), 400),
-        ("batch with one bad message", format!(r#"{{"messages":[{good},{good},{{"from":"app@src.t.test","to":["nodomain"],"data":"x"}}]}}"#).into_bytes(), 400),
+        (
+            "batch with one bad message",
+            format!(r#"{{"messages":[{good},{good},{{"from":"app@src.t.test","to":["nodomain"],"data":"x"}}]}}"#).into_bytes(),
+            400,
+        ),
         ("too large a batch", batch(10_001).into_bytes(), 400),
     ];
     for (what, body, want) in cases {

@@ -26,11 +26,7 @@ async fn post_batch(setup: &Setup, rcpts: &[String], n: usize) {
 
 /// The delivery log's records.
 fn log(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("delivery.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// Wait (60 s at most) until the sink has written `n` messages, sampling its open sessions

@@ -200,7 +200,8 @@ async fn suspend_and_bounce_reach_a_backlog_held_by_a_rate_limit() {
     let log: Vec<serde_json::Value> =
         std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(log.iter().all(|r| r["status"] != "deferred"), "a withdrawn part was logged as an attempt");
-    let bounced = log.iter().filter(|r| r["status"] == "bounced" && r["reply"].as_str().unwrap().contains("bounced by the operator")).count();
+    let bounced =
+        log.iter().filter(|r| r["status"] == "bounced" && r["reply"].as_str().unwrap().contains("bounced by the operator")).count();
     assert_eq!(bounced, 5);
     slow.shutdown(Duration::from_secs(1)).await;
     src.shutdown(Duration::from_secs(1)).await;

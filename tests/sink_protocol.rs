@@ -25,10 +25,7 @@ async fn pipelined_group_is_answered_in_order() {
     let mut c = Client::connect(sink.addr(PortKind::StartTls).unwrap()).await;
     assert_eq!(c.reply().await.code, 220);
     // One write: EHLO, a whole transaction, a second MAIL with a bad RCPT, RSET, NOOP.
-    c.send(
-        "EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n",
-    )
-    .await;
+    c.send("EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n").await;
     let ehlo = c.reply().await;
     assert_eq!(ehlo.code, 250);
     let caps = mxpipe::reply::Capabilities::from_ehlo(&ehlo);

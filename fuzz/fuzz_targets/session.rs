@@ -25,8 +25,7 @@ fuzz_target!(|data: &[u8]| {
         2 => TlsMode::Starttls { required: false },
         _ => TlsMode::Starttls { required: true },
     };
-    let cfg =
-        SessionConfig { tls, pipelining: sel & 4 == 0, prefer_bdat: sel & 8 == 0, ..SessionConfig::new("fuzz.test") };
+    let cfg = SessionConfig { tls, pipelining: sel & 4 == 0, prefer_bdat: sel & 8 == 0, ..SessionConfig::new("fuzz.test") };
     let step = usize::from(sel >> 4) + 1;
     let mut s = ClientSession::new(cfg);
     let mut submitted = 1u64;

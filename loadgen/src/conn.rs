@@ -157,10 +157,7 @@ async fn starttls_dialogue(wire: &mut Wire<TcpStream>, t: &Target) -> Result<(),
 async fn handshake(t: &Target, tcp: TcpStream, a: &mut Attempt) -> Result<TlsStream<TcpStream>, ConnError> {
     let t0 = Instant::now();
     let tls = within(t.timeout, "TLS handshake", async {
-        t.connector
-            .connect(t.server_name.clone(), tcp)
-            .await
-            .map_err(|e| ConnError::io("TLS handshake", &e, ErrorClass::Tls))
+        t.connector.connect(t.server_name.clone(), tcp).await.map_err(|e| ConnError::io("TLS handshake", &e, ErrorClass::Tls))
     })
     .await?;
     a.handshake = Some(t0.elapsed());
@@ -170,12 +167,7 @@ async fn handshake(t: &Target, tcp: TcpStream, a: &mut Attempt) -> Result<TlsStr
 
 /// Everything after the handshake (and, on the implicit port, after the banner): messages in
 /// transaction mode, then QUIT and the close.
-async fn after_tls(
-    wire: &mut Wire<TlsStream<TcpStream>>,
-    t: &Target,
-    seq: u64,
-    a: &mut Attempt,
-) -> Result<(), ConnError> {
+async fn after_tls(wire: &mut Wire<TlsStream<TcpStream>>, t: &Target, seq: u64, a: &mut Attempt) -> Result<(), ConnError> {
     if let Some(tx) = &t.transaction {
         let r = messages(wire, t, tx, seq, a).await;
         if let Err(e) = r {
@@ -206,13 +198,7 @@ async fn ehlo<S: Transport>(wire: &mut Wire<S>, t: &Target) -> Result<Capabiliti
 /// EHLO (on the STARTTLS port a second one, as RFC 3207 §4.2 requires, since the first
 /// one's answers are void after TLS), then `messages_per_conn` transactions; MAIL, RCPT and
 /// DATA go in one write when the server offers PIPELINING (RFC 2920).
-async fn messages(
-    wire: &mut Wire<TlsStream<TcpStream>>,
-    t: &Target,
-    tx: &Transaction,
-    seq: u64,
-    a: &mut Attempt,
-) -> Result<(), ConnError> {
+async fn messages(wire: &mut Wire<TlsStream<TcpStream>>, t: &Target, tx: &Transaction, seq: u64, a: &mut Attempt) -> Result<(), ConnError> {
     let caps = ehlo(wire, t).await?;
     let size = if caps.size.is_some() { format!(" SIZE={}", tx.template.size()) } else { String::new() };
     let mail = format!("MAIL FROM:<{}>{size}\r\n", t.mail_from);
@@ -269,11 +255,7 @@ fn truncate(s: &str) -> &str {
 }
 
 /// Run `fut` within `limit`; past it, the attempt fails as `timeout`.
-async fn within<T>(
-    limit: Duration,
-    what: &str,
-    fut: impl Future<Output = Result<T, ConnError>>,
-) -> Result<T, ConnError> {
+async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = Result<T, ConnError>>) -> Result<T, ConnError> {
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
         Err(_) => Err(ConnError::new(ErrorClass::Timeout, format!("{what}: no progress in {limit:?}"))),
@@ -339,9 +321,7 @@ impl<S: Transport> Wire<S> {
                 }
                 let mut chunk = [0u8; 4096];
                 match io.read(&mut chunk).await {
-                    Ok(0) => {
-                        return Err(ConnError::new(class, format!("{what} reply: connection closed by the server")))
-                    }
+                    Ok(0) => return Err(ConnError::new(class, format!("{what} reply: connection closed by the server"))),
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     Err(e) => return Err(ConnError::io(&format!("{what} reply"), &e, class)),
                 }
@@ -392,10 +372,7 @@ async fn drain<S: AsyncRead + Unpin>(s: &mut S) -> Result<(), ConnError> {
             Ok(0) => return Ok(()),
             Ok(_) => {}
             Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
-                ) =>
+                if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted) =>
             {
                 return Ok(())
             }

@@ -118,14 +118,7 @@ pub fn rfc5322_date(t: SystemTime) -> String {
     let days = secs / 86_400;
     let (y, m, d) = civil_from_days(days as i64);
     let s = secs % 86_400;
-    format!(
-        "{}, {d:02} {} {y} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        MONTHS[(m - 1) as usize],
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    format!("{}, {d:02} {} {y} {:02}:{:02}:{:02} +0000", DAYS[(days % 7) as usize], MONTHS[(m - 1) as usize], s / 3600, s / 60 % 60, s % 60)
 }
 
 /// Days since 1970-01-01 to (year, month 1-12, day 1-31); Howard Hinnant's algorithm.

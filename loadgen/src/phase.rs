@@ -41,8 +41,7 @@ struct Bounds {
 
 impl Bounds {
     fn source(&self, seq: u64) -> Option<IpAddr> {
-        (self.source_spread > 0)
-            .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (seq % self.source_spread as u64) as u8)))
+        (self.source_spread > 0).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (seq % self.source_spread as u64) as u8)))
     }
 }
 
@@ -50,18 +49,15 @@ impl Bounds {
 pub async fn run_phase(cfg: &Config, kind: TlsKind, addr: SocketAddr) -> Result<PortReport, LoadgenError> {
     // Deep enough that every concurrent connection can find a ticket (servers send two per
     // handshake; pool more than the concurrency so none is dropped while others are in use).
-    let store =
-        (cfg.resume != ClientResumption::Off).then(|| Arc::new(TicketStore::new(16, (cfg.concurrency * 2).max(16), 8)));
+    let store = (cfg.resume != ClientResumption::Off).then(|| Arc::new(TicketStore::new(16, (cfg.concurrency * 2).max(16), 8)));
     let opts = ClientOptions { verify: cfg.verify.clone(), kx: cfg.kx, resumption: cfg.resume, tls12_only: false };
     let client = client_config(&opts, store.clone())?;
-    let server_name =
-        ServerName::try_from(cfg.server_name.clone()).map_err(|_| LoadgenError::ServerName(cfg.server_name.clone()))?;
+    let server_name = ServerName::try_from(cfg.server_name.clone()).map_err(|_| LoadgenError::ServerName(cfg.server_name.clone()))?;
     let transaction = match cfg.mode {
         Mode::Handshake => None,
-        Mode::Transaction { messages_per_conn, size } => Some(Transaction {
-            messages_per_conn,
-            template: Arc::new(MessageTemplate::new(size, &cfg.mail_from, &cfg.rcpt_to)),
-        }),
+        Mode::Transaction { messages_per_conn, size } => {
+            Some(Transaction { messages_per_conn, template: Arc::new(MessageTemplate::new(size, &cfg.mail_from, &cfg.rcpt_to)) })
+        }
     };
     let target = Arc::new(Target {
         kind,
@@ -81,12 +77,8 @@ pub async fn run_phase(cfg: &Config, kind: TlsKind, addr: SocketAddr) -> Result<
     let cpu0 = CpuTime::now();
     let start = Instant::now();
     let limit = cfg.phase_limit();
-    let bounds = Bounds {
-        stop_at: start + limit,
-        hard_stop: start + limit + cfg.timeout,
-        count: cfg.count,
-        source_spread: cfg.source_spread,
-    };
+    let bounds =
+        Bounds { stop_at: start + limit, hard_stop: start + limit + cfg.timeout, count: cfg.count, source_spread: cfg.source_spread };
     let recorder = match cfg.rate {
         None => closed_loop(target, bounds, cfg.concurrency, live).await,
         Some(rate) => open_loop(target, bounds, cfg.concurrency, rate, start, limit, live).await,

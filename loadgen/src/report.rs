@@ -240,11 +240,7 @@ impl Report {
             }
             let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
             let _ = writeln!(out, "  tls        {} {} {}", opt(&p.tls_version), opt(&p.kx), opt(&p.cipher));
-            let _ = writeln!(
-                out,
-                "  latency us {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-                "p50", "p90", "p99", "p99.9", "max", "count"
-            );
+            let _ = writeln!(out, "  latency us {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}", "p50", "p90", "p99", "p99.9", "max", "count");
             let b = &p.latency_breakdown_us;
             let mut rows = vec![("connect", b.connect), ("starttls", b.starttls), ("handshake", b.handshake)];
             if b.queue.count > 0 {

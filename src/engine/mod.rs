@@ -231,9 +231,7 @@ impl Engine {
         cfg.max_conns_per_ip = cfg.max_conns_per_ip.max(1);
         if cfg.policy.require_dnssec_for_prefix && !cfg.resolver.validate_dnssec {
             // Without validation no answer is authenticated, and every prefix would be ignored.
-            return Err(SubmitError::Start(
-                "requiring DNSSEC for MX-prefix policies needs DNSSEC validation in the resolver".into(),
-            ));
+            return Err(SubmitError::Start("requiring DNSSEC for MX-prefix policies needs DNSSEC validation in the resolver".into()));
         }
         let (otx, orx) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
@@ -248,10 +246,7 @@ impl Engine {
                 .map_err(|e| SubmitError::Start(e.to_string()))?;
             shards.push(ShardHandle { tx, wake, thread: Some(thread) });
         }
-        Ok((
-            Engine { shards, counters, outcomes: otx, started: Instant::now(), cpu_start: crate::sys::CpuTime::now() },
-            orx,
-        ))
+        Ok((Engine { shards, counters, outcomes: otx, started: Instant::now(), cpu_start: crate::sys::CpuTime::now() }, orx))
     }
 
     /// Hand a message to the engine. Recipients with no usable domain are bounced at once;

@@ -24,7 +24,7 @@ use super::limits::{Limits, MxBudget};
 use super::{Counters, EngineConfig, NOT_ATTEMPTED, WITHDRAWN};
 use crate::outcome::{Outcome, Status, TlsUse};
 use crate::policy::{self, Floor, HostPlan, LogicalPort, PolicyCache, Security};
-use crate::pool::{Conn, ConnectError, DeliverError, Pool, Target, TlsClients, Timeouts};
+use crate::pool::{Conn, ConnectError, DeliverError, Pool, Target, Timeouts, TlsClients};
 use crate::resolve::{Destination, MxResolver};
 use crate::session::{Message, MessageOutcome, RcptStatus};
 use crate::tls::{self, ClientOptions, ClientResumption, TicketStore, Verify};
@@ -91,7 +91,8 @@ pub(super) fn spawn(
                     if let Command::Deliver(p) = cmd {
                         for r in &p.rcpts {
                             count_outcome(&counters, Status::Deferred);
-                            let _ = outcomes.send(Outcome::local(&p.id, r, Status::Deferred, "4.3.0", format!("shard runtime failed: {e}")));
+                            let _ =
+                                outcomes.send(Outcome::local(&p.id, r, Status::Deferred, "4.3.0", format!("shard runtime failed: {e}")));
                         }
                     } else {
                         break;
@@ -284,9 +285,7 @@ fn enqueue(shard: &Rc<Shard>, part: Part) {
         // more than the open ones will clear soon: a handshake costs more than a few queued
         // transactions on a warm, pipelining connection.
         let spawn = d.workers == 0
-            || (d.workers < max_conns.max(1)
-                && d.queue.len() > d.workers * BACKLOG_PER_CONNECTION
-                && shard.workers.get() < ENOUGH_WORKERS);
+            || (d.workers < max_conns.max(1) && d.queue.len() > d.workers * BACKLOG_PER_CONNECTION && shard.workers.get() < ENOUGH_WORKERS);
         if spawn {
             d.workers += 1;
         }

@@ -11,8 +11,8 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::spool::MsgId;
 use super::manager::ManagerReport;
+use super::spool::MsgId;
 use crate::outcome::Outcome;
 
 /// Finished messages kept for lookups.
@@ -231,24 +231,43 @@ impl Board {
     pub fn metrics(&self) -> String {
         let g = self.lock();
         let t = &g.report;
-        let (live, waiting) = (g.live.len(), g.live.values().flat_map(|m| &m.rcpts).filter(|r| r.state == "queued" || r.state == "deferred").count());
+        let (live, waiting) =
+            (g.live.len(), g.live.values().flat_map(|m| &m.rcpts).filter(|r| r.state == "queued" || r.state == "deferred").count());
         let mut s = String::new();
         metric(&mut s, "mxpipe_messages_accepted_total", "counter", "Messages accepted into the spool.", t.accepted);
         metric(&mut s, "mxpipe_messages_recovered_total", "counter", "Unfinished messages recovered from the spool at start.", t.recovered);
         metric(&mut s, "mxpipe_recipients_delivered_total", "counter", "Recipients delivered.", t.delivered);
-        metric(&mut s, "mxpipe_delivery_attempts_deferred_total", "counter", "Recipient attempts that ended deferred.", t.deferred_attempts);
+        metric(
+            &mut s,
+            "mxpipe_delivery_attempts_deferred_total",
+            "counter",
+            "Recipient attempts that ended deferred.",
+            t.deferred_attempts,
+        );
         metric(&mut s, "mxpipe_recipients_bounced_total", "counter", "Recipients bounced (permanent failure or expiry).", t.bounced);
         metric(&mut s, "mxpipe_recipients_expired_total", "counter", "Recipients bounced for exceeding the maximum age.", t.expired);
         metric(&mut s, "mxpipe_dsns_total", "counter", "Bounce messages (DSNs) queued.", t.dsns);
         metric(&mut s, "mxpipe_spool_errors_total", "counter", "Spool writes that failed.", t.spool_errors);
-        metric(&mut s, "mxpipe_recipients_bounced_by_operator_total", "counter", "Recipients bounced by `mxpipe queue bounce`.", t.bounced_by_operator);
+        metric(
+            &mut s,
+            "mxpipe_recipients_bounced_by_operator_total",
+            "counter",
+            "Recipients bounced by `mxpipe queue bounce`.",
+            t.bounced_by_operator,
+        );
         metric(&mut s, "mxpipe_delivery_log_errors_total", "counter", "Delivery-log lines that could not be written.", t.log_errors);
         metric(&mut s, "mxpipe_queue_messages", "gauge", "Messages in the queue (unfinished).", live as u64);
         metric(&mut s, "mxpipe_recipients_in_flight", "gauge", "Recipients with the delivery engine now.", t.in_flight);
         metric(&mut s, "mxpipe_queue_recipients", "gauge", "Recipients waiting (queued or deferred).", waiting as u64);
         let now = SystemTime::now();
         let suspended = g.suspended.values().filter(|&&t| t > now).count();
-        metric(&mut s, "mxpipe_destinations_suspended", "gauge", "Destinations suspended after a 421 or a rate-limit reply.", suspended as u64);
+        metric(
+            &mut s,
+            "mxpipe_destinations_suspended",
+            "gauge",
+            "Destinations suspended after a 421 or a rate-limit reply.",
+            suspended as u64,
+        );
         let e = &t.engine;
         metric(&mut s, "mxpipe_connections_opened_total", "counter", "SMTP connections opened.", e.connections_opened);
         metric(&mut s, "mxpipe_connections_reused_total", "counter", "Idle connections reused.", e.connections_reused);
@@ -265,12 +284,42 @@ impl Board {
             metric(&mut s, "mxpipe_injection_connections_total", "counter", "SMTP injection connections accepted.", i.starttls.connections);
             metric(&mut s, "mxpipe_injection_sessions", "gauge", "SMTP injection sessions open now.", i.sessions_active);
             metric(&mut s, "mxpipe_injection_tls_handshakes_total", "counter", "STARTTLS handshakes on the injection listener.", tls);
-            metric(&mut s, "mxpipe_injection_messages_total", "counter", "Messages accepted over SMTP injection (acknowledged after the spool commit).", i.messages);
-            metric(&mut s, "mxpipe_injection_refused_total", "counter", "Messages SMTP injection answered with a temporary failure because the spool refused them.", i.store_errors);
-            metric(&mut s, "mxpipe_injection_rejected_clients_total", "counter", "Injection connections refused: client outside allowed_networks (no AUTH configured).", i.rejected_clients);
+            metric(
+                &mut s,
+                "mxpipe_injection_messages_total",
+                "counter",
+                "Messages accepted over SMTP injection (acknowledged after the spool commit).",
+                i.messages,
+            );
+            metric(
+                &mut s,
+                "mxpipe_injection_refused_total",
+                "counter",
+                "Messages SMTP injection answered with a temporary failure because the spool refused them.",
+                i.store_errors,
+            );
+            metric(
+                &mut s,
+                "mxpipe_injection_rejected_clients_total",
+                "counter",
+                "Injection connections refused: client outside allowed_networks (no AUTH configured).",
+                i.rejected_clients,
+            );
             metric(&mut s, "mxpipe_injection_auth_ok_total", "counter", "AUTH PLAIN that succeeded.", i.auth_ok);
-            metric(&mut s, "mxpipe_injection_auth_failed_total", "counter", "AUTH PLAIN that failed (wrong credentials, or the checks were busy).", i.auth_failed);
-            metric(&mut s, "mxpipe_injection_bad_commands_total", "counter", "Injection commands refused as bad syntax or out of sequence.", i.bad_commands);
+            metric(
+                &mut s,
+                "mxpipe_injection_auth_failed_total",
+                "counter",
+                "AUTH PLAIN that failed (wrong credentials, or the checks were busy).",
+                i.auth_failed,
+            );
+            metric(
+                &mut s,
+                "mxpipe_injection_bad_commands_total",
+                "counter",
+                "Injection commands refused as bad syntax or out of sequence.",
+                i.bad_commands,
+            );
             metric(&mut s, "mxpipe_injection_timeouts_total", "counter", "Injection sessions closed for idling.", i.timeouts);
         }
         s.push_str(

@@ -60,7 +60,8 @@ pub fn run(addr: SocketAddr, cmd: &QueueCmd, json: bool) -> Result<String, Strin
         QueueCmd::Bounce { domain } => ("POST", format!("/v1/queues/{}/bounce", path_segment(domain)?), String::new()),
     };
     let (code, body) = request(addr, method, &path, &body)?;
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|_| format!("{addr}: HTTP {code} with a body that is not JSON: {body:.200}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|_| format!("{addr}: HTTP {code} with a body that is not JSON: {body:.200}"))?;
     if code != 200 {
         return Err(format!("the daemon refused: HTTP {code}: {}", v["error"].as_str().unwrap_or(&body)));
     }

@@ -588,7 +588,13 @@ impl Manager {
                             diagnostic: Some(reply.clone()),
                             last_attempt: Some(SystemTime::now()),
                         });
-                        let mut o = Outcome::local(&id.to_string(), &rcpt, Status::Bounced, "4.4.7", format!("expired after {} attempts; last: {reply}", e.rounds));
+                        let mut o = Outcome::local(
+                            &id.to_string(),
+                            &rcpt,
+                            Status::Bounced,
+                            "4.4.7",
+                            format!("expired after {} attempts; last: {reply}", e.rounds),
+                        );
                         o.mx = mx;
                         let attempt = Attempt { at: SystemTime::now(), rcpt, status: "bounced".into(), reply: o.reply.clone() };
                         self.board.expired(id, &attempt.rcpt);
@@ -755,7 +761,11 @@ impl Manager {
         let mut records = Vec::with_capacity(rcpts.len());
         for rcpt in rcpts {
             let (last, _, mx) = e.last_reply.get(&rcpt).cloned().unwrap_or_default();
-            let reason = if last.is_empty() { "bounced by the operator".to_string() } else { format!("bounced by the operator; last attempt: {last}") };
+            let reason = if last.is_empty() {
+                "bounced by the operator".to_string()
+            } else {
+                format!("bounced by the operator; last attempt: {last}")
+            };
             let mut o = Outcome::local(&id.to_string(), &rcpt, Status::Bounced, "5.0.0", reason);
             o.mx = mx;
             e.bounced.push(failed(&o));
@@ -805,6 +815,19 @@ impl Manager {
 
 impl Entry {
     fn new(from: String, data: Arc<[u8]>, pending: Vec<String>, rounds: u32, first: Instant, received_at: SystemTime) -> Entry {
-        Entry { from, data, pending, sent: Vec::new(), round_deferred: false, timer: None, in_flight: 0, rounds, first, received_at, last_reply: HashMap::new(), bounced: Vec::new() }
+        Entry {
+            from,
+            data,
+            pending,
+            sent: Vec::new(),
+            round_deferred: false,
+            timer: None,
+            in_flight: 0,
+            rounds,
+            first,
+            received_at,
+            last_reply: HashMap::new(),
+            bounced: Vec::new(),
+        }
     }
 }

@@ -47,16 +47,10 @@ impl DestinationOptions {
     /// Reject settings that cannot be what the operator meant, naming the setting.
     pub fn validate(&self) -> Result<(), SettingError> {
         if self.suspension_steps.is_empty() || self.suspension_steps.iter().any(|d| d.is_zero()) {
-            return Err(SettingError::new(
-                "suspension_steps",
-                "must list at least one duration, each longer than zero",
-            ));
+            return Err(SettingError::new("suspension_steps", "must list at least one duration, each longer than zero"));
         }
         if let Some(d) = self.suspension_steps.iter().find(|d| **d > MAX_SUSPENSION) {
-            return Err(SettingError::new(
-                "suspension_steps",
-                format!("{d:?} is longer than the {MAX_SUSPENSION:?} maximum"),
-            ));
+            return Err(SettingError::new("suspension_steps", format!("{d:?} is longer than the {MAX_SUSPENSION:?} maximum")));
         }
         if self.max_entries == 0 {
             return Err(SettingError::new("max_entries", "must be at least 1"));
@@ -184,8 +178,7 @@ impl Destinations {
     /// Every destination suspended at `now` with its end, sorted by name (for `GET /v1/queues`
     /// and `mxpipe queue list`).
     pub fn suspended(&self, now: Instant) -> Vec<(&str, Instant)> {
-        let mut v: Vec<_> =
-            self.entries.iter().filter_map(|(k, e)| e.suspended(now).map(|u| (k.as_str(), u))).collect();
+        let mut v: Vec<_> = self.entries.iter().filter_map(|(k, e)| e.suspended(now).map(|u| (k.as_str(), u))).collect();
         v.sort_unstable();
         v
     }
@@ -251,10 +244,7 @@ impl Destinations {
         if self.entries.len() < max {
             return;
         }
-        let not_suspended = self
-            .order
-            .iter()
-            .find(|(_, name)| self.entries.get(name.as_str()).is_some_and(|e| e.suspended(now).is_none()));
+        let not_suspended = self.order.iter().find(|(_, name)| self.entries.get(name.as_str()).is_some_and(|e| e.suspended(now).is_none()));
         let victim = not_suspended.or_else(|| self.order.first_key_value()).map(|(k, _)| *k);
         if let Some(name) = victim.and_then(|k| self.order.remove(&k)) {
             self.entries.remove(&name);
@@ -266,7 +256,6 @@ impl Destinations {
         self.seq
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -357,8 +346,7 @@ mod tests {
     #[test]
     fn escalation_is_forgotten_after_a_quiet_spell() {
         let t0 = Instant::now();
-        let mut d =
-            Destinations::new(DestinationOptions { escalation_memory: S(600), ..DestinationOptions::default() });
+        let mut d = Destinations::new(DestinationOptions { escalation_memory: S(600), ..DestinationOptions::default() });
         let end1 = d.record("example.com", RateLimited, t0).unwrap(); // 60 s
         let end2 = d.record("example.com", RateLimited, end1 + S(599)).unwrap();
         assert_eq!(end2 - (end1 + S(599)), S(300));
@@ -467,10 +455,7 @@ mod tests {
         d.suspend("b.example", t0 + S(10), t0);
         d.record("a.example", RateLimited, t0);
         d.suspend("c.example", t0 + S(1), t0);
-        assert_eq!(
-            d.suspended(t0),
-            vec![("a.example", t0 + S(60)), ("b.example", t0 + S(10)), ("c.example", t0 + S(1))]
-        );
+        assert_eq!(d.suspended(t0), vec![("a.example", t0 + S(60)), ("b.example", t0 + S(10)), ("c.example", t0 + S(1))]);
         assert_eq!(d.suspended(t0 + S(10)), vec![("a.example", t0 + S(60))]);
     }
 

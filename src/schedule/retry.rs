@@ -90,13 +90,7 @@ impl RetryPolicy {
     /// at `first_attempt_at`; `rng_u64` is any uniformly random number from the caller and
     /// only spreads the wait. [`Decision::Expire`] when that instant would lie after
     /// `first_attempt_at + max_age`; an attempt exactly at `max_age` is still made.
-    pub fn next_attempt(
-        &self,
-        attempts_so_far: u32,
-        first_attempt_at: Instant,
-        now: Instant,
-        rng_u64: u64,
-    ) -> Decision {
+    pub fn next_attempt(&self, attempts_so_far: u32, first_attempt_at: Instant, now: Instant, rng_u64: u64) -> Decision {
         let wait = jittered(self.interval(attempts_so_far), self.jitter, rng_u64);
         // An instant too far away to represent is certainly past any maximum age.
         let Some(at) = now.checked_add(wait) else { return Decision::Expire };
@@ -162,8 +156,7 @@ mod tests {
 
     #[test]
     fn other_factors_and_a_small_cap() {
-        let p =
-            RetryPolicy { initial: S(10), factor: 3.0, max_interval: S(100), jitter: 0.0, ..RetryPolicy::default() };
+        let p = RetryPolicy { initial: S(10), factor: 3.0, max_interval: S(100), jitter: 0.0, ..RetryPolicy::default() };
         let got: Vec<u64> = (1..=5).map(|n| p.interval(n).as_secs()).collect();
         assert_eq!(got, [10, 30, 90, 100, 100]);
         let flat = RetryPolicy { factor: 1.0, ..exact() };

@@ -135,11 +135,8 @@ mod tests {
             t.insert(t0 + S(i % 3), i);
         }
         let got = t.pop_due(t0 + S(2));
-        let want: Vec<_> = (0..100)
-            .filter(|i| i % 3 == 0)
-            .chain((0..100).filter(|i| i % 3 == 1))
-            .chain((0..100).filter(|i| i % 3 == 2))
-            .collect();
+        let want: Vec<_> =
+            (0..100).filter(|i| i % 3 == 0).chain((0..100).filter(|i| i % 3 == 1)).chain((0..100).filter(|i| i % 3 == 2)).collect();
         assert_eq!(got, want);
     }
 

@@ -72,12 +72,7 @@ pub struct SessionConfig {
 impl SessionConfig {
     /// Opportunistic STARTTLS, BDAT and pipelining when offered: what an MTA does by default.
     pub fn new(ehlo_name: impl Into<String>) -> Self {
-        SessionConfig {
-            ehlo_name: ehlo_name.into(),
-            tls: TlsMode::Starttls { required: false },
-            prefer_bdat: true,
-            pipelining: true,
-        }
+        SessionConfig { ehlo_name: ehlo_name.into(), tls: TlsMode::Starttls { required: false }, prefer_bdat: true, pipelining: true }
     }
 }
 
@@ -378,8 +373,7 @@ impl ClientSession {
                 Ok(Some((reply, n))) => {
                     pos += n;
                     if matches!(self.state, State::StartTls) && reply.code == 220 && pos < self.rbuf.len() {
-                        return self
-                            .fail(SessionError::Protocol("data pipelined after the 220 to STARTTLS".into()), None);
+                        return self.fail(SessionError::Protocol("data pipelined after the 220 to STARTTLS".into()), None);
                     }
                     self.on_reply(reply);
                     if matches!(self.state, State::Closed | State::Failed | State::TlsHandshake) {
@@ -583,8 +577,7 @@ impl ClientSession {
     }
 
     fn txn_reply(&mut self, mut txn: Box<Txn>, reply: Reply) -> State {
-        let unexpected =
-            |what: &str, r: &Reply| SessionError::Protocol(format!("unexpected reply to {what}: {}", r.one_line()));
+        let unexpected = |what: &str, r: &Reply| SessionError::Protocol(format!("unexpected reply to {what}: {}", r.one_line()));
         match txn.phase {
             Phase::Rset => {
                 if !reply.is_positive() {
@@ -892,12 +885,7 @@ fn from_reply(rcpt: &str, reply: &Reply) -> RcptOutcome {
     } else {
         RcptStatus::Bounced
     };
-    RcptOutcome {
-        rcpt: rcpt.to_string(),
-        status,
-        reply: reply.one_line(),
-        enhanced: reply.enhanced.map(|e| e.to_string()),
-    }
+    RcptOutcome { rcpt: rcpt.to_string(), status, reply: reply.one_line(), enhanced: reply.enhanced.map(|e| e.to_string()) }
 }
 
 /// A permanent refusal decided here, never sent.

@@ -5,11 +5,12 @@ use crate::reply::EnhancedCode;
 
 const GREETING: &[u8] = b"220 mx.example.test ESMTP mxpipe-sink\r\n";
 /// The sink's EHLO reply without CHUNKING or STARTTLS.
-const EHLO_PIPE: &[u8] = b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n";
+const EHLO_PIPE: &[u8] =
+    b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n";
 /// The sink's full EHLO reply (without STARTTLS).
-const EHLO_FULL: &[u8] = b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n";
-const EHLO_TLS: &[u8] =
-    b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-STARTTLS\r\n250 8BITMIME\r\n";
+const EHLO_FULL: &[u8] =
+    b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n";
+const EHLO_TLS: &[u8] = b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-STARTTLS\r\n250 8BITMIME\r\n";
 
 /// How server bytes are handed to the session.
 #[derive(Clone, Copy, Debug)]
@@ -79,11 +80,8 @@ fn msg(id: u64, from: &str, rcpts: &[&str], data: &[u8]) -> Message {
 }
 
 fn out(rcpt: &str, status: RcptStatus, reply: &str) -> RcptOutcome {
-    let enhanced = parse_reply(format!("{reply}\r\n").as_bytes())
-        .ok()
-        .flatten()
-        .and_then(|(r, _)| r.enhanced)
-        .map(|e: EnhancedCode| e.to_string());
+    let enhanced =
+        parse_reply(format!("{reply}\r\n").as_bytes()).ok().flatten().and_then(|(r, _)| r.enhanced).map(|e: EnhancedCode| e.to_string());
     RcptOutcome { rcpt: rcpt.into(), status, reply: reply.into(), enhanced }
 }
 
@@ -106,15 +104,9 @@ fn happy_pipelined_data(feed: Feed) {
     t.open(EHLO_PIPE);
     let caps = t.s.capabilities().unwrap();
     assert!(caps.pipelining && !caps.chunking && caps.size == Some(10_240_000));
-    assert_eq!(
-        t.submit(msg(1, "a@x", &["b@y"], b"Hello, all\n")),
-        vec![send(b"MAIL FROM:<a@x> SIZE=12\r\nRCPT TO:<b@y>\r\nDATA\r\n")]
-    );
+    assert_eq!(t.submit(msg(1, "a@x", &["b@y"], b"Hello, all\n")), vec![send(b"MAIL FROM:<a@x> SIZE=12\r\nRCPT TO:<b@y>\r\nDATA\r\n")]);
     assert_eq!(t.s.timeout(), timeouts::MAIL);
-    assert_eq!(
-        t.server(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"),
-        vec![send(b"Hello, all\r\n.\r\n")]
-    );
+    assert_eq!(t.server(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"), vec![send(b"Hello, all\r\n.\r\n")]);
     assert_eq!(t.s.timeout(), timeouts::DATA_END);
     assert_eq!(
         t.server(b"250 2.0.0 Ok: queued as 1F\r\n"),
@@ -139,13 +131,7 @@ fn bdat_pipelined(feed: Feed) {
     assert_eq!(
         t.server(b"250 2.0.0 Ok: queued as 2\r\n"),
         vec![
-            done(
-                2,
-                vec![
-                    out("b@y", Delivered, "250 2.0.0 Ok: queued as 2"),
-                    out("c@y", Delivered, "250 2.0.0 Ok: queued as 2")
-                ]
-            ),
+            done(2, vec![out("b@y", Delivered, "250 2.0.0 Ok: queued as 2"), out("c@y", Delivered, "250 2.0.0 Ok: queued as 2")]),
             Event::Ready
         ]
     );
@@ -183,10 +169,7 @@ fn no_pipelining(feed: Feed) {
     // The server offers PIPELINING and CHUNKING, the config turns both off.
     let mut t = T::new(SessionConfig { pipelining: false, prefer_bdat: false, ..cfg() }, feed);
     t.open(EHLO_FULL);
-    assert_eq!(
-        t.submit(msg(4, "a@x", &["b@y", "c@y"], b"caf\xc3\xa9\n")),
-        vec![send(b"MAIL FROM:<a@x> SIZE=7 BODY=8BITMIME\r\n")]
-    );
+    assert_eq!(t.submit(msg(4, "a@x", &["b@y", "c@y"], b"caf\xc3\xa9\n")), vec![send(b"MAIL FROM:<a@x> SIZE=7 BODY=8BITMIME\r\n")]);
     assert_eq!(t.server(b"250 2.1.0 Ok\r\n"), vec![send(b"RCPT TO:<b@y>\r\n")]);
     assert_eq!(t.s.timeout(), timeouts::RCPT);
     assert_eq!(t.server(b"550 5.1.1 No such user\r\n"), vec![send(b"RCPT TO:<c@y>\r\n")]);
@@ -196,10 +179,7 @@ fn no_pipelining(feed: Feed) {
     assert_eq!(
         t.server(b"250 2.0.0 Ok: queued as 4\r\n"),
         vec![
-            done(
-                4,
-                vec![out("b@y", Bounced, "550 5.1.1 No such user"), out("c@y", Delivered, "250 2.0.0 Ok: queued as 4")]
-            ),
+            done(4, vec![out("b@y", Bounced, "550 5.1.1 No such user"), out("c@y", Delivered, "250 2.0.0 Ok: queued as 4")]),
             Event::Ready
         ]
     );
@@ -254,10 +234,7 @@ fn starttls_required_not_offered_returns_the_message() {
     let m = msg(5, "a@x", &["b@y"], b"x\n");
     assert_eq!(t.submit(m.clone()), vec![]);
     assert_eq!(t.server(GREETING), vec![send(b"EHLO client.test\r\n")]);
-    assert_eq!(
-        t.server(EHLO_PIPE),
-        vec![Event::Failed(SessionError::StartTlsUnavailable("the server did not offer STARTTLS".into()))]
-    );
+    assert_eq!(t.server(EHLO_PIPE), vec![Event::Failed(SessionError::StartTlsUnavailable("the server did not offer STARTTLS".into()))]);
     assert_eq!(t.s.unfinished(), vec![m]);
     assert!(t.s.unfinished().is_empty(), "taken once");
     assert_eq!(t.server(b"250 late\r\n"), vec![], "input after failure is ignored");
@@ -299,10 +276,7 @@ fn starttls_454_opportunistic_goes_on_in_clear() {
     assert_eq!(t.server(b"454 4.7.0 TLS not available due to temporary reason\r\n"), vec![Event::Ready]);
     assert!(!t.s.is_tls());
     assert!(t.s.capabilities().unwrap().pipelining, "clear-text capabilities still apply");
-    assert_eq!(
-        t.submit(msg(7, "a@x", &["b@y"], b"")),
-        vec![send(b"MAIL FROM:<a@x> SIZE=0\r\nRCPT TO:<b@y>\r\nDATA\r\n")]
-    );
+    assert_eq!(t.submit(msg(7, "a@x", &["b@y"], b"")), vec![send(b"MAIL FROM:<a@x> SIZE=0\r\nRCPT TO:<b@y>\r\nDATA\r\n")]);
 }
 
 #[test]
@@ -354,10 +328,7 @@ fn all_rcpts_rejected_then_rset_pipelined_before_next_mail() {
         t.server(b"250 2.1.0 Ok\r\n550 5.1.1 No such user\r\n554 5.5.1 No valid recipients\r\n"),
         vec![done(9, vec![out("b@y", Bounced, "550 5.1.1 No such user")]), Event::Ready]
     );
-    assert_eq!(
-        t.submit(msg(10, "a@x", &["c@y"], b"x\n")),
-        vec![send(b"RSET\r\nMAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<c@y>\r\nDATA\r\n")]
-    );
+    assert_eq!(t.submit(msg(10, "a@x", &["c@y"], b"x\n")), vec![send(b"RSET\r\nMAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<c@y>\r\nDATA\r\n")]);
     assert_eq!(t.s.timeout(), timeouts::COMMAND);
     assert_eq!(t.server(b"250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"), vec![send(b"x\r\n.\r\n")]);
     assert_eq!(
@@ -365,10 +336,7 @@ fn all_rcpts_rejected_then_rset_pipelined_before_next_mail() {
         vec![done(10, vec![out("c@y", Delivered, "250 2.0.0 Ok: queued as A")]), Event::Ready]
     );
     // A completed transaction owes no RSET.
-    assert_eq!(
-        t.submit(msg(11, "a@x", &["d@y"], b"x\n")),
-        vec![send(b"MAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<d@y>\r\nDATA\r\n")]
-    );
+    assert_eq!(t.submit(msg(11, "a@x", &["d@y"], b"x\n")), vec![send(b"MAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<d@y>\r\nDATA\r\n")]);
 }
 
 #[test]
@@ -378,10 +346,7 @@ fn all_rcpts_rejected_with_bdat_consumes_the_chunk_reply() {
     t.submit(msg(12, "a@x", &["b@y", "c@y"], b"x\n"));
     assert_eq!(
         t.server(b"250 2.1.0 Ok\r\n450 4.2.1 Try later\r\n550 5.1.1 No\r\n554 5.5.1 No valid recipients\r\n"),
-        vec![
-            done(12, vec![out("b@y", Deferred, "450 4.2.1 Try later"), out("c@y", Bounced, "550 5.1.1 No")]),
-            Event::Ready
-        ]
+        vec![done(12, vec![out("b@y", Deferred, "450 4.2.1 Try later"), out("c@y", Bounced, "550 5.1.1 No")]), Event::Ready]
     );
     assert_eq!(
         t.submit(msg(13, "a@x", &["d@y"], b"y")),
@@ -409,20 +374,11 @@ fn mail_rejected_every_rcpt_gets_the_mail_reply() {
     assert_eq!(
         t.server(b"503 5.5.1 Need MAIL command\r\n"),
         vec![
-            done(
-                16,
-                vec![
-                    out("b@y", Bounced, "550 5.7.1 Sender rejected"),
-                    out("c@y", Bounced, "550 5.7.1 Sender rejected")
-                ]
-            ),
+            done(16, vec![out("b@y", Bounced, "550 5.7.1 Sender rejected"), out("c@y", Bounced, "550 5.7.1 Sender rejected")]),
             Event::Ready
         ]
     );
-    assert!(
-        t.submit(msg(17, "a@x", &["b@y"], b"x\n"))[0]
-            == send(b"RSET\r\nMAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<b@y>\r\nDATA\r\n")
-    );
+    assert!(t.submit(msg(17, "a@x", &["b@y"], b"x\n"))[0] == send(b"RSET\r\nMAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<b@y>\r\nDATA\r\n"));
 }
 
 #[test]
@@ -430,10 +386,7 @@ fn mail_rejected_transiently_without_pipelining() {
     let mut t = T::new(SessionConfig { pipelining: false, ..cfg() }, Feed::Whole);
     t.open(EHLO_PIPE);
     t.submit(msg(18, "a@x", &["b@y"], b"x\n"));
-    assert_eq!(
-        t.server(b"451 4.3.0 Try again\r\n"),
-        vec![done(18, vec![out("b@y", Deferred, "451 4.3.0 Try again")]), Event::Ready]
-    );
+    assert_eq!(t.server(b"451 4.3.0 Try again\r\n"), vec![done(18, vec![out("b@y", Deferred, "451 4.3.0 Try again")]), Event::Ready]);
 }
 
 #[test]
@@ -442,10 +395,7 @@ fn unwanted_354_gets_a_lone_dot_and_its_reply_is_ignored() {
     t.open(EHLO_PIPE);
     t.submit(msg(19, "a@x", &["b@y"], b"secret body\n"));
     assert_eq!(t.server(b"250 2.1.0 Ok\r\n550 5.1.1 No\r\n354 go\r\n"), vec![send(b".\r\n")]);
-    assert_eq!(
-        t.server(b"250 2.0.0 Ok: queued as Z\r\n"),
-        vec![done(19, vec![out("b@y", Bounced, "550 5.1.1 No")]), Event::Ready]
-    );
+    assert_eq!(t.server(b"250 2.0.0 Ok: queued as Z\r\n"), vec![done(19, vec![out("b@y", Bounced, "550 5.1.1 No")]), Event::Ready]);
 }
 
 #[test]
@@ -456,16 +406,10 @@ fn data_final_451_defers_accepted_rcpts_only() {
     t.server(b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 No\r\n354 go\r\n");
     assert_eq!(
         t.server(b"451 4.3.0 Cannot store message\r\n"),
-        vec![
-            done(20, vec![out("b@y", Deferred, "451 4.3.0 Cannot store message"), out("c@y", Bounced, "550 5.1.1 No")]),
-            Event::Ready
-        ]
+        vec![done(20, vec![out("b@y", Deferred, "451 4.3.0 Cannot store message"), out("c@y", Bounced, "550 5.1.1 No")]), Event::Ready]
     );
     // The transaction ended with a final reply: no RSET.
-    assert_eq!(
-        t.submit(msg(21, "a@x", &["d@y"], b"x\n"))[0],
-        send(b"MAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<d@y>\r\nDATA\r\n")
-    );
+    assert_eq!(t.submit(msg(21, "a@x", &["d@y"], b"x\n"))[0], send(b"MAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<d@y>\r\nDATA\r\n"));
 }
 
 #[test]
@@ -501,10 +445,7 @@ fn service_closing_mid_transaction_returns_the_message() {
 fn service_closing_while_idle_and_at_greeting() {
     let mut t = T::new(cfg(), Feed::Whole);
     t.open(EHLO_PIPE);
-    assert!(matches!(
-        t.server(b"421 4.3.2 shutting down\r\n").as_slice(),
-        [Event::Failed(SessionError::ServiceClosing(_))]
-    ));
+    assert!(matches!(t.server(b"421 4.3.2 shutting down\r\n").as_slice(), [Event::Failed(SessionError::ServiceClosing(_))]));
     assert!(t.s.unfinished().is_empty());
     let mut t = T::new(cfg(), Feed::Whole);
     assert!(matches!(t.server(b"421 busy\r\n").as_slice(), [Event::Failed(SessionError::ServiceClosing(_))]));
@@ -550,28 +491,18 @@ fn size_too_big_bounces_locally_without_sending() {
     t.open(b"250-mx\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
     let before = t.s.stats();
     let reason = "local: message size 12 exceeds the server's limit of 10, not sent";
-    let local =
-        |r: &str| RcptOutcome { rcpt: r.into(), status: Bounced, reply: reason.into(), enhanced: Some("5.3.4".into()) };
-    assert_eq!(
-        t.submit(msg(26, "a@x", &["b@y", "c@y"], b"0123456789\n")),
-        vec![done(26, vec![local("b@y"), local("c@y")]), Event::Ready]
-    );
+    let local = |r: &str| RcptOutcome { rcpt: r.into(), status: Bounced, reply: reason.into(), enhanced: Some("5.3.4".into()) };
+    assert_eq!(t.submit(msg(26, "a@x", &["b@y", "c@y"], b"0123456789\n")), vec![done(26, vec![local("b@y"), local("c@y")]), Event::Ready]);
     assert_eq!(t.s.stats().round_trips, before.round_trips);
     // Exactly at the limit is fine.
-    assert_eq!(
-        t.submit(msg(27, "a@x", &["b@y"], b"01234567\n"))[0],
-        send(b"MAIL FROM:<a@x> SIZE=10\r\nRCPT TO:<b@y>\r\nDATA\r\n")
-    );
+    assert_eq!(t.submit(msg(27, "a@x", &["b@y"], b"01234567\n"))[0], send(b"MAIL FROM:<a@x> SIZE=10\r\nRCPT TO:<b@y>\r\nDATA\r\n"));
 }
 
 #[test]
 fn size_zero_means_no_limit() {
     let mut t = T::new(cfg(), Feed::Whole);
     t.open(b"250-mx\r\n250-PIPELINING\r\n250 SIZE 0\r\n");
-    assert_eq!(
-        t.submit(msg(28, "a@x", &["b@y"], b"0123456789\n"))[0],
-        send(b"MAIL FROM:<a@x> SIZE=12\r\nRCPT TO:<b@y>\r\nDATA\r\n")
-    );
+    assert_eq!(t.submit(msg(28, "a@x", &["b@y"], b"0123456789\n"))[0], send(b"MAIL FROM:<a@x> SIZE=12\r\nRCPT TO:<b@y>\r\nDATA\r\n"));
 }
 
 #[test]
@@ -754,8 +685,7 @@ impl Lcg {
 /// the one invariant that matters: every message is either Done (with one outcome per
 /// recipient) or handed back by `unfinished`.
 fn drive(rng: &mut Lcg, chunks: &[Vec<u8>]) -> usize {
-    let tls =
-        [TlsMode::None, TlsMode::Implicit, TlsMode::Starttls { required: false }, TlsMode::Starttls { required: true }];
+    let tls = [TlsMode::None, TlsMode::Implicit, TlsMode::Starttls { required: false }, TlsMode::Starttls { required: true }];
     let cfg = SessionConfig {
         tls: tls[rng.below(4)],
         pipelining: rng.below(2) == 0,

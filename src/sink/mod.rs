@@ -288,13 +288,8 @@ impl Sink {
         let mut accept_tasks = Vec::new();
         for (info, listener) in bound {
             listeners.push(info);
-            let ctx = Arc::new(Ctx {
-                cfg: cfg.clone(),
-                stats: stats.clone(),
-                port: info.kind,
-                shutdown: shutdown.clone(),
-                abort: abort.clone(),
-            });
+            let ctx =
+                Arc::new(Ctx { cfg: cfg.clone(), stats: stats.clone(), port: info.kind, shutdown: shutdown.clone(), abort: abort.clone() });
             accept_tasks.push(tokio::spawn(accept_loop(listener, ctx, tracker.clone(), limit.clone())));
         }
         Ok(Sink { listeners, stats, shutdown, abort, tracker, accept_tasks })

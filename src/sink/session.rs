@@ -327,11 +327,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 self.helo = true;
                 self.txn = None;
                 self.bad = 0;
-                let text = if verb == b"HELO" {
-                    format!("250 {}\r\n", self.ctx.cfg.hostname)
-                } else {
-                    self.ehlo_reply(before_tls)
-                };
+                let text = if verb == b"HELO" { format!("250 {}\r\n", self.ctx.cfg.hostname) } else { self.ehlo_reply(before_tls) };
                 self.reply(&text).await;
             }
             b"STARTTLS" => {
@@ -586,12 +582,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         }
         match &self.txn {
             None => return self.bad_command("503 5.5.1 Need MAIL command\r\n").await,
-            Some(t) if t.bdat.is_some() => {
-                return self.bad_command("503 5.5.1 DATA not allowed after BDAT\r\n").await
-            }
-            Some(t) if t.rcpts.is_empty() => {
-                return self.bad_command("554 5.5.1 No valid recipients\r\n").await
-            }
+            Some(t) if t.bdat.is_some() => return self.bad_command("503 5.5.1 DATA not allowed after BDAT\r\n").await,
+            Some(t) if t.rcpts.is_empty() => return self.bad_command("554 5.5.1 No valid recipients\r\n").await,
             Some(_) => {}
         }
         self.reply("354 End data with <CR><LF>.<CR><LF>\r\n").await;
@@ -632,7 +624,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                         }
                         self.rpos = self.rbuf.len();
                         inc(&self.ctx.stats.bad_commands);
-                        self.reply("554 5.5.2 Bare <LF> next to the final dot: end data with <CR><LF>.<CR><LF>; closing connection\r\n").await;
+                        self.reply("554 5.5.2 Bare <LF> next to the final dot: end data with <CR><LF>.<CR><LF>; closing connection\r\n")
+                            .await;
                         return Err(Exit::Protocol);
                     }
                     let payload = if at_line_start && line[0] == b'.' { &line[1..] } else { line };
@@ -692,11 +685,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             remaining -= take as u64;
         }
         if !usable {
-            let text = if self.txn.is_none() {
-                "503 5.5.1 Need MAIL command\r\n"
-            } else {
-                "554 5.5.1 No valid recipients\r\n"
-            };
+            let text = if self.txn.is_none() { "503 5.5.1 Need MAIL command\r\n" } else { "554 5.5.1 No valid recipients\r\n" };
             return self.bad_command(text).await;
         }
         if !last {

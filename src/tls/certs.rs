@@ -45,8 +45,8 @@ impl GeneratedPki {
 /// Generate a CA and a leaf certificate valid for `names` (DNS names or IP addresses).
 pub fn generate(names: &[String]) -> Result<GeneratedPki, TlsError> {
     use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-        ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose,
     };
     let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
     if names.is_empty() {
@@ -71,8 +71,7 @@ pub fn generate(names: &[String]) -> Result<GeneratedPki, TlsError> {
     let leaf_key = KeyPair::generate().map_err(gen)?;
     let leaf = leaf_params.signed_by(&leaf_key, &ca).map_err(gen)?;
 
-    let key = PrivateKeyDer::try_from(leaf_key.serialize_der())
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let key = PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| TlsError::Generate(e.to_string()))?;
     Ok(GeneratedPki {
         ca_pem: ca.pem(),
         ca_der: ca.der().clone(),
@@ -83,8 +82,7 @@ pub fn generate(names: &[String]) -> Result<GeneratedPki, TlsError> {
 /// Load a certificate chain and a private key from PEM files.
 pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     let chain = load_certs(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::Pem { path: key.display().to_string(), reason: e.to_string() })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem { path: key.display().to_string(), reason: e.to_string() })?;
     Ok(Identity { chain, key })
 }
 
@@ -105,10 +103,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn add_roots_from_file(roots: &mut RootCertStore, path: &Path) -> Result<usize, TlsError> {
     let mut n = 0;
     for cert in load_certs(path)? {
-        roots.add(cert).map_err(|e| TlsError::Pem {
-            path: path.display().to_string(),
-            reason: format!("not a usable trust anchor: {e}"),
-        })?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Pem { path: path.display().to_string(), reason: format!("not a usable trust anchor: {e}") })?;
         n += 1;
     }
     Ok(n)

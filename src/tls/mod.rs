@@ -196,30 +196,23 @@ pub struct ClientOptions {
 /// to every config that should share them.
 pub fn client_config(opts: &ClientOptions, store: Option<Arc<TicketStore>>) -> Result<Arc<ClientConfig>, TlsError> {
     use rustls::client::Tls12Resumption;
-    let versions: &[&'static rustls::SupportedProtocolVersion] =
-        if opts.tls12_only || opts.resumption == ClientResumption::SessionId {
-            &[&rustls::version::TLS12]
-        } else {
-            &[&rustls::version::TLS13, &rustls::version::TLS12]
-        };
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if opts.tls12_only || opts.resumption == ClientResumption::SessionId {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
     let prov = provider(opts.kx);
     let builder = ClientConfig::builder_with_provider(prov.clone()).with_protocol_versions(versions)?;
     let mut cfg = match &opts.verify {
         Verify::Roots(roots) => builder.with_root_certificates(roots.clone()).with_no_client_auth(),
-        Verify::None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(prov)))
-            .with_no_client_auth(),
+        Verify::None => builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(prov))).with_no_client_auth(),
     };
     cfg.resumption = match (opts.resumption, store) {
         (ClientResumption::Off, _) => Resumption::disabled(),
         (mode, store) => {
             let store = store.unwrap_or_else(|| Arc::new(TicketStore::new(1024, 64, 8)));
-            let tls12 = if mode == ClientResumption::SessionId {
-                Tls12Resumption::SessionIdOnly
-            } else {
-                Tls12Resumption::SessionIdOrTickets
-            };
+            let tls12 =
+                if mode == ClientResumption::SessionId { Tls12Resumption::SessionIdOnly } else { Tls12Resumption::SessionIdOrTickets };
             Resumption::store(store).tls12_resumption(tls12)
         }
     };
@@ -292,14 +285,8 @@ impl TlsFacts {
             Some(v) => format!("{v:?}"),
             None => "unknown".to_string(),
         };
-        let cipher = conn
-            .negotiated_cipher_suite()
-            .map(|c| format!("{:?}", c.suite()))
-            .unwrap_or_else(|| "unknown".into());
-        let kx = conn
-            .negotiated_key_exchange_group()
-            .map(|g| format!("{:?}", g.name()))
-            .unwrap_or_else(|| "unknown".into());
+        let cipher = conn.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_else(|| "unknown".into());
+        let kx = conn.negotiated_key_exchange_group().map(|g| format!("{:?}", g.name())).unwrap_or_else(|| "unknown".into());
         let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         TlsFacts { version, cipher, kx, resumed }
     }

@@ -85,9 +85,7 @@ impl TicketStore {
     pub fn new(max_servers: usize, tickets_per_server: usize, shards: usize) -> TicketStore {
         let shards = shards.max(1);
         TicketStore {
-            shards: (0..shards)
-                .map(|_| Mutex::new(Shard { servers: HashMap::new(), clock: 0 }))
-                .collect(),
+            shards: (0..shards).map(|_| Mutex::new(Shard { servers: HashMap::new(), clock: 0 })).collect(),
             hasher: Default::default(),
             max_servers_per_shard: max_servers.div_ceil(shards).max(1),
             tickets_per_server: tickets_per_server.max(1),
@@ -162,9 +160,7 @@ impl ClientSessionStore for TicketStore {
     }
 
     fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        let v = self.with_shard(server_name, |s| {
-            s.servers.get(server_name).and_then(|e| e.tls12.clone())
-        });
+        let v = self.with_shard(server_name, |s| s.servers.get(server_name).and_then(|e| e.tls12.clone()));
         let c = if v.is_some() { &self.tls12_hits } else { &self.tls12_misses };
         c.fetch_add(1, Ordering::Relaxed);
         v
@@ -197,9 +193,7 @@ impl ClientSessionStore for TicketStore {
 
     fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
         // Newest first: it has the longest life left.
-        let v = self.with_shard(server_name, |s| {
-            s.servers.get_mut(server_name).and_then(|e| e.tls13.pop_back())
-        });
+        let v = self.with_shard(server_name, |s| s.servers.get_mut(server_name).and_then(|e| e.tls13.pop_back()));
         let c = if v.is_some() { &self.tls13_hits } else { &self.tls13_misses };
         c.fetch_add(1, Ordering::Relaxed);
         v

@@ -80,7 +80,14 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn new(cfg: SpoolConfig, mut index: Index, last_seg: u64, next_id: Arc<AtomicU64>, seq: u64, counters: Arc<Counters>) -> Result<Writer, SpoolError> {
+    pub fn new(
+        cfg: SpoolConfig,
+        mut index: Index,
+        last_seg: u64,
+        next_id: Arc<AtomicU64>,
+        seq: u64,
+        counters: Arc<Counters>,
+    ) -> Result<Writer, SpoolError> {
         let dir = File::open(&cfg.dir)?;
         let active = create_segment(&cfg.dir, &dir, last_seg + 1, next_id.load(Ordering::Relaxed), cfg.fsync)?;
         index.segs.insert(active.num, Seg::new(seg_path(&cfg.dir, active.num), active.len));
