@@ -306,6 +306,23 @@ pub struct SmtpInjectSection {
     /// Default `"5m"` (RFC 5321 §4.5.3.2.7).
     #[serde(deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
+    /// Connections served at once; more are told 421 4.7.0 and closed. Default 1000.
+    pub max_conns: usize,
+    /// Connections served at once from one client (an IPv4 address, or an IPv6 /64); more
+    /// are told 421 4.7.0 and closed, so one client cannot take every slot. Default 50.
+    pub max_conns_per_ip: usize,
+    /// How long one connection may last in all, however busy (then 421 4.4.2; the client
+    /// reconnects and goes on). Bounds a client that trickles bytes to stay under
+    /// `idle_timeout`. Default `"1h"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub session_timeout: Duration,
+    /// A client that must AUTH (outside `allowed_networks`) and has not yet: how long it may
+    /// stay connected before it is cut off with 421 4.4.2. Default `"30s"`.
+    #[serde(deserialize_with = "de_duration")]
+    pub auth_timeout: Duration,
+    /// Commands that carry no mail (NOOP, VRFY, RSET, HELP, unknown verbs) allowed per
+    /// connection; the next gets 421 4.7.0 and the connection is closed. Default 100.
+    pub max_idle_commands: u32,
     pub auth: SmtpAuthSection,
     pub tls: SmtpInjectTlsSection,
 }
@@ -319,6 +336,11 @@ impl Default for SmtpInjectSection {
                 Cidr { addr: IpAddr::V6(Ipv6Addr::LOCALHOST), prefix: 128 },
             ],
             idle_timeout: Duration::from_secs(300),
+            max_conns: 1000,
+            max_conns_per_ip: 50,
+            session_timeout: Duration::from_secs(3600),
+            auth_timeout: Duration::from_secs(30),
+            max_idle_commands: 100,
             auth: SmtpAuthSection::default(),
             tls: SmtpInjectTlsSection::default(),
         }
@@ -554,6 +576,18 @@ impl Config {
 
         let smtp = &self.inject.smtp;
         in_range("inject.smtp.idle_timeout", smtp.idle_timeout, Duration::from_secs(1), Duration::from_secs(3600))?;
+        in_range("inject.smtp.session_timeout", smtp.session_timeout, Duration::from_secs(1), Duration::from_secs(86_400))?;
+        in_range("inject.smtp.auth_timeout", smtp.auth_timeout, Duration::from_secs(1), Duration::from_secs(3600))?;
+        for (key, v, max) in
+            [("inject.smtp.max_conns", smtp.max_conns, 1_000_000), ("inject.smtp.max_conns_per_ip", smtp.max_conns_per_ip, 1_000_000)]
+        {
+            if v == 0 || v > max {
+                return Err(ConfigError::invalid(key, format!("must be from 1 to {max}, not {v}")));
+            }
+        }
+        if smtp.max_idle_commands == 0 {
+            return Err(ConfigError::invalid("inject.smtp.max_idle_commands", "must be at least 1"));
+        }
         if !smtp.auth.require_starttls && !smtp.listen.ip().is_loopback() {
             return Err(ConfigError::invalid(
                 "inject.smtp.auth.require_starttls",

@@ -6,7 +6,7 @@
 //!
 //! Modules:
 //! - [`resolve`]: MX resolution over hickory with our own TTL-bound, single-flight cache.
-//! - [`api`]: the daemon's HTTP API (inject, message state, queues, Prometheus metrics).
+//! - [`inject`]: (daemon) how messages enter: the SMTP listener, the HTTP API, one intake.
 //! - [`auth`]: (daemon) SMTP AUTH on injection: the users file (PBKDF2), SASL PLAIN.
 //! - [`daemon`]: `mxpipe serve`: injection, spool, queue manager and engine together.
 //! - [`config`]: the daemon's TOML configuration (`mxpipe.example.toml` documents it).
@@ -17,10 +17,10 @@
 //! - [`policy`]: the MX-prefix TLS policy, a pure function of resolved facts, and what was learned.
 //! - [`reply`]: SMTP reply and EHLO-capability parsing (pure, shared by every client).
 //! - [`tls`]: rustls configuration, certificates, the client session store.
-//! - [`sink`]: the receiving SMTP server for tests and capacity benchmarks.
+//! - [`smtp_server`]: the SMTP server core (listener, limits, STARTTLS, AUTH, DATA/BDAT).
+//! - [`sink`]: the server core's presets for tests and capacity benchmarks (faults, mail dir).
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
 
-pub mod api;
 pub mod auth;
 pub mod config;
 pub mod daemon;
@@ -28,6 +28,7 @@ pub mod demo;
 pub mod dnsserver;
 pub mod dsn;
 pub mod engine;
+pub mod inject;
 pub mod outcome;
 pub mod policy;
 pub mod pool;
@@ -37,5 +38,6 @@ pub mod resolve;
 pub mod schedule;
 pub mod session;
 pub mod sink;
+pub mod smtp_server;
 pub mod sys;
 pub mod tls;

@@ -375,7 +375,9 @@ fn run_sink(a: SinkArgs) -> Result<(), String> {
         drop_rate: a.drop_rate,
         delay: Duration::from_millis(a.delay),
     };
-    cfg.mail_dir = a.mail_dir.clone();
+    if let Some(dir) = &a.mail_dir {
+        mxpipe::sink::MailDir::install(&mut cfg, dir.clone());
+    }
     cfg.max_message_size = a.max_message_size;
     cfg.max_conns = a.max_conns;
     cfg.idle_timeout = Duration::from_secs(a.idle_timeout.max(1));

@@ -286,7 +286,7 @@ async fn mail_dir_stores_envelope_and_unstuffed_body() {
     let dir = std::env::temp_dir().join(format!("mxpipe-maildir-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let d = dir.clone();
-    let (sink, _) = start_sink(move |c| c.mail_dir = Some(d)).await;
+    let (sink, _) = start_sink(move |c| mxpipe::sink::MailDir::install(c, d)).await;
     let mut c = Client::connect(sink.addr(PortKind::StartTls).unwrap()).await;
     c.reply().await;
     c.cmd("EHLO c.test").await;
@@ -305,7 +305,7 @@ async fn mail_dir_stores_envelope_and_unstuffed_body() {
 
 #[tokio::test]
 async fn unwritable_mail_dir_gives_451_not_loss() {
-    let (sink, _) = start_sink(|c| c.mail_dir = Some("/proc/mxpipe-cannot-write-here".into())).await;
+    let (sink, _) = start_sink(|c| mxpipe::sink::MailDir::install(c, "/proc/mxpipe-cannot-write-here")).await;
     let (_, end) = one_transaction(sink.addr(PortKind::StartTls).unwrap()).await;
     assert_eq!(end, Some(451));
     let s = sink.shutdown(Duration::from_millis(100)).await.stats;

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::manager::ManagerReport;
+use super::report::ManagerReport;
 use super::spool::MsgId;
 use crate::outcome::Outcome;
 
@@ -77,7 +77,7 @@ struct Inner {
 }
 
 /// Reads the SMTP injection listener's counters.
-type InjectionStats = Arc<dyn Fn() -> crate::sink::StatsSnapshot + Send + Sync>;
+type InjectionStats = Arc<dyn Fn() -> crate::smtp_server::StatsSnapshot + Send + Sync>;
 
 /// Shared between the manager (writer) and observers (readers).
 #[derive(Clone, Default)]
@@ -176,7 +176,7 @@ impl Board {
     }
 
     /// Where to read the SMTP injection listener's counters for `/metrics`.
-    pub fn set_injection_stats(&self, read: impl Fn() -> crate::sink::StatsSnapshot + Send + Sync + 'static) {
+    pub fn set_injection_stats(&self, read: impl Fn() -> crate::smtp_server::StatsSnapshot + Send + Sync + 'static) {
         self.lock().injection = Some(Arc::new(read));
     }
 

@@ -20,9 +20,10 @@ use std::time::{Instant, SystemTime};
 use crossbeam_channel::{Receiver, Select};
 
 use super::board::{unix_at, Board};
+pub use super::report::{ClassCounts, ManagerReport};
 use super::spool::{Attempt, FinalStatus, MsgId, Spool, Stored};
 use crate::dsn::{build_dsn, Action, DsnInput, FailedRcpt, ReturnContent};
-use crate::engine::{Engine, EngineStats, Submission};
+use crate::engine::{Engine, Submission};
 use crate::outcome::{Outcome, Status};
 use crate::schedule::{classify, Decision, DestinationOptions, Destinations, ReplyClass, RetryPolicy, TimerId, Timers};
 
@@ -77,71 +78,6 @@ pub struct ControlReply {
     pub in_flight: u64,
     /// The suspension in force afterwards (Unix seconds), if any.
     pub suspended_until: Option<f64>,
-}
-
-/// Outcomes of one policy class.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ClassCounts {
-    pub delivered: u64,
-    pub deferred: u64,
-    pub bounced: u64,
-}
-
-/// Where injection (SMTP and HTTP alike) hands messages in.
-#[derive(Clone)]
-pub struct Intake {
-    spool: Arc<Spool>,
-    to_manager: crossbeam_channel::Sender<Accepted>,
-    board: Board,
-}
-
-impl Intake {
-    pub fn new(spool: Arc<Spool>, to_manager: crossbeam_channel::Sender<Accepted>, board: Board) -> Intake {
-        Intake { spool, to_manager, board }
-    }
-
-    /// Store `msgs` (sender, recipients, content) in one spool commit, all or nothing, and
-    /// return their ids once they are durable: the caller acknowledges only then. They are on
-    /// the board before this returns, so a lookup right after the acknowledgement finds them,
-    /// and handed to the manager (if it is gone, the spool delivers them after a restart).
-    pub async fn accept(&self, msgs: Vec<(String, Vec<String>, Arc<[u8]>)>) -> Result<Vec<MsgId>, super::spool::SpoolError> {
-        let ids = self.spool.accept_many_async(msgs.clone()).await?;
-        for (&id, (from, rcpts, data)) in ids.iter().zip(msgs) {
-            self.board.queued(id, &from, &rcpts, SystemTime::now());
-            let _ = self.to_manager.send(Accepted { id, from, rcpts, data });
-        }
-        Ok(ids)
-    }
-
-    /// The board, for observers.
-    pub fn board(&self) -> &Board {
-        &self.board
-    }
-}
-
-/// Counters at the end of a run.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ManagerReport {
-    pub recovered: u64,
-    pub accepted: u64,
-    pub delivered: u64,
-    pub deferred_attempts: u64,
-    pub bounced: u64,
-    pub expired: u64,
-    /// Recipients bounced by an operator's `bounce` command.
-    pub bounced_by_operator: u64,
-    /// Recipients with the engine now (submitted, no outcome yet).
-    pub in_flight: u64,
-    /// Outcomes by the policy class of the MX host they came from (`starttls-prefix`,
-    /// `smtps-prefix`, `opportunistic`, `override`; `none` when no host was reached).
-    pub by_class: std::collections::BTreeMap<String, ClassCounts>,
-    pub dsns: u64,
-    /// Messages still unfinished at shutdown (they stay in the spool for the next start).
-    pub unfinished: u64,
-    pub spool_errors: u64,
-    /// Delivery-log lines that could not be written.
-    pub log_errors: u64,
-    pub engine: EngineStats,
 }
 
 struct Entry {

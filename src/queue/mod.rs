@@ -5,9 +5,11 @@
 //! - [`board`]: what the manager shows observers (HTTP API, metrics).
 //! - [`manager`]: between acceptance and the last final outcome: submission to the engine,
 //!   attempts recorded, retries on a timer, expiry, bounces (DSNs), operator commands.
+//! - [`report`]: the manager's counters (shown by the board, returned at shutdown).
 //! - [`ctl`]: `mxpipe queue`, the operator's client of those commands.
 
 pub mod board;
 pub mod ctl;
 pub mod manager;
+pub mod report;
 pub mod spool;

@@ -3,7 +3,7 @@
 use super::*;
 use crate::reply::EnhancedCode;
 
-const GREETING: &[u8] = b"220 mx.example.test ESMTP mxpipe-sink\r\n";
+const GREETING: &[u8] = b"220 mx.example.test ESMTP mxpipe\r\n";
 /// The sink's EHLO reply without CHUNKING or STARTTLS.
 const EHLO_PIPE: &[u8] =
     b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n";

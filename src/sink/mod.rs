@@ -1,11 +1,10 @@
-//! The sink: a receiving SMTP server for tests and capacity benchmarks.
+//! The sink: the SMTP server core ([`crate::smtp_server`]) with the presets of a receiving
+//! server for tests and capacity benchmarks. STARTTLS on one port (25 by default) and implicit
+//! TLS on another (26); it counts what it receives and discards it, or writes it to a mail
+//! directory ([`MailDir`], `mxpipe sink --mail-dir`), and it can inject faults
+//! ([`Faults`]). Listening, limits, TLS and the dialogue are the core's; nothing here is on
+//! the daemon's path.
 //!
-//! It listens with STARTTLS on one port (25 by default) and implicit TLS on another (26),
-//! counts or stores what it receives, and can inject faults. It owns listening, the
-//! connection limit, the TLS upgrade and graceful shutdown; the SMTP dialogue itself is in
-//! [`session`]. It knows nothing of delivery: it is the peer the engine is tested against.
-//!
-//! Use from a tokio runtime (multi-threaded, to use every core):
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use mxpipe::{sink, tls};
@@ -14,6 +13,7 @@
 //! let mut cfg = sink::SinkConfig::new(server_tls);
 //! cfg.starttls_port = Some(0); // ephemeral, for tests
 //! cfg.implicit_port = Some(0);
+//! sink::MailDir::install(&mut cfg, "/tmp/mail");
 //! let sink = sink::Sink::start(cfg).await?;
 //! println!("STARTTLS on {:?}", sink.addr(sink::PortKind::StartTls));
 //! let report = sink.shutdown(std::time::Duration::from_secs(5)).await;
@@ -21,463 +21,75 @@
 //! # Ok(()) }
 //! ```
 
-mod session;
-mod stats;
-
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use rustls::ServerConfig;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+pub use crate::smtp_server::{
+    Acceptor, AcceptorRef, Error as SinkError, FaultStats, Faults, ListenerInfo, PortKind, PortStats, Refused, ShutdownReport,
+    StatsSnapshot, MAX_COMMAND_LINE,
+};
 
-pub use session::MAX_COMMAND_LINE;
-pub use stats::{FaultStats, PortStats, StatsSnapshot};
+/// A sink's settings: the server core's, with the sink's defaults (ports 25 and 26, no
+/// per-client cap, faults off until set).
+pub type SinkConfig = crate::smtp_server::Config;
+/// A running sink.
+pub type Sink = crate::smtp_server::Server;
 
-use session::{AuthGate, Exit, Session};
-use stats::{inc, Stats};
-
-/// Which kind of port a listener is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PortKind {
-    /// Plain SMTP with STARTTLS (port 25).
-    StartTls = 0,
-    /// TLS from the first byte (port 26 in the MX-prefix proposal, like 465 for submission).
-    Implicit = 1,
+/// Write each accepted message to a directory as `<id>.eml`, the envelope first as
+/// `X-Mxpipe-Mail-From:` / `X-Mxpipe-Rcpt-To:` header lines. Written to a temporary name and
+/// renamed, so a reader never sees half a message; a failed write answers 451 4.3.0 and the
+/// client keeps the message.
+#[derive(Debug)]
+pub struct MailDir {
+    dir: PathBuf,
+    seq: AtomicU64,
 }
 
-impl fmt::Display for PortKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PortKind::StartTls => "starttls",
-            PortKind::Implicit => "implicit",
-        })
+impl MailDir {
+    /// Make `cfg` store what it accepts in `dir`.
+    pub fn install(cfg: &mut SinkConfig, dir: impl Into<PathBuf>) {
+        cfg.acceptor = Some(AcceptorRef(Arc::new(MailDir { dir: dir.into(), seq: AtomicU64::new(1) })));
+    }
+
+    async fn store(&self, from: &[u8], rcpts: &[Vec<u8>], content: &[u8]) -> std::io::Result<u64> {
+        let id = self.seq.fetch_add(1, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(content.len() + 128);
+        out.extend_from_slice(b"X-Mxpipe-Mail-From: <");
+        out.extend_from_slice(from);
+        out.extend_from_slice(b">\r\n");
+        for r in rcpts {
+            out.extend_from_slice(b"X-Mxpipe-Rcpt-To: <");
+            out.extend_from_slice(r);
+            out.extend_from_slice(b">\r\n");
+        }
+        out.extend_from_slice(content);
+        let tmp = self.dir.join(format!(".{id:016X}.{}.tmp", std::process::id()));
+        let fin = self.dir.join(format!("{id:016X}.eml"));
+        write_then_rename(&tmp, &fin, out).await?;
+        Ok(id)
     }
 }
 
-/// Faults the sink injects, for tests and capacity drills. Rates are probabilities in [0, 1].
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Faults {
-    /// Answer a RCPT with 451 4.3.0.
-    pub temp_fail_rate: f64,
-    /// Answer a RCPT with 550 5.1.1.
-    pub perm_fail_rate: f64,
-    /// Answer a RCPT with `451 4.7.28` and a rate-limit text, as large receivers throttle.
-    pub rate_limit_rate: f64,
-    /// Close the connection at the end of a message's data, before the final reply: the
-    /// client cannot know whether the message was taken. Decided per transaction, at MAIL.
-    pub drop_rate: f64,
-    /// Wait this long before every reply.
-    pub delay: Duration,
+async fn write_then_rename(tmp: &Path, fin: &Path, out: Vec<u8>) -> std::io::Result<()> {
+    tokio::fs::write(tmp, out).await?;
+    tokio::fs::rename(tmp, fin).await
 }
 
-/// Where an accepted message goes instead of being counted and discarded: the daemon's
-/// injection listener hands it to the spool. `Ok` carries the queue id for the 250 reply,
-/// given only once the message is safe; `Err` a reason for a 452 4.3.1 (the client retries).
-pub trait Acceptor: Send + Sync + 'static {
+impl Acceptor for MailDir {
     fn accept(
         &self,
         from: Vec<u8>,
         rcpts: Vec<Vec<u8>>,
         data: Vec<u8>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + '_>>;
-}
-
-/// A shared [`Acceptor`] in a config (Debug without printing the acceptor).
-#[derive(Clone)]
-pub struct AcceptorRef(pub Arc<dyn Acceptor>);
-
-impl fmt::Debug for AcceptorRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Acceptor")
-    }
-}
-
-/// Everything the sink needs to run.
-#[derive(Debug, Clone)]
-pub struct SinkConfig {
-    /// Addresses to listen on; each gets both port kinds that are enabled.
-    pub listen: Vec<IpAddr>,
-    /// STARTTLS port (`None`: off; `Some(0)`: an ephemeral port).
-    pub starttls_port: Option<u16>,
-    /// Implicit-TLS port (`None`: off; `Some(0)`: an ephemeral port).
-    pub implicit_port: Option<u16>,
-    /// Shared by both port kinds, so sessions resume across them.
-    pub tls: Arc<ServerConfig>,
-    /// Name in the banner and EHLO reply.
-    pub hostname: String,
-    /// Advertise and accept STARTTLS on the STARTTLS port (`--no-starttls` turns it off).
-    pub starttls: bool,
-    /// Refuse mail commands in clear on the STARTTLS port with 530.
-    pub require_tls: bool,
-    pub faults: Faults,
-    /// Write accepted messages here; otherwise they are counted and discarded.
-    pub mail_dir: Option<PathBuf>,
-    /// Advertised SIZE; larger messages get 552.
-    pub max_message_size: u64,
-    pub max_rcpts: usize,
-    /// Connections served at once; more get 421 and are closed.
-    pub max_conns: usize,
-    /// How long a client may stay silent between commands or inside a message.
-    pub idle_timeout: Duration,
-    /// How long a TLS handshake may take.
-    pub handshake_timeout: Duration,
-    /// Listen backlog.
-    pub backlog: u32,
-    /// Hand accepted messages to this instead of counting and discarding them.
-    pub acceptor: Option<AcceptorRef>,
-    /// Only clients from these networks may send without AUTH. Others get 554 5.7.1 and are
-    /// closed, or, with `auth` set, must AUTH before MAIL. `None`: everyone (a test sink).
-    pub allowed_clients: Option<Vec<crate::config::Cidr>>,
-    /// AUTH PLAIN (the daemon's injection listener). `None`: no AUTH, and nothing on the
-    /// session's hot path looks further than this.
-    pub auth: Option<SinkAuth>,
-}
-
-/// AUTH PLAIN on a listener (RFC 4954, RFC 4616).
-#[derive(Debug, Clone)]
-pub struct SinkAuth {
-    pub users: Arc<crate::auth::Users>,
-    /// Offer and accept AUTH only over TLS; before STARTTLS, AUTH gets 538 5.7.11.
-    pub require_tls: bool,
-    /// Wait before answering a failed AUTH, to slow password guessing (the session waits,
-    /// nothing else does).
-    pub failure_delay: Duration,
-    /// Failed AUTHs on one connection before it is closed with 421 4.7.0.
-    pub max_failures: u32,
-    /// Failed AUTHs per client address (10 in 10 minutes): past them, AUTH from that address
-    /// gets 454 4.7.0 without a password check.
-    pub by_ip: Arc<crate::auth::FailureLog>,
-}
-
-impl SinkAuth {
-    /// One second before each failure reply, three failures per connection.
-    pub fn new(users: Arc<crate::auth::Users>) -> SinkAuth {
-        SinkAuth {
-            users,
-            require_tls: true,
-            failure_delay: Duration::from_secs(1),
-            max_failures: 3,
-            by_ip: Arc::new(crate::auth::FailureLog::new(10, Duration::from_secs(600))),
-        }
-    }
-}
-
-impl SinkConfig {
-    /// Defaults: 127.0.0.1, ports 25 and 26, STARTTLS offered, no faults, 50 MB messages,
-    /// 20,000 connections, 300 s idle timeout (RFC 5321 §4.5.3.2.7).
-    pub fn new(tls: Arc<ServerConfig>) -> SinkConfig {
-        SinkConfig {
-            listen: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-            starttls_port: Some(25),
-            implicit_port: Some(26),
-            tls,
-            hostname: "mxpipe-sink.localhost".into(),
-            starttls: true,
-            require_tls: false,
-            faults: Faults::default(),
-            mail_dir: None,
-            max_message_size: 50 * 1024 * 1024,
-            max_rcpts: 1000,
-            max_conns: 20_000,
-            idle_timeout: Duration::from_secs(300),
-            handshake_timeout: Duration::from_secs(10),
-            backlog: 4096,
-            acceptor: None,
-            allowed_clients: None,
-            auth: None,
-        }
-    }
-}
-
-/// Why the sink could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("no listener: both the STARTTLS and the implicit-TLS port are off, or no --listen address")]
-    NoListener,
-    #[error("invalid setting: {0}")]
-    Invalid(String),
-}
-
-/// One bound listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenerInfo {
-    pub addr: SocketAddr,
-    pub kind: PortKind,
-}
-
-/// What shutdown found.
-#[derive(Debug, Clone, Copy)]
-pub struct ShutdownReport {
-    /// Counters after every session ended.
-    pub stats: StatsSnapshot,
-    /// Sessions still open when shutdown began.
-    pub open_at_stop: u64,
-}
-
-/// State every session of one sink shares.
-pub(crate) struct Ctx {
-    pub cfg: Arc<SinkConfig>,
-    pub stats: Arc<Stats>,
-    pub port: PortKind,
-    /// Stop taking commands: idle sessions say 421 and close.
-    pub shutdown: CancellationToken,
-    /// The grace period is over: every session closes now.
-    pub abort: CancellationToken,
-}
-
-/// A running sink. Dropping it without [`Sink::shutdown`] leaves its tasks running until the
-/// runtime ends.
-pub struct Sink {
-    listeners: Vec<ListenerInfo>,
-    stats: Arc<Stats>,
-    shutdown: CancellationToken,
-    abort: CancellationToken,
-    tracker: TaskTracker,
-    accept_tasks: Vec<JoinHandle<()>>,
-}
-
-impl Sink {
-    /// Bind every listener, then start accepting. Fails before accepting anything if any
-    /// address cannot be bound.
-    pub async fn start(cfg: SinkConfig) -> Result<Sink, SinkError> {
-        for (name, rate) in [
-            ("temp-fail-rate", cfg.faults.temp_fail_rate),
-            ("perm-fail-rate", cfg.faults.perm_fail_rate),
-            ("rate-limit-rate", cfg.faults.rate_limit_rate),
-            ("drop-rate", cfg.faults.drop_rate),
-        ] {
-            if !(0.0..=1.0).contains(&rate) {
-                return Err(SinkError::Invalid(format!("{name} must be between 0 and 1, got {rate}")));
+    ) -> Pin<Box<dyn Future<Output = Result<String, Refused>> + Send + '_>> {
+        Box::pin(async move {
+            match self.store(&from, &rcpts, &data).await {
+                Ok(id) => Ok(format!("{id:X}")),
+                Err(e) => Err(Refused { code: "451 4.3.0", text: format!("Cannot store message: {e}") }),
             }
-        }
-        if cfg.max_conns == 0 {
-            return Err(SinkError::Invalid("max-conns must be at least 1".into()));
-        }
-        let mut bound = Vec::new();
-        for &ip in &cfg.listen {
-            for (kind, port) in [(PortKind::StartTls, cfg.starttls_port), (PortKind::Implicit, cfg.implicit_port)] {
-                let Some(port) = port else { continue };
-                let addr = SocketAddr::new(ip, port);
-                let listener = bind(addr, cfg.backlog).map_err(|source| SinkError::Bind { addr, source })?;
-                let addr = listener.local_addr().map_err(|source| SinkError::Bind { addr, source })?;
-                bound.push((ListenerInfo { addr, kind }, listener));
-            }
-        }
-        if bound.is_empty() {
-            return Err(SinkError::NoListener);
-        }
-        let cfg = Arc::new(cfg);
-        let stats = Arc::new(Stats::default());
-        let shutdown = CancellationToken::new();
-        let abort = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let limit = Arc::new(Semaphore::new(cfg.max_conns));
-        let mut listeners = Vec::new();
-        let mut accept_tasks = Vec::new();
-        for (info, listener) in bound {
-            listeners.push(info);
-            let ctx =
-                Arc::new(Ctx { cfg: cfg.clone(), stats: stats.clone(), port: info.kind, shutdown: shutdown.clone(), abort: abort.clone() });
-            accept_tasks.push(tokio::spawn(accept_loop(listener, ctx, tracker.clone(), limit.clone())));
-        }
-        Ok(Sink { listeners, stats, shutdown, abort, tracker, accept_tasks })
-    }
-
-    /// Every bound listener, with its real port (useful after asking for port 0).
-    pub fn listeners(&self) -> &[ListenerInfo] {
-        &self.listeners
-    }
-
-    /// The first listener of a kind.
-    pub fn addr(&self, kind: PortKind) -> Option<SocketAddr> {
-        self.listeners.iter().find(|l| l.kind == kind).map(|l| l.addr)
-    }
-
-    /// The counters now.
-    pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
-    }
-
-    /// A reader of the counters that outlives borrowing the sink (for metrics).
-    pub fn stats_reader(&self) -> impl Fn() -> StatsSnapshot + Send + Sync + 'static {
-        let stats = self.stats.clone();
-        move || stats.snapshot()
-    }
-
-    /// Stop accepting, let open sessions finish for up to `grace` (idle ones are told 421 at
-    /// once, ones inside a message may complete it), then close whatever is left.
-    pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
-        let open_at_stop = self.stats.snapshot().sessions_active;
-        for t in &self.accept_tasks {
-            t.abort();
-        }
-        self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
-            self.abort.cancel();
-            // Sessions stop at their next await point; this bound is only a backstop.
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
-        }
-        for t in self.accept_tasks {
-            let _ = t.await;
-        }
-        ShutdownReport { stats: self.stats.snapshot(), open_at_stop }
-    }
-}
-
-fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    sock.set_reuseaddr(true)?;
-    sock.bind(addr)?;
-    sock.listen(backlog)
-}
-
-async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tracker: TaskTracker, limit: Arc<Semaphore>) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors or a connection reset before accept: not fatal.
-                // Back off briefly so a full fd table does not spin the loop.
-                if !matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                continue;
-            }
-        };
-        inc(&ctx.stats.port(ctx.port).connections);
-        let ctx = ctx.clone();
-        // An outsider may stay only to AUTH (never an open relay).
-        let mut must_auth = false;
-        if let Some(allowed) = &ctx.cfg.allowed_clients {
-            if !allowed.iter().any(|n| n.contains(peer.ip())) {
-                if ctx.cfg.auth.is_none() {
-                    inc(&ctx.stats.rejected_clients);
-                    tracker.spawn(refuse_client(tcp, ctx));
-                    continue;
-                }
-                must_auth = true;
-            }
-        }
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tracker.spawn(async move {
-                    ctx.stats.sessions_active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    serve(tcp, &ctx, must_auth.then_some(peer.ip())).await;
-                    ctx.stats.sessions_active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                inc(&ctx.stats.rejected_busy);
-                tracker.spawn(refuse_busy(tcp, ctx));
-            }
-        }
-    }
-}
-
-/// Over the connection limit: say so (in clear on the STARTTLS port; on the implicit port
-/// there is no cheap way to speak, so just close) and hang up.
-async fn refuse_busy(mut tcp: TcpStream, ctx: Arc<Ctx>) {
-    if ctx.port == PortKind::StartTls {
-        let msg = format!("421 4.7.0 {} Too many connections, try again later\r\n", ctx.cfg.hostname);
-        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(msg.as_bytes())).await;
-    }
-}
-
-/// A client outside the allowed networks: never an open relay.
-async fn refuse_client(mut tcp: TcpStream, ctx: Arc<Ctx>) {
-    if ctx.port == PortKind::StartTls {
-        let msg = format!("554 5.7.1 {} Access denied: your address may not send mail here\r\n", ctx.cfg.hostname);
-        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(msg.as_bytes())).await;
-    }
-}
-
-/// Serve one connection to its end. `must_auth`: the address of a client outside
-/// `allowed_clients`, which must AUTH before MAIL.
-async fn serve(tcp: TcpStream, ctx: &Ctx, must_auth: Option<IpAddr>) {
-    let _ = tcp.set_nodelay(true);
-    let gate = AuthGate { required: must_auth.is_some(), failures: 0, peer: must_auth };
-    let exit = match ctx.port {
-        PortKind::Implicit => match handshake(tcp, ctx).await {
-            Some(mut tls) => {
-                let exit = Session::new(&mut tls, ctx, true, gate).run(true).await;
-                close(&mut tls, exit).await;
-                exit
-            }
-            None => return,
-        },
-        PortKind::StartTls => {
-            let mut tcp = tcp;
-            let (exit, gate) = {
-                let mut s = Session::new(&mut tcp, ctx, false, gate);
-                (s.run(true).await, s.auth_gate())
-            };
-            if exit != Exit::StartTls {
-                close(&mut tcp, exit).await;
-                exit
-            } else {
-                match handshake(tcp, ctx).await {
-                    Some(mut tls) => {
-                        // A fresh session (RFC 3207: forget what the client said in clear), but
-                        // failed AUTHs count for the whole connection.
-                        let exit = Session::new(&mut tls, ctx, true, gate).run(false).await;
-                        close(&mut tls, exit).await;
-                        exit
-                    }
-                    None => return,
-                }
-            }
-        }
-    };
-    if exit == Exit::Aborted {
-        inc(&ctx.stats.sessions_aborted);
-    }
-}
-
-/// Close our side first after a clean ending, so TIME_WAIT lands on the sink, not on the
-/// client's ephemeral ports (the sink's listening port needs no fresh ports).
-async fn close<S: tokio::io::AsyncWrite + Unpin>(io: &mut S, exit: Exit) {
-    if matches!(exit, Exit::Quit | Exit::Timeout | Exit::Shutdown | Exit::Protocol) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), io.shutdown()).await;
-    }
-}
-
-async fn handshake(tcp: TcpStream, ctx: &Ctx) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let acceptor = TlsAcceptor::from(ctx.cfg.tls.clone());
-    let counters = ctx.stats.port(ctx.port);
-    let res = tokio::select! {
-        _ = ctx.abort.cancelled() => None,
-        r = tokio::time::timeout(ctx.cfg.handshake_timeout, acceptor.accept(tcp)) => Some(r),
-    };
-    match res {
-        Some(Ok(Ok(tls))) => {
-            if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-                inc(&counters.handshakes_resumed);
-            } else {
-                inc(&counters.handshakes_full);
-            }
-            Some(tls)
-        }
-        Some(_) => {
-            inc(&counters.handshake_failures);
-            None
-        }
-        None => {
-            inc(&ctx.stats.sessions_aborted);
-            None
-        }
+        })
     }
 }

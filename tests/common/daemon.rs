@@ -37,7 +37,7 @@ pub async fn sink_on(ip: Ipv4Addr, port: u16, dir: &Path, adjust: impl FnOnce(&m
     c.listen = vec![IpAddr::V4(ip)];
     c.starttls_port = Some(port);
     c.implicit_port = None;
-    c.mail_dir = Some(dir.to_path_buf());
+    mxpipe::sink::MailDir::install(&mut c, dir);
     adjust(&mut c);
     Sink::start(c).await.unwrap()
 }

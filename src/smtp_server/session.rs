@@ -1,4 +1,4 @@
-//! One SMTP server session of the sink, over a plain or TLS stream.
+//! One session of the SMTP server core, over a plain or TLS stream.
 //!
 //! Replies are buffered and written only when the session would otherwise wait for input, so
 //! a pipelined command group (RFC 2920) is answered in one write, in order. Input is read into
@@ -7,19 +7,20 @@
 //! written out (`--mail-dir`), up to the size limit. Nothing a client sends can make the
 //! session grow without bound, wait forever, or panic.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::command::{self, Command, Syntax};
 use super::stats::inc;
 use super::{Ctx, PortKind};
 
 /// Longest command line accepted (RFC 5321 §4.5.3.1.4 says 512; we allow room for
 /// extension parameters).
 pub const MAX_COMMAND_LINE: usize = 4096;
-/// Consecutive bad commands before the sink gives up on a client.
-const MAX_BAD_COMMANDS: u32 = 10;
+/// Bad commands in one session before the server gives up on the client (Postfix's
+/// smtpd_hard_error_limit). A new EHLO does not reset the count.
+const MAX_BAD_COMMANDS: u32 = 20;
 /// Bytes of a partial body line held before they are consumed without waiting for the LF.
 const PARTIAL_LINE_FLUSH: usize = 8192;
 const READ_CHUNK: usize = 16 * 1024;
@@ -35,7 +36,9 @@ pub(super) enum Exit {
     Closed,
     /// The client was idle too long; 421 sent.
     Timeout,
-    /// The sink is shutting down; 421 sent.
+    /// The session's time limit (or, before AUTH, its time to authenticate) ran out; 421 sent.
+    Deadline,
+    /// The server is shutting down; 421 sent.
     Shutdown,
     /// The shutdown grace period ran out mid-session.
     Aborted,
@@ -50,7 +53,7 @@ pub(super) enum Exit {
 /// What a connection must do about AUTH, carried from the clear half of a session to the TLS
 /// half.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct AuthGate {
+pub(super) struct ConnState {
     /// A client outside the allowed networks: MAIL gets 530 until it has authenticated.
     pub required: bool,
     /// Failed AUTH attempts on this connection so far.
@@ -58,6 +61,13 @@ pub(super) struct AuthGate {
     /// The client's address when it must AUTH: its failures count against it across
     /// connections.
     pub peer: Option<std::net::IpAddr>,
+    /// Commands that carried no mail so far (NOOP, VRFY, RSET, HELP, unknown verbs), against
+    /// `max_idle_commands`.
+    pub idle_commands: u32,
+    /// The whole connection ends here, whatever it is doing (`session_timeout`).
+    pub deadline: Option<tokio::time::Instant>,
+    /// A client that must AUTH and has not yet: it is cut off here (`auth_timeout`).
+    pub auth_deadline: Option<tokio::time::Instant>,
 }
 
 /// Message ids unique within the process, for "queued as" replies and file names.
@@ -111,7 +121,7 @@ pub(super) struct Session<'a, S> {
     txn: Option<Txn>,
     bad: u32,
     rng: fastrand::Rng,
-    gate: AuthGate,
+    gate: ConnState,
     /// AUTH succeeded in this session.
     authenticated: bool,
 }
@@ -123,7 +133,7 @@ enum Line {
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
-    pub fn new(io: &'a mut S, ctx: &'a Ctx, tls: bool, gate: AuthGate) -> Self {
+    pub fn new(io: &'a mut S, ctx: &'a Ctx, tls: bool, gate: ConnState) -> Self {
         Session {
             io,
             ctx,
@@ -142,7 +152,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     }
 
     /// What the next session on this connection (after STARTTLS) must know about AUTH.
-    pub fn auth_gate(&self) -> AuthGate {
+    pub fn conn_state(&self) -> ConnState {
         self.gate
     }
 
@@ -150,7 +160,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     /// STARTTLS, where the client speaks first with EHLO).
     pub async fn run(&mut self, banner: bool) -> Exit {
         if banner {
-            let text = format!("220 {} ESMTP mxpipe-sink\r\n", self.ctx.cfg.hostname);
+            let text = format!("220 {} ESMTP mxpipe\r\n", self.ctx.cfg.hostname);
             self.reply(&text).await;
         }
         loop {
@@ -196,6 +206,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 Some(format!("421 4.4.2 {host} Error: timeout exceeded\r\n"))
             }
             Exit::Shutdown => Some(format!("421 4.3.2 {host} Service shutting down\r\n")),
+            Exit::Deadline => {
+                inc(&self.ctx.stats.timeouts);
+                Some(format!("421 4.4.2 {host} Error: session time limit reached, closing connection\r\n"))
+            }
             _ => None,
         };
         if let Some(l) = last {
@@ -254,13 +268,21 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             self.rpos = 0;
         }
         self.rbuf.reserve(READ_CHUNK);
-        let idle = self.ctx.cfg.idle_timeout;
-        let read = tokio::time::timeout(idle, self.io.read_buf(&mut self.rbuf));
+        // Every read is bounded by the idle timeout and by the connection's own deadlines, so
+        // a client trickling a byte at a time cannot hold a session past them.
+        let idle_at = tokio::time::Instant::now() + self.ctx.cfg.idle_timeout;
+        let limit_at = match (self.gate.deadline, self.gate.auth_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let until = limit_at.map_or(idle_at, |l| l.min(idle_at));
+        let read = tokio::time::timeout_at(until, self.io.read_buf(&mut self.rbuf));
         tokio::select! {
             biased;
             _ = self.ctx.abort.cancelled() => Err(Exit::Aborted),
             _ = self.ctx.shutdown.cancelled(), if interruptible => Err(Exit::Shutdown),
             r = read => match r {
+                Err(_) if limit_at.is_some_and(|l| l <= idle_at) => Err(Exit::Deadline),
                 Err(_) => Err(Exit::Timeout),
                 Ok(Ok(0)) => Err(Exit::Closed),
                 Ok(Ok(_)) => Ok(()),
@@ -307,33 +329,44 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
 
     /// Handle one command line (without its line ending).
     async fn command(&mut self, line: &[u8]) -> Option<Exit> {
-        let (verb, arg) = match memchr::memchr(b' ', line) {
-            Some(i) => (&line[..i], trim(&line[i + 1..])),
-            None => (line, &[][..]),
-        };
-        let verb = verb.to_ascii_uppercase();
+        let cmd = command::parse(line);
         let before_tls = !self.tls && self.ctx.port == PortKind::StartTls;
         if before_tls
             && self.ctx.cfg.require_tls
-            && !matches!(verb.as_slice(), b"EHLO" | b"HELO" | b"STARTTLS" | b"QUIT" | b"NOOP" | b"RSET")
+            && !matches!(cmd, Command::Ehlo(_) | Command::Helo(_) | Command::StartTls | Command::Quit | Command::Noop | Command::Rset)
         {
             return self.bad_command("530 5.7.0 Must issue a STARTTLS command first\r\n").await;
         }
-        match verb.as_slice() {
-            b"EHLO" | b"HELO" => {
-                if arg.is_empty() {
-                    return self.bad_command("501 5.5.4 Syntax: EHLO hostname\r\n").await;
-                }
+        if cmd.carries_no_mail() {
+            self.gate.idle_commands += 1;
+            if self.gate.idle_commands > self.ctx.cfg.max_idle_commands {
+                inc(&self.ctx.stats.bad_commands);
+                let host = self.ctx.cfg.hostname.clone();
+                self.reply(&format!("421 4.7.0 {host} Too many commands that send no mail, closing connection\r\n")).await;
+                return Some(Exit::Protocol);
+            }
+        }
+        match cmd {
+            Command::Invalid(Syntax::Bdat) => {
+                // Without a size we cannot find the next command in the stream: give up on it.
+                inc(&self.ctx.stats.bad_commands);
+                self.reply(Syntax::Bdat.reply()).await;
+                return Some(Exit::Protocol);
+            }
+            Command::Invalid(syntax) => return self.bad_command(syntax.reply()).await,
+            Command::Ehlo(_) | Command::Helo(_) => {
+                // A fresh greeting resets the transaction, not the error count: EHLO between
+                // bad commands must not buy a client endless tries.
                 self.helo = true;
                 self.txn = None;
-                self.bad = 0;
-                let text = if verb == b"HELO" { format!("250 {}\r\n", self.ctx.cfg.hostname) } else { self.ehlo_reply(before_tls) };
+                let text = if matches!(cmd, Command::Helo(_)) {
+                    format!("250 {}\r\n", self.ctx.cfg.hostname)
+                } else {
+                    self.ehlo_reply(before_tls)
+                };
                 self.reply(&text).await;
             }
-            b"STARTTLS" => {
-                if !arg.is_empty() {
-                    return self.bad_command("501 5.5.4 Syntax: STARTTLS\r\n").await;
-                }
+            Command::StartTls => {
                 if self.tls {
                     return self.bad_command("503 5.5.1 TLS already active\r\n").await;
                 }
@@ -347,23 +380,23 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 self.rpos = 0;
                 return Some(Exit::StartTls);
             }
-            b"MAIL" => return self.mail(arg).await,
-            b"RCPT" => return self.rcpt(arg).await,
-            b"DATA" => return self.data(arg).await,
-            b"BDAT" => return self.bdat(arg).await,
-            b"RSET" => {
+            Command::Mail { path, size } => return self.mail(path, size).await,
+            Command::Rcpt { path } => return self.rcpt(path).await,
+            Command::Data => return self.data().await,
+            Command::Bdat { size, last } => return self.bdat(size, last).await,
+            Command::Rset => {
                 self.txn = None;
                 self.reply("250 2.0.0 Ok\r\n").await;
             }
-            b"NOOP" => self.reply("250 2.0.0 Ok\r\n").await,
-            b"QUIT" => {
+            Command::Noop => self.reply("250 2.0.0 Ok\r\n").await,
+            Command::Quit => {
                 self.reply("221 2.0.0 Bye\r\n").await;
                 return Some(Exit::Quit);
             }
-            b"AUTH" if self.ctx.cfg.auth.is_some() => return self.auth(arg).await,
-            b"VRFY" => self.reply("252 2.5.0 Cannot VRFY user, but will accept message\r\n").await,
-            b"HELP" => self.reply("214 2.0.0 mxpipe sink: see RFC 5321\r\n").await,
-            _ => return self.bad_command("500 5.5.1 Command unrecognized\r\n").await,
+            Command::Auth { mechanism, initial } if self.ctx.cfg.auth.is_some() => return self.auth(mechanism, initial).await,
+            Command::Vrfy => self.reply("252 2.5.0 Cannot VRFY user, but will accept message\r\n").await,
+            Command::Help => self.reply("214 2.0.0 mxpipe: see RFC 5321\r\n").await,
+            Command::Auth { .. } | Command::Unknown => return self.bad_command("500 5.5.1 Command unrecognized\r\n").await,
         }
         None
     }
@@ -395,7 +428,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         s
     }
 
-    async fn mail(&mut self, arg: &[u8]) -> Option<Exit> {
+    async fn mail(&mut self, path: &[u8], size: Option<u64>) -> Option<Exit> {
         if !self.helo {
             return self.bad_command("503 5.5.1 Send EHLO or HELO first\r\n").await;
         }
@@ -405,24 +438,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         if self.gate.required && !self.authenticated {
             return self.bad_command("530 5.7.0 Authentication required\r\n").await;
         }
-        let Some((path, params)) = parse_path(arg, b"FROM:") else {
-            return self.bad_command("501 5.5.4 Syntax: MAIL FROM:<address>\r\n").await;
-        };
         if !path.is_empty() && !is_mailbox(path) {
             return self.bad_command("501 5.1.7 Bad sender address syntax\r\n").await;
         }
-        for p in params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
-            if p.len() > 5 && p[..5].eq_ignore_ascii_case(b"SIZE=") {
-                let declared = std::str::from_utf8(&p[5..]).ok().and_then(|s| s.parse::<u64>().ok());
-                match declared {
-                    None => return self.bad_command("501 5.5.4 Bad SIZE parameter\r\n").await,
-                    Some(n) if n > self.ctx.cfg.max_message_size => {
-                        self.reply("552 5.3.4 Message size exceeds fixed limit\r\n").await;
-                        return None;
-                    }
-                    Some(_) => {}
-                }
-            }
+        if size.is_some_and(|n| n > self.ctx.cfg.max_message_size) {
+            self.reply("552 5.3.4 Message size exceeds fixed limit\r\n").await;
+            return None;
         }
         let drop = self.roll(self.ctx.cfg.faults.drop_rate);
         self.txn = Some(Txn { from: path.to_vec(), rcpts: Vec::new(), drop, bdat: None });
@@ -431,7 +452,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     }
 
     /// AUTH PLAIN (RFC 4954, RFC 4616), with an initial response or after a `334`.
-    async fn auth(&mut self, arg: &[u8]) -> Option<Exit> {
+    async fn auth(&mut self, mechanism: &[u8], initial: Option<&[u8]>) -> Option<Exit> {
         let auth = self.ctx.cfg.auth.clone()?;
         if !self.helo {
             return self.bad_command("503 5.5.1 Send EHLO first\r\n").await;
@@ -445,10 +466,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         if !self.tls && auth.require_tls {
             return self.bad_command("538 5.7.11 Encryption required for requested authentication mechanism\r\n").await;
         }
-        let mut words = arg.split(|&b| b == b' ').filter(|w| !w.is_empty());
-        let (Some(mechanism), initial, None) = (words.next(), words.next(), words.next()) else {
-            return self.bad_command("501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n").await;
-        };
         if !mechanism.eq_ignore_ascii_case(b"PLAIN") {
             return self.bad_command("504 5.5.4 Unrecognized authentication type\r\n").await;
         }
@@ -490,6 +507,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         };
         if ok {
             self.authenticated = true;
+            self.gate.auth_deadline = None;
             inc(&self.ctx.stats.auth_ok);
             self.bad = 0;
             self.reply("235 2.7.0 Authentication successful\r\n").await;
@@ -514,7 +532,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
 
     /// AUTH not checked (`why`): 454 4.7.0, counted as a failure of this connection, and its
     /// last one closes it with 421.
-    async fn auth_refused(&mut self, auth: &super::SinkAuth, why: &str) -> Option<Exit> {
+    async fn auth_refused(&mut self, auth: &super::Auth, why: &str) -> Option<Exit> {
         self.gate.failures += 1;
         inc(&self.ctx.stats.auth_failed);
         if self.gate.failures >= auth.max_failures {
@@ -541,13 +559,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         }
     }
 
-    async fn rcpt(&mut self, arg: &[u8]) -> Option<Exit> {
+    async fn rcpt(&mut self, path: &[u8]) -> Option<Exit> {
         if self.txn.is_none() {
             return self.bad_command("503 5.5.1 Need MAIL command\r\n").await;
         }
-        let Some((path, _)) = parse_path(arg, b"TO:").filter(|(p, _)| !p.is_empty()) else {
-            return self.bad_command("501 5.5.4 Syntax: RCPT TO:<address>\r\n").await;
-        };
         if !is_mailbox(path) {
             return self.bad_command("501 5.1.3 Bad recipient address syntax\r\n").await;
         }
@@ -576,10 +591,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         None
     }
 
-    async fn data(&mut self, arg: &[u8]) -> Option<Exit> {
-        if !arg.is_empty() {
-            return self.bad_command("501 5.5.4 Syntax: DATA\r\n").await;
-        }
+    async fn data(&mut self) -> Option<Exit> {
         match &self.txn {
             None => return self.bad_command("503 5.5.1 Need MAIL command\r\n").await,
             Some(t) if t.bdat.is_some() => return self.bad_command("503 5.5.1 DATA not allowed after BDAT\r\n").await,
@@ -648,20 +660,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         }
     }
 
-    async fn bdat(&mut self, arg: &[u8]) -> Option<Exit> {
-        let mut words = arg.split(|&b| b == b' ').filter(|w| !w.is_empty());
-        let size = words.next().and_then(|w| std::str::from_utf8(w).ok()).and_then(|s| s.parse::<u64>().ok());
-        let last = match words.next() {
-            None => Some(false),
-            Some(w) if w.eq_ignore_ascii_case(b"LAST") => Some(true),
-            Some(_) => None,
-        };
-        let (Some(size), Some(last), None) = (size, last, words.next()) else {
-            // Without a size we cannot find the next command in the stream: give up on it.
-            inc(&self.ctx.stats.bad_commands);
-            self.reply("501 5.5.4 Syntax: BDAT size [LAST], closing connection\r\n").await;
-            return Some(Exit::Protocol);
-        };
+    async fn bdat(&mut self, size: u64, last: bool) -> Option<Exit> {
         let usable = self.txn.as_ref().is_some_and(|t| !t.rcpts.is_empty());
         let max = self.ctx.cfg.max_message_size;
         let keep = self.keeps_content();
@@ -726,21 +725,15 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                     self.reply(&format!("250 2.0.0 Ok: queued as {}\r\n", one_line(&id))).await;
                     None
                 }
-                Err(reason) => {
+                Err(refused) => {
                     inc(&self.ctx.stats.store_errors);
-                    self.reply(&format!("452 4.3.1 Message not accepted: {}\r\n", one_line(&reason))).await;
+                    self.reply(&format!("{} {}\r\n", refused.code, one_line(&refused.text))).await;
                     None
                 }
             };
         }
+        // No acceptor: counted and discarded (a capacity sink).
         let id = MESSAGE_SEQ.fetch_add(1, Ordering::Relaxed);
-        if let (Some(dir), Some(content)) = (&self.ctx.cfg.mail_dir, &body.content) {
-            if let Err(e) = store(dir, id, &txn, content).await {
-                inc(&self.ctx.stats.store_errors);
-                self.reply(&format!("451 4.3.0 Cannot store message: {}\r\n", one_line(&e.to_string()))).await;
-                return None;
-            }
-        }
         let stats = &self.ctx.stats;
         inc(&stats.messages);
         stats.recipients.fetch_add(txn.rcpts.len() as u64, Ordering::Relaxed);
@@ -751,7 +744,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
 
     /// Message content is kept in memory only when something will read it.
     fn keeps_content(&self) -> bool {
-        self.ctx.cfg.mail_dir.is_some() || self.ctx.cfg.acceptor.is_some()
+        self.ctx.cfg.acceptor.is_some()
     }
 
     fn roll(&mut self, p: f64) -> bool {
@@ -759,53 +752,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     }
 }
 
-/// Write one accepted message to `dir` as `<id>.eml`, envelope first as `X-Mxpipe-*` header
-/// lines. Written to a temporary name and renamed, so a reader never sees half a message.
-async fn store(dir: &std::path::Path, id: u64, txn: &Txn, content: &[u8]) -> std::io::Result<()> {
-    let mut out = Vec::with_capacity(content.len() + 128);
-    out.extend_from_slice(b"X-Mxpipe-Mail-From: <");
-    out.extend_from_slice(&txn.from);
-    out.extend_from_slice(b">\r\n");
-    for r in &txn.rcpts {
-        out.extend_from_slice(b"X-Mxpipe-Rcpt-To: <");
-        out.extend_from_slice(r);
-        out.extend_from_slice(b">\r\n");
-    }
-    out.extend_from_slice(content);
-    let tmp: PathBuf = dir.join(format!(".{id:016X}.tmp"));
-    let fin: PathBuf = dir.join(format!("{id:016X}.eml"));
-    tokio::fs::write(&tmp, out).await?;
-    tokio::fs::rename(&tmp, &fin).await
-}
-
-/// Parse `FROM:<path> params` / `TO:<path> params` (the keyword case-insensitive, a space
-/// after the colon tolerated). Returns the path without brackets and the parameter text.
-fn parse_path<'b>(arg: &'b [u8], keyword: &[u8]) -> Option<(&'b [u8], &'b [u8])> {
-    if arg.len() < keyword.len() || !arg[..keyword.len()].eq_ignore_ascii_case(keyword) {
-        return None;
-    }
-    let rest = trim(&arg[keyword.len()..]);
-    if rest.first() != Some(&b'<') {
-        return None;
-    }
-    let close = memchr::memchr(b'>', rest)?;
-    let path = &rest[1..close];
-    if path.iter().any(|&b| b == b'<' || b == b' ' || b < 0x20 || b == 0x7f) {
-        return None;
-    }
-    Some((path, trim(&rest[close + 1..])))
-}
-
 /// An address the envelope can carry: `local@domain`, neither part empty, ASCII only (we do
 /// not offer SMTPUTF8). [`parse_path`] has already refused spaces, brackets and controls.
 fn is_mailbox(path: &[u8]) -> bool {
     path.is_ascii() && memchr::memrchr(b'@', path).is_some_and(|at| at > 0 && at + 1 < path.len())
-}
-
-fn trim(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
-    &s[start..end]
 }
 
 fn one_line(s: &str) -> String {
@@ -815,17 +765,6 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths() {
-        assert_eq!(parse_path(b"FROM:<a@b>", b"FROM:"), Some((&b"a@b"[..], &b""[..])));
-        assert_eq!(parse_path(b"from: <a@b> SIZE=10", b"FROM:"), Some((&b"a@b"[..], &b"SIZE=10"[..])));
-        assert_eq!(parse_path(b"FROM:<>", b"FROM:"), Some((&b""[..], &b""[..])));
-        assert_eq!(parse_path(b"FROM:a@b", b"FROM:"), None);
-        assert_eq!(parse_path(b"FROM:<a@b", b"FROM:"), None);
-        assert_eq!(parse_path(b"TO:<a b@c>", b"TO:"), None);
-        assert_eq!(parse_path(b"TO", b"TO:"), None);
-    }
 
     #[test]
     fn mailboxes() {

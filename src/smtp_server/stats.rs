@@ -1,4 +1,4 @@
-//! The sink's counters: plain relaxed atomics, one set per sink, bumped once per event. They
+//! The SMTP server's counters: plain relaxed atomics, one set per server, bumped once per event. They
 //! are read only for reports, so no ordering between them is promised; a snapshot taken
 //! after shutdown is exact.
 
@@ -28,6 +28,7 @@ pub(crate) struct Stats {
     pub fault_rate_limit: AtomicU64,
     pub fault_drop: AtomicU64,
     pub rejected_busy: AtomicU64,
+    pub rejected_per_ip: AtomicU64,
     pub rejected_clients: AtomicU64,
     pub timeouts: AtomicU64,
     pub bad_commands: AtomicU64,
@@ -66,6 +67,7 @@ impl Stats {
                 dropped: l(&self.fault_drop),
             },
             rejected_busy: l(&self.rejected_busy),
+            rejected_per_ip: l(&self.rejected_per_ip),
             rejected_clients: l(&self.rejected_clients),
             timeouts: l(&self.timeouts),
             bad_commands: l(&self.bad_commands),
@@ -115,7 +117,7 @@ pub struct FaultStats {
     pub dropped: u64,
 }
 
-/// A point-in-time copy of the sink's counters.
+/// A point-in-time copy of the server's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StatsSnapshot {
     pub starttls: PortStats,
@@ -129,13 +131,17 @@ pub struct StatsSnapshot {
     pub faults: FaultStats,
     /// Connections refused with 421 because the connection limit was reached.
     pub rejected_busy: u64,
+    /// Connections refused with 421 because their client (IPv4 address, IPv6 /64) had
+    /// `max_conns_per_ip` open.
+    pub rejected_per_ip: u64,
     /// Connections refused with 554 5.7.1 because the client is not in an allowed network.
     pub rejected_clients: u64,
-    /// Sessions closed with 421 because the client was idle too long.
+    /// Sessions closed with 421 because the client was idle too long, or the session's time
+    /// limit (or its time to AUTH) ran out.
     pub timeouts: u64,
     /// Commands answered 5xx as unrecognised, malformed, overlong or out of sequence.
     pub bad_commands: u64,
-    /// Messages refused with 451 because writing them to `--mail-dir` failed.
+    /// Messages the acceptor refused (the spool, or writing them to `--mail-dir`, failed).
     pub store_errors: u64,
     /// Sessions open when the snapshot was taken.
     pub sessions_active: u64,
@@ -173,7 +179,7 @@ impl StatsSnapshot {
         s.push_str(&format!(
             "messages {}  recipients {}  bytes {}\n\
              faults: temp-fail {}  perm-fail {}  dropped {}\n\
-             refused-busy {}  timeouts {}  bad-commands {}  store-errors {}  aborted-sessions {}\n",
+             refused-busy {}  refused-per-client {}  timeouts {}  bad-commands {}  store-errors {}  aborted-sessions {}\n",
             self.messages,
             self.recipients,
             self.bytes,
@@ -181,6 +187,7 @@ impl StatsSnapshot {
             self.faults.perm_fail,
             self.faults.dropped,
             self.rejected_busy,
+            self.rejected_per_ip,
             self.timeouts,
             self.bad_commands,
             self.store_errors,

@@ -16,7 +16,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::queue::manager::{Control, ControlReply, Intake};
+use super::Intake;
+use crate::queue::manager::{Control, ControlReply};
 
 /// Largest request body (a batch of messages).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
