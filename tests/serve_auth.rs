@@ -406,3 +406,47 @@ async fn an_address_that_keeps_failing_gets_no_more_password_checks() {
     assert_eq!(r.code, 530, "{r:?}");
     d.stop().await;
 }
+
+/// An outsider that must AUTH has `auth_timeout` to do it: one that keeps the connection busy
+/// with NOOPs (so the idle timeout never fires) and never authenticates is cut off with
+/// 421 4.4.2; one that authenticates in time is no longer bound by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsider_that_does_not_authenticate_is_cut_off() {
+    let dir = tmpdir("auth-deadline");
+    let users = users_file(&dir);
+    let dns = DnsServer::start(vec![ZoneBuilder::new("t.test.")], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut setup = Setup::new(&dir, dns.addr(), 25);
+    setup.allowed = "\"10.0.0.0/8\"".into();
+    setup.inject_smtp = "auth_timeout = \"2s\"\n".into();
+    setup.tail = format!("[inject.smtp.auth]\nusers_file = \"{}\"\n", users.display());
+    let config = setup.write(&dir);
+    let daemon = start_daemon(&config, setup.inject);
+
+    let t0 = Instant::now();
+    let mut c = starttls(setup.inject).await;
+    let mut last = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        c.send("NOOP\r\n").await;
+        match c.try_reply().await {
+            Some(r) if r.code == 250 => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => {
+                last = other;
+                break;
+            }
+        }
+    }
+    let r = last.expect("the server closed without a reply");
+    assert_eq!((r.code, enhanced(&r)), (421, "4.4.2".into()), "{r:?}");
+    assert!(t0.elapsed() >= Duration::from_millis(1500) && t0.elapsed() < Duration::from_secs(8), "cut after {:?}", t0.elapsed());
+
+    // Authenticated within the time: still there after it.
+    let mut c = starttls(setup.inject).await;
+    let r = ask(&mut c, &format!("AUTH PLAIN {}", plain("", "alice", PASSWORD))).await;
+    assert_eq!(r.code, 235, "{r:?}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(c.cmd("NOOP").await, 250, "cut off although authenticated");
+
+    assert!(terminate(daemon));
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
