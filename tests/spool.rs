@@ -252,6 +252,134 @@ fn disk_full_on(mnt: &Path) {
     assert!(got.iter().all(|s| s.data.len() == 100 << 10));
 }
 
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (`"2m"`) on a fresh directory, or say loudly why not.
+    fn mount(test: &str, tag: &str, size: &str) -> Option<Tmpfs> {
+        let dir = tmpdir(tag);
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&dir).output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir)),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let _ = std::fs::remove_dir_all(&dir);
+                let banner = format!(
+                    "\n{line}\n  SKIPPED {test}: cannot mount a tmpfs ({why}).\n  Run the tests as root to run this one.\n{line}\n",
+                    line = "#".repeat(78)
+                );
+                let _ = std::io::stderr().write_all(banner.as_bytes());
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Bytes in the spool's segment files.
+fn spool_bytes(dir: &Path) -> u64 {
+    segments(dir).iter().map(|p| std::fs::metadata(p).map_or(0, |m| m.len())).sum()
+}
+
+/// Five messages accepted and, once durable, finished. Returns the answer to the accept.
+fn churn(spool: &Spool, round: u64) -> Result<(), SpoolError> {
+    let batch: Vec<_> = (0..5).map(|i| ("s@x".to_string(), rcpts(&["r@y"]), payload(round * 5 + i))).collect();
+    for id in spool.accept_many(batch)? {
+        spool.record_attempt(id, attempt("r@y", "delivered"), Some(FinalStatus::Delivered)).unwrap();
+    }
+    Ok(())
+}
+
+/// A full disk while compaction is due: a 2 MiB tmpfs, a long-deferred 128 KiB message in
+/// the oldest segment, and a filler leaving room for about 200 KiB more, so traffic fills the
+/// disk after compaction became due and its copy of the message (a 128 KiB frame) fails
+/// with ENOSPC. Once the filler is gone the message is copied after all, the segments it
+/// pinned are deleted, and the spool stays small under traffic that writes more than the
+/// whole disk; after reopening the message is there byte for byte.
+#[test]
+fn compaction_resumes_after_a_full_disk() {
+    let test = "compaction_resumes_after_a_full_disk";
+    let Some(fs) = Tmpfs::mount(test, "reloc-full", "2m") else { return };
+    let dir = fs.0.join("spool");
+    let cfg = SpoolConfig { segment_bytes: 64 << 10, ..SpoolConfig::new(&dir) };
+    let (spool, _) = Spool::open(cfg.clone()).unwrap();
+    let slow_body: Arc<[u8]> = (0..128u32 << 10).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<u8>>().into();
+    let slow = spool.accept("deferred@x", &rcpts(&["slow@y"]), slow_body.clone()).unwrap();
+    spool.record_attempt(slow, attempt("slow@y", "deferred"), None).unwrap();
+    spool.flush().unwrap();
+
+    // Fill the disk, then give back 200 KiB.
+    let filler = fs.0.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0x55u8; 4096];
+    let err = loop {
+        if let Err(e) = f.write_all(&chunk) {
+            break e;
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - (200 << 10)).unwrap();
+    drop(f);
+
+    // Traffic until the disk is full: refused with ENOSPC ten times in a row.
+    let (mut round, mut refused_in_a_row, mut refused) = (0u64, 0, 0);
+    while refused_in_a_row < 10 {
+        match churn(&spool, round) {
+            Ok(()) => refused_in_a_row = 0,
+            Err(e) => {
+                assert!(e.is_disk_full(), "{e}");
+                refused_in_a_row += 1;
+                refused += 1;
+            }
+        }
+        let _ = spool.flush();
+        round += 1;
+        assert!(round < 400, "the disk never filled: {:?}", spool.stats());
+    }
+    let full = spool.stats();
+    eprintln!("disk full after {round} rounds ({refused} refused): {full:?}");
+    assert_eq!((full.relocated, full.segments_deleted), (0, 0), "{full:?}");
+    // Compaction is due above twice the live data (the message and its attempt, < 129 KiB).
+    assert!(full.disk_bytes > 2 * (129 << 10), "compaction was never due: {full:?}");
+
+    // Space comes back. Traffic writes more than the whole tmpfs holds.
+    std::fs::remove_file(&filler).unwrap();
+    let mut max_disk = 0;
+    for r in 0..300 {
+        churn(&spool, round + r).unwrap_or_else(|e| panic!("refused after space came back ({r} rounds): {e}; {:?}", spool.stats()));
+        spool.flush().unwrap();
+        let disk = spool_bytes(&dir);
+        max_disk = max_disk.max(disk);
+        // The message (128 KiB) plus twice that before compaction, one copy more, a frame.
+        assert!(disk < 640 << 10, "spool at {disk} bytes after {r} rounds: {:?}", spool.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = spool.stats();
+    eprintln!("after space came back: at most {max_disk} bytes on disk, {s:?}");
+    assert!(s.bytes_written - full.bytes_written > 2 << 20, "{s:?}");
+    assert!(s.relocated >= 1 && s.segments_deleted > full.segments, "{s:?}");
+    assert_eq!(s.live_messages, 1, "{s:?}");
+    spool.close().unwrap();
+
+    let (_spool, got) = Spool::open(cfg).unwrap();
+    assert_eq!(got.iter().map(|m| m.id).collect::<Vec<_>>(), [slow], "only the deferred message is left, once");
+    let m = &got[0];
+    assert_eq!((m.from.as_str(), m.rcpts.len(), m.rcpts[0].rcpt.as_str(), m.rcpts[0].done), ("deferred@x", 1, "slow@y", None));
+    assert!(m.data[..] == slow_body[..], "the deferred message changed");
+    assert_eq!(m.attempts.iter().map(|a| a.status.as_str()).collect::<Vec<_>>(), ["deferred"]);
+}
+
 const CHILD_ENV: &str = "MXPIPE_SPOOL_CRASH_CHILD";
 
 fn crash_cfg(dir: &Path) -> SpoolConfig {

@@ -39,7 +39,10 @@
 //! **Errors.** A failed write or fsync (disk full included) answers every caller in that
 //! frame with [`SpoolError::Io`] and cuts the partial frame off; the writer keeps running and
 //! the next frame is tried afresh, so accepting resumes by itself when space returns. Attempt
-//! records in a failed frame are kept and written with the next one.
+//! records in a failed frame are kept and written with the next one. When a frame carrying
+//! compaction copies fails, what the callers sent is tried again at once without them; the
+//! copied messages stay where they are, still due to be copied, and compaction tries again
+//! after a short pause (a failed copy must never leave a message pinning the oldest segment).
 //!
 //! This module owns the spool directory and nothing else: it does not schedule, deliver or
 //! decide what a status means.
