@@ -249,6 +249,9 @@ fsync = true
 [inject.smtp]
 listen = "$IP:$INJ_PORT"
 allowed_networks = ["127.0.0.0/8"]
+# One injector host opens all $SESSIONS sessions: the per-client cap (default 50) is for
+# strangers, not for the benchmark's own load side.
+max_conns_per_ip = 10000
 [inject.http]
 listen = "$IP:$HTTP_PORT"
 [log]
