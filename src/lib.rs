@@ -19,6 +19,7 @@
 //! - [`tls`]: rustls configuration, certificates, the client session store.
 //! - [`sink`]: the receiving SMTP server for tests and capacity benchmarks.
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
+//! - [`value`]: the configuration's value types (durations, CIDRs, MX patterns), leaf modules.
 
 pub mod api;
 pub mod auth;
@@ -39,3 +40,4 @@ pub mod session;
 pub mod sink;
 pub mod sys;
 pub mod tls;
+pub mod value;
