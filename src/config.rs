@@ -27,6 +27,8 @@ use serde::{Deserialize, Deserializer};
 use crate::engine::limits::{LimitRule, LimitScope};
 use crate::engine::{EngineConfig, PortMap};
 use crate::policy::Floor;
+use crate::queue::spool::SpoolConfig;
+use crate::schedule::RetryPolicy;
 use crate::tls::Kx;
 use crate::value::host::{is_host_name, normalize_name};
 // The value types are `value`'s; they are named here too because the file's settings are
@@ -113,8 +115,14 @@ pub struct Config {
     pub dns: DnsSection,
     pub ports: PortsSection,
     pub tls: TlsSection,
-    pub spool: SpoolSection,
-    pub retry: RetrySection,
+    /// `[spool]`: where accepted messages are kept until every recipient has an outcome. The
+    /// spool's own type, so the file and the spool share one set of defaults.
+    pub spool: SpoolConfig,
+    /// `[retry]`: when a temporarily failed recipient is tried again. The n-th retry waits
+    /// `initial * factor^(n-1)`, capped at `max_interval`, each wait moved by a random
+    /// ±`jitter` fraction; a recipient still undelivered `max_age` after injection is bounced.
+    /// The scheduler's own type, so the file and the scheduler share one set of defaults.
+    pub retry: RetryPolicy,
     pub inject: InjectSection,
     pub log: LogSection,
     /// Per-destination overrides, in file order (`[[domain]]` in the file).
@@ -227,63 +235,6 @@ pub struct TlsSection {
     pub ca_files: Vec<PathBuf>,
 }
 
-/// `[spool]`: where accepted messages are kept until every recipient has an outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SpoolSection {
-    /// Directory of the spool; created if missing. Default `"/var/spool/mxpipe"`.
-    pub dir: PathBuf,
-    /// Most messages made durable by one group commit. Default 256.
-    pub max_batch: usize,
-    /// Longest a message waits for its group commit (adds to injection latency), at most 1s.
-    /// Default `"2ms"`.
-    #[serde(deserialize_with = "crate::value::duration::deserialize")]
-    pub max_delay: Duration,
-    /// Sync each commit to disk before acknowledging. Off loses acknowledged mail on a power
-    /// failure or kernel crash: only for tests and benchmarks. Default true.
-    pub fsync: bool,
-}
-
-impl Default for SpoolSection {
-    fn default() -> Self {
-        SpoolSection { dir: PathBuf::from("/var/spool/mxpipe"), max_batch: 256, max_delay: Duration::from_millis(2), fsync: true }
-    }
-}
-
-/// `[retry]`: when a temporarily failed recipient is tried again. The n-th retry waits
-/// `initial * factor^(n-1)`, capped at `max_interval`, each wait moved by a random ±`jitter`
-/// fraction; a recipient still undelivered `max_age` after injection is bounced.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetrySection {
-    /// Wait before the first retry. Default `"5m"`.
-    #[serde(deserialize_with = "crate::value::duration::deserialize")]
-    pub initial: Duration,
-    /// Growth of each wait over the previous one, 1 to 10. Default 2.0.
-    pub factor: f64,
-    /// Longest wait between two attempts, at least `initial`. Default `"1h"`.
-    #[serde(deserialize_with = "crate::value::duration::deserialize")]
-    pub max_interval: Duration,
-    /// Age at which a message is bounced with a DSN, at least `initial`. Default `"5d"`.
-    #[serde(deserialize_with = "crate::value::duration::deserialize")]
-    pub max_age: Duration,
-    /// Random spread of each wait, as a fraction from 0 to 1 (0.2: ±20%), so that a burst that
-    /// failed together does not retry together. Default 0.2.
-    pub jitter: f64,
-}
-
-impl Default for RetrySection {
-    fn default() -> Self {
-        RetrySection {
-            initial: Duration::from_secs(5 * 60),
-            factor: 2.0,
-            max_interval: Duration::from_secs(3600),
-            max_age: Duration::from_secs(5 * 86_400),
-            jitter: 0.2,
-        }
-    }
-}
-
 /// `[inject]`: how applications hand messages to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -318,7 +269,7 @@ impl Default for SmtpInjectSection {
         SmtpInjectSection {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2025),
             allowed_networks: vec![Cidr::LOOPBACK_V4, Cidr::LOOPBACK_V6],
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: crate::sink::IDLE_TIMEOUT,
             auth: SmtpAuthSection::default(),
             tls: SmtpInjectTlsSection::default(),
         }
@@ -749,6 +700,11 @@ mod tests {
         assert_eq!(c.inject.http.listen, "127.0.0.1:8025".parse().unwrap());
         assert!(c.inject.smtp.auth.require_starttls);
         assert!(c.spool.fsync);
+        // The values chosen where the file and the runtime types used to disagree.
+        assert_eq!(c.retry.initial, Duration::from_secs(300));
+        assert_eq!((c.spool.max_batch, c.spool.max_delay), (256, Duration::ZERO));
+        assert_eq!(c.inject.smtp.idle_timeout, Duration::from_secs(300));
+        assert_runtime_types_are_their_defaults(&c);
 
         // ...and the engine built from it equals EngineConfig::default().
         let e = c.engine_config().unwrap();
@@ -773,11 +729,42 @@ mod tests {
         assert_eq!(e.ticket_hosts, d.ticket_hosts);
     }
 
+    /// Every runtime type the daemon builds from `c` equals that type's own default, except
+    /// for what `[[domain]]` entries add: one set of defaults, whether a setting is left out
+    /// of the file, written as documented, or not a setting at all. (`[retry]` and `[spool]`
+    /// are the runtime types themselves; the engine's settings and the injection listener's
+    /// are copied into theirs.)
+    fn assert_runtime_types_are_their_defaults(c: &Config) {
+        assert_eq!(c.retry, RetryPolicy::default(), "[retry] vs RetryPolicy::default()");
+        assert_eq!(c.spool, SpoolConfig::new(&c.spool.dir), "[spool] vs SpoolConfig::new()");
+        assert_eq!(c.spool, SpoolConfig::default(), "[spool] vs SpoolConfig::default()");
+
+        // Every field, the resolver's and the policy's included (EngineConfig has no
+        // PartialEq: its trust anchors do not compare).
+        let mut e = c.engine_config().unwrap();
+        e.floors.clear();
+        e.mx_floors.clear();
+        e.limits.clear();
+        assert_eq!(format!("{e:#?}"), format!("{:#?}", EngineConfig::default()), "[engine], [dns], [ports], [tls] vs EngineConfig");
+
+        // The injection listener is a sink with the daemon's settings copied in.
+        let pki = crate::tls::certs::generate(&["localhost".to_string()]).unwrap();
+        let tls = crate::tls::server_config(pki.identity, crate::tls::ServerResumption::default()).unwrap();
+        let sink = crate::sink::SinkConfig::new(tls);
+        assert_eq!(c.inject.smtp.idle_timeout, sink.idle_timeout, "inject.smtp.idle_timeout vs SinkConfig::new()");
+        let users = std::sync::Arc::new(crate::auth::Users::parse("", Path::new("users")).unwrap());
+        let auth = crate::sink::SinkAuth::new(users);
+        assert_eq!(c.inject.smtp.auth.require_starttls, auth.require_tls, "inject.smtp.auth.require_starttls vs SinkAuth::new()");
+    }
+
     /// The shipped example parses, and equals the defaults except for its `[[domain]]`
-    /// entries, which it shows on purpose (the only deliberate difference).
+    /// entries, which it shows on purpose (the only deliberate difference); and the runtime
+    /// types built from it are their own defaults, so a default defined twice and drifted
+    /// fails here.
     #[test]
     fn example_file_is_the_defaults_plus_domain_examples() {
         let c = Config::from_toml_str(include_str!("../mxpipe.example.toml")).unwrap();
+        assert_runtime_types_are_their_defaults(&c);
         let mut without_domains = c.clone();
         without_domains.domains.clear();
         assert_eq!(without_domains, Config::default());
@@ -898,7 +885,7 @@ mod tests {
         assert_eq!(c.engine.idle_timeout, Duration::ZERO);
         assert_eq!(c.engine.kx, Kx::X25519);
         assert_eq!(c.dns.nameserver, Some("127.0.0.1:5353".parse().unwrap()));
-        assert_eq!(c.spool, SpoolSection { dir: "/tmp/spool".into(), max_batch: 10, max_delay: Duration::ZERO, fsync: false });
+        assert_eq!(c.spool, SpoolConfig { max_batch: 10, max_delay: Duration::ZERO, fsync: false, ..SpoolConfig::new("/tmp/spool") });
         assert_eq!(c.retry.initial, Duration::from_secs(90));
         assert_eq!(c.retry.max_age, Duration::from_secs(86_400));
         assert_eq!(c.inject.smtp.listen, "[::]:25".parse().unwrap());

@@ -23,8 +23,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::queue::board::Board;
 use crate::queue::manager::{self, Intake, ManagerConfig, ManagerReport};
-use crate::queue::spool::{Spool, SpoolConfig};
-use crate::schedule::RetryPolicy;
+use crate::queue::spool::Spool;
 use crate::sink::{Acceptor, AcceptorRef, PortKind, Sink, SinkAuth, SinkConfig};
 use crate::tls;
 
@@ -76,10 +75,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
         }
         None => None,
     };
-    let mut spool_cfg = SpoolConfig::new(cfg.spool.dir.clone());
-    spool_cfg.max_batch = cfg.spool.max_batch;
-    spool_cfg.max_delay = cfg.spool.max_delay;
-    spool_cfg.fsync = cfg.spool.fsync;
+    let spool_cfg = cfg.spool.clone();
     let dir = cfg.spool.dir.display().to_string();
     let (spool, recovered) = tokio::task::spawn_blocking(move || Spool::open(spool_cfg))
         .await
@@ -93,13 +89,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let mcfg = ManagerConfig {
-        retry: RetryPolicy {
-            initial: cfg.retry.initial,
-            factor: cfg.retry.factor,
-            max_interval: cfg.retry.max_interval,
-            max_age: cfg.retry.max_age,
-            jitter: cfg.retry.jitter,
-        },
+        retry: cfg.retry.clone(),
         reporting_mta: cfg.engine.ehlo_name.clone(),
         delivery_log: cfg.log.delivery_log.clone(),
         suspensions_file: Some(cfg.spool.dir.join("suspensions.json")),

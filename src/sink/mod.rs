@@ -172,6 +172,10 @@ impl SinkAuth {
     }
 }
 
+/// How long a client may stay silent by default, on the test sink and the daemon's injection
+/// listener alike (RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 impl SinkConfig {
     /// Defaults: 127.0.0.1, ports 25 and 26, STARTTLS offered, no faults, 50 MB messages,
     /// 20,000 connections, 300 s idle timeout (RFC 5321 §4.5.3.2.7).
@@ -189,7 +193,7 @@ impl SinkConfig {
             max_message_size: 50 * 1024 * 1024,
             max_rcpts: 1000,
             max_conns: 20_000,
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: IDLE_TIMEOUT,
             handshake_timeout: Duration::from_secs(10),
             backlog: 4096,
             acceptor: None,
