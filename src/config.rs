@@ -26,6 +26,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::engine::limits::{LimitRule, LimitScope};
 use crate::engine::{EngineConfig, PortMap};
+use crate::logging::{LogFormat, LogLevel};
 use crate::policy::Floor;
 use crate::queue::spool::SpoolConfig;
 use crate::schedule::RetryPolicy;
@@ -333,13 +334,21 @@ impl Default for HttpInjectSection {
     }
 }
 
-/// `[log]`: records of what happened to each message.
+/// `[log]`: records of what happened: the delivery log (each message's attempts) and the
+/// daemon's own log on standard error (what it is doing, what went wrong).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSection {
     /// Delivery log: one JSON line per attempt and outcome, with its TLS facts. Appended to;
     /// rotate it by renaming and restarting. Unset: no delivery log. Default unset.
     pub delivery_log: Option<PathBuf>,
+    /// How the daemon's own log on standard error is written: `"text"`, a line for a person,
+    /// or `"json"`, one JSON object a line for a log collector. Default `"text"`.
+    pub format: LogFormat,
+    /// The least severe of the daemon's own events written: `"error"`, `"warn"`, `"info"`,
+    /// `"debug"` or `"trace"` (other libraries' events from `warn` up). The `RUST_LOG`
+    /// environment variable, when set, replaces it with its own filter. Default `"info"`.
+    pub level: LogLevel,
 }
 
 /// One `[[domain]]` entry: limits for one destination domain (`name`), or a budget shared by
@@ -999,6 +1008,17 @@ mod tests {
         );
         let e = err("[inject.http]\nlisten = \"127.0.0.1:2025\"\n");
         assert!(e.contains("inject.http.listen") && e.contains("inject.smtp.listen"), "{e}");
+    }
+
+    #[test]
+    fn log_settings() {
+        let c = Config::from_toml_str("[log]\nformat = \"json\"\nlevel = \"debug\"\n").unwrap();
+        assert_eq!((c.log.format, c.log.level), (LogFormat::Json, LogLevel::Debug));
+        assert_eq!((Config::default().log.format, Config::default().log.level), (LogFormat::Text, LogLevel::Info));
+        let e = err("[log]\nformat = \"xml\"\n");
+        assert!(e.contains("log.format") && e.contains("line 2") && e.contains("`json`"), "{e}");
+        let e = err("[log]\nlevel = \"loud\"\n");
+        assert!(e.contains("log.level") && e.contains("`debug`"), "{e}");
     }
 
     #[test]

@@ -128,16 +128,19 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let api = crate::api::start(cfg.inject.http.listen, intake, ctl_tx)
         .await
         .map_err(|e| format!("cannot start the HTTP API on {}: {e}", cfg.inject.http.listen))?;
+    let inject_addr = sink.addr(PortKind::StartTls).map_or_else(|| "?".into(), |a| a.to_string());
+    tracing::info!(inject = %inject_addr, http = %api.addr, spool = %cfg.spool.dir.display(), recovered = recovered_n, "serving");
+    // The announcement on stdout stays: scripts and tests wait for this line.
     println!(
         "mxpipe serve: injection SMTP on {}, HTTP API on {}; spool {} ({} unfinished messages recovered)",
-        sink.addr(PortKind::StartTls).map_or_else(|| "?".into(), |a| a.to_string()),
+        inject_addr,
         api.addr,
         cfg.spool.dir.display(),
         recovered_n
     );
 
     stop.await;
-    eprintln!("mxpipe serve: stopping: no new messages; finishing those in flight");
+    tracing::info!("stopping: no new messages; finishing those in flight");
     let injected = sink.shutdown(Duration::from_secs(10)).await.stats.messages;
     api.shutdown().await;
     let _ = stop_tx.send(());

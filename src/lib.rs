@@ -10,6 +10,7 @@
 //! - [`auth`]: (daemon) SMTP AUTH on injection: the users file (PBKDF2), SASL PLAIN.
 //! - [`daemon`]: `mxpipe serve`: injection, spool, queue manager and engine together.
 //! - [`config`]: the daemon's TOML configuration (`mxpipe.example.toml` documents it).
+//! - [`logging`]: the daemon's own log (`tracing` events; text or JSON on stderr).
 //! - [`dsn`]: RFC 3464 delivery status notifications (bounces) for the daemon.
 //! - [`dnsserver`]: an in-process authoritative DNS server (tests and `mxpipe demo`).
 //! - [`queue`]: (daemon) the durable spool: a segment log with group commit and crash recovery.
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod dnsserver;
 pub mod dsn;
 pub mod engine;
+pub mod logging;
 pub mod outcome;
 pub mod policy;
 pub mod pool;

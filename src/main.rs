@@ -322,6 +322,14 @@ struct SinkArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The library's events go to stderr as text; `serve` sets its log up from its
+    // configuration instead, once it has read it.
+    if !matches!(cli.cmd, Cmd::Serve(_)) {
+        if let Err(msg) = mxpipe::logging::init(Default::default(), Default::default()) {
+            eprintln!("mxpipe: error: {msg}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.cmd {
         Cmd::Sink(args) => run_sink(args),
         Cmd::Send(args) => run_send(args),
@@ -643,6 +651,7 @@ fn run_demo(a: DemoArgs) -> Result<(), String> {
 fn run_serve(a: ServeArgs) -> Result<(), String> {
     let _ = mxpipe::sys::raise_nofile_limit();
     let cfg = mxpipe::config::Config::load(&a.config).map_err(|e| e.to_string())?;
+    mxpipe::logging::init(cfg.log.format, cfg.log.level)?;
     let rt = runtime(None)?;
     let report = rt.block_on(async { mxpipe::daemon::serve(cfg, stop_signal(None)?).await })?;
     let m = &report.manager;
