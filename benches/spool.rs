@@ -119,7 +119,7 @@ fn main() {
         for (threads, per) in [(1, 300), (64, 300)] {
             let per = per * scale;
             let sub = dir.join(format!("log-{size}-{threads}"));
-            let (spool, _) = Spool::open(SpoolConfig::new(&sub)).unwrap();
+            let (spool, _) = Spool::open(SpoolConfig { max_batch: 512, ..SpoolConfig::new(&sub) }).unwrap();
             run("log", Arc::new(spool), threads, per, size);
             let sub = dir.join(format!("redb-{size}-{threads}"));
             std::fs::create_dir_all(&sub).unwrap();

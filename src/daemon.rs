@@ -22,8 +22,7 @@ use crate::config::Config;
 use crate::inject::Intake;
 use crate::queue::board::Board;
 use crate::queue::manager::{self, ManagerConfig, ManagerReport};
-use crate::queue::spool::{Spool, SpoolConfig};
-use crate::schedule::RetryPolicy;
+use crate::queue::spool::Spool;
 use crate::smtp_server::PortKind;
 
 /// What `serve` did.
@@ -38,10 +37,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let engine_cfg = cfg.engine_config().map_err(|e| e.to_string())?;
     // Before anything starts: a bad users file or certificate stops the daemon, naming it.
     let smtp_cfg = crate::inject::smtp::server_config(&cfg)?;
-    let mut spool_cfg = SpoolConfig::new(cfg.spool.dir.clone());
-    spool_cfg.max_batch = cfg.spool.max_batch;
-    spool_cfg.max_delay = cfg.spool.max_delay;
-    spool_cfg.fsync = cfg.spool.fsync;
+    let spool_cfg = cfg.spool.clone();
     let dir = cfg.spool.dir.display().to_string();
     let (spool, recovered) = tokio::task::spawn_blocking(move || Spool::open(spool_cfg))
         .await
@@ -55,13 +51,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let mcfg = ManagerConfig {
-        retry: RetryPolicy {
-            initial: cfg.retry.initial,
-            factor: cfg.retry.factor,
-            max_interval: cfg.retry.max_interval,
-            max_age: cfg.retry.max_age,
-            jitter: cfg.retry.jitter,
-        },
+        retry: cfg.retry.clone(),
         reporting_mta: cfg.engine.ehlo_name.clone(),
         delivery_log: cfg.log.delivery_log.clone(),
         suspensions_file: Some(cfg.spool.dir.join("suspensions.json")),
@@ -83,16 +73,19 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let api = crate::inject::http::start(cfg.inject.http.listen, intake, ctl_tx)
         .await
         .map_err(|e| format!("cannot start the HTTP API on {}: {e}", cfg.inject.http.listen))?;
+    let inject_addr = sink.addr(PortKind::StartTls).map_or_else(|| "?".into(), |a| a.to_string());
+    tracing::info!(inject = %inject_addr, http = %api.addr, spool = %cfg.spool.dir.display(), recovered = recovered_n, "serving");
+    // The announcement on stdout stays: scripts and tests wait for this line.
     println!(
         "mxpipe serve: injection SMTP on {}, HTTP API on {}; spool {} ({} unfinished messages recovered)",
-        sink.addr(PortKind::StartTls).map_or_else(|| "?".into(), |a| a.to_string()),
+        inject_addr,
         api.addr,
         cfg.spool.dir.display(),
         recovered_n
     );
 
     stop.await;
-    eprintln!("mxpipe serve: stopping: no new messages; finishing those in flight");
+    tracing::info!("stopping: no new messages; finishing those in flight");
     let injected = sink.shutdown(Duration::from_secs(10)).await.stats.messages;
     api.shutdown().await;
     let _ = stop_tx.send(());

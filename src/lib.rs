@@ -10,6 +10,7 @@
 //! - [`auth`]: (daemon) SMTP AUTH on injection: the users file (PBKDF2), SASL PLAIN.
 //! - [`daemon`]: `mxpipe serve`: injection, spool, queue manager and engine together.
 //! - [`config`]: the daemon's TOML configuration (`mxpipe.example.toml` documents it).
+//! - [`logging`]: the daemon's own log (`tracing` events; text or JSON on stderr).
 //! - [`dsn`]: RFC 3464 delivery status notifications (bounces) for the daemon.
 //! - [`dnsserver`]: an in-process authoritative DNS server (tests and `mxpipe demo`).
 //! - [`queue`]: (daemon) the durable spool: a segment log with group commit and crash recovery.
@@ -20,6 +21,7 @@
 //! - [`smtp_server`]: the SMTP server core (listener, limits, STARTTLS, AUTH, DATA/BDAT).
 //! - [`sink`]: the server core's presets for tests and capacity benchmarks (faults, mail dir).
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
+//! - [`value`]: the configuration's value types (durations, CIDRs, MX patterns), leaf modules.
 
 pub mod auth;
 pub mod config;
@@ -29,6 +31,7 @@ pub mod dnsserver;
 pub mod dsn;
 pub mod engine;
 pub mod inject;
+pub mod logging;
 pub mod outcome;
 pub mod policy;
 pub mod pool;
@@ -41,3 +44,4 @@ pub mod sink;
 pub mod smtp_server;
 pub mod sys;
 pub mod tls;
+pub mod value;

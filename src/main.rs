@@ -86,35 +86,36 @@ struct ServeArgs {
     config: PathBuf,
 }
 
-/// Settings of the delivery engine shared by `send` and `demo`.
+/// Settings of the delivery engine shared by `send` and `demo`; their defaults are
+/// [`mxpipe::engine::EngineConfig::default`]'s.
 #[derive(Args, Clone)]
 struct EngineArgs {
     /// Shard threads, each owning its destinations (default: one per core).
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
     /// Connections at once per destination domain.
-    #[arg(long, value_name = "N", default_value_t = 8)]
+    #[arg(long, value_name = "N", default_value_t = engine_default().max_conns_per_dest)]
     max_conns: usize,
     /// Connections at once (busy or idle) per destination IP address and shard.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(long, value_name = "N", default_value_t = engine_default().max_conns_per_ip)]
     max_conns_per_ip: usize,
     /// Messages per connection before it is replaced.
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(long, value_name = "N", default_value_t = engine_default().max_msgs_per_conn)]
     max_msgs_per_conn: u32,
     /// Seconds an idle connection is kept for reuse.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = engine_default().idle_timeout.as_secs())]
     idle_timeout: u64,
     /// Seconds for a TCP connect.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, value_name = "SECS", default_value_t = engine_default().connect_timeout.as_secs())]
     connect_timeout: u64,
     /// Upper bound, in seconds, on any single SMTP wait (RFC 5321's are minutes).
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = engine_default().command_timeout.as_secs())]
     command_timeout: u64,
     /// Key exchange offered: default, x25519, x25519mlkem768 or p256.
-    #[arg(long, value_name = "KX", default_value = "default")]
+    #[arg(long, value_name = "KX", default_value_t = engine_default().kx)]
     kx: mxpipe::tls::Kx,
     /// Name sent in EHLO.
-    #[arg(long, value_name = "NAME", default_value = "mxpipe.localhost")]
+    #[arg(long, value_name = "NAME", default_value_t = engine_default().ehlo_name)]
     ehlo_name: String,
     /// Trust MX-prefix policies only when the MX answer is DNSSEC-authenticated.
     #[arg(long)]
@@ -123,6 +124,12 @@ struct EngineArgs {
     /// strictest of this and the MX-prefix policy applies.
     #[arg(long, value_name = "DOMAIN=LEVEL", value_parser = parse_floor)]
     tls_floor: Vec<(String, mxpipe::policy::Floor)>,
+}
+
+/// The engine's defaults, which the flags' defaults are (one definition, shared with the
+/// configuration file's `[engine]` table).
+fn engine_default() -> mxpipe::engine::EngineConfig {
+    mxpipe::engine::EngineConfig::default()
 }
 
 fn parse_floor(s: &str) -> Result<(String, mxpipe::policy::Floor), String> {
@@ -315,6 +322,14 @@ struct SinkArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The library's events go to stderr as text; `serve` sets its log up from its
+    // configuration instead, once it has read it.
+    if !matches!(cli.cmd, Cmd::Serve(_)) {
+        if let Err(msg) = mxpipe::logging::init(Default::default(), Default::default()) {
+            eprintln!("mxpipe: error: {msg}");
+            return ExitCode::FAILURE;
+        }
+    }
     let result = match cli.cmd {
         Cmd::Sink(args) => run_sink(args),
         Cmd::Send(args) => run_send(args),
@@ -638,6 +653,7 @@ fn run_demo(a: DemoArgs) -> Result<(), String> {
 fn run_serve(a: ServeArgs) -> Result<(), String> {
     let _ = mxpipe::sys::raise_nofile_limit();
     let cfg = mxpipe::config::Config::load(&a.config).map_err(|e| e.to_string())?;
+    mxpipe::logging::init(cfg.log.format, cfg.log.level)?;
     let rt = runtime(None)?;
     let report = rt.block_on(async { mxpipe::daemon::serve(cfg, stop_signal(None)?).await })?;
     let m = &report.manager;

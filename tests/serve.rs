@@ -75,6 +75,46 @@ async fn clients_outside_allowed_networks_get_5_7_1() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `[log] format = "json"`: the daemon's own log on stderr is one JSON object a line, with
+/// the level, the message and structured fields, from start to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_json_lines() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tmpdir("logjson");
+    let dns = DnsServer::start(vec![ZoneBuilder::new("t.test.")], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let setup = Setup { log: "format = \"json\"\nlevel = \"info\"\n".into(), ..Setup::new(&dir, dns.addr(), 25) };
+    let config = setup.write(&dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mxpipe"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = stdout.next().expect("serve prints its listener").unwrap();
+    assert!(first.contains("injection SMTP on"), "the stdout announcement stays text: {first}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let events: Vec<serde_json::Value> =
+        stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}\n{stderr}"))).collect();
+    let event = |msg: &str| {
+        events.iter().find(|e| e["fields"]["message"] == msg).unwrap_or_else(|| panic!("no {msg:?} event in\n{stderr}")).clone()
+    };
+    let serving = event("serving");
+    assert_eq!(serving["level"], "INFO", "{serving}");
+    assert_eq!(serving["fields"]["inject"], setup.inject.to_string(), "{serving}");
+    assert_eq!(serving["fields"]["recovered"], 0, "{serving}");
+    assert!(serving["timestamp"].is_string() && serving["target"].as_str().is_some_and(|t| t.starts_with("mxpipe")), "{serving}");
+    assert_eq!(event("stopping: no new messages; finishing those in flight")["level"], "INFO");
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failure_sends_a_dsn_to_the_sender() {
     let dir = tmpdir("dsn");

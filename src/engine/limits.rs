@@ -38,23 +38,7 @@ pub struct LimitRule {
     pub msgs_per_s: Option<f64>,
 }
 
-/// Whether MX host `host` matches `pattern` (`mx.example.net`, or `*.example.net` for any
-/// host under it). Case and a trailing dot are ignored.
-pub fn host_matches(pattern: &str, host: &str) -> bool {
-    let pattern = pattern.trim_end_matches('.');
-    let host = host.trim_end_matches('.');
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => {
-            // At least one non-empty label, a dot, then the suffix (bytes: no UTF-8 slicing).
-            let (h, suffix) = (host.as_bytes(), suffix.as_bytes());
-            h.len() > suffix.len() + 1
-                && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-                && h[h.len() - suffix.len() - 1] == b'.'
-                && h[h.len() - suffix.len() - 2] != b'.'
-        }
-        None => host.eq_ignore_ascii_case(pattern),
-    }
-}
+pub use crate::value::mx_pattern::host_matches;
 
 /// A message-rate limit (GCRA) that many threads may share: `reserve` claims the next free
 /// send time and says how long to wait for it, so waiters queue up in order with no retries.
@@ -173,17 +157,6 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns() {
-        assert!(host_matches("*.example.net", "mx1.example.net"));
-        assert!(host_matches("*.example.net", "a.b.EXAMPLE.net."));
-        assert!(!host_matches("*.example.net", "example.net"));
-        assert!(!host_matches("*.example.net", "xexample.net"));
-        assert!(!host_matches("*.example.net", ".example.net"));
-        assert!(host_matches("mx.example.net", "MX.example.net."));
-        assert!(!host_matches("mx.example.net", "mx2.example.net"));
-    }
 
     #[test]
     fn rate_gate_spaces_reservations() {

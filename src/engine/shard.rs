@@ -309,7 +309,7 @@ fn spawn_worker(shard: &Rc<Shard>, domain: String) {
         if !e.is_panic() {
             return;
         }
-        eprintln!("mxpipe: internal error: a delivery worker for {domain} panicked; its part in flight has no outcome");
+        tracing::error!(domain = %domain, "internal error: a delivery worker panicked; its part in flight has no outcome");
         let orphaned = {
             let mut domains = shard.domains.borrow_mut();
             match domains.get_mut(&domain) {

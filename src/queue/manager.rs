@@ -117,7 +117,7 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
         Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
             Ok(f) => Some(std::io::BufWriter::new(f)),
             Err(e) => {
-                eprintln!("mxpipe: cannot open the delivery log {}: {e}; continuing without it", path.display());
+                tracing::error!(path = %path.display(), error = %e, "cannot open the delivery log; continuing without it");
                 None
             }
         },
@@ -624,7 +624,7 @@ impl Manager {
             .and_then(|bytes| std::fs::write(&tmp, bytes))
             .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
-            eprintln!("mxpipe: cannot save the suspensions to {}: {e} (they hold until a restart)", path.display());
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the suspensions (they hold until a restart)");
         }
     }
 
@@ -634,11 +634,11 @@ impl Manager {
         let text = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => return eprintln!("mxpipe: cannot read the suspensions in {}: {e}; none restored", path.display()),
+            Err(e) => return tracing::warn!(path = %path.display(), error = %e, "cannot read the suspensions; none restored"),
         };
         let map: std::collections::BTreeMap<String, f64> = match serde_json::from_slice(&text) {
             Ok(m) => m,
-            Err(e) => return eprintln!("mxpipe: {} is damaged ({e}); no suspension restored", path.display()),
+            Err(e) => return tracing::warn!(path = %path.display(), error = %e, "the suspensions file is damaged; no suspension restored"),
         };
         let (now, unix_now) = (Instant::now(), SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64());
         for (domain, until) in map {

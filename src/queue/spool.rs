@@ -11,7 +11,7 @@
 //! **Why not redb.** Measured with `SPOOL_BENCH_SCALE=3 cargo bench -p mxpipe --bench spool`
 //! (`benches/spool.rs`) on this repository's build machine (virtio disk, ext4, 2 cores
 //! shared), fsync on, both behind the same group commit (one writer thread, batches of up to
-//! 512; for redb one write transaction per batch with `Durability::Immediate`):
+//! 512, the benchmark's setting; for redb one write transaction per batch with `Durability::Immediate`):
 //!
 //! | store                  | 1 KiB, 64 threads | 16 KiB, 64 threads | 1 KiB, 1 thread | syncs/message (64 thr.) |
 //! |------------------------|------------------:|-------------------:|----------------:|------------------------:|
@@ -61,34 +61,55 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{bounded, Sender};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use recover::RecoveryReport;
 
 /// A message's id in the spool: unique for the life of the spool directory, never reused.
 pub type MsgId = u64;
 
-/// How the spool is set up.
-#[derive(Debug, Clone)]
+/// How the spool is set up: the `[spool]` table of the configuration file, deserialized
+/// straight into this type so that the file and the spool have one set of defaults (the
+/// config checks the ranges given below when the file is read).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SpoolConfig {
-    /// The spool directory (created if missing). One process at a time: it is locked.
+    /// Directory of the spool; created if missing. One process at a time: it is locked.
+    /// Default `"/var/spool/mxpipe"`.
     pub dir: PathBuf,
-    /// Messages in one frame (one fsync) at most.
+    /// Most messages made durable by one group commit (one frame, one fsync). Default 256.
     pub max_batch: usize,
-    /// How long the writer waits for more messages to fill a frame once it has one. Zero
-    /// is best for a single submitter; concurrent submitters batch anyway, because they
-    /// queue up while the previous fsync runs.
+    /// Longest a message waits for its group commit once the writer has one (adds to
+    /// injection latency), at most 1s. Zero is best for a single submitter; concurrent
+    /// submitters batch anyway, because they queue up while the previous fsync runs.
+    /// Default `"0s"`.
+    #[serde(deserialize_with = "crate::value::duration::deserialize")]
     pub max_delay: Duration,
-    /// fdatasync every frame. Off only for tests and benchmarks: nothing is durable then.
+    /// Sync each commit to disk before acknowledging. Off loses acknowledged mail on a power
+    /// failure or kernel crash: only for tests and benchmarks. Default true.
     pub fsync: bool,
-    /// A new segment file is started once the current one reaches this size.
+    /// A new segment file is started once the current one reaches this size. Not a setting
+    /// of the file (tests make it small). Default 64 MiB.
+    #[serde(skip)]
     pub segment_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("/var/spool/mxpipe"),
+            max_batch: 256,
+            max_delay: Duration::ZERO,
+            fsync: true,
+            segment_bytes: 64 << 20,
+        }
+    }
 }
 
 impl SpoolConfig {
     /// The defaults for a spool in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> SpoolConfig {
-        SpoolConfig { dir: dir.into(), max_batch: 512, max_delay: Duration::ZERO, fsync: true, segment_bytes: 64 << 20 }
+        SpoolConfig { dir: dir.into(), ..SpoolConfig::default() }
     }
 }
 

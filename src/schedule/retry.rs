@@ -3,33 +3,47 @@
 
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+
 use super::SettingError;
 
-/// How long to wait between delivery attempts and when to give up.
+/// How long to wait between delivery attempts and when to give up: the `[retry]` table of
+/// the configuration file, deserialized straight into this type so that the file and the
+/// scheduler have one set of defaults (the documented ones, in `mxpipe.example.toml`). The
+/// config checks the ranges given below when the file is read.
 ///
 /// The wait after attempt `n` (counting from 1) is `initial × factor^(n-1)`, capped at
 /// `max_interval`, then spread by ±`jitter` so messages deferred together (one 4xx for a whole
 /// batch) do not all come back in the same second. The cap applies before the jitter, so at
 /// the cap waits spread over `max_interval × (1 ± jitter)` rather than piling up at exactly
 /// `max_interval`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
-    /// Wait after the first failed attempt.
+    /// Wait before the first retry, 1s to 1d. Default `"5m"` (Postfix's
+    /// `minimal_backoff_time`: a greylisting receiver wants a few minutes, not one).
+    #[serde(deserialize_with = "crate::value::duration::deserialize")]
     pub initial: Duration,
-    /// Growth per further attempt; at least 1.0 (a smaller or NaN factor counts as 1.0).
+    /// Growth of each wait over the previous one, 1 to 10 (a smaller or NaN factor counts as
+    /// 1.0 here). Default 2.0.
     pub factor: f64,
-    /// Longest wait before jitter.
+    /// Longest wait between two attempts (before jitter), at least `initial`, at most 7d.
+    /// Default `"1h"`.
+    #[serde(deserialize_with = "crate::value::duration::deserialize")]
     pub max_interval: Duration,
-    /// Age (from the first attempt) after which no further attempt is scheduled.
+    /// Age (from the first attempt) at which a message is bounced with a DSN instead of
+    /// tried again, at least `initial`, at most 30d. Default `"5d"`.
+    #[serde(deserialize_with = "crate::value::duration::deserialize")]
     pub max_age: Duration,
-    /// Relative spread of each wait: 0.2 means ±20%. Clamped to 0.0..=1.0.
+    /// Random spread of each wait, as a fraction from 0 to 1 (0.2: ±20%), so that a burst that
+    /// failed together does not retry together. Clamped to 0.0..=1.0 here. Default 0.2.
     pub jitter: f64,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            initial: Duration::from_secs(60),
+            initial: Duration::from_secs(5 * 60),
             factor: 2.0,
             max_interval: Duration::from_secs(3600),
             max_age: Duration::from_secs(5 * 24 * 3600),
@@ -121,14 +135,20 @@ mod tests {
     const S: fn(u64) -> Duration = Duration::from_secs;
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
+    /// The default policy with a one-minute first wait, the round numbers the arithmetic
+    /// tests below are written in.
+    fn minute() -> RetryPolicy {
+        RetryPolicy { initial: S(60), ..RetryPolicy::default() }
+    }
+
     fn exact() -> RetryPolicy {
-        RetryPolicy { jitter: 0.0, ..RetryPolicy::default() }
+        RetryPolicy { jitter: 0.0, ..minute() }
     }
 
     #[test]
     fn defaults() {
         let p = RetryPolicy::default();
-        assert_eq!(p.initial, S(60));
+        assert_eq!(p.initial, S(300));
         assert_eq!(p.factor, 2.0);
         assert_eq!(p.max_interval, S(3600));
         assert_eq!(p.max_age, 5 * DAY);
@@ -173,7 +193,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_bounds_and_spreads() {
-        let p = RetryPolicy::default();
+        let p = minute();
         let t0 = Instant::now();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for n in [1u32, 2, 4, 7, 12, 1000] {
@@ -207,7 +227,7 @@ mod tests {
     fn jitter_is_clamped() {
         let t0 = Instant::now();
         for (j, lo, hi) in [(5.0, 0.0, 120.0), (-1.0, 60.0, 60.0), (f64::NAN, 60.0, 60.0)] {
-            let p = RetryPolicy { jitter: j, ..RetryPolicy::default() };
+            let p = RetryPolicy { jitter: j, ..minute() };
             for rng in [0, 1 << 62, 1 << 63, u64::MAX] {
                 let Decision::RetryAt(at) = p.next_attempt(1, t0, t0, rng) else { panic!() };
                 let w = (at - t0).as_secs_f64();

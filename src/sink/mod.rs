@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 pub use crate::smtp_server::{
     Acceptor, AcceptorRef, Error as SinkError, FaultStats, Faults, ListenerInfo, PortKind, PortStats, Refused, ShutdownReport,
-    StatsSnapshot, MAX_COMMAND_LINE,
+    StatsSnapshot, IDLE_TIMEOUT, MAX_COMMAND_LINE,
 };
 
 /// A sink's settings: the server core's, with the sink's defaults (ports 25 and 26, no

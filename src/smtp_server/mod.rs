@@ -198,6 +198,17 @@ impl Auth {
     }
 }
 
+/// How long a client may stay silent by default, on the test sink and the daemon's injection
+/// listener alike (RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one connection may last in all, by default (sink and injection alike).
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a client that must AUTH has to do it, by default.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Commands that carry no mail allowed per connection, by default (Postfix's
+/// smtpd_junk_command_limit).
+pub const MAX_IDLE_COMMANDS: u32 = 100;
+
 impl Config {
     /// Defaults: 127.0.0.1, ports 25 and 26, STARTTLS offered, no faults, 50 MB messages,
     /// 20,000 connections and no per-client cap (the sink's presets; injection sets its own),
@@ -217,10 +228,10 @@ impl Config {
             max_rcpts: 1000,
             max_conns: 20_000,
             max_conns_per_ip: 0,
-            session_timeout: Duration::from_secs(3600),
-            auth_timeout: Duration::from_secs(30),
-            max_idle_commands: 100,
-            idle_timeout: Duration::from_secs(300),
+            session_timeout: SESSION_TIMEOUT,
+            auth_timeout: AUTH_TIMEOUT,
+            max_idle_commands: MAX_IDLE_COMMANDS,
+            idle_timeout: IDLE_TIMEOUT,
             handshake_timeout: Duration::from_secs(10),
             backlog: 4096,
             acceptor: None,

@@ -59,6 +59,8 @@ pub struct Setup {
     pub retry: String,
     /// Extra lines in `[inject.smtp]`.
     pub inject_smtp: String,
+    /// Extra lines in `[log]`.
+    pub log: String,
     /// Appended at the end (more tables, `[[domain]]` entries).
     pub tail: String,
 }
@@ -75,6 +77,7 @@ impl Setup {
             engine: String::new(),
             retry: "initial = \"1s\"\nmax_interval = \"2s\"\nmax_age = \"1h\"\n".into(),
             inject_smtp: String::new(),
+            log: String::new(),
             tail: String::new(),
         }
     }
@@ -110,6 +113,7 @@ listen = "{http}"
 
 [log]
 delivery_log = "{log}"
+{log_extra}
 {tail}
 "#,
             engine = self.engine,
@@ -122,6 +126,7 @@ delivery_log = "{log}"
             inject_smtp = self.inject_smtp,
             http = self.http,
             log = dir.join("delivery.jsonl").display(),
+            log_extra = self.log,
             tail = self.tail,
         );
         let path = dir.join("mxpipe.toml");
