@@ -5,6 +5,7 @@
 //! `mxpipe-loadgen` binary (`loadgen/`) only parse arguments and call into it.
 //!
 //! Modules:
+//! - [`address`]: envelope addresses and domains, parsed and normalised once for every entry point.
 //! - [`resolve`]: MX resolution over hickory with our own TTL-bound, single-flight cache.
 //! - [`api`]: the daemon's HTTP API (inject, message state, queues, Prometheus metrics).
 //! - [`auth`]: (daemon) SMTP AUTH on injection: the users file (PBKDF2), SASL PLAIN.
@@ -20,6 +21,7 @@
 //! - [`sink`]: the receiving SMTP server for tests and capacity benchmarks.
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
 
+pub mod address;
 pub mod api;
 pub mod auth;
 pub mod config;
