@@ -583,8 +583,9 @@ impl Config {
                     ))
                 }
                 (Some(name), None) => {
-                    *name = normalize_name(name);
-                    check_host_name(&format!("[[domain]] entry {n}: name"), name)?;
+                    *name = crate::address::Domain::parse(name)
+                        .map_err(|e| ConfigError::invalid(format!("[[domain]] entry {n}: name"), format!("not a domain name: {e}")))?
+                        .into_string();
                     ("name", name.clone(), &mut names)
                 }
                 (None, Some(p)) => ("mx_pattern", p.as_str().to_string(), &mut patterns),
