@@ -266,7 +266,7 @@ impl Engine {
             match crate::address::Mailbox::parse(&rcpt) {
                 Ok(m) => by_domain.entry(m.into_domain().into_string()).or_default().push(rcpt),
                 Err(e) => {
-                    let o = Outcome::local(&id, &rcpt, Status::Bounced, "5.1.3", &format!("unusable recipient address: {}", e.kind));
+                    let o = Outcome::local(&id, &rcpt, Status::Bounced, "5.1.3", format!("unusable recipient address: {}", e.kind));
                     self.emit(o);
                 }
             }
