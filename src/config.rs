@@ -31,7 +31,7 @@ use crate::policy::Floor;
 use crate::queue::spool::SpoolConfig;
 use crate::schedule::RetryPolicy;
 use crate::tls::Kx;
-use crate::value::host::{is_host_name, normalize_name};
+use crate::value::host::is_host_name;
 // The value types are `value`'s; they are named here too because the file's settings are
 // made of them (and `config::Cidr` is what the injection listener's settings hold).
 pub use crate::value::{format_duration, parse_duration, Cidr, MxPattern};
@@ -577,8 +577,9 @@ impl Config {
                     ))
                 }
                 (Some(name), None) => {
-                    *name = normalize_name(name);
-                    check_host_name(&format!("[[domain]] entry {n}: name"), name)?;
+                    *name = crate::address::Domain::parse(name)
+                        .map_err(|e| ConfigError::invalid(format!("[[domain]] entry {n}: name"), format!("not a domain name: {e}")))?
+                        .into_string();
                     ("name", name.clone(), &mut names)
                 }
                 (None, Some(p)) => ("mx_pattern", p.as_str().to_string(), &mut patterns),

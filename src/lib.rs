@@ -5,6 +5,7 @@
 //! `mxpipe-loadgen` binary (`loadgen/`) only parse arguments and call into it.
 //!
 //! Modules:
+//! - [`address`]: envelope addresses and domains, parsed and normalised once for every entry point.
 //! - [`resolve`]: MX resolution over hickory with our own TTL-bound, single-flight cache.
 //! - [`inject`]: (daemon) how messages enter: the SMTP listener, the HTTP API, one intake.
 //! - [`auth`]: (daemon) SMTP AUTH on injection: the users file (PBKDF2), SASL PLAIN.
@@ -23,6 +24,7 @@
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
 //! - [`value`]: the configuration's value types (durations, CIDRs, MX patterns), leaf modules.
 
+pub mod address;
 pub mod auth;
 pub mod config;
 pub mod daemon;

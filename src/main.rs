@@ -122,7 +122,7 @@ struct EngineArgs {
     require_dnssec: bool,
     /// Minimum TLS for a destination domain, DOMAIN=encrypt|verify (repeatable); the
     /// strictest of this and the MX-prefix policy applies.
-    #[arg(long, value_name = "DOMAIN=LEVEL", value_parser = parse_floor)]
+    #[arg(long, value_name = "DOMAIN=LEVEL", value_parser = mxpipe::engine::parse_floor)]
     tls_floor: Vec<(String, mxpipe::policy::Floor)>,
 }
 
@@ -130,12 +130,6 @@ struct EngineArgs {
 /// configuration file's `[engine]` table).
 fn engine_default() -> mxpipe::engine::EngineConfig {
     mxpipe::engine::EngineConfig::default()
-}
-
-fn parse_floor(s: &str) -> Result<(String, mxpipe::policy::Floor), String> {
-    let (domain, level) = s.split_once('=').ok_or_else(|| format!("{s:?} is not DOMAIN=none|encrypt|verify"))?;
-    let floor = level.parse().map_err(|_| format!("{level:?} is not none, encrypt or verify"))?;
-    Ok((domain.trim().trim_end_matches('.').to_ascii_lowercase(), floor))
 }
 
 impl EngineArgs {
@@ -470,16 +464,6 @@ fn print_summary(stats: &mxpipe::engine::EngineStats, tally: &mxpipe::outcome::T
 /// Recipients `send` lets wait for an outcome before it reads more input.
 const MAX_PENDING_RECIPIENTS: u64 = 200_000;
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InputLine {
-    id: String,
-    from: String,
-    to: Vec<String>,
-    data: Option<String>,
-    data_file: Option<PathBuf>,
-}
-
 fn run_send(a: SendArgs) -> Result<(), String> {
     use std::io::BufRead;
     let _ = mxpipe::sys::raise_nofile_limit();
@@ -536,7 +520,7 @@ fn run_send(a: SendArgs) -> Result<(), String> {
         while engine.pending() > MAX_PENDING_RECIPIENTS {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let parsed: InputLine = match serde_json::from_str(line) {
+        let parsed = match mxpipe::engine::input::parse_line(line) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("mxpipe: input line {n} rejected: {e}");

@@ -17,6 +17,7 @@
 //! # let _ = stats; Ok(()) }
 //! ```
 
+pub mod input;
 pub mod limits;
 mod shard;
 
@@ -262,10 +263,10 @@ impl Engine {
         let from: Arc<str> = msg.from.into();
         let mut by_domain: HashMap<String, Vec<String>> = HashMap::new();
         for rcpt in msg.to {
-            match domain_of(&rcpt) {
-                Some(d) => by_domain.entry(d).or_default().push(rcpt),
-                None => {
-                    let o = Outcome::local(&id, &rcpt, Status::Bounced, "5.1.3", "recipient address is not user@domain");
+            match crate::address::Mailbox::parse(&rcpt) {
+                Ok(m) => by_domain.entry(m.into_domain().into_string()).or_default().push(rcpt),
+                Err(e) => {
+                    let o = Outcome::local(&id, &rcpt, Status::Bounced, "5.1.3", format!("unusable recipient address: {}", e.kind));
                     self.emit(o);
                 }
             }
@@ -394,14 +395,10 @@ pub fn not_attempted(o: &Outcome) -> bool {
     o.status == Status::Deferred && o.mx.is_none() && o.reply.starts_with("mxpipe: not attempted: ")
 }
 
-/// The lower-cased domain of `user@domain`, if it has one.
+/// The destination domain of a recipient as the engine routes it ([`crate::address::Domain`]:
+/// A-labels, lowercase, no trailing dot), or `None` if it is not a usable address.
 pub fn domain_of(addr: &str) -> Option<String> {
-    let (local, domain) = addr.rsplit_once('@')?;
-    let domain = domain.trim_end_matches('.');
-    if local.is_empty() || domain.is_empty() || domain.contains(|c: char| c.is_whitespace() || c == '<' || c == '>') {
-        return None;
-    }
-    Some(domain.to_ascii_lowercase())
+    crate::address::Mailbox::parse(addr).ok().map(|m| m.into_domain().into_string())
 }
 
 /// The shard a destination domain belongs to: 64-bit FNV-1a of the (lower-cased) domain.
@@ -415,6 +412,15 @@ pub fn shard_of(domain: &str, shards: usize) -> usize {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     (h % shards.max(1) as u64) as usize
+}
+
+/// Parse a `--tls-floor DOMAIN=LEVEL` argument; the domain is normalised as a recipient's is
+/// ([`crate::address::Domain`]), so the floor applies to the name the engine routes by.
+pub fn parse_floor(s: &str) -> Result<(String, Floor), String> {
+    let (domain, level) = s.split_once('=').ok_or_else(|| format!("{s:?} is not DOMAIN=none|encrypt|verify"))?;
+    let domain = crate::address::Domain::parse(domain).map_err(|e| format!("domain {e}"))?;
+    let floor = level.parse().map_err(|_| format!("{level:?} is not none, encrypt or verify"))?;
+    Ok((domain.into_string(), floor))
 }
 
 /// Resolve a `--dns` argument.
@@ -438,8 +444,10 @@ mod tests {
 
     #[test]
     fn domains() {
-        assert_eq!(domain_of("a@Example.COM"), Some("example.com".into()));
-        assert_eq!(domain_of("a@b@c.test"), Some("c.test".into()));
+        assert_eq!(domain_of("a@Example.COM."), Some("example.com".into()));
+        assert_eq!(domain_of("a@bücher.example"), Some("xn--bcher-kva.example".into()));
+        assert_eq!(domain_of("a@b@c.test"), None, "an @ in the local part must be quoted");
+        assert_eq!(domain_of("\"a@b\"@c.test"), Some("c.test".into()));
         assert_eq!(domain_of("nodomain"), None);
         assert_eq!(domain_of("@x.test"), None);
         assert_eq!(domain_of("a@"), None);

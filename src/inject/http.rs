@@ -73,19 +73,15 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
 
-/// Why an address cannot be put in an envelope: empty recipient, control characters, spaces
-/// or brackets (which would break the SMTP command), or no domain.
-fn check_address(a: &str, sender: bool) -> Result<(), String> {
-    if sender && a.is_empty() {
-        return Ok(());
-    }
-    if a.len() > 254 || a.chars().any(|c| c.is_control() || c == ' ' || c == '<' || c == '>') {
-        return Err(format!("{a:?} is not a usable address"));
-    }
-    match a.rsplit_once('@') {
-        Some((l, d)) if !l.is_empty() && !d.is_empty() => Ok(()),
-        _ => Err(format!("{a:?} is not user@domain")),
-    }
+/// The address checked and normalised by [`crate::address`] (the same verdict as the SMTP
+/// listener and every other entry point), or why it cannot be put in an envelope.
+fn check_address(a: &str, sender: bool) -> Result<String, String> {
+    let parsed = if sender {
+        crate::address::ReversePath::parse(a).map(|r| r.to_string())
+    } else {
+        crate::address::Mailbox::parse(a).map(|m| m.to_string())
+    };
+    parsed.map_err(|e| e.to_string())
 }
 
 async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
@@ -101,16 +97,19 @@ async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
         if m.to.is_empty() {
             return error(StatusCode::BAD_REQUEST, format!("message {i}: no recipients"));
         }
-        if let Err(e) = check_address(&m.from, true).and_then(|_| m.to.iter().try_for_each(|t| check_address(t, false))) {
-            return error(StatusCode::BAD_REQUEST, format!("message {i}: {e}"));
-        }
+        let checked = check_address(&m.from, true)
+            .and_then(|from| Ok((from, m.to.iter().map(|t| check_address(t, false)).collect::<Result<Vec<_>, _>>()?)));
+        let (from, to) = match checked {
+            Ok(addrs) => addrs,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("message {i}: {e}")),
+        };
         if m.data.len() > MAX_MESSAGE {
             return error(StatusCode::PAYLOAD_TOO_LARGE, format!("message {i}: larger than {MAX_MESSAGE} bytes"));
         }
         if m.data.contains('\0') {
             return error(StatusCode::BAD_REQUEST, format!("message {i}: NUL bytes in data"));
         }
-        batch.push((m.from, m.to, Arc::<[u8]>::from(m.data.into_bytes())));
+        batch.push((from, to, Arc::<[u8]>::from(m.data.into_bytes())));
     }
     // All or nothing: one spool frame, one fsync.
     let ids = match api.intake.accept(batch).await {

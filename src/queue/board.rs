@@ -208,7 +208,7 @@ impl Board {
         let mut by: BTreeMap<String, QueueView> = BTreeMap::new();
         for m in g.live.values() {
             for r in m.rcpts.iter().filter(|r| r.state == "queued" || r.state == "deferred") {
-                let domain = r.rcpt.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+                let domain = crate::engine::domain_of(&r.rcpt).unwrap_or_default();
                 let q = by.entry(domain.clone()).or_insert_with(|| QueueView { domain, ..QueueView::default() });
                 q.recipients += 1;
                 if r.state == "deferred" {

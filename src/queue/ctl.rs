@@ -8,6 +8,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, SystemTime};
 
+use crate::address::Domain;
+
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueCmd {
@@ -87,14 +89,11 @@ pub fn run(addr: SocketAddr, cmd: &QueueCmd, json: bool) -> Result<String, Strin
     })
 }
 
-/// A domain as one URL path segment, without its trailing dot: only the characters of host
-/// names pass, up to 253 of them. The API checks what it is given with this too.
-pub fn path_segment(domain: &str) -> Result<&str, String> {
-    let d = domain.trim_end_matches('.');
-    if d.is_empty() || d.len() > 253 || !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
-        return Err(format!("{domain:?} is not a domain name"));
-    }
-    Ok(d)
+/// A domain as one URL path segment: the [`Domain`] form the queues are keyed by (A-labels,
+/// lowercase, no trailing dot), which only has letters, digits, `-` and dots. The API checks
+/// what it is given with this too.
+pub fn path_segment(domain: &str) -> Result<Domain, String> {
+    Domain::parse(domain).map_err(|e| format!("not a domain name: {e}"))
 }
 
 /// A Unix time as "in 4m12s" (or "-").
@@ -137,7 +136,8 @@ mod tests {
 
     #[test]
     fn domains_are_checked_before_they_reach_a_url() {
-        assert_eq!(path_segment("Example.COM."), Ok("Example.COM"));
+        assert_eq!(path_segment("Example.COM.").map(|d| d.to_string()), Ok("example.com".into()));
+        assert_eq!(path_segment("bücher.example").map(|d| d.to_string()), Ok("xn--bcher-kva.example".into()));
         assert!(path_segment("a/b").is_err());
         assert!(path_segment("a b").is_err());
         assert!(path_segment("").is_err());

@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::address::{Mailbox, ReversePath};
 use crate::reply::{parse_reply, Capabilities, Reply, MAX_REPLY_LINE, MAX_REPLY_LINES};
 
 /// Waits from RFC 5321 §4.5.3.2, which the driver applies to each wait the session is in.
@@ -47,7 +48,8 @@ pub mod timeouts {
     pub const COMMAND: Duration = Duration::from_secs(5 * 60);
 }
 
-/// Longest envelope address sent (RFC 5321 §4.5.3.1.3: a path is at most 256 octets).
+/// Longest envelope path sent, brackets included (RFC 5321 §4.5.3.1.3); every [`Mailbox`]
+/// fits ([`crate::address::MAX_MAILBOX`] and the two brackets).
 pub const MAX_PATH: usize = 256;
 /// Reply bytes held while waiting for the end of a reply: a complete reply is at most
 /// this long, so more means the server is not speaking SMTP.
@@ -226,6 +228,10 @@ enum Phase {
 #[derive(Debug)]
 struct Txn {
     msg: Message,
+    /// The sender as sent ([`crate::address::ReversePath`]'s normal form).
+    from_path: String,
+    /// Per recipient, the address as sent (A-label domain); empty for one refused locally.
+    paths: Vec<String>,
     slots: Vec<Slot>,
     /// Indices into `slots` of the recipients put on the wire, in order.
     sent: Vec<usize>,
@@ -666,7 +672,7 @@ impl ClientSession {
         if next < txn.sent.len() {
             txn.phase = Phase::Rcpt(next);
             if !txn.pipelined {
-                let rcpt = &txn.msg.rcpts[txn.sent[next]];
+                let rcpt = &txn.paths[txn.sent[next]];
                 let mut out = self.take_buf();
                 push_cmd(&mut out, &[b"RCPT TO:<", rcpt.as_bytes(), b">"]);
                 self.send(out, 1);
@@ -698,20 +704,27 @@ impl ClientSession {
     /// (with pipelining: the whole envelope and DATA/BDAT) in one write.
     fn start(&mut self, msg: Message, rset: bool) -> State {
         let caps = self.caps.clone().unwrap_or_default();
+        // The one address check (the injection doors use it too); what it accepts cannot
+        // change the command it is put in, and is sent with its domain as A-labels.
+        let mut paths = Vec::with_capacity(msg.rcpts.len());
         let mut slots: Vec<Slot> = msg
             .rcpts
             .iter()
-            .map(|r| {
-                if !r.is_empty() && valid_path(r) {
+            .map(|r| match Mailbox::parse(r) {
+                Ok(m) => {
+                    paths.push(m.to_string());
                     Slot::Open
-                } else {
-                    Slot::Settled(local(r, "5.1.3", "invalid recipient address, not sent"))
+                }
+                Err(e) => {
+                    paths.push(String::new());
+                    Slot::Settled(local(r, "5.1.3", &format!("invalid recipient address, not sent: {}", e.kind)))
                 }
             })
             .collect();
         let size = normalised_len(&msg.data);
-        let refuse = if !valid_path(&msg.from) {
-            Some(("5.1.7", "invalid sender address, not sent".to_string()))
+        let from = ReversePath::parse(&msg.from);
+        let refuse = if let Err(e) = &from {
+            Some(("5.1.7", format!("invalid sender address, not sent: {}", e.kind)))
         } else if matches!(caps.size, Some(limit) if limit > 0 && size as u64 > limit) {
             let limit = caps.size.unwrap_or(0);
             Some(("5.3.4", format!("message size {size} exceeds the server's limit of {limit}, not sent")))
@@ -728,6 +741,8 @@ impl ClientSession {
         let sent: Vec<usize> = (0..slots.len()).filter(|&i| matches!(slots[i], Slot::Open)).collect();
         let txn = Box::new(Txn {
             msg,
+            from_path: from.map(|f| f.to_string()).unwrap_or_default(),
+            paths,
             slots,
             sent,
             phase: if rset { Phase::Rset } else { Phase::Mail },
@@ -753,7 +768,7 @@ impl ClientSession {
         self.push_mail(&mut out, &txn);
         if txn.pipelined {
             for &i in &txn.sent {
-                push_cmd(&mut out, &[b"RCPT TO:<", txn.msg.rcpts[i].as_bytes(), b">"]);
+                push_cmd(&mut out, &[b"RCPT TO:<", txn.paths[i].as_bytes(), b">"]);
             }
             if txn.bdat {
                 push_bdat(&mut out, &txn.msg.data);
@@ -769,7 +784,7 @@ impl ClientSession {
     fn push_mail(&self, out: &mut Vec<u8>, txn: &Txn) {
         let caps = self.caps.as_ref();
         out.extend_from_slice(b"MAIL FROM:<");
-        out.extend_from_slice(txn.msg.from.as_bytes());
+        out.extend_from_slice(txn.from_path.as_bytes());
         out.push(b'>');
         if caps.is_some_and(|c| c.size.is_some()) {
             out.extend_from_slice(b" SIZE=");
@@ -896,13 +911,6 @@ fn local(rcpt: &str, enhanced: &str, why: &str) -> RcptOutcome {
         reply: format!("local: {why}"),
         enhanced: Some(enhanced.to_string()),
     }
-}
-
-/// An address that can go between `<` and `>` without changing the command: printable
-/// ASCII without brackets or spaces, at most [`MAX_PATH`] long. Anything else could inject
-/// a command (CR LF) or is not valid without SMTPUTF8, which this session does not speak.
-fn valid_path(s: &str) -> bool {
-    s.len() <= MAX_PATH && s.bytes().all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
 }
 
 fn push_cmd(out: &mut Vec<u8>, parts: &[&[u8]]) {

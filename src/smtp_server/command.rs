@@ -181,6 +181,8 @@ pub fn parse(line: &[u8]) -> Command<'_> {
 
 /// Parse `FROM:<path> params` / `TO:<path> params` (the keyword case-insensitive, a space
 /// after the colon tolerated). Returns the path without brackets and the parameter text.
+/// A quoted local part may hold spaces, brackets and escaped quotes (RFC 5321 §4.1.2); outside
+/// quotes a space or `<` ends the parse, and a control byte is refused anywhere.
 fn parse_path<'b>(arg: &'b [u8], keyword: &[u8]) -> Option<(&'b [u8], &'b [u8])> {
     if arg.len() < keyword.len() || !arg[..keyword.len()].eq_ignore_ascii_case(keyword) {
         return None;
@@ -189,12 +191,29 @@ fn parse_path<'b>(arg: &'b [u8], keyword: &[u8]) -> Option<(&'b [u8], &'b [u8])>
     if rest.first() != Some(&b'<') {
         return None;
     }
-    let close = memchr::memchr(b'>', rest)?;
-    let path = &rest[1..close];
-    if path.iter().any(|&b| b == b'<' || b == b' ' || b < 0x20 || b == 0x7f) {
-        return None;
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, &b) in rest.iter().enumerate().skip(1) {
+        if b < 0x20 || b == 0x7f {
+            return None;
+        }
+        if escaped {
+            escaped = false;
+        } else if quoted {
+            match b {
+                b'\\' => escaped = true,
+                b'"' => quoted = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => quoted = true,
+                b'>' => return Some((&rest[1..i], trim(&rest[i + 1..]))),
+                b'<' | b' ' => return None,
+                _ => {}
+            }
+        }
     }
-    Some((path, trim(&rest[close + 1..])))
+    None
 }
 
 fn trim(s: &[u8]) -> &[u8] {
@@ -239,6 +258,11 @@ mod tests {
         assert_eq!(parse(b"RCPT TO:<a\x01@c>"), Command::Invalid(Syntax::Rcpt));
         assert_eq!(parse(b"RCPT TO:<a<@c>"), Command::Invalid(Syntax::Rcpt));
         assert_eq!(parse(b"RCPT"), Command::Invalid(Syntax::Rcpt));
+        // A quoted local part may hold what would otherwise end the path.
+        assert_eq!(parse(b"RCPT TO:<\"a b>c\"@d>"), Command::Rcpt { path: b"\"a b>c\"@d" });
+        assert_eq!(parse(b"RCPT TO:<\"a\\\"b\"@d> X=1"), Command::Rcpt { path: b"\"a\\\"b\"@d" });
+        assert_eq!(parse(b"RCPT TO:<\"open@d>"), Command::Invalid(Syntax::Rcpt));
+        assert_eq!(parse(b"RCPT TO:<\"a\tb\"@d>"), Command::Invalid(Syntax::Rcpt));
     }
 
     #[test]

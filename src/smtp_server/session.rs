@@ -438,15 +438,16 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         if self.gate.required && !self.authenticated {
             return self.bad_command("530 5.7.0 Authentication required\r\n").await;
         }
-        if !path.is_empty() && !is_mailbox(path) {
-            return self.bad_command("501 5.1.7 Bad sender address syntax\r\n").await;
-        }
+        let from = match mailbox(path, true) {
+            Ok(from) => from,
+            Err(e) => return self.bad_command(&format!("501 5.1.7 Bad sender address syntax: {}\r\n", one_line(&e))).await,
+        };
         if size.is_some_and(|n| n > self.ctx.cfg.max_message_size) {
             self.reply("552 5.3.4 Message size exceeds fixed limit\r\n").await;
             return None;
         }
         let drop = self.roll(self.ctx.cfg.faults.drop_rate);
-        self.txn = Some(Txn { from: path.to_vec(), rcpts: Vec::new(), drop, bdat: None });
+        self.txn = Some(Txn { from, rcpts: Vec::new(), drop, bdat: None });
         self.reply("250 2.1.0 Ok\r\n").await;
         None
     }
@@ -563,10 +564,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         if self.txn.is_none() {
             return self.bad_command("503 5.5.1 Need MAIL command\r\n").await;
         }
-        if !is_mailbox(path) {
-            return self.bad_command("501 5.1.3 Bad recipient address syntax\r\n").await;
-        }
-        let path = path.to_vec();
+        let path = match mailbox(path, false) {
+            Ok(path) => path,
+            Err(e) => return self.bad_command(&format!("501 5.1.3 Bad recipient address syntax: {}\r\n", one_line(&e))).await,
+        };
         let n = self.txn.as_ref().map_or(0, |t| t.rcpts.len());
         if n >= self.ctx.cfg.max_rcpts {
             self.reply("452 4.5.3 Too many recipients\r\n").await;
@@ -752,10 +753,18 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     }
 }
 
-/// An address the envelope can carry: `local@domain`, neither part empty, ASCII only (we do
-/// not offer SMTPUTF8). [`parse_path`] has already refused spaces, brackets and controls.
-fn is_mailbox(path: &[u8]) -> bool {
-    path.is_ascii() && memchr::memrchr(b'@', path).is_some_and(|at| at > 0 && at + 1 < path.len())
+/// The address of a MAIL or RCPT path, checked and normalised by [`crate::address`] (the
+/// same verdict as every other entry point), as the bytes to keep: the local part as given,
+/// the domain lower-case in A-labels. A sender's empty path is the null sender. Not UTF-8 is
+/// refused like any other bad address (8-bit needs SMTPUTF8, which is not offered).
+fn mailbox(path: &[u8], sender: bool) -> Result<Vec<u8>, String> {
+    let text = std::str::from_utf8(path).map_err(|_| "not UTF-8".to_string())?;
+    let parsed = if sender {
+        crate::address::ReversePath::parse(text).map(|r| r.to_string())
+    } else {
+        crate::address::Mailbox::parse(text).map(|m| m.to_string())
+    };
+    parsed.map(String::into_bytes).map_err(|e| e.to_string())
 }
 
 fn one_line(s: &str) -> String {
@@ -768,11 +777,16 @@ mod tests {
 
     #[test]
     fn mailboxes() {
-        for ok in [&b"a@b"[..], b"first.last+tag@example.test", b"\"q\"@x", b"a@[192.0.2.1]"] {
-            assert!(is_mailbox(ok), "{ok:?}");
+        for (ok, normal) in [
+            (&b"a@b.test"[..], &b"a@b.test"[..]),
+            (b"first.last+tag@Example.TEST", b"first.last+tag@example.test"),
+            (b"\"q\"@x.test", b"\"q\"@x.test"),
+        ] {
+            assert_eq!(mailbox(ok, false).as_deref(), Ok(normal), "{ok:?}");
         }
-        for bad in [&b""[..], b"nodomain", b"@x", b"a@", b"@", b"\xc3\xbc@x", b"\xff@x"] {
-            assert!(!is_mailbox(bad), "{bad:?}");
+        assert_eq!(mailbox(b"", true).as_deref(), Ok(&b""[..]), "the null sender");
+        for bad in [&b""[..], b"nodomain", b"@x", b"a@", b"@", b"\xc3\xbc@x", b"\xff@x", b"a@[192.0.2.1]"] {
+            assert!(mailbox(bad, false).is_err(), "{bad:?}");
         }
     }
 }

@@ -1,0 +1,57 @@
+//! `mxpipe send`'s input: one message per JSON line, checked before it reaches the engine.
+//!
+//! A line whose sender or a recipient is not a usable address is refused whole, with the
+//! reason, as the HTTP API refuses such a message: nothing of it is sent. The engine's own
+//! per-recipient check stays as the last guard for callers of the library.
+//!
+//! The module owns the line format only: it must not read files or submit.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::address::{Mailbox, ReversePath};
+
+/// One input line, addresses checked (and kept as given: the engine normalises domains
+/// when it routes, so outcomes name the recipient as the input did).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputLine {
+    pub id: String,
+    /// The envelope sender; `""` is the null sender.
+    pub from: String,
+    pub to: Vec<String>,
+    /// The message itself, or `data_file`: exactly one of the two.
+    pub data: Option<String>,
+    pub data_file: Option<PathBuf>,
+}
+
+/// Parse and check one line (JSON, then the addresses); the error is the reason to print.
+pub fn parse_line(line: &str) -> Result<InputLine, String> {
+    let l: InputLine = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    ReversePath::parse(&l.from).map_err(|e| format!("\"from\": {e}"))?;
+    if l.to.is_empty() {
+        return Err("\"to\": no recipients".into());
+    }
+    for (i, r) in l.to.iter().enumerate() {
+        Mailbox::parse(r).map_err(|e| format!("\"to\"[{i}]: {e}"))?;
+    }
+    Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines() {
+        let l = parse_line(r#"{"id":"m1","from":"","to":["a@B.test"],"data":"x"}"#).unwrap();
+        assert_eq!((l.from.as_str(), l.to[0].as_str()), ("", "a@B.test"), "kept as given");
+        let e = parse_line(r#"{"id":"m1","from":"s@x.test","to":["ok@x.test","jörg@x.test"],"data":"x"}"#).unwrap_err();
+        assert!(e.starts_with("\"to\"[1]: \"jörg@x.test\": the local part is not ASCII"), "{e}");
+        let e = parse_line(r#"{"id":"m1","from":"s b@x.test","to":["a@x.test"],"data":"x"}"#).unwrap_err();
+        assert!(e.starts_with("\"from\": "), "{e}");
+        assert!(parse_line(r#"{"id":"m1","from":"","to":[],"data":"x"}"#).unwrap_err().contains("no recipients"));
+        assert!(parse_line("not json").is_err());
+    }
+}
