@@ -154,7 +154,7 @@ pub struct SinkAuth {
     pub failure_delay: Duration,
     /// Failed AUTHs on one connection before it is closed with 421 4.7.0.
     pub max_failures: u32,
-    /// Failed AUTHs per client address (10 in 10 minutes): past them, AUTH from that address
+    /// Failed AUTHs per client address (IPv6: per /64; 10 in 10 minutes): past them, AUTH from it
     /// gets 454 4.7.0 without a password check.
     pub by_ip: Arc<crate::auth::FailureLog>,
 }
