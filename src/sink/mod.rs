@@ -3,7 +3,7 @@
 //! It listens with STARTTLS on one port (25 by default) and implicit TLS on another (26),
 //! counts or stores what it receives, and can inject faults. It owns listening, the
 //! connection limit, the TLS upgrade and graceful shutdown; the SMTP dialogue itself is in
-//! [`session`]. It knows nothing of delivery: it is the peer the engine is tested against.
+//! its `session` module. It knows nothing of delivery: it is the peer the engine is tested against.
 //!
 //! Use from a tokio runtime (multi-threaded, to use every core):
 //! ```no_run
