@@ -4,10 +4,30 @@
 # 127.0.0.1:2527 whose mail for relay.mxpipe.test goes to an `mxpipe serve` under test on
 # $MXPIPE_POSTFIX_RELAY_TO, default 127.0.0.1:2590), then runs every test of the workspace, the
 # Postfix interop tests included. `.ci/run` calls this script.
+# Before the tests, the checks CI enforces (each fails the run): rustfmt, clippy with
+# warnings as errors, rustdoc with warnings as errors, the benchmarks compile, and every fuzz
+# target runs 30 s without a crash (scripts/fuzz.sh; MXPIPE_FUZZ_SECONDS changes the time).
 # Needs root (or sudo) for apt-get and Postfix; plain `cargo test` runs without them and
 # says loudly which interop tests it skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# `step NAME CMD...`: a header, the command (its failure ends the run), and its time.
+step() {
+  local name=$1 start=$SECONDS
+  shift
+  echo "== $name"
+  "$@"
+  echo "== $name: ok ($((SECONDS - start)) s)"
+}
+step "cargo fmt --check" cargo fmt --all --check
+step "cargo fmt --check (fuzz/)" cargo fmt --manifest-path fuzz/Cargo.toml --check
+step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
+# The dev profile: it shares the test build, instead of a second, optimised build of every
+# dependency only to see that the benchmarks compile (perf/ runs them optimised).
+step "cargo bench --no-run" cargo bench --no-run --locked --profile dev
+step "fuzz" bash scripts/fuzz.sh "${MXPIPE_FUZZ_SECONDS:-30}"
 
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 need=()

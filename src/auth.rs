@@ -137,49 +137,143 @@ impl Users {
     }
 }
 
-/// Failed AUTHs counted per client address over a window: past the limit, that address's
-/// AUTHs are refused without a password check until its oldest failures age out. A client
-/// that reconnects gets no fresh tries, and a flood from one address costs no PBKDF2.
+/// Failed AUTHs counted per client over a window: past the limit, that client's AUTHs are
+/// refused without a password check until the window (from its first failure) has passed. A
+/// client that reconnects gets no fresh tries, and a flood from one client costs no PBKDF2.
+///
+/// A client is an IPv4 address or an IPv6 /64 (an IPv4-mapped IPv6 address is its IPv4
+/// address): one host usually has a whole /64, so counting single IPv6 addresses would give it
+/// endless fresh tries.
+///
+/// The log is bounded. When full, a new client evicts, in this order: a blocked client whose
+/// window has passed, the unblocked client whose last failure is oldest, and only when every
+/// client is blocked, the one whose block ends first. So a flood of fresh addresses (each
+/// failing fewer times than the limit) never unblocks anyone, and a flood of blocked ones
+/// must exceed the bound to. Each operation is a hash lookup and at most a few B-tree steps.
 #[derive(Debug)]
 pub struct FailureLog {
     max: u32,
     window: std::time::Duration,
-    by_ip: std::sync::Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+    cap: usize,
+    log: std::sync::Mutex<Failures>,
 }
 
-/// Addresses remembered at most; past it, those whose window has passed are forgotten first,
-/// then all (a flood from that many addresses is no longer a guessing attack to slow down).
-const FAILURE_LOG_CAP: usize = 100_000;
+/// Who a failure is counted against: an IPv4 address or an IPv6 /64 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Client {
+    V4(u32),
+    V6(u64),
+}
+
+impl Client {
+    fn of(ip: std::net::IpAddr) -> Client {
+        match ip {
+            std::net::IpAddr::V4(a) => Client::V4(a.to_bits()),
+            std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(a) => Client::V4(a.to_bits()),
+                None => Client::V6((a.to_bits() >> 64) as u64),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    n: u32,
+    /// The first failure of the window.
+    since: std::time::Instant,
+    /// The latest failure: the eviction order among unblocked clients.
+    last: std::time::Instant,
+}
+
+/// The counts and two eviction orders over them; every client is in exactly one order.
+#[derive(Debug, Default)]
+struct Failures {
+    counts: HashMap<Client, Count>,
+    /// Clients under the limit, by last failure.
+    unblocked: std::collections::BTreeSet<(std::time::Instant, Client)>,
+    /// Clients at the limit, by the start of their window (so by when their block ends).
+    blocked: std::collections::BTreeSet<(std::time::Instant, Client)>,
+}
+
+/// Clients remembered at most by [`FailureLog::new`] (a few MB).
+pub const FAILURE_LOG_CAP: usize = 100_000;
 
 impl FailureLog {
-    /// `max` failures per address within `window` (from the first of them).
+    /// `max` failures per client within `window` (from the first of them), remembering at
+    /// most [`FAILURE_LOG_CAP`] clients.
     pub fn new(max: u32, window: std::time::Duration) -> FailureLog {
-        FailureLog { max: max.max(1), window, by_ip: std::sync::Mutex::new(HashMap::new()) }
+        FailureLog::bounded(max, window, FAILURE_LOG_CAP)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, (u32, std::time::Instant)>> {
-        self.by_ip.lock().unwrap_or_else(|p| p.into_inner())
+    /// As [`FailureLog::new`], remembering at most `cap` clients (at least one).
+    pub fn bounded(max: u32, window: std::time::Duration, cap: usize) -> FailureLog {
+        FailureLog { max: max.max(1), window, cap: cap.max(1), log: std::sync::Mutex::new(Failures::default()) }
     }
 
-    /// Whether `ip` has used up its failures.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Failures> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn expired(&self, c: &Count, now: std::time::Instant) -> bool {
+        now.saturating_duration_since(c.since) >= self.window
+    }
+
+    /// Whether `ip`'s client has used up its failures.
     pub fn blocked(&self, ip: std::net::IpAddr, now: std::time::Instant) -> bool {
-        self.lock().get(&ip).is_some_and(|&(n, since)| n >= self.max && now.saturating_duration_since(since) < self.window)
+        self.lock().counts.get(&Client::of(ip)).is_some_and(|c| c.n >= self.max && !self.expired(c, now))
     }
 
-    /// One more failure from `ip`.
+    /// One more failure from `ip`'s client.
     pub fn record(&self, ip: std::net::IpAddr, now: std::time::Instant) {
-        let mut map = self.lock();
-        if map.len() >= FAILURE_LOG_CAP && !map.contains_key(&ip) {
-            map.retain(|_, &mut (_, since)| now.saturating_duration_since(since) < self.window);
-            if map.len() >= FAILURE_LOG_CAP {
-                map.clear();
+        let client = Client::of(ip);
+        let mut log = self.lock();
+        let log = &mut *log;
+        let count = match log.counts.get(&client).copied() {
+            Some(old) => {
+                log.unordered(client, &old, self.max);
+                let mut c = if self.expired(&old, now) { Count { n: 0, since: now, last: now } } else { old };
+                c.n = c.n.saturating_add(1);
+                c.last = c.last.max(now);
+                c
             }
+            None => {
+                while log.counts.len() >= self.cap && log.evict(|c| self.expired(c, now)) {}
+                Count { n: 1, since: now, last: now }
+            }
+        };
+        log.counts.insert(client, count);
+        if count.n >= self.max {
+            log.blocked.insert((count.since, client));
+        } else {
+            log.unblocked.insert((count.last, client));
         }
-        let e = map.entry(ip).or_insert((0, now));
-        if now.saturating_duration_since(e.1) >= self.window {
-            *e = (0, now);
+    }
+
+    /// Failures counted against `ip`'s client, whether or not its window has passed.
+    #[cfg(test)]
+    fn count(&self, ip: std::net::IpAddr) -> Option<u32> {
+        self.lock().counts.get(&Client::of(ip)).map(|c| c.n)
+    }
+}
+
+impl Failures {
+    /// Takes `client` (counted as `c`) out of its eviction order.
+    fn unordered(&mut self, client: Client, c: &Count, max: u32) {
+        if c.n >= max {
+            self.blocked.remove(&(c.since, client));
+        } else {
+            self.unblocked.remove(&(c.last, client));
         }
-        e.0 += 1;
+    }
+
+    /// Forgets one client, in the order [`FailureLog`] describes; false if there is none.
+    fn evict(&mut self, expired: impl Fn(&Count) -> bool) -> bool {
+        let stale = self.blocked.first().is_some_and(|(_, k)| self.counts.get(k).is_some_and(&expired));
+        let victim = if stale { self.blocked.pop_first() } else { self.unblocked.pop_first().or_else(|| self.blocked.pop_first()) };
+        let Some((_, client)) = victim else { return false };
+        self.counts.remove(&client);
+        true
     }
 }
 
@@ -392,6 +486,85 @@ mod tests {
         assert!(!log.blocked(a, later), "the window passed");
         log.record(a, later);
         assert!(!log.blocked(a, later), "a failure after the window starts a new count");
+    }
+
+    fn ip(s: &str) -> std::net::IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn failures_count_per_ipv4_address_and_per_ipv6_64() {
+        let log = FailureLog::new(3, std::time::Duration::from_secs(600));
+        let t = std::time::Instant::now();
+        log.record(ip("2001:db8:1:2::1"), t);
+        log.record(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"), t);
+        log.record(ip("2001:db8:1:2:abcd::7"), t);
+        assert!(log.blocked(ip("2001:db8:1:2::99"), t), "one /64 is one client");
+        assert!(!log.blocked(ip("2001:db8:1:3::1"), t), "the next /64 is another");
+        log.record(ip("192.0.2.1"), t);
+        log.record(ip("::ffff:192.0.2.1"), t);
+        log.record(ip("192.0.2.1"), t);
+        assert!(log.blocked(ip("::ffff:192.0.2.1"), t) && log.blocked(ip("192.0.2.1"), t), "IPv4-mapped is IPv4");
+        assert!(!log.blocked(ip("192.0.2.2"), t), "IPv4 is per address, not per prefix");
+        assert!(!log.blocked(ip("::192.0.2.1"), t), "only the mapped form is IPv4");
+    }
+
+    #[test]
+    fn a_blocked_client_survives_a_flood_of_fresh_addresses() {
+        let log = FailureLog::new(3, std::time::Duration::from_secs(600));
+        let t = std::time::Instant::now();
+        for _ in 0..3 {
+            log.record(ip("2001:db8:bad::1"), t);
+        }
+        for i in 0..200_000u32 {
+            let t = t + std::time::Duration::from_millis(u64::from(i));
+            log.record(std::net::IpAddr::V4(i.into()), t);
+            if i % 2 == 0 {
+                log.record(std::net::IpAddr::V6((u128::from(i) << 64 | 1).into()), t);
+            }
+        }
+        let later = t + std::time::Duration::from_secs(300);
+        assert!(log.blocked(ip("2001:db8:bad::2"), later), "the /64 is still blocked");
+        assert_eq!(log.lock().counts.len(), FAILURE_LOG_CAP, "the log stays at its bound");
+        assert!(log.count(ip("0.3.13.63")).is_some(), "the newest of the flood is remembered (199,999)");
+        assert!(log.count(ip("0.0.0.0")).is_none(), "the oldest of the flood is not");
+    }
+
+    #[test]
+    fn eviction_takes_expired_blocks_then_the_oldest_unblocked_then_the_block_ending_first() {
+        let secs = std::time::Duration::from_secs;
+        let log = FailureLog::bounded(2, secs(100), 3);
+        let t = std::time::Instant::now();
+        let (a, b, c, d, e, f) = (ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3"), ip("10.0.0.4"), ip("10.0.0.5"), ip("10.0.0.6"));
+        // a is blocked from t, b from t + 2 s; c is not.
+        log.record(a, t);
+        log.record(a, t + secs(1));
+        log.record(b, t + secs(2));
+        log.record(c, t + secs(3));
+        log.record(b, t + secs(4));
+        // Full: d evicts c, the only unblocked client.
+        log.record(d, t + secs(5));
+        assert_eq!((log.count(c), log.count(d)), (None, Some(1)));
+        // All three blocked: e evicts a, whose block ends first; b and d stay.
+        log.record(d, t + secs(6));
+        log.record(e, t + secs(7));
+        assert_eq!(log.count(a), None);
+        assert!(log.blocked(b, t + secs(7)) && log.blocked(d, t + secs(7)));
+        // At t + 102 s b's window has passed: b goes before e (unblocked, older failure).
+        log.record(f, t + secs(102));
+        assert_eq!((log.count(b), log.count(e), log.count(f)), (None, Some(1), Some(1)));
+        assert!(log.blocked(d, t + secs(102)));
+        // e's second failure blocks it (window from 7 s); g evicts f, the only unblocked.
+        let g = ip("10.0.0.7");
+        log.record(e, t + secs(103));
+        log.record(g, t + secs(104));
+        assert_eq!((log.count(f), log.count(g)), (None, Some(1)));
+        // g blocked too; d's window (from 5 s) passed at 105 s, so h evicts d, not e or g.
+        let h = ip("10.0.0.8");
+        log.record(g, t + secs(105));
+        log.record(h, t + secs(106));
+        assert_eq!(log.count(d), None);
+        assert!(log.blocked(e, t + secs(106)) && log.blocked(g, t + secs(106)));
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! keeping idle ones for reuse.
 //!
 //! The pool knows nothing of DNS or of policy rules: it is handed an address, a port and a
-//! [`Step`] and reports what happened in terms the engine can act on ([`ConnectError`]).
+//! [`Step`](crate::policy::Step) and reports what happened in terms the engine can act on ([`ConnectError`]).
 //! One pool per shard, used from that shard's thread only, so it needs no lock.
 //!
 //! [`session`]: crate::session

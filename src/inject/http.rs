@@ -51,8 +51,8 @@ pub const MAX_MESSAGE: usize = 50 * 1024 * 1024;
 
 /// A request body: one message, or `{"messages": [...]}`. Parsed as the one its shape says,
 /// so a mistake is reported against that type ("missing field `to`"), not as "matches
-/// neither".
-fn parse_inject(body: &[u8]) -> Result<Vec<NewMessage>, String> {
+/// neither". Public for the `http_body` fuzz target.
+pub fn parse_inject(body: &[u8]) -> Result<Vec<NewMessage>, String> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
     if !v.is_object() {
         return Err("expected a JSON object: a message, or {\"messages\": [...]}".into());

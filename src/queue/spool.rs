@@ -63,6 +63,9 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::{bounded, Sender};
 use serde::{Deserialize, Serialize};
 
+/// The record codec, for the `spool_record` fuzz target only (not an API).
+#[doc(hidden)]
+pub use format::{fuzz_reencode, fuzz_seal};
 pub use recover::RecoveryReport;
 
 /// A message's id in the spool: unique for the life of the spool directory, never reused.

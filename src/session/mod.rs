@@ -12,7 +12,7 @@
 //! through [`ClientSession::unfinished`] so the caller can retry it elsewhere; nothing is lost.
 //!
 //! States are an enum whose variants carry what that state needs (the transaction exists only
-//! inside [`State::Txn`], the "RSET owed" flag only inside [`State::Ready`]), so a reply can
+//! inside `State::Txn`, the "RSET owed" flag only inside `State::Ready`), so a reply can
 //! only be applied to the state that is waiting for it.
 
 mod body;

@@ -2,7 +2,7 @@
 //! listener ([`crate::inject::smtp`]) and the test and benchmark sink ([`crate::sink`]) run.
 //!
 //! It owns listening on a STARTTLS port and an implicit-TLS port, the connection limits, the
-//! TLS upgrade, graceful shutdown and the session itself ([`session`]: DATA and BDAT, SIZE,
+//! TLS upgrade, graceful shutdown and the session itself (its `session` module: DATA and BDAT, SIZE,
 //! PIPELINING, STARTTLS, AUTH PLAIN, allowed networks, per-session limits), whose command
 //! lines are parsed by a pure function ([`command`]). Where an accepted message goes is the
 //! [`Acceptor`]'s business (the spool, a mail directory); without one, messages are counted
@@ -180,7 +180,7 @@ pub struct Auth {
     pub failure_delay: Duration,
     /// Failed AUTHs on one connection before it is closed with 421 4.7.0.
     pub max_failures: u32,
-    /// Failed AUTHs per client address (10 in 10 minutes): past them, AUTH from that address
+    /// Failed AUTHs per client address (IPv6: per /64; 10 in 10 minutes): past them, AUTH from it
     /// gets 454 4.7.0 without a password check.
     pub by_ip: Arc<crate::auth::FailureLog>,
 }
