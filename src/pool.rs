@@ -7,6 +7,7 @@
 //! One pool per shard, used from that shard's thread only, so it needs no lock.
 //!
 //! [`session`]: crate::session
+//! [`Step`]: crate::policy::Step
 
 use std::collections::HashMap;
 use std::io;
