@@ -21,6 +21,8 @@
 //! - [`sink`]: the server core's presets for tests and capacity benchmarks (faults, mail dir).
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod config;
 pub mod daemon;
