@@ -20,8 +20,11 @@ use crate::tls::{self, ServerResumption};
 /// The size of the generated world and burst.
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
+    /// Generated recipient domains, each with one MX host.
     pub domains: usize,
+    /// Messages in each burst.
     pub messages: usize,
+    /// Recipients per message, spread over the generated domains.
     pub rcpts_per_msg: usize,
     /// Bytes of each generated message.
     pub size: usize,
@@ -43,23 +46,36 @@ impl Default for DemoConfig {
 /// One burst of the demo, from the engine's counters before and after it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BurstReport {
+    /// Messages submitted in this burst.
     pub messages: u64,
+    /// Wall-clock seconds from the first submission to the last outcome.
     pub seconds: f64,
+    /// [`BurstReport::messages`] over [`BurstReport::seconds`].
     pub messages_per_s: f64,
+    /// Connections opened during the burst.
     pub connections_opened: u64,
+    /// Idle connections reused instead of opening new ones.
     pub connections_reused: u64,
+    /// TLS handshakes without session resumption.
     pub tls_full_handshakes: u64,
+    /// TLS handshakes that resumed a session.
     pub tls_resumed_handshakes: u64,
+    /// DNS queries the engine's resolver sent (0 once the cache is warm).
     pub dns_queries: u64,
 }
 
 /// What the demo did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DemoReport {
+    /// One report per burst, in order.
     pub bursts: Vec<BurstReport>,
+    /// The engine's counters over the whole run.
     pub engine: EngineStats,
+    /// Recipients by outcome status, over all bursts.
     pub outcomes: Tally,
+    /// What the sink received.
     pub sink: StatsSnapshot,
+    /// Requests the embedded DNS server answered (any type, UDP or TCP).
     pub dns_server_queries: u64,
 }
 

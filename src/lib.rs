@@ -24,6 +24,8 @@
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
 //! - [`value`]: the configuration's value types (durations, CIDRs, MX patterns), leaf modules.
 
+#![warn(missing_docs)]
+
 pub mod address;
 pub mod auth;
 pub mod config;

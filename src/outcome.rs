@@ -25,8 +25,11 @@ pub enum Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsUse {
+    /// STARTTLS on port 25.
     Starttls,
+    /// TLS from the first byte, on port 26.
     Implicit,
+    /// Clear text, or no connection was made.
     None,
 }
 
@@ -35,12 +38,17 @@ pub enum TlsUse {
 pub struct Outcome {
     /// The message id given at submission.
     pub id: String,
+    /// The recipient address as submitted.
     pub rcpt: String,
+    /// Delivered, deferred or bounced.
     pub status: Status,
     /// The MX host that gave the final answer, if a connection got that far.
     pub mx: Option<String>,
+    /// The server address of that connection.
     pub addr: Option<IpAddr>,
+    /// The port dialled on [`Outcome::addr`] (after the port map).
     pub port: Option<u16>,
+    /// How TLS was used on that connection; `none` if there was none.
     pub tls: TlsUse,
     /// Which policy governed the MX host (`starttls-prefix`, `smtps-prefix`, `opportunistic`,
     /// `override`), if one was chosen.
@@ -52,6 +60,7 @@ pub struct Outcome {
     /// TLS version and cipher, when TLS was used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_version: Option<String>,
+    /// The negotiated cipher suite, when TLS was used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cipher: Option<String>,
     /// The server's reply on one line, or the local reason (prefixed `mxpipe:`).
@@ -93,8 +102,11 @@ impl Outcome {
 /// own counters.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Tally {
+    /// Recipients delivered.
     pub delivered: u64,
+    /// Recipients deferred (temporary failure).
     pub deferred: u64,
+    /// Recipients bounced (permanent failure).
     pub bounced: u64,
     /// Recipients by the policy of the MX host that answered (`none` if no host did).
     pub by_policy: std::collections::BTreeMap<String, u64>,
@@ -107,6 +119,7 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Count one outcome in every tally it belongs to.
     pub fn add(&mut self, o: &Outcome) {
         match o.status {
             Status::Delivered => self.delivered += 1,
@@ -124,6 +137,7 @@ impl Tally {
         self.dnssec += u64::from(o.dnssec);
     }
 
+    /// Outcomes counted: delivered + deferred + bounced.
     pub fn total(&self) -> u64 {
         self.delivered + self.deferred + self.bounced
     }

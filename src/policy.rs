@@ -204,9 +204,11 @@ impl fmt::Display for Security {
 /// One connection attempt to the MX host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Step {
+    /// Which logical port to dial (the engine maps it to a real one).
     pub port: LogicalPort,
     /// [`TlsStart::Implicit`] only on [`LogicalPort::Smtps`].
     pub start: TlsStart,
+    /// What TLS this step insists on, and so whether its failure is a policy failure.
     pub security: Security,
 }
 
@@ -233,8 +235,10 @@ pub fn is_policy_mandatory(step: &Step) -> bool {
 /// Where a plan's TLS requirement came from, recorded with each delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Source {
+    /// The host is named `starttls-…` and the prefix was trusted: verified STARTTLS on port 25.
     #[serde(rename = "starttls-prefix")]
     StartTlsPrefix,
+    /// The host is named `smtps-…` and the prefix was trusted: verified implicit TLS on port 26 first.
     #[serde(rename = "smtps-prefix")]
     SmtpsPrefix,
     /// No (trusted) prefix.
@@ -261,6 +265,7 @@ impl fmt::Display for Source {
 pub struct HostPlan {
     /// The MX host as published, lowercase, without trailing dot.
     pub host: String,
+    /// Where the steps' TLS requirement came from: a prefix, the default, or the operator.
     pub source: Source,
     /// Never empty.
     pub steps: Vec<Step>,
@@ -287,6 +292,7 @@ impl HostPlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Floor {
+    /// No minimum: the MX prefix (or opportunistic TLS) decides.
     #[default]
     None,
     /// "encrypt": TLS mandatory, certificate not verified.

@@ -7,6 +7,7 @@
 //! One pool per shard, used from that shard's thread only, so it needs no lock.
 //!
 //! [`session`]: crate::session
+//! [`Step`]: crate::policy::Step
 
 use std::collections::HashMap;
 use std::io;
@@ -30,8 +31,11 @@ use crate::tls::TlsFacts;
 
 /// A plain or TLS stream. (`Gone` only exists for the instant of the STARTTLS upgrade.)
 pub enum Stream {
+    /// Clear-text TCP: before STARTTLS, or for the whole connection when policy allows clear text.
     Plain(TcpStream),
+    /// TLS over TCP, after STARTTLS or from the first byte on the implicit-TLS port (boxed: it is large).
     Tls(Box<TlsStream<TcpStream>>),
+    /// Placeholder while the plain stream is moved into the TLS handshake; reads and writes fail.
     Gone,
 }
 
@@ -74,14 +78,18 @@ impl AsyncWrite for Stream {
 /// rustls will not resume a session made under a different verifier.
 #[derive(Clone)]
 pub struct TlsClients {
+    /// For verified TLS: checks the chain against the roots and the name against [`Target::verify_name`].
     pub verifying: Arc<ClientConfig>,
+    /// For opportunistic TLS: accepts any certificate, since encryption without authentication beats clear text.
     pub opportunistic: Arc<ClientConfig>,
 }
 
 /// Timeouts for opening connections; the SMTP dialogue's own come from the session.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
+    /// Limit on the TCP connect.
     pub connect: Duration,
+    /// Limit on the TLS handshake (implicit TLS or after STARTTLS).
     pub tls_handshake: Duration,
     /// Upper bound on any single SMTP wait (RFC 5321's are minutes; tests want seconds).
     pub max_command: Duration,
@@ -90,9 +98,13 @@ pub struct Timeouts {
 /// Where a connection goes and how it is secured: the pool's key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
+    /// The MX host name, for outcome records and error messages.
     pub host: String,
+    /// The address and (mapped) port to dial.
     pub addr: SocketAddr,
+    /// Whether TLS starts with STARTTLS or implicitly on connect.
     pub start: TlsStart,
+    /// How strict TLS must be: clear, opportunistic or verified.
     pub security: Security,
     /// The name the certificate must match (the MX host as published).
     pub verify_name: String,
@@ -119,20 +131,30 @@ impl Target {
 /// See [`Target::pool_key`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
+    /// The address and port connected to.
     pub addr: SocketAddr,
+    /// Whether TLS starts with STARTTLS or implicitly.
     pub start: TlsStart,
+    /// The TLS strictness the connection was opened under.
     pub security: Security,
+    /// The name the certificate was verified against; `None` for opportunistic and clear-text connections.
     pub name: Option<String>,
+    /// The operator's MX budget index, if any: connections are not shared across budgets.
     pub budget: Option<usize>,
 }
 
 /// What we know of an open connection, for outcome records.
 #[derive(Debug, Clone)]
 pub struct ConnFacts {
+    /// The MX host name as published.
     pub host: String,
+    /// The address connected to.
     pub addr: IpAddr,
+    /// The port actually dialled (after the port map).
     pub port: u16,
+    /// How TLS was used: none, STARTTLS or implicit.
     pub tls: TlsUse,
+    /// The negotiated TLS version, cipher and group, and whether it resumed; `None` in clear text.
     pub tls_facts: Option<TlsFacts>,
 }
 
@@ -141,27 +163,54 @@ pub struct ConnFacts {
 pub enum ConnectError {
     /// TCP connect refused or timed out: the address (or port 26) is unreachable.
     #[error("connect to {addr} failed: {reason}")]
-    Unreachable { addr: SocketAddr, reason: String },
+    Unreachable {
+        /// The address and port dialled.
+        addr: SocketAddr,
+        /// The OS error, or that the connect timed out.
+        reason: String,
+    },
     /// TLS was required and could not be had: no STARTTLS, a bad certificate, a failed
     /// handshake. A policy failure: try the next MX host, never fall back to clear text.
     #[error("TLS policy failure at {host}: {reason}")]
-    Policy { host: String, reason: String },
+    Policy {
+        /// The MX host name.
+        host: String,
+        /// What failed: STARTTLS not offered, the certificate, or the handshake.
+        reason: String,
+    },
     /// Opportunistic TLS failed in the handshake: the same host may be retried in clear.
     #[error("opportunistic TLS handshake with {host} failed: {reason}")]
-    OpportunisticTls { host: String, reason: String },
+    OpportunisticTls {
+        /// The MX host name.
+        host: String,
+        /// The handshake error.
+        reason: String,
+    },
     /// Not tried: the engine is shutting down.
     #[error("{reason}")]
-    Stopped { reason: String },
+    Stopped {
+        /// Why nothing was tried, for the outcome record.
+        reason: String,
+    },
     /// The server refused us at the greeting or EHLO, or broke the protocol.
     #[error("{host}: no SMTP session: {reason}")]
-    Smtp { host: String, reason: String },
+    Smtp {
+        /// The MX host name.
+        host: String,
+        /// The server's reply or the protocol or I/O error.
+        reason: String,
+    },
 }
 
 /// An open SMTP connection whose session is ready for a message.
 pub struct Conn {
+    /// The socket, plain or TLS.
     pub stream: Stream,
+    /// The SMTP client state machine driven over [`Conn::stream`].
     pub session: ClientSession,
+    /// Where the connection goes, which is also its idle-pool key.
     pub target: Target,
+    /// What is recorded about the connection in each outcome.
     pub facts: ConnFacts,
     /// Messages sent on this connection so far.
     pub messages: u32,
@@ -181,9 +230,15 @@ pub struct Conn {
 pub enum DeliverError {
     /// The session could not take the message (the server closed it in the meantime); nothing
     /// of it was sent, so it can go out on another connection.
-    NotSent { error: String },
+    NotSent {
+        /// Why the session refused the message.
+        error: String,
+    },
     /// The connection failed with the message in flight: whether it was taken is unknown.
-    Broken { error: String },
+    Broken {
+        /// The session, TLS or I/O error that broke the connection.
+        error: String,
+    },
 }
 
 impl Conn {

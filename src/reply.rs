@@ -18,8 +18,11 @@ pub const MAX_REPLY_LINES: usize = 256;
 /// An RFC 3463 enhanced status code such as `2.0.0` or `5.7.1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EnhancedCode {
+    /// 2 (success), 4 (transient failure) or 5 (permanent failure), as the reply code's first digit.
     pub class: u8,
+    /// What the code is about: 1 addressing, 2 mailbox, 3 mail system, 4 network, 5 protocol, 6 content, 7 security.
     pub subject: u16,
+    /// The specific condition within the subject.
     pub detail: u16,
 }
 
@@ -78,12 +81,21 @@ impl fmt::Display for Reply {
 /// Why bytes from a server are not an SMTP reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
+    /// A line is not a 3-digit code 2xx-5xx followed by a space or hyphen (its first 80 bytes, lossily decoded).
     #[error("malformed reply line (expected a 3-digit code 2xx-5xx): {0:?}")]
     BadLine(String),
+    /// The lines of one multi-line reply carry different codes.
     #[error("multi-line reply changes code from {first} to {later}")]
-    MixedCodes { first: u16, later: u16 },
+    MixedCodes {
+        /// The code of the first line.
+        first: u16,
+        /// The first code that differs from it.
+        later: u16,
+    },
+    /// A line exceeded [`MAX_REPLY_LINE`] bytes without ending.
     #[error("reply line longer than {MAX_REPLY_LINE} bytes")]
     LineTooLong,
+    /// A multi-line reply went past [`MAX_REPLY_LINES`] lines.
     #[error("reply has more than {MAX_REPLY_LINES} lines")]
     TooManyLines,
 }
@@ -178,11 +190,17 @@ impl EnhancedCode {
 /// The extensions a server announced in its EHLO reply that a client acts on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
+    /// `PIPELINING` (RFC 2920): commands may be sent without waiting for each reply.
     pub pipelining: bool,
+    /// `STARTTLS` (RFC 3207): the session can be upgraded to TLS.
     pub starttls: bool,
+    /// `8BITMIME` (RFC 6152): the body may contain 8-bit data.
     pub eightbitmime: bool,
+    /// `CHUNKING` (RFC 3030): `BDAT` may be used instead of `DATA`.
     pub chunking: bool,
+    /// `ENHANCED-STATUSCODES` (RFC 2034): replies carry RFC 3463 codes.
     pub enhanced_status_codes: bool,
+    /// `SMTPUTF8` (RFC 6531): addresses and headers may be UTF-8.
     pub smtputf8: bool,
     /// `SIZE n`: the most the server accepts; `Some(0)` means announced without a limit.
     pub size: Option<u64>,

@@ -107,6 +107,7 @@ pub struct MxHost {
     /// Lowercase, without the trailing dot, exactly as published: the MX-prefix policy and
     /// certificate checks use this name, prefix included.
     pub name: String,
+    /// MX preference: lower is tried first.
     pub preference: u16,
     /// IPv4 addresses first, then IPv6. Empty when the host has none (the engine skips it).
     pub addrs: Vec<IpAddr>,
@@ -127,6 +128,7 @@ pub enum RouteKind {
 pub struct Destination {
     /// The domain as resolved: lowercase ASCII (IDNs in punycode), no trailing dot.
     pub domain: String,
+    /// Whether the hosts are the MX records or the domain itself as implicit MX.
     pub kind: RouteKind,
     /// Ascending preference; hosts of equal preference in random order, shuffled anew on every
     /// [`MxResolver::resolve`] call (also from cache) to spread load as RFC 5321 §5.1 asks.

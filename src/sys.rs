@@ -26,7 +26,9 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
 /// CPU time used by this process so far (user, system).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CpuTime {
+    /// Time spent running this process's own code.
     pub user: Duration,
+    /// Time the kernel spent on this process's behalf (syscalls: sockets, fsync).
     pub system: Duration,
 }
 

@@ -31,6 +31,7 @@ pub enum LimitScope {
 /// One operator limit, as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitRule {
+    /// The domain or MX-host pattern the limits apply to.
     pub scope: LimitScope,
     /// Connections open at once (busy or idle).
     pub max_conns: Option<usize>,
@@ -80,20 +81,25 @@ impl RateGate {
 /// A budget shared by every connection to the MX hosts matching one pattern.
 #[derive(Debug)]
 pub struct MxBudget {
+    /// The MX host pattern as configured (see [`host_matches`]).
     pub pattern: String,
+    /// Connections open at once to all matching hosts together, busy or idle; `None` for no limit.
     pub max_conns: Option<usize>,
     /// Connection slots (when `max_conns` is set).
     pub conns: Option<Arc<Semaphore>>,
     /// Workers waiting for a slot, in any shard: idle connections under this budget should
     /// close rather than idle while someone waits.
     pub waiting: AtomicUsize,
+    /// Messages per second to all matching hosts together; `None` for no limit.
     pub rate: Option<RateGate>,
 }
 
 /// A domain's own limits.
 #[derive(Debug)]
 pub struct DomainLimit {
+    /// Connections open at once to this domain, busy or idle; `None` leaves the engine's per-destination limit.
     pub max_conns: Option<usize>,
+    /// Messages per second to this domain; `None` for no limit.
     pub rate: Option<RateGate>,
 }
 
@@ -106,6 +112,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Build the limits from `rules`: for a domain named twice the first rule wins; MX budgets keep rule order.
     pub fn new(rules: &[LimitRule]) -> Limits {
         let mut l = Limits::default();
         for r in rules {
@@ -149,6 +156,7 @@ impl Limits {
         self.mx.iter().position(|b| host_matches(&b.pattern, host))
     }
 
+    /// Whether any MX-pattern budget is configured, so callers can skip the per-host lookup.
     pub fn has_mx_budgets(&self) -> bool {
         !self.mx.is_empty()
     }

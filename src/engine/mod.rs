@@ -39,7 +39,9 @@ use crate::tls::Kx;
 /// Maps the logical SMTP ports to the ports actually dialled (tests run unprivileged).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortMap {
+    /// Port dialled for logical port 25 (SMTP with STARTTLS).
     pub smtp: u16,
+    /// Port dialled for logical port 26 (implicit TLS).
     pub smtps: u16,
 }
 
@@ -72,10 +74,13 @@ impl std::str::FromStr for PortMap {
 pub struct EngineConfig {
     /// Shard threads (default: one per core).
     pub shards: usize,
+    /// How MX records are looked up and cached.
     pub resolver: ResolverConfig,
+    /// Where the logical ports 25 and 26 are actually dialled.
     pub port_map: PortMap,
     /// Trust anchors added to the Mozilla roots for verified TLS.
     pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Key-exchange groups offered in TLS handshakes (benchmarks pin one).
     pub kx: Kx,
     /// Connections at once per destination domain.
     pub max_conns_per_dest: usize,
@@ -86,11 +91,15 @@ pub struct EngineConfig {
     pub max_msgs_per_conn: u32,
     /// How long an idle connection is kept for reuse.
     pub idle_timeout: Duration,
+    /// Limit on each TCP connect to an MX host.
     pub connect_timeout: Duration,
+    /// Limit on each TLS handshake, implicit or after STARTTLS.
     pub tls_handshake_timeout: Duration,
     /// Upper bound on any single SMTP wait (RFC 5321's are minutes).
     pub command_timeout: Duration,
+    /// The name sent in EHLO; receivers check it, so it should resolve to the sending address.
     pub ehlo_name: String,
+    /// How the MX-prefix TLS policy is applied and how long learned facts are kept.
     pub policy: PolicyOptions,
     /// Per-domain TLS floors set by the operator (the strictest of floor and MX prefix wins).
     pub floors: HashMap<String, Floor>,
@@ -135,15 +144,18 @@ impl Default for EngineConfig {
 /// One message to deliver.
 #[derive(Debug, Clone)]
 pub struct Submission {
+    /// The caller's message id, carried into every outcome.
     pub id: String,
     /// Envelope sender without brackets; empty for the null sender.
     pub from: String,
+    /// Envelope recipients (`user@domain`); each gets exactly one outcome.
     pub to: Vec<String>,
     /// RFC 5322 bytes (line endings are normalised on the way out).
     pub data: Arc<[u8]>,
 }
 
 impl Submission {
+    /// A submission from its parts; `data` can be a `Vec<u8>` or an existing `Arc<[u8]>`.
     pub fn new(id: impl Into<String>, from: impl Into<String>, to: Vec<String>, data: impl Into<Arc<[u8]>>) -> Submission {
         Submission { id: id.into(), from: from.into(), to, data: data.into() }
     }
@@ -152,10 +164,13 @@ impl Submission {
 /// Why a submission was refused as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
+    /// Refused: [`Engine::shutdown`] has begun or a shard thread is gone; undelivered recipients were deferred.
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// Refused: the message has an empty recipient list (carries its id).
     #[error("message {0:?} has no recipients")]
     NoRecipients(String),
+    /// [`Engine::start`] failed: the configuration is unsafe or a shard thread could not be spawned.
     #[error("cannot start the engine: {0}")]
     Start(String),
 }
@@ -183,27 +198,43 @@ pub(crate) struct Counters {
 /// A summary of the engine's work so far.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct EngineStats {
+    /// Messages submitted.
     pub messages: u64,
+    /// Recipients submitted, over all messages.
     pub recipients: u64,
+    /// Recipients with a delivered outcome.
     pub delivered: u64,
+    /// Recipients with a deferred (temporary failure) outcome.
     pub deferred: u64,
+    /// Recipients with a bounced (permanent failure) outcome.
     pub bounced: u64,
     /// Message transactions sent over connections (one per message and destination domain).
     pub transactions: u64,
+    /// Connections opened (TCP connect and, where used, TLS handshake succeeded).
     pub connections_opened: u64,
     /// Times an idle connection was taken from the pool instead of opening one.
     pub connections_reused: u64,
     /// TCP connects that were refused or timed out.
     pub connect_failures: u64,
+    /// [`EngineStats::transactions`] over [`EngineStats::connections_opened`]: how well connections are reused.
     pub transactions_per_connection: f64,
+    /// TLS handshakes that were full (no session resumed).
     pub tls_full_handshakes: u64,
+    /// TLS handshakes that resumed a session from a ticket.
     pub tls_resumed_handshakes: u64,
+    /// MX resolutions asked of the resolver (see [`ResolverStats::lookups`](crate::resolve::ResolverStats::lookups)).
     pub dns_lookups: u64,
+    /// Resolutions answered from the resolver's cache.
     pub dns_cache_hits: u64,
+    /// DNS queries sent to a nameserver (MX, A and AAAA).
     pub dns_queries: u64,
+    /// Resolutions that waited on another one's in-flight lookup of the same domain.
     pub dns_coalesced: u64,
+    /// Seconds since [`Engine::start`].
     pub elapsed_s: f64,
+    /// Messages submitted per second of [`EngineStats::elapsed_s`].
     pub messages_per_s: f64,
+    /// Process CPU time (user + system) in seconds since [`Engine::start`].
     pub cpu_s: f64,
 }
 

@@ -26,6 +26,7 @@ pub struct Intake {
 }
 
 impl Intake {
+    /// An intake storing into `spool`, announcing on `board` and handing each message to the manager over `to_manager`.
     pub fn new(spool: Arc<Spool>, to_manager: crossbeam_channel::Sender<Accepted>, board: Board) -> Intake {
         Intake { spool, to_manager, board }
     }

@@ -23,40 +23,54 @@ const ATTEMPTS_KEPT: usize = 20;
 /// One attempt, as shown.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptView {
+    /// When the outcome was recorded, Unix seconds.
     pub ts: f64,
+    /// The outcome: `delivered`, `deferred` or `bounced`.
     pub status: String,
+    /// The server's reply on one line, or mxpipe's own reason (prefixed `mxpipe:`).
     pub reply: String,
+    /// The MX host that answered, if a connection got that far.
     pub mx: Option<String>,
+    /// How TLS was used: `starttls`, `implicit` or `none`.
     pub tls: String,
 }
 
 /// One recipient, as shown.
 #[derive(Debug, Clone, Serialize)]
 pub struct RcptView {
+    /// The recipient address as given at injection.
     pub rcpt: String,
     /// `queued`, `deferred` (waiting for a retry), `delivered` or `bounced`.
     pub state: String,
+    /// The latest attempts, oldest first (at most 20; the spool keeps them all).
     pub attempts: Vec<AttemptView>,
 }
 
 /// One message, as shown by `GET /v1/messages/{id}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageView {
+    /// The spool id, in hex as the API takes it.
     pub id: String,
+    /// Envelope sender; empty for the null sender (DSNs).
     pub from: String,
+    /// When the message was accepted into the spool, Unix seconds.
     pub received_at: f64,
+    /// Every envelope recipient with its state.
     pub rcpts: Vec<RcptView>,
     /// When the next attempt is due (Unix seconds), for a deferred message.
     pub next_attempt: Option<f64>,
+    /// Every recipient is delivered or bounced; the message is kept for lookups only.
     pub finished: bool,
 }
 
 /// One destination domain, as shown by `GET /v1/queues`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueueView {
+    /// The destination domain, lowercase.
     pub domain: String,
     /// Recipients waiting (queued or deferred).
     pub recipients: u64,
+    /// Of those, recipients that have been tried and wait for a retry.
     pub deferred: u64,
     /// The earliest next attempt among its deferred recipients (Unix seconds).
     pub next_attempt: Option<f64>,

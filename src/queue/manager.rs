@@ -37,6 +37,7 @@ const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// What the manager needs besides its channels.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
+    /// When to retry a deferred message and when to give up on it.
     pub retry: RetryPolicy,
     /// Our host name, in DSNs.
     pub reporting_mta: String,
@@ -50,9 +51,13 @@ pub struct ManagerConfig {
 /// A message the injection side has made durable.
 #[derive(Debug, Clone)]
 pub struct Accepted {
+    /// The spool id it was stored under.
     pub id: MsgId,
+    /// Envelope sender; empty for the null sender.
     pub from: String,
+    /// Envelope recipients, each still to be delivered.
     pub rcpts: Vec<String>,
+    /// The message as received (RFC 5322 bytes).
     pub data: Arc<[u8]>,
 }
 
@@ -71,6 +76,7 @@ pub enum Control {
 /// What a [`Control`] command did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ControlReply {
+    /// The domain the command was about, normalised (lowercase, no trailing dot).
     pub domain: String,
     /// Recipients waiting for the domain (for `bounce`: bounced now).
     pub recipients: u64,
@@ -105,12 +111,17 @@ struct Entry {
 /// and return. Unfinished messages stay in the spool.
 /// What wakes the manager: the engine's outcomes, newly accepted messages, and the stop.
 pub struct Inputs {
+    /// Every recipient's outcome from the engine.
     pub outcomes: Receiver<Outcome>,
+    /// Messages the injection side has spooled and acknowledged.
     pub accepted: Receiver<Accepted>,
+    /// The operator's commands about destinations, each answered on its own reply channel.
     pub control: Receiver<Control>,
+    /// Stop: the manager drains the engine and returns (also when the sender is dropped).
     pub stop: Receiver<()>,
 }
 
+/// The manager's loop, on the caller's thread. Returns the counters, [`ManagerReport::unfinished`] included.
 pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec<Stored>, inputs: Inputs, board: Board) -> ManagerReport {
     let Inputs { outcomes, accepted, control, stop } = inputs;
     let log = match &cfg.delivery_log {

@@ -120,13 +120,16 @@ impl SpoolConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FinalStatus {
+    /// The recipient's server accepted the message.
     Delivered,
+    /// The recipient failed permanently (by a server, expiry or the operator); a DSN is due.
     Bounced,
 }
 
 /// One recipient of a stored message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RcptState {
+    /// The recipient address as accepted.
     pub rcpt: String,
     /// `None` while delivery is still to be tried.
     pub done: Option<FinalStatus>,
@@ -135,7 +138,9 @@ pub struct RcptState {
 /// One delivery attempt for one recipient, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Attempt {
+    /// When the attempt ended (wall clock, so it survives restarts).
     pub at: SystemTime,
+    /// The recipient the attempt was for.
     pub rcpt: String,
     /// `delivered`, `deferred` or `bounced`.
     pub status: String,
@@ -146,11 +151,15 @@ pub struct Attempt {
 /// An unfinished message as recovered from disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
+    /// The message's spool id.
     pub id: MsgId,
     /// Envelope sender; empty for the null sender.
     pub from: String,
+    /// Every envelope recipient and whether it is finished.
     pub rcpts: Vec<RcptState>,
+    /// The message as received (RFC 5322 bytes).
     pub data: Arc<[u8]>,
+    /// When the spool first acknowledged the message (wall clock).
     pub received_at: SystemTime,
     /// Every attempt recorded, oldest first.
     pub attempts: Vec<Attempt>,
@@ -163,6 +172,7 @@ pub enum SpoolError {
     /// (see [`SpoolError::is_disk_full`]).
     #[error("spool I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The spool's files cannot be read as the format defines (the text says where and what).
     #[error("spool is corrupt: {0}")]
     Corrupt(String),
     /// The spool is shut down (or its writer thread is gone).
@@ -206,20 +216,25 @@ pub struct SpoolStats {
     pub attempts: u64,
     /// Frames written.
     pub frames: u64,
+    /// Data syncs of frames written (one per group commit; none with `fsync` off).
     pub fsyncs: u64,
+    /// Bytes of frames appended to segment files, frame headers included.
     pub bytes_written: u64,
     /// Frames that failed to write or sync (disk full and others).
     pub write_errors: u64,
     /// Messages copied forward by compaction.
     pub relocated: u64,
+    /// Segment files removed by compaction once nothing live was left in them.
     pub segments_deleted: u64,
     /// Unfinished messages now.
     pub live_messages: u64,
+    /// Segment files now.
     pub segments: u64,
     /// Bytes in segment files now.
     pub disk_bytes: u64,
     /// From recovery at open.
     pub corrupt_records: u64,
+    /// Bytes cut from the end of the last segment at open: an interrupted, never acknowledged write.
     pub torn_tail_bytes: u64,
 }
 
@@ -348,6 +363,7 @@ impl Spool {
         rx.blocking_recv().map_err(|_| SpoolError::Closed)?
     }
 
+    /// The counters now.
     pub fn stats(&self) -> SpoolStats {
         let c = &self.counters;
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);

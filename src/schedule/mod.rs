@@ -56,7 +56,9 @@ pub use timers::{TimerId, Timers};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{setting}: {problem}")]
 pub struct SettingError {
+    /// The setting's name as the config file spells it.
     pub setting: &'static str,
+    /// What is wrong with the value, and what would work.
     pub problem: String,
 }
 

@@ -118,7 +118,9 @@ pub enum RcptStatus {
 /// The outcome for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RcptOutcome {
+    /// The recipient address as given in [`Message::rcpts`].
     pub rcpt: String,
+    /// Delivered, deferred or bounced.
     pub status: RcptStatus,
     /// The deciding reply on one line (`250 2.0.0 Ok: queued as X`), or, when the session
     /// decided without asking the server, a reason starting `local:`.
@@ -130,7 +132,9 @@ pub struct RcptOutcome {
 /// The outcome of one message: one entry per input recipient, in input order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageOutcome {
+    /// The caller's id from [`Message::id`].
     pub id: u64,
+    /// One outcome per recipient of the message, in its order.
     pub rcpts: Vec<RcptOutcome>,
 }
 

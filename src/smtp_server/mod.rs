@@ -135,9 +135,11 @@ pub struct Config {
     pub starttls: bool,
     /// Refuse mail commands in clear on the STARTTLS port with 530.
     pub require_tls: bool,
+    /// Failures to inject on purpose (all off by default).
     pub faults: Faults,
     /// Advertised SIZE; larger messages get 552.
     pub max_message_size: u64,
+    /// Recipients per transaction; the next RCPT gets 452 4.5.3.
     pub max_rcpts: usize,
     /// Connections served at once; more get 421 and are closed.
     pub max_conns: usize,
@@ -172,6 +174,7 @@ pub struct Config {
 /// AUTH PLAIN on a listener (RFC 4954, RFC 4616).
 #[derive(Debug, Clone)]
 pub struct Auth {
+    /// The accounts AUTH PLAIN checks passwords against.
     pub users: Arc<crate::auth::Users>,
     /// Offer and accept AUTH only over TLS; before STARTTLS, AUTH gets 538 5.7.11.
     pub require_tls: bool,
@@ -244,10 +247,18 @@ impl Config {
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A listening socket could not be bound (address in use, not local, or no permission).
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address and port asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Neither port is on, or no listen address was given.
     #[error("no listener: both the STARTTLS and the implicit-TLS port are off, or no --listen address")]
     NoListener,
+    /// A setting is out of range (a fault rate outside [0, 1], `max_conns` of 0).
     #[error("invalid setting: {0}")]
     Invalid(String),
 }
@@ -255,7 +266,9 @@ pub enum Error {
 /// One bound listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerInfo {
+    /// The address and port bound (the real port when 0 was asked for).
     pub addr: SocketAddr,
+    /// STARTTLS or implicit TLS.
     pub kind: PortKind,
 }
 

@@ -91,7 +91,9 @@ pub(crate) fn inc(a: &AtomicU64) {
 pub struct PortStats {
     /// TCP connections accepted (including those refused for the connection limit).
     pub connections: u64,
+    /// TLS handshakes completed without resuming a session.
     pub handshakes_full: u64,
+    /// TLS handshakes that resumed a session (ticket or session id).
     pub handshakes_resumed: u64,
     /// TLS handshakes that failed or timed out.
     pub handshake_failures: u64,
@@ -120,7 +122,9 @@ pub struct FaultStats {
 /// A point-in-time copy of the server's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct StatsSnapshot {
+    /// Counters of the STARTTLS port(s).
     pub starttls: PortStats,
+    /// Counters of the implicit-TLS port(s).
     pub implicit: PortStats,
     /// Messages accepted (final 250 after DATA or BDAT LAST).
     pub messages: u64,
@@ -128,6 +132,7 @@ pub struct StatsSnapshot {
     pub recipients: u64,
     /// Message bytes accepted (after dot-unstuffing).
     pub bytes: u64,
+    /// How many of each injected fault the clients got.
     pub faults: FaultStats,
     /// Connections refused with 421 because the connection limit was reached.
     pub rejected_busy: u64,
@@ -154,6 +159,7 @@ pub struct StatsSnapshot {
     pub command_batches: u64,
     /// AUTH that succeeded, and that failed (wrong credentials, or no check slot in time).
     pub auth_ok: u64,
+    /// AUTH attempts that failed: wrong credentials, or no check slot in time.
     pub auth_failed: u64,
 }
 

@@ -13,7 +13,9 @@ use super::TlsError;
 /// A server identity: the chain it presents (leaf first) and its private key.
 #[derive(Debug)]
 pub struct Identity {
+    /// The certificates presented, leaf first, then any intermediates.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The private key of the leaf certificate.
     pub key: PrivateKeyDer<'static>,
 }
 
@@ -28,7 +30,9 @@ impl Clone for Identity {
 pub struct GeneratedPki {
     /// The CA certificate in PEM, for clients to trust (`--ca`).
     pub ca_pem: String,
+    /// The CA certificate in DER, for a root store (see [`GeneratedPki::roots`]).
     pub ca_der: CertificateDer<'static>,
+    /// The server certificate (signed by the CA) and its key.
     pub identity: Identity,
 }
 

@@ -26,10 +26,18 @@ pub use resume::{StoreStats, TicketStore};
 /// connection that failed and are classified by its owner.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate, key or CA file could not be read or holds nothing usable.
     #[error("cannot read PEM from {path}: {reason}")]
-    Pem { path: String, reason: String },
+    Pem {
+        /// The file, as given.
+        path: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// rcgen could not generate the CA or server certificate (or no names were given).
     #[error("cannot generate certificate: {0}")]
     Generate(String),
+    /// rustls refused the configuration (a key that does not match its certificate, say).
     #[error("TLS configuration rejected: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -42,8 +50,11 @@ pub enum Kx {
     /// rustls' default preference list (X25519MLKEM768 first, then X25519, P-256, P-384).
     #[default]
     Default,
+    /// X25519 alone: the cheapest classical group.
     X25519,
+    /// The hybrid post-quantum group alone, to measure its cost.
     X25519MlKem768,
+    /// NIST P-256 (secp256r1) alone.
     P256,
 }
 
@@ -185,8 +196,11 @@ impl fmt::Display for ClientResumption {
 /// Everything that shapes a client config.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
+    /// Whether and against which roots server certificates are checked.
     pub verify: Verify,
+    /// The key-exchange groups offered.
     pub kx: Kx,
+    /// How sessions are resumed: TLS 1.3 tickets, TLS 1.2 session ids, or not at all.
     pub resumption: ClientResumption,
     /// Restrict to TLS 1.2 even without session-ID resumption.
     pub tls12_only: bool,
@@ -270,9 +284,13 @@ pub fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
 /// Facts about an established TLS session, for reports and outcome records.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TlsFacts {
+    /// `TLSv1.3` or `TLSv1.2`.
     pub version: String,
+    /// The negotiated cipher suite, as rustls names it (`TLS13_AES_128_GCM_SHA256`).
     pub cipher: String,
+    /// The negotiated key-exchange group (`X25519MLKEM768`), or `unknown`.
     pub kx: String,
+    /// The session was resumed rather than fully negotiated.
     pub resumed: bool,
 }
 

@@ -47,6 +47,7 @@ pub struct StoreStats {
     pub tls13_misses: u64,
     /// A TLS 1.2 session was asked for and one was there.
     pub tls12_hits: u64,
+    /// A TLS 1.2 session was asked for and none was there.
     pub tls12_misses: u64,
     /// Tickets received from servers.
     pub tickets_received: u64,

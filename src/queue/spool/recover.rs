@@ -20,6 +20,7 @@ use super::{MsgId, RcptState, SpoolError, Stored};
 /// What recovery found, for the operator.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RecoveryReport {
+    /// Segment files read.
     pub segments: u64,
     /// Unfinished messages recovered.
     pub messages: u64,
