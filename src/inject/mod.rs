@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod smtp;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::SystemTime;
