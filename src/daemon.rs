@@ -38,6 +38,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let engine_cfg = cfg.engine_config().map_err(|e| e.to_string())?;
     // Before anything starts: a bad users file or certificate stops the daemon, naming it.
     let smtp_cfg = crate::inject::smtp::server_config(&cfg)?;
+    let api_cfg = crate::inject::http::ApiConfig::load(&cfg.inject.http)?;
     let mut spool_cfg = SpoolConfig::new(cfg.spool.dir.clone());
     spool_cfg.max_batch = cfg.spool.max_batch;
     spool_cfg.max_delay = cfg.spool.max_delay;
@@ -80,7 +81,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let intake = Intake::new(spool.clone(), acc_tx, board.clone());
     let sink = crate::inject::smtp::start(smtp_cfg, intake.clone()).await?;
     board.set_injection_stats(sink.stats_reader());
-    let api = crate::inject::http::start(cfg.inject.http.listen, intake, ctl_tx)
+    let api = crate::inject::http::start(api_cfg, intake, ctl_tx)
         .await
         .map_err(|e| format!("cannot start the HTTP API on {}: {e}", cfg.inject.http.listen))?;
     println!(
