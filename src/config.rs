@@ -342,17 +342,82 @@ pub struct SmtpInjectTlsSection {
 }
 
 /// `[inject.http]`: the HTTP API (`POST /v1/messages`, `GET /v1/queues`, `GET /metrics`, ...).
+///
+/// Off a loopback address it needs both `tokens_file` and `tls`: `serve` refuses to start
+/// otherwise. Whatever the address, it keeps browsers out: a `POST` must say
+/// `Content-Type: application/json` (else 415; a web page cannot send that cross-origin
+/// without a CORS preflight, which the API never grants), and the `Host` must be the address
+/// the client connected to, `localhost` on loopback, or one of `allowed_hosts` (else 421: a
+/// DNS-rebinding page sends its own name).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpInjectSection {
     /// Address to listen on, `"IP:PORT"`. Default `"127.0.0.1:8025"`.
     #[serde(deserialize_with = "crate::value::addr::deserialize_socket")]
     pub listen: SocketAddr,
+    /// File of the bearer tokens the API accepts, read at start (`serve` refuses to start if
+    /// it is unreadable or has a bad line). One token a line, `name:scope:sha256:ID:SALT:HASH`;
+    /// `#` comments and blank lines are ignored. `mxpipe token NAME --scope SCOPE` makes a
+    /// token and its line. Scopes: `inject` (`POST /v1/messages`, `GET /v1/messages/{id}`),
+    /// `metrics` (`GET /metrics`), `admin` (everything). With it, a request without a valid
+    /// token gets 401, one whose token lacks the scope 403. Unset: no token is asked for
+    /// (loopback only). Default unset.
+    pub tokens_file: Option<PathBuf>,
+    /// The token `mxpipe queue --config` sends (a file whose first line is the token).
+    /// `--token-file` and `MXPIPE_API_TOKEN` take precedence. Unused by `serve`. Default unset.
+    pub client_token_file: Option<PathBuf>,
+    /// More names the API may be reached by (`Host` header), e.g. `"mxpipe.example.com"`
+    /// (any port) or `"mxpipe.example.com:8443"` (that port only). The address the client
+    /// connected to, and `localhost` on loopback, are always allowed. Default empty.
+    pub allowed_hosts: Vec<String>,
+    /// How long a client may take to send a request's headers, and how long a keep-alive
+    /// connection may sit idle between requests (then it is closed), 100ms to 10m. Default
+    /// `"10s"`.
+    #[serde(deserialize_with = "crate::value::duration::deserialize")]
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body (then 408 and the connection is
+    /// closed), 100ms to 1h. Default `"60s"`.
+    #[serde(deserialize_with = "crate::value::duration::deserialize")]
+    pub body_timeout: Duration,
+    /// Connections served at once; more get 503 and are closed. Default 256.
+    pub max_conns: usize,
+    /// Requests on one keep-alive connection; the last is answered with `Connection: close`.
+    /// Default 1000.
+    pub max_requests_per_conn: u32,
+    pub tls: HttpInjectTlsSection,
 }
 
 impl Default for HttpInjectSection {
     fn default() -> Self {
-        HttpInjectSection { listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8025) }
+        HttpInjectSection {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8025),
+            tokens_file: None,
+            client_token_file: None,
+            allowed_hosts: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            max_conns: 256,
+            max_requests_per_conn: 1000,
+            tls: HttpInjectTlsSection::default(),
+        }
+    }
+}
+
+/// `[inject.http.tls]`: HTTPS on the API. Unset: plain HTTP (loopback only).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpInjectTlsSection {
+    /// Certificate chain (PEM); give `key` with it. `mxpipe queue --config` trusts the
+    /// certificates in it. Default unset.
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of `cert`. Default unset.
+    pub key: Option<PathBuf>,
+}
+
+impl HttpInjectTlsSection {
+    /// Whether HTTPS is configured (both files given).
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
     }
 }
 
@@ -560,8 +625,49 @@ impl Config {
         if smtp.listen == self.inject.http.listen {
             return Err(ConfigError::invalid("inject.http.listen", format!("{} is also inject.smtp.listen", smtp.listen)));
         }
+        self.check_http()?;
 
         self.check_domains()
+    }
+
+    fn check_http(&self) -> Result<(), ConfigError> {
+        let http = &self.inject.http;
+        in_range("inject.http.header_timeout", http.header_timeout, Duration::from_millis(100), Duration::from_secs(600))?;
+        in_range("inject.http.body_timeout", http.body_timeout, Duration::from_millis(100), Duration::from_secs(3600))?;
+        if !(1..=100_000).contains(&http.max_conns) {
+            return Err(ConfigError::invalid("inject.http.max_conns", format!("must be from 1 to 100000, not {}", http.max_conns)));
+        }
+        if !(1..=1_000_000).contains(&http.max_requests_per_conn) {
+            return Err(ConfigError::invalid(
+                "inject.http.max_requests_per_conn",
+                format!("must be from 1 to 1000000, not {}", http.max_requests_per_conn),
+            ));
+        }
+        if http.tls.cert.is_some() != http.tls.key.is_some() {
+            return Err(ConfigError::invalid("inject.http.tls", "give both `cert` and `key`, or neither"));
+        }
+        for h in &http.allowed_hosts {
+            let name = h.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(h.as_str(), |(n, _)| n);
+            check_host_name("inject.http.allowed_hosts", name)?;
+        }
+        // Off loopback, anyone who can reach the port could inject and bounce mail: both a
+        // token and TLS (so the token does not cross the network in clear) are required.
+        if !http.listen.ip().is_loopback() {
+            let missing: Vec<&str> = [
+                (http.tokens_file.is_none(), "inject.http.tokens_file (bearer tokens; make them with `mxpipe token`)"),
+                (!http.tls.enabled(), "inject.http.tls (cert and key, for HTTPS)"),
+            ]
+            .into_iter()
+            .filter_map(|(m, what)| m.then_some(what))
+            .collect();
+            if !missing.is_empty() {
+                return Err(ConfigError::invalid(
+                    "inject.http.listen",
+                    format!("{} is not a loopback address: it needs {}", http.listen, missing.join(" and ")),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_domains(&mut self) -> Result<(), ConfigError> {
@@ -921,6 +1027,11 @@ mod tests {
 
             [inject.http]
             listen = "0.0.0.0:80"
+            tokens_file = "/etc/mxpipe/tokens"
+            allowed_hosts = ["mxpipe.example.com", "api.example.com:8443"]
+            header_timeout = "2s"
+            max_conns = 10
+            tls = { cert = "api.pem", key = "api.key" }
 
             [log]
             delivery_log = "/var/log/d.jsonl"
@@ -941,6 +1052,10 @@ mod tests {
         assert_eq!(c.inject.smtp.auth.users_file.as_deref(), Some(Path::new("/etc/mxpipe/users")));
         assert!(c.inject.smtp.auth.require_starttls);
         assert_eq!(c.inject.http.listen.port(), 80);
+        assert_eq!(c.inject.http.tokens_file.as_deref(), Some(Path::new("/etc/mxpipe/tokens")));
+        assert_eq!(c.inject.http.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.inject.http.max_conns, 10);
+        assert!(c.inject.http.tls.enabled());
         assert_eq!(c.log.delivery_log.as_deref(), Some(Path::new("/var/log/d.jsonl")));
 
         // The CA file does not exist: engine_config says which setting and file.
@@ -1057,6 +1172,29 @@ mod tests {
         assert!(e.contains("log.format") && e.contains("line 2") && e.contains("`json`"), "{e}");
         let e = err("[log]\nlevel = \"loud\"\n");
         assert!(e.contains("log.level") && e.contains("`debug`"), "{e}");
+    }
+
+    #[test]
+    fn http_api_off_loopback_needs_tokens_and_tls() {
+        let tls = "tls = { cert = \"c.pem\", key = \"k.pem\" }\n";
+        let tokens = "tokens_file = \"/etc/mxpipe/tokens\"\n";
+        let e = err("[inject.http]\nlisten = \"0.0.0.0:8025\"\n");
+        assert!(e.contains("inject.http.listen") && e.contains("inject.http.tokens_file") && e.contains("inject.http.tls"), "{e}");
+        let e = err(&format!("[inject.http]\nlisten = \"0.0.0.0:8025\"\n{tls}"));
+        assert!(e.contains("inject.http.tokens_file") && !e.contains("inject.http.tls"), "{e}");
+        let e = err(&format!("[inject.http]\nlisten = \"[::]:8025\"\n{tokens}"));
+        assert!(!e.contains("inject.http.tokens_file") && e.contains("inject.http.tls"), "{e}");
+        assert!(Config::from_toml_str(&format!("[inject.http]\nlisten = \"0.0.0.0:8025\"\n{tokens}{tls}")).is_ok());
+        // Loopback, IPv4 (all of 127/8) and IPv6, needs neither.
+        for l in ["127.0.0.1:8025", "127.3.4.5:8025", "[::1]:8025"] {
+            assert!(Config::from_toml_str(&format!("[inject.http]\nlisten = \"{l}\"\n")).is_ok(), "{l}");
+        }
+        assert!(err("[inject.http]\ntls = { cert = \"c.pem\" }\n").contains("inject.http.tls"));
+        assert!(err("[inject.http]\nmax_conns = 0\n").contains("inject.http.max_conns"));
+        assert!(err("[inject.http]\nmax_requests_per_conn = 0\n").contains("inject.http.max_requests_per_conn"));
+        assert!(err("[inject.http]\nheader_timeout = \"10ms\"\n").contains("inject.http.header_timeout"));
+        assert!(err("[inject.http]\nbody_timeout = \"2h\"\n").contains("inject.http.body_timeout"));
+        assert!(err("[inject.http]\nallowed_hosts = [\"bad host\"]\n").contains("inject.http.allowed_hosts"));
     }
 
     #[test]

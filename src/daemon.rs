@@ -37,6 +37,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let engine_cfg = cfg.engine_config().map_err(|e| e.to_string())?;
     // Before anything starts: a bad users file or certificate stops the daemon, naming it.
     let smtp_cfg = crate::inject::smtp::server_config(&cfg)?;
+    let api_cfg = crate::inject::http::ApiConfig::load(&cfg.inject.http)?;
     let spool_cfg = cfg.spool.clone();
     let dir = cfg.spool.dir.display().to_string();
     let (spool, recovered) = tokio::task::spawn_blocking(move || Spool::open(spool_cfg))
@@ -70,7 +71,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let intake = Intake::new(spool.clone(), acc_tx, board.clone());
     let sink = crate::inject::smtp::start(smtp_cfg, intake.clone()).await?;
     board.set_injection_stats(sink.stats_reader());
-    let api = crate::inject::http::start(cfg.inject.http.listen, intake, ctl_tx)
+    let api = crate::inject::http::start(api_cfg, intake, ctl_tx)
         .await
         .map_err(|e| format!("cannot start the HTTP API on {}: {e}", cfg.inject.http.listen))?;
     let inject_addr = sink.addr(PortKind::StartTls).map_or_else(|| "?".into(), |a| a.to_string());

@@ -44,17 +44,47 @@ enum Cmd {
     },
     /// Show and steer a running `serve`'s queues: list, suspend, resume, bounce a destination.
     Queue(QueueArgs),
+    /// Make a bearer token for the HTTP API (`[inject.http] tokens_file`). The token is
+    /// printed once, on standard output, for the client; it cannot be shown again (only a
+    /// salted SHA-256 of it is kept). The tokens-file line is appended to --tokens-file
+    /// (created readable by its owner only), or printed on standard error without it. The
+    /// daemon reads the file at start: restart it to use the token. Example:
+    /// `mxpipe token app1 --scope inject --tokens-file /etc/mxpipe/tokens > app1.token`
+    Token {
+        /// The token's name, shown in errors and logs (letters, digits, '-', '_', '.', '@').
+        name: String,
+        /// What it may do: inject (POST /v1/messages, GET /v1/messages/{id}), metrics
+        /// (GET /metrics, e.g. for Prometheus), or admin (everything, `mxpipe queue` too).
+        #[arg(long, value_name = "inject|metrics|admin")]
+        scope: mxpipe::inject::tokens::Scope,
+        /// Append the line to this tokens file instead of printing it on standard error.
+        #[arg(long, value_name = "FILE")]
+        tokens_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
 struct QueueArgs {
-    /// The daemon's HTTP API address (default: `inject.http.listen` of --config, else
+    /// The daemon's HTTP API, ADDR:PORT or NAME:PORT, also sent as the Host and checked
+    /// against its TLS certificate (default: `inject.http.listen` of --config, else
     /// 127.0.0.1:8025).
-    #[arg(long, value_name = "ADDR:PORT", global = true)]
-    api: Option<std::net::SocketAddr>,
-    /// The daemon's configuration, to find its HTTP API.
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    api: Option<String>,
+    /// The daemon's configuration, to find its HTTP API, whether it has TLS (then its
+    /// `[inject.http.tls] cert` is trusted) and `[inject.http] client_token_file`.
     #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    /// A file whose first line is an admin API token (from `mxpipe token`). Without it: the
+    /// environment variable MXPIPE_API_TOKEN, then `client_token_file` of --config.
+    #[arg(long, value_name = "FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// Speak HTTPS, trusting the CA certificates (PEM) in this file only.
+    #[arg(long, value_name = "FILE", global = true)]
+    ca: Option<PathBuf>,
+    /// Speak HTTPS, trusting the Mozilla roots (and the certificate of --config's
+    /// `[inject.http.tls]`). Implied by --ca and by a --config with `[inject.http.tls]`.
+    #[arg(long, global = true)]
+    tls: bool,
     /// Print the API's JSON answer instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -330,6 +360,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => run_demo(args),
         Cmd::Serve(args) => run_serve(args),
         Cmd::Queue(args) => run_queue(args),
+        Cmd::Token { name, scope, tokens_file } => run_token(&name, scope, tokens_file.as_deref()),
         Cmd::Passwd { user, iterations } => mxpipe::auth::passwd(&user, iterations, std::io::stdin().lock()).map(|line| println!("{line}")),
     };
     match result {
@@ -651,13 +682,50 @@ fn run_serve(a: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn run_token(name: &str, scope: mxpipe::inject::tokens::Scope, tokens_file: Option<&std::path::Path>) -> Result<(), String> {
+    use mxpipe::inject::tokens;
+    let (token, line) = tokens::generate(name, scope)?;
+    match tokens_file {
+        Some(path) => {
+            tokens::append_line(path, name, &line)?;
+            eprintln!("mxpipe token: {name} ({scope}) added to {}; restart serve to use it", path.display());
+        }
+        None => {
+            eprintln!("mxpipe token: the line for [inject.http] tokens_file (the token itself is on standard output):");
+            eprintln!("{line}");
+        }
+    }
+    println!("{token}");
+    Ok(())
+}
+
 fn run_queue(a: QueueArgs) -> Result<(), String> {
-    use mxpipe::queue::ctl::{self, QueueCmd};
-    let api = match (a.api, &a.config) {
-        (Some(addr), _) => addr,
-        (None, Some(path)) => mxpipe::config::Config::load(path).map_err(|e| e.to_string())?.inject.http.listen,
-        (None, None) => mxpipe::config::Config::default().inject.http.listen,
+    use mxpipe::queue::ctl::{self, QueueCmd, Target};
+    let cfg = a.config.as_ref().map(|p| mxpipe::config::Config::load(p).map_err(|e| e.to_string())).transpose()?;
+    let http = cfg.map(|c| c.inject.http).unwrap_or_default();
+    let mut target = match &a.api {
+        Some(api) => Target::parse(api)?,
+        None => Target::new(http.listen),
     };
+    target.token = match (&a.token_file, std::env::var("MXPIPE_API_TOKEN")) {
+        (Some(p), _) => Some(mxpipe::inject::tokens::read_token_file(p).map_err(|e| format!("--token-file: {e}"))?),
+        (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => match &http.client_token_file {
+            Some(p) => Some(mxpipe::inject::tokens::read_token_file(p).map_err(|e| format!("inject.http.client_token_file: {e}"))?),
+            None => None,
+        },
+    };
+    if let Some(ca) = &a.ca {
+        let mut roots = rustls::RootCertStore::empty();
+        tls::certs::add_roots_from_file(&mut roots, ca).map_err(|e| format!("--ca: {e}"))?;
+        target = target.with_tls(roots)?;
+    } else if a.tls || http.tls.enabled() {
+        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        if let Some(cert) = &http.tls.cert {
+            tls::certs::add_roots_from_file(&mut roots, cert).map_err(|e| format!("inject.http.tls.cert: {e}"))?;
+        }
+        target = target.with_tls(roots)?;
+    }
     let cmd = match a.cmd {
         QueueSub::List => QueueCmd::List,
         QueueSub::Suspend { domain, duration } => {
@@ -668,7 +736,7 @@ fn run_queue(a: QueueArgs) -> Result<(), String> {
         QueueSub::Resume { domain } => QueueCmd::Resume { domain },
         QueueSub::Bounce { domain } => QueueCmd::Bounce { domain },
     };
-    println!("{}", ctl::run(api, &cmd, a.json)?);
+    println!("{}", ctl::run(&target, &cmd, a.json)?);
     Ok(())
 }
 

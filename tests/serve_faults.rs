@@ -222,7 +222,7 @@ fn post_raw(api: SocketAddr, body: Vec<u8>) -> (u16, String) {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(
         s,
-        "POST /v1/messages HTTP/1.1\r\nHost: mxpipe\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/messages HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .unwrap();

@@ -2,10 +2,13 @@
 //! its HTTP API (`GET /v1/queues`, `POST /v1/queues/{domain}/{suspend|resume|bounce}`).
 //!
 //! A blocking HTTP/1.1 client of a few lines is enough here: one request per run, to our own
-//! server, on an address the operator gives.
+//! server, on an address the operator gives. It sends what the API asks of every client: a
+//! `Host` naming the address it connects to, `Content-Type: application/json`, the bearer
+//! token if it has one, and TLS (verified) when the API has it.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::address::Domain;
@@ -21,20 +24,95 @@ pub enum QueueCmd {
 
 /// Longest wait for the daemon's answer.
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer read (a queue list of many destinations is well under this).
+const MAX_ANSWER: u64 = 16 * 1024 * 1024;
+
+/// Where the API is and how to speak to it.
+#[derive(Clone)]
+pub struct Target {
+    /// What the client connects to, as given (`127.0.0.1:8025`, `mxpipe.example.com:8443`):
+    /// the `Host` header, and the name the TLS certificate is checked against.
+    pub host: String,
+    pub addr: SocketAddr,
+    /// Sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// HTTPS, with these roots.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        write!(f, "Target({}, {}, token: {}, tls: {})", self.host, self.addr, self.token.is_some(), self.tls.is_some())
+    }
+}
+
+impl Target {
+    /// Plain HTTP to `addr`, no token. An unspecified address (a daemon listening on
+    /// `0.0.0.0`) is reached on loopback.
+    pub fn new(addr: SocketAddr) -> Target {
+        let mut addr = addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() { std::net::Ipv4Addr::LOCALHOST.into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
+        }
+        Target { host: addr.to_string(), addr, token: None, tls: None }
+    }
+
+    /// `HOST:PORT`, an address or a name (looked up now).
+    pub fn parse(api: &str) -> Result<Target, String> {
+        if let Ok(a) = api.parse::<SocketAddr>() {
+            return Ok(Target::new(a));
+        }
+        let addr = api
+            .to_socket_addrs()
+            .map_err(|e| format!("--api {api:?}: not ADDR:PORT or HOST:PORT that resolves: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--api {api:?}: the name has no address"))?;
+        Ok(Target { host: api.to_string(), ..Target::new(addr) })
+    }
+
+    /// Speak TLS, verifying the server against `roots` and the name in `host`.
+    pub fn with_tls(mut self, roots: rustls::RootCertStore) -> Result<Target, String> {
+        use crate::tls::{ClientOptions, ClientResumption, Kx, Verify};
+        let opts =
+            ClientOptions { verify: Verify::Roots(Arc::new(roots)), kx: Kx::Default, resumption: ClientResumption::Off, tls12_only: false };
+        let cfg = crate::tls::client_config(&opts, None).map_err(|e| e.to_string())?;
+        let mut cfg = Arc::unwrap_or_clone(cfg);
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        self.tls = Some(Arc::new(cfg));
+        Ok(self)
+    }
+
+    /// The host part of `host`, without the port or brackets: the TLS server name.
+    fn server_name(&self) -> &str {
+        let h = self.host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(self.host.as_str(), |(h, _)| h);
+        h.trim_start_matches('[').trim_end_matches(']')
+    }
+}
 
 /// One request; `(status, body)`.
-pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+pub fn request(t: &Target, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let addr = t.addr;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("cannot reach the daemon's HTTP API at {addr}: {e} (is `mxpipe serve` running? see --api/--config)"))?;
     s.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    let auth = t.token.as_ref().map_or(String::new(), |tok| format!("Authorization: Bearer {tok}\r\n"));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        t.host,
         body.len()
     );
-    s.write_all(req.as_bytes()).map_err(|e| format!("{addr}: {e}"))?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).map_err(|e| format!("{addr}: no answer: {e}"))?;
+    let out = match &t.tls {
+        None => exchange(s, req.as_bytes()),
+        Some(cfg) => {
+            let name = rustls_pki_types::ServerName::try_from(t.server_name().to_string())
+                .map_err(|e| format!("{}: not a TLS server name: {e}", t.host))?;
+            let conn = rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| format!("{addr}: TLS: {e}"))?;
+            exchange(rustls::StreamOwned::new(conn, s), req.as_bytes())
+        }
+    }
+    .map_err(|e| format!("{addr}: no answer: {e}"))?;
     let text = String::from_utf8_lossy(&out);
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
     let code = head
@@ -49,9 +127,37 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result
     Ok((code, body.to_string()))
 }
 
+/// Write `req`, read the answer until the server closes (at most [`MAX_ANSWER`] bytes).
+fn exchange(mut s: impl Read + Write, req: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(req)?;
+    s.flush()?;
+    let mut out = Vec::new();
+    match s.take(MAX_ANSWER).read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        // A TLS server that closes without close_notify, after its whole answer: the answer
+        // is still complete (it carries its length).
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => Ok(out),
+        Err(e) => Err(e),
+    }
+}
+
+/// What to tell the operator for a 401 or 403.
+fn refused(code: u16, has_token: bool, msg: &str) -> String {
+    match (code, has_token) {
+        (401, false) => format!(
+            "the daemon's API requires a token (HTTP 401: {msg}): give --token-file FILE, set MXPIPE_API_TOKEN, or set \
+             [inject.http] client_token_file in --config; make one with `mxpipe token NAME --scope admin`"
+        ),
+        (401, true) => format!("the daemon refused the API token (HTTP 401: {msg}): is it in its [inject.http] tokens_file?"),
+        (403, _) => format!("the API token may not do this (HTTP 403: {msg}): the queue commands need an admin token"),
+        _ => format!("the daemon refused: HTTP {code}: {msg}"),
+    }
+}
+
 /// Run `cmd` against the API at `addr`: the text to print (JSON as the API gave it, or a
 /// table / one line for people).
-pub fn run(addr: SocketAddr, cmd: &QueueCmd, json: bool) -> Result<String, String> {
+pub fn run(t: &Target, cmd: &QueueCmd, json: bool) -> Result<String, String> {
+    let addr = t.addr;
     let (method, path, body) = match cmd {
         QueueCmd::List => ("GET", "/v1/queues".to_string(), String::new()),
         QueueCmd::Suspend { domain, duration } => {
@@ -61,11 +167,11 @@ pub fn run(addr: SocketAddr, cmd: &QueueCmd, json: bool) -> Result<String, Strin
         QueueCmd::Resume { domain } => ("POST", format!("/v1/queues/{}/resume", path_segment(domain)?), String::new()),
         QueueCmd::Bounce { domain } => ("POST", format!("/v1/queues/{}/bounce", path_segment(domain)?), String::new()),
     };
-    let (code, body) = request(addr, method, &path, &body)?;
+    let (code, body) = request(t, method, &path, &body)?;
     let v: serde_json::Value =
         serde_json::from_str(&body).map_err(|_| format!("{addr}: HTTP {code} with a body that is not JSON: {body:.200}"))?;
     if code != 200 {
-        return Err(format!("the daemon refused: HTTP {code}: {}", v["error"].as_str().unwrap_or(&body)));
+        return Err(refused(code, t.token.is_some(), v["error"].as_str().unwrap_or(&body)));
     }
     if json {
         return Ok(v.to_string());
@@ -162,7 +268,7 @@ mod tests {
     fn a_dead_api_is_a_clear_error() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         // Bound and dropped: nothing listens there now.
-        let e = run(port, &QueueCmd::List, false).unwrap_err();
+        let e = run(&Target::new(port), &QueueCmd::List, false).unwrap_err();
         assert!(e.contains("cannot reach the daemon's HTTP API") && e.contains("mxpipe serve"), "{e}");
     }
 }

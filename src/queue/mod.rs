@@ -9,7 +9,9 @@
 //! - [`ctl`]: `mxpipe queue`, the operator's client of those commands.
 
 pub mod board;
+#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod ctl;
+#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod manager;
 pub mod report;
 pub mod spool;

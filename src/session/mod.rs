@@ -88,7 +88,10 @@ pub enum TlsMode {
     /// STARTTLS when offered. With `required`, a server that does not offer it, or refuses it
     /// with 4xx/5xx, fails the connection with [`SessionError::StartTlsUnavailable`] (a policy
     /// failure: the messages come back unsent); otherwise the session goes on in clear.
-    Starttls { required: bool },
+    Starttls {
+        /// Fail the connection instead of continuing in clear.
+        required: bool,
+    },
 }
 
 /// One message to deliver on this connection.

@@ -61,6 +61,8 @@ pub struct Setup {
     pub inject_smtp: String,
     /// Extra lines in `[log]`.
     pub log: String,
+    /// Extra lines in `[inject.http]`.
+    pub inject_http: String,
     /// Appended at the end (more tables, `[[domain]]` entries).
     pub tail: String,
 }
@@ -78,6 +80,7 @@ impl Setup {
             retry: "initial = \"1s\"\nmax_interval = \"2s\"\nmax_age = \"1h\"\n".into(),
             inject_smtp: String::new(),
             log: String::new(),
+            inject_http: String::new(),
             tail: String::new(),
         }
     }
@@ -110,6 +113,7 @@ allowed_networks = [{allowed}]
 {inject_smtp}
 [inject.http]
 listen = "{http}"
+{inject_http}
 
 [log]
 delivery_log = "{log}"
@@ -125,6 +129,7 @@ delivery_log = "{log}"
             allowed = self.allowed,
             inject_smtp = self.inject_smtp,
             http = self.http,
+            inject_http = self.inject_http,
             log = dir.join("delivery.jsonl").display(),
             log_extra = self.log,
             tail = self.tail,
@@ -239,7 +244,7 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Str
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: mxpipe\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
