@@ -12,11 +12,11 @@ use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
+use common::tmpfs::Tmpfs;
 use mxpipe::dnsserver::{DnsServer, ZoneBuilder};
 use mxpipe::reply::{parse_reply, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -589,44 +589,6 @@ async fn flaky_destination_every_recipient_ends_delivered_or_bounced_with_dsn() 
 
 // ---------------------------------------------------------------------------------------------
 // A full spool disk.
-
-/// A tmpfs mounted for one test, unmounted when dropped (after the daemon, declared later,
-/// is dropped and so killed).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mount a tmpfs of `size` (`"3m"`) on a fresh directory, or say loudly why not.
-    fn mount(test: &str, tag: &str, size: &str) -> Option<Tmpfs> {
-        let dir = tmpdir(tag);
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&dir).output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(dir)),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                    Err(e) => e.to_string(),
-                };
-                let _ = std::fs::remove_dir_all(&dir);
-                if std::env::var_os("MXPIPE_REQUIRE_PEERS").is_some() {
-                    panic!("{test}: MXPIPE_REQUIRE_PEERS is set but a tmpfs cannot be mounted: {why}");
-                }
-                let banner = format!(
-                    "\n{line}\n  SKIPPED {test}: cannot mount a tmpfs ({why}).\n  Run the tests as root to run this one.\n{line}\n",
-                    line = "#".repeat(78)
-                );
-                let _ = std::io::stderr().write_all(banner.as_bytes());
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The spool on a 3 MiB tmpfs with 1 MiB of ballast, the destination down: injection fills
 /// it until SMTP answers 452 4.3.1 and HTTP 507 (never 250/202 for what is not on disk);

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+mod common;
+
+use common::tmpfs::Tmpfs;
 use mxpipe::queue::spool::{Attempt, FinalStatus, Spool, SpoolConfig, SpoolError, Stored};
 
 fn tmpdir(name: &str) -> PathBuf {
@@ -250,40 +253,6 @@ fn disk_full_on(mnt: &Path) {
     let (_spool, got) = Spool::open(SpoolConfig::new(&dir)).unwrap();
     assert_eq!(got.iter().map(|s| s.id).collect::<Vec<_>>(), acked, "exactly the acknowledged messages");
     assert!(got.iter().all(|s| s.data.len() == 100 << 10));
-}
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// Mount a tmpfs of `size` (`"2m"`) on a fresh directory, or say loudly why not.
-    fn mount(test: &str, tag: &str, size: &str) -> Option<Tmpfs> {
-        let dir = tmpdir(tag);
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&dir).output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(dir)),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                    Err(e) => e.to_string(),
-                };
-                let _ = std::fs::remove_dir_all(&dir);
-                let banner = format!(
-                    "\n{line}\n  SKIPPED {test}: cannot mount a tmpfs ({why}).\n  Run the tests as root to run this one.\n{line}\n",
-                    line = "#".repeat(78)
-                );
-                let _ = std::io::stderr().write_all(banner.as_bytes());
-                None
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Bytes in the spool's segment files.
