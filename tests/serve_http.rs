@@ -301,7 +301,7 @@ fn serve_refused(config: &Path) -> (String, String) {
         if t0.elapsed() > Duration::from_secs(10) {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("serve started with a non-loopback HTTP API and no protection");
+            panic!("serve started; it should have refused this configuration");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -328,6 +328,22 @@ fn refuses_to_listen_off_loopback_without_tokens_and_tls() {
     let (out, err) = serve_refused(&setup.write(&dir));
     assert!(!out.contains("HTTP API on"), "it started: {out}");
     assert!(err.contains("inject.http.tls") && !err.contains("inject.http.tokens_file"), "{err}");
+}
+
+#[test]
+fn a_bad_tokens_file_stops_serve_naming_the_line() {
+    let dir = tmpdir("http-badtokens");
+    let tokens = dir.join("tokens");
+    make_token("ops", "admin", &tokens);
+    let mut text = std::fs::read_to_string(&tokens).unwrap();
+    text += "app:root:sha256:0011223344556677:AAAA:BBBB\n";
+    std::fs::write(&tokens, text).unwrap();
+    let mut setup = Setup::new(&dir, free_addr(), free_port("127.0.0.1"));
+    setup.inject_http = format!("tokens_file = \"{}\"\n", tokens.display());
+    let (out, err) = serve_refused(&setup.write(&dir));
+    assert!(!out.contains("HTTP API on"), "it started: {out}");
+    assert!(err.contains("inject.http.tokens_file") && err.contains(&format!("{}, line 2", tokens.display())), "{err}");
+    assert!(err.contains("unknown scope \"root\""), "{err}");
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
