@@ -44,6 +44,7 @@ const MAX_INPUT: usize = 1024;
 pub struct AddressError {
     /// What was given (an address, or a domain where only a domain was asked for).
     pub input: String,
+    /// What is wrong with it.
     pub kind: ErrorKind,
 }
 
@@ -51,48 +52,70 @@ pub struct AddressError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ErrorKind {
+    /// Nothing was given: an empty address, or an empty domain where only a domain was asked for.
     #[error("empty address: give local@domain (only a sender may be the null sender \"\")")]
     Empty,
+    /// An address without an `@` (and without a space, which would be the better reason).
     #[error("no @: give local@domain")]
     NoAt,
+    /// Nothing before the `@`, or an empty quoted local part (`""@example.test`).
     #[error("nothing before the @: give local@domain")]
     EmptyLocal,
+    /// A second unquoted `@`, after the one that starts the domain.
     #[error("more than one @ outside quotes: an @ in the local part must be quoted, as in \"a@b\"@example.com")]
     TwoAt,
+    /// A non-ASCII character in the local part, quoted or not.
     #[error("the local part is not ASCII: that needs SMTPUTF8 (RFC 6531), which mxpipe does not offer yet; give an ASCII address")]
     NonAsciiLocal,
+    /// A control character anywhere; checked first, as a CR or LF would inject a command.
     #[error("contains a control character (CR, LF, TAB, NUL, DEL, ...)")]
     Control,
+    /// A space in an unquoted local part or in the domain.
     #[error("contains a space outside quotes")]
     Space,
+    /// `<` or `>` anywhere, even quoted: they frame the path on the wire.
     #[error("contains '<' or '>': give the address without angle brackets")]
     AngleBracket,
+    /// The first character of an unquoted local part that is neither `atext` nor a dot.
     #[error("{0:?} is not allowed in an unquoted local part: quote the local part, as in \"a,b\"@example.com")]
     LocalChar(char),
+    /// An unquoted local part with a leading, trailing or doubled dot.
     #[error("the local part starts or ends with a dot, or has two in a row: fix the dots, or quote the local part")]
     LocalDots,
+    /// A quoted local part without its closing quote, or followed by something other than `@`.
     #[error("the quoted local part is not closed, or is not followed by @")]
     Unquoted,
+    /// A character a quoted local part may not hold (not printable ASCII), bare or after a backslash.
     #[error("{0:?} is not allowed in a quoted local part (only printable ASCII, and \\ before another)")]
     QuotedChar(char),
+    /// The local part's length in octets, over [`MAX_LOCAL`].
     #[error("the local part is {0} octets, over the limit of 64 (RFC 5321)")]
     LocalTooLong(usize),
+    /// The address's length in octets (the domain as A-labels), over [`MAX_MAILBOX`].
     #[error("the address is {0} octets, over the limit of 254 (RFC 5321)")]
     TooLong(usize),
+    /// Nothing after the `@`, or only a dot.
     #[error("no domain after the @: give local@domain")]
     EmptyDomain,
+    /// An address literal (`[192.0.2.1]`, `[IPv6:…]`) where a domain name must be.
     #[error("address literals like [192.0.2.1] are not supported: mxpipe delivers by MX lookup of a domain name; give a domain")]
     Literal,
+    /// An empty label in the domain: a leading dot, two dots in a row, or two trailing dots.
     #[error("an empty label (a leading dot, or two dots in a row) in the domain")]
     EmptyLabel,
+    /// The domain's length in octets as A-labels, over [`MAX_DOMAIN`].
     #[error("the domain is {0} octets (as A-labels), over the limit of 253")]
     DomainTooLong(usize),
+    /// A label (as an A-label) and its length in octets, over [`MAX_LABEL`].
     #[error("the domain label {0:?} is {1} octets, over the limit of 63")]
     LabelTooLong(String, usize),
+    /// A label and its first character that is not a letter, digit or `-` (`_` included).
     #[error("the domain label {0:?} has {1:?}: only letters, digits and '-' are allowed (RFC 5321; '_' is for DNS service names, not mail domains)")]
     LabelChar(String, char),
+    /// A label that starts or ends with `-`.
     #[error("the domain label {0:?} starts or ends with '-'")]
     LabelHyphen(String),
+    /// A non-ASCII or `xn--` domain that UTS 46 cannot convert to (or check as) A-labels.
     #[error("not a valid internationalised domain name (UTS 46 refuses it); check the spelling, or give its xn-- form")]
     Idna,
 }
@@ -113,10 +136,12 @@ impl Domain {
         normalise_domain(s).map(|d| Domain(d.into_owned())).map_err(|kind| AddressError::new(s, kind))
     }
 
+    /// The A-label form, as sent on the wire and used as the key for routing.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
+    /// The A-label form, without a copy.
     pub fn into_string(self) -> String {
         self.0
     }
@@ -166,10 +191,12 @@ impl Mailbox {
         &self.local
     }
 
+    /// The domain, normalised: the one delivery resolves and queues by.
     pub fn domain(&self) -> &Domain {
         &self.domain
     }
 
+    /// The domain, dropping the local part (no copy).
     pub fn into_domain(self) -> Domain {
         self.domain
     }
@@ -192,7 +219,9 @@ impl FromStr for Mailbox {
 /// An envelope sender: a mailbox, or the null sender (`MAIL FROM:<>`, for bounces).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ReversePath {
+    /// The null sender, `""`: a bounce or other notification, which is never bounced in turn.
     Null,
+    /// A sender that gets the bounces.
     Mailbox(Mailbox),
 }
 
@@ -205,6 +234,7 @@ impl ReversePath {
         Mailbox::parse(s).map(ReversePath::Mailbox)
     }
 
+    /// Where bounces go: the sender's mailbox, or `None` for the null sender.
     pub fn mailbox(&self) -> Option<&Mailbox> {
         match self {
             ReversePath::Null => None,
@@ -212,6 +242,7 @@ impl ReversePath {
         }
     }
 
+    /// Whether this is the null sender, to which no DSN may be sent.
     pub fn is_null(&self) -> bool {
         matches!(self, ReversePath::Null)
     }

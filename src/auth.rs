@@ -40,10 +40,24 @@ const MAX_BYTES: usize = 64;
 /// Why a users file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
+    /// The file could not be read.
     #[error("cannot read the users file {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The users file, as configured.
+        path: PathBuf,
+        /// Why reading it failed.
+        source: std::io::Error,
+    },
+    /// A line is not a valid user entry, or names a user already given.
     #[error("users file {}, line {line}: {message}", path.display())]
-    Line { path: PathBuf, line: usize, message: String },
+    Line {
+        /// The users file, as configured.
+        path: PathBuf,
+        /// The line's number, from 1.
+        line: usize,
+        /// What is wrong with the line.
+        message: String,
+    },
 }
 
 /// One user's stored hash.
@@ -110,6 +124,7 @@ impl Users {
         self.users.len()
     }
 
+    /// Whether the file has no users (only blank lines and comments): no AUTH can succeed.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
@@ -398,6 +413,7 @@ pub struct Plain {
     pub authzid: String,
     /// The user name whose password this is.
     pub authcid: String,
+    /// The password as sent (not necessarily UTF-8); never printed by `Debug`.
     pub password: Vec<u8>,
 }
 
@@ -418,8 +434,11 @@ impl Plain {
 /// Why a PLAIN response was refused before any password was checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PlainError {
+    /// The response is not valid base64.
     #[error("not base64")]
     Base64,
+    /// Not three NUL-separated fields, an empty user name or password, a field over
+    /// [`MAX_FIELD`] octets, or a name that is not UTF-8.
     #[error("not a PLAIN message (authzid NUL authcid NUL password)")]
     Malformed,
 }

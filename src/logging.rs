@@ -24,11 +24,16 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
+    /// Only what failed.
     Error,
+    /// Also what went wrong but was worked around.
     Warn,
+    /// Also the daemon's milestones (serving, stopping); the default.
     #[default]
     Info,
+    /// Also detail for diagnosing a problem.
     Debug,
+    /// Everything mxpipe emits.
     Trace,
 }
 

@@ -17,12 +17,15 @@ use crate::address::{Mailbox, ReversePath};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputLine {
+    /// The caller's message id, carried into every outcome.
     pub id: String,
     /// The envelope sender; `""` is the null sender.
     pub from: String,
+    /// The envelope recipients (`user@domain`); at least one, each gets one outcome.
     pub to: Vec<String>,
     /// The message itself, or `data_file`: exactly one of the two.
     pub data: Option<String>,
+    /// A file holding the message (RFC 5322 bytes), instead of `data`.
     pub data_file: Option<PathBuf>,
 }
 

@@ -65,12 +65,29 @@ pub struct Accepted {
 #[derive(Debug)]
 pub enum Control {
     /// Hold its recipients (those already with the engine finish their attempt) for a while.
-    Suspend { domain: String, duration: std::time::Duration, reply: tokio::sync::oneshot::Sender<ControlReply> },
+    Suspend {
+        /// The destination domain, as typed (the manager normalises it).
+        domain: String,
+        /// How long to hold it, from now.
+        duration: std::time::Duration,
+        /// Where the manager sends the [`ControlReply`].
+        reply: tokio::sync::oneshot::Sender<ControlReply>,
+    },
     /// Lift a suspension (the operator's or the daemon's own) and try its recipients now.
-    Resume { domain: String, reply: tokio::sync::oneshot::Sender<ControlReply> },
+    Resume {
+        /// The destination domain, as typed (the manager normalises it).
+        domain: String,
+        /// Where the manager sends the [`ControlReply`].
+        reply: tokio::sync::oneshot::Sender<ControlReply>,
+    },
     /// Give up on every recipient waiting for it: bounced with a DSN to each sender.
     /// Recipients with the engine at that moment are bounced unless that attempt delivers them.
-    Bounce { domain: String, reply: tokio::sync::oneshot::Sender<ControlReply> },
+    Bounce {
+        /// The destination domain, as typed (the manager normalises it).
+        domain: String,
+        /// Where the manager sends the [`ControlReply`].
+        reply: tokio::sync::oneshot::Sender<ControlReply>,
+    },
 }
 
 /// What a [`Control`] command did.

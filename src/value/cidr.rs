@@ -37,10 +37,12 @@ impl Cidr {
         Ok(c)
     }
 
+    /// The network address (host bits zero).
     pub fn addr(&self) -> IpAddr {
         self.addr
     }
 
+    /// The number of leading bits that make the network: 0 to 32 for IPv4, to 128 for IPv6.
     pub fn prefix_len(&self) -> u8 {
         self.prefix
     }

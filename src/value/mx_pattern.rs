@@ -17,6 +17,7 @@ pub struct MxPattern {
 }
 
 impl MxPattern {
+    /// The pattern in lower case without a trailing dot, `*.` included.
     pub fn as_str(&self) -> &str {
         &self.text
     }
