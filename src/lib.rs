@@ -26,9 +26,7 @@
 
 #![warn(missing_docs)]
 
-#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod address;
-#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod auth;
 #[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod config;
@@ -39,7 +37,6 @@ pub mod dnsserver;
 pub mod dsn;
 pub mod engine;
 pub mod inject;
-#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod logging;
 pub mod outcome;
 pub mod policy;

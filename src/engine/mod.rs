@@ -17,7 +17,6 @@
 //! # let _ = stats; Ok(()) }
 //! ```
 
-#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod input;
 pub mod limits;
 mod shard;

@@ -11,7 +11,6 @@
 pub mod board;
 #[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod ctl;
-#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod manager;
 pub mod report;
 pub mod spool;

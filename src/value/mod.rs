@@ -9,11 +9,9 @@
 //! setting in its error.
 
 pub mod addr;
-#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod cidr;
 pub mod duration;
 pub mod host;
-#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod mx_pattern;
 
 pub use cidr::Cidr;
