@@ -308,26 +308,6 @@ async fn require_starttls_false_offers_auth_in_clear_on_loopback() {
     d.stop().await;
 }
 
-/// Run `mxpipe serve` expecting it to exit by itself within 20 s.
-fn serve_expecting_exit(config: &Path) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mxpipe"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if t0.elapsed() > Duration::from_secs(20) {
-            child.kill().unwrap();
-            panic!("serve started despite the bad users file: {:?}", child.wait_with_output().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_users_file_stops_serve_naming_the_line() {
     let dir = tmpdir("auth-badfile");
@@ -338,7 +318,7 @@ async fn bad_users_file_stops_serve_naming_the_line() {
     setup.allowed = "\"10.0.0.0/8\"".into();
     setup.tail = format!("[inject.smtp.auth]\nusers_file = \"{}\"\n", users.display());
     let config = setup.write(&dir);
-    let out = serve_expecting_exit(&config);
+    let out = serve_expecting_exit(&config, Duration::from_secs(20));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains(&format!("users file {}, line 3: ", users.display())), "{err}");
@@ -347,7 +327,7 @@ async fn bad_users_file_stops_serve_naming_the_line() {
 
     // A missing file is as clear.
     std::fs::remove_file(&users).unwrap();
-    let out = serve_expecting_exit(&config);
+    let out = serve_expecting_exit(&config, Duration::from_secs(20));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains(&format!("cannot read the users file {}", users.display())), "{err}");
     let _ = std::fs::remove_dir_all(&dir);

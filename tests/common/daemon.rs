@@ -185,6 +185,27 @@ pub fn start_daemon(config: &Path, inject: SocketAddr) -> Daemon {
     Daemon { child, inject, banner: first }
 }
 
+/// Run `mxpipe serve --config config` that is expected to exit by itself (a configuration it
+/// must refuse) within `limit`; its output. Kills it and fails the test if it is still running.
+pub fn serve_expecting_exit(config: &Path, limit: Duration) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mxpipe"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("serve started; it should have refused this configuration: {:?}", child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// SIGTERM, and wait (30 s at most) for a clean exit: true if it exited with success.
 pub fn terminate(mut d: Daemon) -> bool {
     unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
