@@ -173,24 +173,7 @@ pub struct FailureLog {
     log: std::sync::Mutex<Failures>,
 }
 
-/// Who a failure is counted against: an IPv4 address or an IPv6 /64 prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Client {
-    V4(u32),
-    V6(u64),
-}
-
-impl Client {
-    fn of(ip: std::net::IpAddr) -> Client {
-        match ip {
-            std::net::IpAddr::V4(a) => Client::V4(a.to_bits()),
-            std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(a) => Client::V4(a.to_bits()),
-                None => Client::V6((a.to_bits() >> 64) as u64),
-            },
-        }
-    }
-}
+use crate::value::client::Client;
 
 #[derive(Debug, Clone, Copy)]
 struct Count {

@@ -6,36 +6,26 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-/// What counts as one client: an IPv4 address (IPv4-mapped IPv6 included) or an IPv6 /64.
-pub fn client_key(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u32::from(v4) as u128,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => u32::from(v4) as u128,
-            // The top 64 bits, tagged so that they cannot equal an IPv4 key.
-            None => (u128::from(v6) >> 64) | (1 << 127),
-        },
-    }
-}
+use crate::value::client::Client;
 
 /// Open connections by client. The map holds only clients with a connection open, so its
 /// size is bounded by the server's `max_conns`.
 #[derive(Debug, Default)]
 pub struct PerClient {
-    open: Mutex<HashMap<u128, usize>>,
+    open: Mutex<HashMap<Client, usize>>,
 }
 
 /// One counted connection; dropping it frees the slot.
 #[derive(Debug)]
 pub struct Slot {
     owner: Arc<PerClient>,
-    key: u128,
+    key: Client,
 }
 
 impl PerClient {
     /// Count a connection from `ip`, or `None` if that client already has `max` open.
     pub fn try_take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
-        let key = client_key(ip);
+        let key = Client::of(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(key).or_insert(0);
         if *n >= max {
@@ -88,7 +78,7 @@ mod tests {
         assert!(p.try_take("2001:db8:1:3::1".parse().unwrap(), 1).is_some());
         let _b = p.try_take("192.0.2.7".parse().unwrap(), 1).unwrap();
         assert!(p.try_take("::ffff:192.0.2.7".parse().unwrap(), 1).is_none());
-        assert_ne!(client_key("0.0.0.1".parse().unwrap()), client_key("::1".parse().unwrap()));
+        assert_ne!(Client::of("0.0.0.1".parse().unwrap()), Client::of("::1".parse().unwrap()));
     }
 
     #[test]

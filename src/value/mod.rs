@@ -10,6 +10,7 @@
 
 pub mod addr;
 pub mod cidr;
+pub mod client;
 pub mod duration;
 pub mod host;
 pub mod mx_pattern;
