@@ -1,0 +1,15 @@
+//! The TLS policy: for each MX host of a destination, the connection attempts and the TLS each
+//! one requires, composed from every source that applies (spec: `mx-prefix-policy.md` in the
+//! shared docs). The strictest requirement wins, and each plan says which sources applied and
+//! which one decided.
+//!
+//! - [`prefix`]: the MX-prefix rules (`starttls-…`, `smtps-…`), a pure function of one host name.
+//! - [`learned`]: what earlier deliveries learned per host (a per-shard cache; forgetting is safe).
+//!
+//! Nothing here opens sockets or reads the clock: callers pass `now`, so every rule is unit tested.
+
+pub mod learned;
+pub mod prefix;
+
+pub use learned::{Learned, PolicyCache};
+pub use prefix::*;
