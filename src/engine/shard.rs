@@ -568,7 +568,11 @@ async fn try_host(
             LogicalPort::Smtps => shard.cfg.port_map.smtps,
         };
         let addrs = &host.addrs[..host.addrs.len().min(MAX_ADDRS_PER_HOST)];
-        let mut unreachable = 0;
+        // Port 26 of an `smtps-` host: *any* failure there (refused, timeout, reset, a plaintext
+        // banner, a TLS alert, a bad certificate) moves on to the host's next step, verified
+        // STARTTLS on 25, which weakens nothing (spec). Elsewhere a policy failure ends the host.
+        let implicit = step.port == LogicalPort::Smtps;
+        let mut failed = 0;
         for &ip in addrs {
             let target = Target {
                 host: host.name.clone(),
@@ -582,7 +586,7 @@ async fn try_host(
                 Ok(conn) => return Ok(deliver_all(shard, domain, conn, plan).await),
                 Err(ConnectError::Unreachable { addr, reason }) => {
                     shard.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    unreachable += 1;
+                    failed += 1;
                     last = format!("{} ({addr}): {reason}", host.name);
                 }
                 Err(ConnectError::OpportunisticTls { host: h, reason }) => {
@@ -595,18 +599,24 @@ async fn try_host(
                     }
                 }
                 Err(e @ ConnectError::Policy { .. }) => {
-                    // A policy failure may be an attack: never clear text, try the next host.
+                    // A policy failure may be an attack: never clear text, try the next host
+                    // (from port 26, this host's port 25 first). Kept for the report.
                     shard.policy.borrow_mut().failure(&host.name, &e.to_string(), Instant::now());
-                    return Err(e.to_string());
+                    if !implicit {
+                        return Err(e.to_string());
+                    }
+                    failed += 1;
+                    last = format!("{e} (port {port})");
                 }
                 Err(e @ ConnectError::Smtp { .. }) => {
+                    failed += 1;
                     last = e.to_string();
                 }
                 Err(e @ ConnectError::Stopped { .. }) => return Err(e.to_string()),
             }
         }
-        if step.port == LogicalPort::Smtps && unreachable == addrs.len() {
-            shard.policy.borrow_mut().port26_unreachable(&host.name, Instant::now());
+        if implicit && failed == addrs.len() {
+            shard.policy.borrow_mut().port26_unusable(&host.name, Instant::now());
         }
     }
     let _ = (dest, domain);

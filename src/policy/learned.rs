@@ -29,8 +29,9 @@ fn live(until: Option<Instant>, now: Instant) -> bool {
 }
 
 impl Learned {
-    /// Port 26 refused the connection or timed out (only `smtps-` hosts are tried there).
-    pub fn port26_unreachable(&self, now: Instant) -> bool {
+    /// Port 26 gave no usable session recently: refused, timed out, reset, a plaintext banner, a TLS
+    /// alert or a bad certificate (only `smtps-` hosts are tried there).
+    pub fn port26_unusable(&self, now: Instant) -> bool {
         live(self.port26_until, now)
     }
     /// EHLO did not advertise STARTTLS.
@@ -99,8 +100,9 @@ impl PolicyCache {
         self.entries.get(normalize(host).as_ref()).map(|e| &e.learned).filter(|l| l.is_live(now))
     }
 
-    /// Port 26 refused or timed out: plan the next deliveries to this `smtps-` host on 25 only.
-    pub fn port26_unreachable(&mut self, host: &str, now: Instant) {
+    /// Port 26 failed (any way): plan the next deliveries to this `smtps-` host on 25 only,
+    /// which is just as strict (verified STARTTLS).
+    pub fn port26_unusable(&mut self, host: &str, now: Instant) {
         self.record(host, now, |l, until| l.port26_until = Some(until));
     }
 

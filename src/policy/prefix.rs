@@ -387,8 +387,8 @@ pub fn plan(host: &str, dnssec: bool, floor: Floor, learned: Option<&Learned>, o
         Prefix::StartTls => (Source::StartTlsPrefix, vec![Step::starttls(Security::RequireVerified)]),
         Prefix::Smtps => {
             let fallback = Step::starttls(Security::RequireVerified);
-            if knows(Learned::port26_unreachable) {
-                // Port 26 refused or timed out recently: don't pay the timeout again. The
+            if knows(Learned::port26_unusable) {
+                // Port 26 failed recently (any way): do not pay for it again. The
                 // port-25 step is just as strict, so this saves time without weakening.
                 (Source::SmtpsPrefix, vec![fallback])
             } else {
@@ -564,7 +564,7 @@ mod tests {
     fn smtps_with_port26_fact_goes_straight_to_25() {
         let t0 = Instant::now();
         let mut cache = PolicyCache::new(&opts());
-        cache.port26_unreachable("smtps-mx1.example.com", t0);
+        cache.port26_unusable("smtps-mx1.example.com", t0);
         let at = |now| plan_cached(&cache, "smtps-mx1.example.com", false, Floor::None, &opts(), now);
         let plan = at(t0 + Duration::from_secs(60));
         assert_eq!(plan.source, Source::SmtpsPrefix);
@@ -583,7 +583,7 @@ mod tests {
         // The engine may hold a `Learned` across time; `plan` checks expiry itself.
         let t0 = Instant::now();
         let mut cache = PolicyCache::new(&opts());
-        cache.port26_unreachable("smtps-a.example", t0);
+        cache.port26_unusable("smtps-a.example", t0);
         cache.starttls_absent("mx.example", t0);
         let l26 = cache.get("smtps-a.example", t0).cloned();
         let labs = cache.get("mx.example", t0).cloned();
@@ -627,8 +627,8 @@ mod tests {
     fn port26_fact_does_not_affect_other_kinds() {
         let t0 = Instant::now();
         let mut cache = PolicyCache::new(&opts());
-        cache.port26_unreachable("starttls-a.example", t0);
-        cache.port26_unreachable("mx.example", t0);
+        cache.port26_unusable("starttls-a.example", t0);
+        cache.port26_unusable("mx.example", t0);
         assert_eq!(
             plan_cached(&cache, "starttls-a.example", false, Floor::None, &opts(), t0).steps,
             vec![step(Smtp, Starttls, RequireVerified)]
@@ -675,7 +675,7 @@ mod tests {
     fn floor_by_prefix_table() {
         let t0 = Instant::now();
         let mut cache = PolicyCache::new(&opts());
-        cache.port26_unreachable("smtps-learned.example", t0);
+        cache.port26_unusable("smtps-learned.example", t0);
         cache.starttls_absent("plain-absent.example", t0);
         cache.tls_failed("plain-failed.example", t0);
         use Floor as F;
@@ -798,9 +798,9 @@ mod tests {
         let mut cache = PolicyCache::new(&opts());
         assert!(cache.is_empty());
         assert!(cache.get("mx.example", t0).is_none());
-        cache.port26_unreachable("SMTPS-A.Example.", t0);
+        cache.port26_unusable("SMTPS-A.Example.", t0);
         let l = cache.get("smtps-a.example", t0).unwrap();
-        assert!(l.port26_unreachable(t0));
+        assert!(l.port26_unusable(t0));
         assert!(!l.starttls_absent(t0));
         assert!(!l.tls_failed(t0));
         assert!(l.last_failure(t0).is_none());
@@ -816,11 +816,11 @@ mod tests {
         let t0 = Instant::now();
         let t1 = t0 + Duration::from_secs(1800);
         let mut cache = PolicyCache::new(&opts());
-        cache.port26_unreachable("smtps-a.example", t0);
+        cache.port26_unusable("smtps-a.example", t0);
         cache.failure("smtps-a.example", "port 26: connection refused", t1);
         let t2 = t0 + HOUR + Duration::from_secs(1);
         let l = cache.get("smtps-a.example", t2).unwrap();
-        assert!(!l.port26_unreachable(t2));
+        assert!(!l.port26_unusable(t2));
         assert_eq!(l.last_failure(t2), Some(("port 26: connection refused", t1)));
         // The entry lives as long as its newest fact, not its first.
         assert_eq!(cache.purge_expired(t2), 0);
@@ -831,12 +831,12 @@ mod tests {
     fn success_clears_the_failure_only() {
         let t0 = Instant::now();
         let mut cache = PolicyCache::new(&opts());
-        cache.port26_unreachable("smtps-a.example", t0);
+        cache.port26_unusable("smtps-a.example", t0);
         cache.failure("smtps-a.example", "timeout", t0);
         cache.success("smtps-a.example", t0);
         let l = cache.get("smtps-a.example", t0).unwrap();
         assert!(l.last_failure(t0).is_none());
-        assert!(l.port26_unreachable(t0));
+        assert!(l.port26_unusable(t0));
         // Success on an unknown host creates nothing; an entry left empty is dropped.
         cache.success("mx.example", t0);
         assert!(cache.get("mx.example", t0).is_none());
@@ -914,7 +914,7 @@ mod tests {
         assert!(cache.get("c.example", now).is_some());
         // At t0+115 a, b and c have all expired: every write sweeps them.
         cache.success("d.example", t0 + s(115));
-        cache.port26_unreachable("e.example", t0 + s(115));
+        cache.port26_unusable("e.example", t0 + s(115));
         assert_eq!(cache.len(), 2);
     }
 
@@ -922,7 +922,7 @@ mod tests {
     fn cache_zero_entries_and_huge_ttl() {
         let t0 = Instant::now();
         let mut off = PolicyCache::new(&PolicyOptions { max_entries: 0, ..opts() });
-        off.port26_unreachable("smtps-a.example", t0);
+        off.port26_unusable("smtps-a.example", t0);
         off.failure("smtps-a.example", "x", t0);
         assert!(off.is_empty());
         let mut forever = PolicyCache::new(&PolicyOptions { learned_ttl: Duration::MAX, ..opts() });
@@ -940,8 +940,8 @@ mod tests {
     fn cache_normalizes_names() {
         let t0 = Instant::now();
         let mut cache = PolicyCache::new(&opts());
-        cache.port26_unreachable("SMTPS-MX.Example.com.", t0);
-        cache.port26_unreachable("smtps-mx.example.com", t0);
+        cache.port26_unusable("SMTPS-MX.Example.com.", t0);
+        cache.port26_unusable("smtps-mx.example.com", t0);
         assert_eq!(cache.len(), 1);
         let plan = plan_cached(&cache, "smtps-mx.EXAMPLE.com", false, Floor::None, &opts(), t0);
         assert_eq!(plan.steps, vec![step(Smtp, Starttls, RequireVerified)]);
@@ -995,7 +995,7 @@ mod tests {
             }
             let now = t0 + Duration::from_secs(i);
             match rng.below(6) {
-                0 => cache.port26_unreachable(&host, now),
+                0 => cache.port26_unusable(&host, now),
                 1 => cache.starttls_absent(&host, now),
                 2 => cache.tls_failed(&host, now),
                 3 => cache.failure(&host, &host, now),
