@@ -20,7 +20,7 @@ fn warm_cache(opts: &PolicyOptions, now: Instant) -> PolicyCache {
             _ => format!("smtps-mx{i}.example.net"),
         };
         match i % 4 {
-            0 => cache.port26_unreachable(&host, now),
+            0 => cache.port26_unusable(&host, now),
             1 => cache.starttls_absent(&host, now),
             2 => cache.tls_failed(&host, now),
             _ => cache.failure(&host, "451 4.7.0 try again later", now),
@@ -29,7 +29,7 @@ fn warm_cache(opts: &PolicyOptions, now: Instant) -> PolicyCache {
     // The benchmarked hosts are in the cache too, so `plan` reads a real entry.
     cache.starttls_absent("mx1.example.com", now);
     cache.failure("starttls-mx1.example.com", "certificate expired", now);
-    cache.port26_unreachable("smtps-mx1.example.com", now);
+    cache.port26_unusable("smtps-mx1.example.com", now);
     cache
 }
 
@@ -48,10 +48,10 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("plan_cached");
     for (name, host) in HOSTS {
-        g.bench_function(name, |b| b.iter(|| plan_cached(&cache, black_box(host), true, Floor::None, &opts, later)));
+        g.bench_function(name, |b| b.iter(|| plan_cached(&cache, black_box(host), true, Floor::None, later)));
     }
     g.bench_function("plain_floor_verified", |b| {
-        b.iter(|| plan_cached(&cache, black_box("MX1.Example.COM."), true, Floor::Verified, &opts, later))
+        b.iter(|| plan_cached(&cache, black_box("MX1.Example.COM."), true, Floor::Verified, later))
     });
     g.finish();
 }

@@ -126,6 +126,8 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub inject: InjectSection,
     pub log: LogSection,
+    /// `[policy]`: how the composed TLS policy reaches and what it remembers.
+    pub policy: PolicySection,
     /// Per-destination overrides, in file order (`[[domain]]` in the file).
     #[serde(rename = "domain")]
     pub domains: Vec<DomainOverride>,
@@ -163,9 +165,32 @@ pub struct EngineSection {
     /// Default `"default"` (rustls' list, hybrid post-quantum first).
     #[serde(deserialize_with = "de_kx")]
     pub kx: Kx,
-    /// Trust MX-prefix TLS policies only when the MX answer is DNSSEC-authenticated. Turns on
-    /// `dns.validate_dnssec`, which it needs. Default false.
-    pub require_dnssec: bool,
+    /// Removed: it made an unsigned prefixed domain weaker (its prefix was ignored). A prefix
+    /// is now always honoured; DNSSEC validation is `dns.validate_dnssec`. Kept only to say so.
+    pub require_dnssec: Option<bool>,
+}
+
+/// `[policy]`: the composed TLS policy's reach and memory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySection {
+    /// `"domain"`: the strictest MX prefix among a domain's MX hosts applies to all of them, so
+    /// a blocked or stripped primary cannot push mail in clear to an unprefixed backup.
+    /// `"host"`: each prefix applies to its own host only (weaker). Default `"domain"`.
+    pub scope: crate::policy::Scope,
+    /// How long a domain seen with a prefixed MX keeps needing verified TLS after the last
+    /// such sighting, kept across restarts beside the spool; `"0s"` turns pinning off.
+    /// At most a year. Default `"30d"`.
+    #[serde(deserialize_with = "crate::value::duration::deserialize")]
+    pub pin_ttl: Duration,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        let o = crate::policy::PolicyOptions::default();
+        let s = crate::policy::state::StateOptions::default();
+        PolicySection { scope: o.scope, pin_ttl: s.pin_ttl }
+    }
 }
 
 impl Default for EngineSection {
@@ -181,7 +206,7 @@ impl Default for EngineSection {
             command_timeout: e.command_timeout,
             ehlo_name: e.ehlo_name,
             kx: e.kx,
-            require_dnssec: e.policy.require_dnssec_for_prefix,
+            require_dnssec: None,
         }
     }
 }
@@ -197,8 +222,8 @@ pub struct DnsSection {
     /// Time allowed for one query attempt, 1ms to 1m. Default `"5s"`.
     #[serde(deserialize_with = "crate::value::duration::deserialize")]
     pub timeout: Duration,
-    /// Ask for DNSSEC validation; answers that fail it become temporary failures.
-    /// Default false (also turned on by `engine.require_dnssec`).
+    /// Ask for DNSSEC validation: answers that fail it (bogus) become temporary failures, and
+    /// each outcome records whether its MX answer was authenticated. Default false.
     pub validate_dnssec: bool,
 }
 
@@ -521,11 +546,20 @@ impl Config {
         c.command_timeout = e.command_timeout;
         c.ehlo_name = e.ehlo_name.clone();
         c.kx = e.kx;
-        c.policy.require_dnssec_for_prefix = e.require_dnssec;
+        if e.require_dnssec.is_some() {
+            return Err(ConfigError::invalid(
+                "engine.require_dnssec",
+                "removed: it made unsigned prefixed domains weaker; a prefix is now always honoured. \
+                 For DNSSEC validation (a bogus answer defers) set [dns] validate_dnssec = true",
+            ));
+        }
+        if self.policy.pin_ttl > crate::policy::state::MAX_PIN_TTL {
+            return Err(ConfigError::invalid("policy.pin_ttl", "at most a year (31557600 s)"));
+        }
+        c.policy.scope = self.policy.scope;
         c.resolver.nameserver = self.dns.nameserver;
         c.resolver.timeout = self.dns.timeout;
-        // Without validation no answer is authenticated and every prefix would be ignored.
-        c.resolver.validate_dnssec = self.dns.validate_dnssec || e.require_dnssec;
+        c.resolver.validate_dnssec = self.dns.validate_dnssec;
         c.port_map = PortMap { smtp: self.ports.smtp, smtps: self.ports.smtps };
         for path in &self.tls.ca_files {
             // An empty file is an error there: a trust anchor the operator meant to add is missing.
@@ -841,7 +875,7 @@ mod tests {
         assert_eq!(c.engine.command_timeout, Duration::from_secs(300));
         assert_eq!(c.engine.ehlo_name, "mxpipe.localhost");
         assert_eq!(c.engine.kx, Kx::Default);
-        assert!(!c.engine.require_dnssec);
+        assert_eq!(c.engine.require_dnssec, None);
         assert_eq!(c.dns.nameserver, None);
         assert_eq!((c.ports.smtp, c.ports.smtps), (25, 26));
         assert!(c.tls.ca_files.is_empty());
@@ -992,7 +1026,6 @@ mod tests {
             command_timeout = "1h"
             ehlo_name = "out.example.org"
             kx = "x25519"
-            require_dnssec = true
 
             [dns]
             nameserver = "127.0.0.1:5353"
@@ -1069,8 +1102,6 @@ mod tests {
         assert_eq!(e.port_map, PortMap { smtp: 2525, smtps: 2526 });
         assert_eq!(e.resolver.timeout, Duration::from_millis(250));
         assert_eq!(e.command_timeout, Duration::from_secs(3600));
-        // require_dnssec turns validation on (the engine refuses one without the other).
-        assert!(e.policy.require_dnssec_for_prefix && e.resolver.validate_dnssec);
         // Tickets kept per host cover the connection limit.
         assert!(e.tickets_per_host >= e.max_conns_per_dest);
     }

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::inject::Intake;
+use crate::policy::state::{PolicyState, StateOptions};
 use crate::queue::board::Board;
 use crate::queue::manager::{self, ManagerConfig, ManagerReport};
 use crate::queue::spool::Spool;
@@ -34,7 +35,7 @@ pub struct ServeReport {
 
 /// Run the daemon on the current tokio runtime until `stop` completes.
 pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeReport, String> {
-    let engine_cfg = cfg.engine_config().map_err(|e| e.to_string())?;
+    let mut engine_cfg = cfg.engine_config().map_err(|e| e.to_string())?;
     // Before anything starts: a bad users file or certificate stops the daemon, naming it.
     let smtp_cfg = crate::inject::smtp::server_config(&cfg)?;
     let api_cfg = crate::inject::http::ApiConfig::load(&cfg.inject.http)?;
@@ -46,6 +47,10 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
         .map_err(|e| format!("cannot open the spool in {dir}: {e}"))?;
     let spool = Arc::new(spool);
     let recovered_n = recovered.len();
+    // Pins live beside the spool: both are what this node must not forget.
+    let state_opts = StateOptions { pin_ttl: cfg.policy.pin_ttl, ..StateOptions::default() };
+    let state = Arc::new(PolicyState::open(&cfg.spool.dir, state_opts).map_err(|e| e.to_string())?);
+    engine_cfg.state = Some(state.clone());
     let (engine, outcomes) = crate::engine::Engine::start(engine_cfg).map_err(|e| e.to_string())?;
 
     let (acc_tx, acc_rx) = crossbeam_channel::unbounded();

@@ -115,9 +115,9 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
         return Err("--domains, --messages and --rcpts-per-msg must be at least 1".into());
     }
     let addresses = cfg.addresses.clamp(1, 60_000);
-    // With DNSSEC required for prefix policies, the demo signs its zone and the resolver
-    // validates against that zone's key.
-    let signed = cfg.engine.policy.require_dnssec_for_prefix;
+    // With DNSSEC validation on, the demo signs its zone and the resolver validates against
+    // that zone's key.
+    let signed = cfg.engine.resolver.validate_dnssec;
     let mut zone = if signed { ZoneBuilder::new("demo.test.").dnssec() } else { ZoneBuilder::new("demo.test.") };
     for i in 0..cfg.domains {
         let host = mx_name(i);

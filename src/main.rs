@@ -147,9 +147,15 @@ struct EngineArgs {
     /// Name sent in EHLO.
     #[arg(long, value_name = "NAME", default_value_t = engine_default().ehlo_name)]
     ehlo_name: String,
-    /// Trust MX-prefix policies only when the MX answer is DNSSEC-authenticated.
+    /// Validate DNSSEC: a bogus MX answer defers, and each outcome records whether its MX
+    /// answer was authenticated. (A prefix is honoured either way.)
     #[arg(long)]
-    require_dnssec: bool,
+    validate_dnssec: bool,
+    /// How far an MX prefix reaches: domain (the strictest prefix among a domain's MX hosts
+    /// applies to all of them) or host (each host alone; weaker: an unprefixed backup can be
+    /// stripped of STARTTLS).
+    #[arg(long, value_name = "SCOPE", default_value = "domain")]
+    policy_scope: mxpipe::policy::Scope,
     /// Minimum TLS for a destination domain, DOMAIN=encrypt|verify (repeatable); the
     /// strictest of this and the MX-prefix policy applies.
     #[arg(long, value_name = "DOMAIN=LEVEL", value_parser = mxpipe::engine::parse_floor)]
@@ -177,8 +183,8 @@ impl EngineArgs {
         c.command_timeout = Duration::from_secs(self.command_timeout.clamp(1, 3600));
         c.kx = self.kx;
         c.ehlo_name = self.ehlo_name.clone();
-        c.policy.require_dnssec_for_prefix = self.require_dnssec;
-        c.resolver.validate_dnssec = self.require_dnssec;
+        c.policy.scope = self.policy_scope;
+        c.resolver.validate_dnssec = self.validate_dnssec;
         c.floors = self.tls_floor.iter().cloned().collect();
         c.tickets_per_host = c.tickets_per_host.max(c.max_conns_per_dest);
         c
@@ -205,6 +211,13 @@ struct SendArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Keep the TLS policy's memory (pins) in DIR across runs: created if missing, file
+    /// policy-state.json, mode 0600. Without it, pins last only for this run.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// How long a domain seen with a prefixed MX keeps needing verified TLS, e.g. 30d; 0s: no pins.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = mxpipe::value::duration::parse_duration)]
+    pin_ttl: Duration,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -506,6 +519,15 @@ fn run_send(a: SendArgs) -> Result<(), String> {
     for p in &a.ca {
         cfg.extra_roots.extend(tls::certs::load_certs(p).map_err(|e| e.to_string())?);
     }
+    if a.pin_ttl > mxpipe::policy::state::MAX_PIN_TTL {
+        return Err("--pin-ttl: at most a year (365d)".into());
+    }
+    let state_opts = mxpipe::policy::state::StateOptions { pin_ttl: a.pin_ttl, ..Default::default() };
+    let state = match &a.state_dir {
+        Some(dir) => mxpipe::policy::state::PolicyState::open(dir, state_opts).map_err(|e| format!("--state-dir: {e}"))?,
+        None => mxpipe::policy::state::PolicyState::in_memory(state_opts),
+    };
+    cfg.state = Some(std::sync::Arc::new(state));
     let input = std::fs::File::open(&a.input).map_err(|e| format!("cannot open --input {}: {e}", a.input.display()))?;
     let mut out = outcome_writer(&a.outcomes)?;
     let (engine, outcomes) = mxpipe::engine::Engine::start(cfg).map_err(|e| e.to_string())?;

@@ -50,9 +50,13 @@ pub struct Outcome {
     pub port: Option<u16>,
     /// How TLS was used on that connection; `none` if there was none.
     pub tls: TlsUse,
-    /// Which policy governed the MX host (`starttls-prefix`, `smtps-prefix`, `opportunistic`,
-    /// `override`), if one was chosen.
+    /// The policy source that decided the MX host's TLS requirement (`starttls-prefix`,
+    /// `smtps-prefix`, `mta-sts`, `pin`, `domain-scope`, `floor`, `opportunistic`), if a host
+    /// was chosen.
     pub policy: Option<String>,
+    /// Every policy source that applied to that host (the decider among them), in a fixed order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policy_sources: Vec<&'static str>,
     /// The TLS session was resumed rather than fully negotiated.
     pub resumed: bool,
     /// The MX answer was DNSSEC-authenticated.
@@ -82,6 +86,7 @@ impl Outcome {
             port: None,
             tls: TlsUse::None,
             policy: None,
+            policy_sources: Vec::new(),
             resumed: false,
             dnssec: false,
             tls_version: None,

@@ -326,7 +326,7 @@ async fn connections_the_server_closed_while_idle_are_not_reused_blindly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dnssec_is_recorded_and_can_be_required_for_prefixes() {
+async fn dnssec_is_recorded_and_a_bogus_answer_defers() {
     // Signed zone: the MX answer validates against the zone's key as trust anchor.
     let mut signed = ZoneBuilder::new("t.test.").dnssec();
     signed.mx("sec.t.test", 10, "starttls-sec.t.test").a("starttls-sec.t.test", ip(30));
@@ -334,7 +334,6 @@ async fn dnssec_is_recorded_and_can_be_required_for_prefixes() {
     let mut cfg = w.engine_config();
     cfg.resolver.validate_dnssec = true;
     cfg.resolver.trust_anchor = Some(w.dns.trust_anchors());
-    cfg.policy.require_dnssec_for_prefix = true;
     let (o, _) = deliver(cfg, vec![msg("m1", &["a@sec.t.test"])]).await;
     let a = one(&o, "a@sec.t.test");
     assert_eq!((a.status, a.dnssec, a.policy.as_deref()), (Status::Delivered, true, Some("starttls-prefix")), "{a:?}");
@@ -342,25 +341,17 @@ async fn dnssec_is_recorded_and_can_be_required_for_prefixes() {
 
     // Unsigned zone, validation on: our test server cannot prove the zone insecure (it
     // serves no parent zones), so the answer is bogus and the part is deferred, nothing sent.
-    // (A validated-insecure answer makes a prefix untrusted: see the policy unit tests.)
     let mut plain = ZoneBuilder::new("t.test.");
     plain.mx("unsec.t.test", 10, "starttls-unsec.t.test").a("starttls-unsec.t.test", ip(31));
     let w = World::start(vec![plain], vec![(31, Box::new(|_| {}))]).await;
     let mut cfg = w.engine_config();
     cfg.resolver.validate_dnssec = true;
     cfg.resolver.trust_anchor = Some(w.dns.trust_anchors());
-    cfg.policy.require_dnssec_for_prefix = true;
     let (o, _) = deliver(cfg, vec![msg("m1", &["b@unsec.t.test"])]).await;
     let b = one(&o, "b@unsec.t.test");
     assert_eq!((b.status, b.dnssec), (Status::Deferred, false), "{b:?}");
     let s = w.stop().await;
     assert_eq!(s[0].messages, 0);
-
-    // Requiring DNSSEC for prefixes without validating is refused at start: it would
-    // silently turn every prefix off.
-    let mut cfg = EngineConfig::default();
-    cfg.policy.require_dnssec_for_prefix = true;
-    assert!(Engine::start(cfg).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,4 +377,101 @@ async fn operator_floor_is_stricter_than_a_plain_name() {
     assert_eq!((c.status, c.tls), (Status::Delivered, mxpipe::outcome::TlsUse::None), "{c:?}");
     let s = w.stop().await;
     assert_eq!(s[0].messages, 1, "only the domain without a floor got its message (in clear)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_scope_keeps_a_stripped_backup_from_getting_mail_in_clear() {
+    // The attack: STARTTLS stripped at the prefixed primary (a policy failure) and at the
+    // unprefixed backup. Under domain scope (the default) the backup needs verified TLS too,
+    // so the message is deferred and nothing reaches either in clear. The same when the
+    // primary has no address at all.
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("scoped.t.test", 10, "starttls-p.t.test").a("starttls-p.t.test", ip(40));
+    z.mx("scoped.t.test", 20, "backup.t.test").a("backup.t.test", ip(41));
+    z.mx("noaddr.t.test", 10, "starttls-gone.t.test");
+    z.mx("noaddr.t.test", 20, "backup.t.test");
+    let stripped = || -> Adjust { Box::new(|c: &mut SinkConfig| c.starttls = false) };
+    let w = World::start(vec![z], vec![(40, stripped()), (41, stripped())]).await;
+    let (o, _) = deliver(w.engine_config(), vec![msg("m1", &["a@scoped.t.test", "b@noaddr.t.test"])]).await;
+    for r in ["a@scoped.t.test", "b@noaddr.t.test"] {
+        let x = one(&o, r);
+        assert_eq!(x.status, Status::Deferred, "{x:?}");
+        assert!(
+            x.reply.contains("backup.t.test") && x.reply.contains("domain-scope"),
+            "the reason names the backup and the source: {}",
+            x.reply
+        );
+    }
+    let s = w.stop().await;
+    assert_eq!((s[0].messages, s[1].messages), (0, 0), "nothing was sent in clear");
+
+    // Host scope, documented as weaker: the backup is opportunistic and takes it in clear.
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("scoped.t.test", 10, "starttls-p.t.test").a("starttls-p.t.test", ip(40));
+    z.mx("scoped.t.test", 20, "backup.t.test").a("backup.t.test", ip(41));
+    let w = World::start(vec![z], vec![(40, stripped()), (41, stripped())]).await;
+    let mut cfg = w.engine_config();
+    cfg.policy.scope = mxpipe::policy::Scope::Host;
+    let (o, _) = deliver(cfg, vec![msg("m1", &["a@scoped.t.test"])]).await;
+    let a = one(&o, "a@scoped.t.test");
+    assert_eq!((a.status, a.tls, a.mx.as_deref()), (Status::Delivered, TlsUse::None, Some("backup.t.test")), "{a:?}");
+    w.stop().await;
+}
+
+/// A state directory under the system's temporary directory, removed at drop.
+struct StateDir(std::path::PathBuf);
+impl StateDir {
+    fn new(tag: &str) -> StateDir {
+        let d = std::env::temp_dir().join(format!("mxpipe-engine-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        StateDir(d)
+    }
+    fn state(&self) -> std::sync::Arc<mxpipe::policy::state::PolicyState> {
+        use mxpipe::policy::state::{PolicyState, StateOptions};
+        std::sync::Arc::new(PolicyState::open(&self.0, StateOptions::default()).unwrap())
+    }
+}
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_survives_a_restart_and_holds_when_the_prefix_vanishes() {
+    let dir = StateDir::new("pin");
+    // First run: the domain publishes a prefixed MX; delivery pins it.
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("pin.t.test", 10, "starttls-pin.t.test").a("starttls-pin.t.test", ip(42));
+    let w = World::start(vec![z], vec![(42, Box::new(|_| {}))]).await;
+    let mut cfg = w.engine_config();
+    cfg.state = Some(dir.state());
+    let (o, _) = deliver(cfg, vec![msg("m1", &["a@pin.t.test"])]).await;
+    assert_eq!(one(&o, "a@pin.t.test").status, Status::Delivered);
+    w.stop().await;
+    assert!(dir.0.join(mxpipe::policy::state::FILE_NAME).exists(), "the pin was saved at shutdown");
+
+    // After a restart, an attacker's answer without the prefix, to a host that offers no
+    // STARTTLS: the pin still asks for verified TLS, so nothing goes out in clear.
+    let stripped = || -> Adjust { Box::new(|c: &mut SinkConfig| c.starttls = false) };
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("pin.t.test", 10, "mx-pin.t.test").a("mx-pin.t.test", ip(43));
+    let w = World::start(vec![z], vec![(43, stripped())]).await;
+    let mut cfg = w.engine_config();
+    let state = dir.state();
+    assert!(state.view("pin.t.test", mxpipe::policy::state::unix_now()).pinned, "loaded from the file");
+    cfg.state = Some(state);
+    let (o, _) = deliver(cfg, vec![msg("m2", &["b@pin.t.test"])]).await;
+    let b = one(&o, "b@pin.t.test");
+    assert_eq!(b.status, Status::Deferred, "{b:?}");
+    assert!(b.reply.contains("required by pin"), "{}", b.reply);
+    // Without the pin (forgotten by the operator) the same answer gets opportunistic TLS.
+    let state = dir.state();
+    assert!(state.forget("pin.t.test"));
+    let mut cfg = w.engine_config();
+    cfg.state = Some(state);
+    let (o, _) = deliver(cfg, vec![msg("m3", &["c@pin.t.test"])]).await;
+    assert_eq!(one(&o, "c@pin.t.test").status, Status::Delivered);
+    let s = w.stop().await;
+    assert_eq!(s[0].messages, 1, "only the message sent after forgetting reached the stripped host");
 }

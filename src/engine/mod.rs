@@ -32,6 +32,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
 use crate::outcome::{Outcome, Status};
+use crate::policy::state::{PolicyState, StateOptions};
 use crate::policy::{Floor, PolicyOptions};
 use crate::resolve::ResolverConfig;
 use crate::tls::Kx;
@@ -99,8 +100,11 @@ pub struct EngineConfig {
     pub command_timeout: Duration,
     /// The name sent in EHLO; receivers check it, so it should resolve to the sending address.
     pub ehlo_name: String,
-    /// How the MX-prefix TLS policy is applied and how long learned facts are kept.
+    /// How the TLS policy is applied and how long learned facts are kept.
     pub policy: PolicyOptions,
+    /// What the policy keeps across restarts (pins): shared with whoever shows or edits it
+    /// (the daemon's API). `None`: the engine keeps an in-memory one with default settings.
+    pub state: Option<Arc<PolicyState>>,
     /// Per-domain TLS floors set by the operator (the strictest of floor and MX prefix wins).
     pub floors: HashMap<String, Floor>,
     /// TLS floors by MX host pattern (`mx.example.net` or `*.example.net`); an MX host takes
@@ -132,6 +136,7 @@ impl Default for EngineConfig {
             command_timeout: Duration::from_secs(300),
             ehlo_name: "mxpipe.localhost".into(),
             policy: PolicyOptions::default(),
+            state: None,
             floors: HashMap::new(),
             mx_floors: Vec::new(),
             limits: Vec::new(),
@@ -251,6 +256,47 @@ pub struct Engine {
     outcomes: crossbeam_channel::Sender<Outcome>,
     started: Instant,
     cpu_start: crate::sys::CpuTime,
+    state: Arc<PolicyState>,
+    flusher: Flusher,
+}
+
+/// How often the policy state is written while the engine runs (and once more at shutdown).
+const STATE_FLUSH_EVERY: Duration = Duration::from_secs(30);
+
+/// The thread that writes the policy state to its file now and then, off the shards.
+struct Flusher {
+    stop: Option<crossbeam_channel::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    state: Arc<PolicyState>,
+}
+
+impl Flusher {
+    fn start(state: Arc<PolicyState>) -> std::io::Result<Flusher> {
+        if state.path().is_none() {
+            return Ok(Flusher { stop: None, thread: None, state });
+        }
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let s = state.clone();
+        let thread = std::thread::Builder::new().name("mxpipe-policy-state".into()).spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(STATE_FLUSH_EVERY) {
+                if let Err(e) = s.flush() {
+                    tracing::warn!(error = %e, "could not save the policy state; will try again");
+                }
+            }
+        })?;
+        Ok(Flusher { stop: Some(tx), thread: Some(thread), state })
+    }
+
+    /// Stop the thread and write what is left.
+    fn finish(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.state.flush() {
+            tracing::error!(error = %e, "could not save the policy state at shutdown: pins learned in this run are lost");
+        }
+    }
 }
 
 impl Engine {
@@ -261,10 +307,7 @@ impl Engine {
         cfg.max_msgs_per_conn = cfg.max_msgs_per_conn.max(1);
         cfg.max_conns_per_dest = cfg.max_conns_per_dest.max(1);
         cfg.max_conns_per_ip = cfg.max_conns_per_ip.max(1);
-        if cfg.policy.require_dnssec_for_prefix && !cfg.resolver.validate_dnssec {
-            // Without validation no answer is authenticated, and every prefix would be ignored.
-            return Err(SubmitError::Start("requiring DNSSEC for MX-prefix policies needs DNSSEC validation in the resolver".into()));
-        }
+        let state = cfg.state.get_or_insert_with(|| Arc::new(PolicyState::in_memory(StateOptions::default()))).clone();
         let (otx, orx) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
         let cfg = Arc::new(cfg);
@@ -278,7 +321,10 @@ impl Engine {
                 .map_err(|e| SubmitError::Start(e.to_string()))?;
             shards.push(ShardHandle { tx, wake, thread: Some(thread) });
         }
-        Ok((Engine { shards, counters, outcomes: otx, started: Instant::now(), cpu_start: crate::sys::CpuTime::now() }, orx))
+        let flusher = Flusher::start(state.clone()).map_err(|e| SubmitError::Start(e.to_string()))?;
+        let engine =
+            Engine { shards, counters, outcomes: otx, started: Instant::now(), cpu_start: crate::sys::CpuTime::now(), state, flusher };
+        Ok((engine, orx))
     }
 
     /// Hand a message to the engine. Recipients with no usable domain are bounced at once;
@@ -343,6 +389,11 @@ impl Engine {
         if shard.tx.send(shard::Command::Withdraw(domain)).is_ok() {
             shard.wake.notify_one();
         }
+    }
+
+    /// What the policy remembers across restarts (pins), to show or edit while it runs.
+    pub fn policy_state(&self) -> &Arc<PolicyState> {
+        &self.state
     }
 
     /// Recipients submitted that have no outcome yet: what a submitter should keep bounded.
@@ -410,6 +461,7 @@ impl Engine {
                 let _ = t.join();
             }
         }
+        self.flusher.finish();
         self.stats()
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use super::limits::{Limits, MxBudget};
 use super::{Counters, EngineConfig, NOT_ATTEMPTED, WITHDRAWN};
 use crate::outcome::{Outcome, Status, TlsUse};
-use crate::policy::{self, Floor, HostPlan, LogicalPort, PolicyCache, Security};
+use crate::policy::{self, DomainFacts, Floor, HostFacts, HostPlan, LogicalPort, PolicyCache, Security, Sts};
 use crate::pool::{Conn, ConnectError, DeliverError, Pool, Target, Timeouts, TlsClients};
 use crate::resolve::{Destination, MxResolver};
 use crate::session::{Message, MessageOutcome, RcptStatus};
@@ -347,6 +347,7 @@ struct OutcomeCtx {
     addr: SocketAddr,
     tls: TlsUse,
     policy: String,
+    sources: Vec<policy::Source>,
     dnssec: bool,
     resumed: bool,
     tls_version: Option<String>,
@@ -363,6 +364,7 @@ impl OutcomeCtx {
             addr: SocketAddr::new(f.addr, f.port),
             tls: f.tls,
             policy: plan.source.to_string(),
+            sources: plan.sources.clone(),
             dnssec: plan.dnssec,
             resumed: f.tls_facts.as_ref().is_some_and(|t| t.resumed),
             tls_version: f.tls_facts.as_ref().map(|t| t.version.clone()),
@@ -376,6 +378,7 @@ impl OutcomeCtx {
         o.port = Some(self.addr.port());
         o.tls = self.tls;
         o.policy = Some(self.policy.clone());
+        o.policy_sources = self.sources.iter().map(|s| s.name()).collect();
         o.dnssec = self.dnssec;
         o.resumed = self.resumed;
         o.tls_version = self.tls_version.clone();
@@ -481,6 +484,18 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
         }
     };
     let floor = shard.cfg.floors.get(domain).copied().unwrap_or(Floor::None);
+    let names = || dest.hosts.iter().map(|h| h.name.as_str());
+    // Once per resolution, not per message: the pin is refreshed by a prefixed answer and
+    // holds against one that lost its prefix.
+    let pinned = shard.cfg.state.as_ref().is_some_and(|s| s.sighting(domain, names(), policy::state::unix_now()));
+    let facts = DomainFacts {
+        dnssec: dest.dnssec,
+        floor,
+        scope: shard.cfg.policy.scope,
+        strictest_prefix: policy::strictest_prefix(names()),
+        pinned,
+        sts: Sts::None,
+    };
     // Why each host failed, most preferred first: a policy failure at the primary MX (maybe
     // an attack) must not hide behind a backup that was merely unreachable.
     let mut reasons: Vec<String> = Vec::new();
@@ -498,12 +513,16 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
             }
             let plan = {
                 let cache = shard.policy.borrow();
-                let floor = match shard.cfg.mx_floors.iter().find(|(p, _)| super::limits::host_matches(p, &host.name)) {
-                    Some(&(_, f)) => floor.max(f),
-                    None => floor,
-                };
-                policy::plan_cached(&cache, &host.name, dest.dnssec, floor, &shard.cfg.policy, Instant::now())
+                let now = Instant::now();
+                let mx_floor =
+                    shard.cfg.mx_floors.iter().find(|(p, _)| super::limits::host_matches(p, &host.name)).map_or(Floor::None, |&(_, f)| f);
+                let h = HostFacts { name: &host.name, floor: mx_floor, learned: cache.get(&host.name, now), sts_listed: false };
+                policy::compose(&facts, &h, now)
             };
+            if let Some(why) = &plan.refused {
+                note(why.clone());
+                continue;
+            }
             match try_host(shard, domain, &dest, host, &plan).await {
                 Ok(ConnEnd::QueueEmpty) => return,
                 Ok(ConnEnd::Recycle) => continue 'again,
@@ -603,7 +622,7 @@ async fn try_host(
                     // (from port 26, this host's port 25 first). Kept for the report.
                     shard.policy.borrow_mut().failure(&host.name, &e.to_string(), Instant::now());
                     if !implicit {
-                        return Err(e.to_string());
+                        return Err(format!("{e} (required by {})", plan.source));
                     }
                     failed += 1;
                     last = format!("{e} (port {port})");

@@ -74,7 +74,7 @@ struct Entry {
 /// Bounded by [`PolicyOptions::max_entries`]. Every fact lives `learned_ttl` from when it was
 /// recorded, so the entry that expires first is also the one least recently told anything:
 /// one ordered index serves both "evict expired first" and "then the oldest", in O(log n).
-/// Host names are normalized (case, trailing dot) like [`plan`] does.
+/// Host names are normalized (case, trailing dot) like [`plan`](super::plan) does.
 pub struct PolicyCache {
     entries: HashMap<String, Entry>,
     order: BTreeMap<OrderKey, String>,

@@ -5,11 +5,16 @@
 //!
 //! - [`prefix`]: the MX-prefix rules (`starttls-…`, `smtps-…`), a pure function of one host name.
 //! - [`learned`]: what earlier deliveries learned per host (a per-shard cache; forgetting is safe).
+//! - [`compose`]: every source's facts into one plan per MX host, the strictest winning.
+//! - [`state`]: what must outlive a restart (pins), kept beside the spool.
 //!
 //! Nothing here opens sockets or reads the clock: callers pass `now`, so every rule is unit tested.
 
+pub mod compose;
 pub mod learned;
 pub mod prefix;
+pub mod state;
 
+pub use compose::{compose, strictest_prefix, DomainFacts, HostFacts, Scope, Sts};
 pub use learned::{Learned, PolicyCache};
 pub use prefix::*;

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use super::{Learned, PolicyCache};
 
 /// What the MX host's first DNS label says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Prefix {
     /// `starttls-…`: STARTTLS on port 25, mandatory and verified.
@@ -47,6 +47,7 @@ pub enum Prefix {
     /// `smtps-…`: implicit TLS on port 26, then STARTTLS on port 25, both mandatory and verified.
     Smtps,
     /// No policy prefix: opportunistic TLS.
+    #[default]
     None,
 }
 
@@ -233,31 +234,58 @@ pub fn is_policy_mandatory(step: &Step) -> bool {
     matches!(step.security, Security::RequireVerified | Security::RequireEncrypted)
 }
 
-/// Where a plan's TLS requirement came from, recorded with each delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+/// A source of a host's TLS requirement (spec: "Composition"). Each plan lists every source
+/// that applied and names the one that decided; outcomes and summaries carry both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Source {
-    /// The host is named `starttls-…` and the prefix was trusted: verified STARTTLS on port 25.
+    /// The host is named `starttls-…`: verified STARTTLS on port 25.
     #[serde(rename = "starttls-prefix")]
     StartTlsPrefix,
-    /// The host is named `smtps-…` and the prefix was trusted: verified implicit TLS on port 26 first.
+    /// The host is named `smtps-…`: verified implicit TLS on port 26 first, then on 25.
     #[serde(rename = "smtps-prefix")]
     SmtpsPrefix,
-    /// No (trusted) prefix.
+    /// The receiving domain's MTA-STS policy in `enforce` mode: only listed MX hosts, verified TLS.
+    #[serde(rename = "mta-sts")]
+    MtaSts,
+    /// The domain's MTA-STS policy in `testing` mode: nothing required, failures are counted.
+    #[serde(rename = "mta-sts-testing")]
+    MtaStsTesting,
+    /// Domain scope: another MX host of the same domain is prefixed, and its requirement
+    /// applies to every MX host of the domain (so a blocked primary cannot push mail in clear
+    /// to a backup).
+    #[serde(rename = "domain-scope")]
+    DomainScope,
+    /// A pin: the domain was seen with a prefixed MX host within the pin's TTL, so its
+    /// requirement (verified TLS) holds even when today's MX answer lacks the prefix.
+    #[serde(rename = "pin")]
+    Pin,
+    /// The operator's [`Floor`] for the domain or the MX host made the plan stricter.
+    #[serde(rename = "floor")]
+    Floor,
+    /// Nothing required TLS: STARTTLS when offered.
     #[serde(rename = "opportunistic")]
     Opportunistic,
-    /// The operator's [`Floor`] made at least one step stricter than the name alone.
-    #[serde(rename = "override")]
-    Override,
+}
+
+impl Source {
+    /// The name used in outcomes, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::StartTlsPrefix => "starttls-prefix",
+            Source::SmtpsPrefix => "smtps-prefix",
+            Source::MtaSts => "mta-sts",
+            Source::MtaStsTesting => "mta-sts-testing",
+            Source::Pin => "pin",
+            Source::DomainScope => "domain-scope",
+            Source::Floor => "floor",
+            Source::Opportunistic => "opportunistic",
+        }
+    }
 }
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Source::StartTlsPrefix => "starttls-prefix",
-            Source::SmtpsPrefix => "smtps-prefix",
-            Source::Opportunistic => "opportunistic",
-            Source::Override => "override",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -266,8 +294,15 @@ impl fmt::Display for Source {
 pub struct HostPlan {
     /// The MX host as published, lowercase, without trailing dot.
     pub host: String,
-    /// Where the steps' TLS requirement came from: a prefix, the default, or the operator.
+    /// The source that decided the steps' TLS requirement (the strictest one; see
+    /// [`crate::policy::compose`] for the order among equals).
     pub source: Source,
+    /// Every source that applied to this host, including ones that required nothing more
+    /// (`mta-sts-testing`), in [`Source`] order.
+    pub sources: Vec<Source>,
+    /// Set when a source forbids this host altogether (an MTA-STS `enforce` policy that does not
+    /// list it): the engine skips it with this reason and tries the next MX host.
+    pub refused: Option<String>,
     /// Never empty.
     pub steps: Vec<Step>,
     /// The name the certificate must match: the full MX name including its prefix, because
@@ -275,9 +310,7 @@ pub struct HostPlan {
     pub verify_name: String,
     /// Whether the MX answer was DNSSEC-authenticated, recorded with each delivery.
     pub dnssec: bool,
-    /// What the name says, even when the prefix was not trusted (the setting
-    /// `require_dnssec_for_prefix` without DNSSEC): `prefix != None` with
-    /// `source == Opportunistic` means a prefix was ignored, which a report should say.
+    /// What the host's own name says.
     pub prefix: Prefix,
 }
 
@@ -345,10 +378,6 @@ impl FromStr for Floor {
 /// Settings of the policy and its cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyOptions {
-    /// Trust a prefix only when the MX answer was DNSSEC-authenticated. The proposal
-    /// recommends DNSSEC so the MX answer itself cannot be spoofed (an attacker who can forge
-    /// the answer can drop the prefix); off by default because few domains sign.
-    pub require_dnssec_for_prefix: bool,
     /// How long a learned fact (port 26 unreachable, STARTTLS absent, handshake failed, last
     /// failure) is used. Long enough that a burst does not pay a timeout again, short enough
     /// that a receiver that fixed its setup is retried the same day. Capped at
@@ -356,11 +385,13 @@ pub struct PolicyOptions {
     pub learned_ttl: Duration,
     /// Most destinations remembered. Each costs a few hundred bytes; 0 disables the cache.
     pub max_entries: usize,
+    /// How far a prefix reaches among a domain's MX hosts (default: the whole domain).
+    pub scope: super::Scope,
 }
 
 impl Default for PolicyOptions {
     fn default() -> Self {
-        PolicyOptions { require_dnssec_for_prefix: false, learned_ttl: Duration::from_secs(3600), max_entries: 100_000 }
+        PolicyOptions { learned_ttl: Duration::from_secs(3600), max_entries: 100_000, scope: super::Scope::Domain }
     }
 }
 
@@ -377,10 +408,12 @@ pub const MAX_REASON_LEN: usize = 256;
 /// `host` is the MX target as resolved (any case, trailing dot allowed); `dnssec` whether its
 /// MX answer was authenticated; `floor` the operator's minimum for this domain or host;
 /// `learned` what the cache knows about this host (expired facts are ignored against `now`).
-pub fn plan(host: &str, dnssec: bool, floor: Floor, learned: Option<&Learned>, opts: &PolicyOptions, now: Instant) -> HostPlan {
+pub fn plan(host: &str, dnssec: bool, floor: Floor, learned: Option<&Learned>, now: Instant) -> HostPlan {
     let host = normalize(host).into_owned();
     let prefix = prefix_of(&host);
-    let trusted = if opts.require_dnssec_for_prefix && !dnssec { Prefix::None } else { prefix };
+    // A prefix is always honoured, authenticated or not: honouring it can only make delivery
+    // stricter (spec, "DNSSEC"). `dnssec` is only recorded.
+    let trusted = prefix;
     let knows = |fact: fn(&Learned, Instant) -> bool| learned.is_some_and(|l| fact(l, now));
 
     let (mut source, mut steps) = match trusted {
@@ -409,16 +442,27 @@ pub fn plan(host: &str, dnssec: bool, floor: Floor, learned: Option<&Learned>, o
         let raised = step.security.max(minimum);
         if raised != step.security {
             step.security = raised;
-            source = Source::Override;
+            source = Source::Floor;
         }
     }
 
-    HostPlan { verify_name: host.clone(), host, source, steps, dnssec, prefix }
+    let sources =
+        if source == Source::Floor && trusted != Prefix::None { vec![prefix_source(trusted), Source::Floor] } else { vec![source] };
+    HostPlan { verify_name: host.clone(), host, source, sources, refused: None, steps, dnssec, prefix }
+}
+
+/// The source a prefix stands for.
+pub fn prefix_source(p: Prefix) -> Source {
+    match p {
+        Prefix::StartTls => Source::StartTlsPrefix,
+        Prefix::Smtps => Source::SmtpsPrefix,
+        Prefix::None => Source::Opportunistic,
+    }
 }
 
 /// [`plan`] with the facts looked up in `cache`.
-pub fn plan_cached(cache: &PolicyCache, host: &str, dnssec: bool, floor: Floor, opts: &PolicyOptions, now: Instant) -> HostPlan {
-    plan(host, dnssec, floor, cache.get(host, now), opts, now)
+pub fn plan_cached(cache: &PolicyCache, host: &str, dnssec: bool, floor: Floor, now: Instant) -> HostPlan {
+    plan(host, dnssec, floor, cache.get(host, now), now)
 }
 
 #[cfg(test)]
@@ -441,7 +485,7 @@ mod tests {
     }
 
     fn p(host: &str) -> HostPlan {
-        plan(host, false, Floor::None, None, &opts(), Instant::now())
+        plan(host, false, Floor::None, None, Instant::now())
     }
 
     #[test]
@@ -565,7 +609,7 @@ mod tests {
         let t0 = Instant::now();
         let mut cache = PolicyCache::new(&opts());
         cache.port26_unusable("smtps-mx1.example.com", t0);
-        let at = |now| plan_cached(&cache, "smtps-mx1.example.com", false, Floor::None, &opts(), now);
+        let at = |now| plan_cached(&cache, "smtps-mx1.example.com", false, Floor::None, now);
         let plan = at(t0 + Duration::from_secs(60));
         assert_eq!(plan.source, Source::SmtpsPrefix);
         assert_eq!(plan.steps, vec![step(Smtp, Starttls, RequireVerified)]);
@@ -575,7 +619,7 @@ mod tests {
         assert_eq!(at(t0 + 2 * HOUR).steps, both);
         // Without the fact.
         let fresh = PolicyCache::new(&opts());
-        assert_eq!(plan_cached(&fresh, "smtps-mx1.example.com", false, Floor::None, &opts(), t0).steps, both);
+        assert_eq!(plan_cached(&fresh, "smtps-mx1.example.com", false, Floor::None, t0).steps, both);
     }
 
     #[test]
@@ -588,9 +632,9 @@ mod tests {
         let l26 = cache.get("smtps-a.example", t0).cloned();
         let labs = cache.get("mx.example", t0).cloned();
         let later = t0 + 2 * HOUR;
-        let plan26 = plan("smtps-a.example", false, Floor::None, l26.as_ref(), &opts(), later);
+        let plan26 = plan("smtps-a.example", false, Floor::None, l26.as_ref(), later);
         assert_eq!(plan26.steps.len(), 2);
-        let plan_abs = plan("mx.example", false, Floor::None, labs.as_ref(), &opts(), later);
+        let plan_abs = plan("mx.example", false, Floor::None, labs.as_ref(), later);
         assert_eq!(plan_abs.steps, vec![step(Smtp, Starttls, Opportunistic)]);
     }
 
@@ -600,7 +644,7 @@ mod tests {
         for learn in [PolicyCache::starttls_absent, PolicyCache::tls_failed] {
             let mut cache = PolicyCache::new(&opts());
             learn(&mut cache, "mx1.example.com", t0);
-            let at = |now| plan_cached(&cache, "MX1.example.com.", false, Floor::None, &opts(), now);
+            let at = |now| plan_cached(&cache, "MX1.example.com.", false, Floor::None, now);
             let plan = at(t0 + Duration::from_secs(1));
             assert_eq!(plan.steps, vec![step(Smtp, Starttls, Clear)]);
             assert_eq!(plan.source, Source::Opportunistic);
@@ -617,7 +661,7 @@ mod tests {
             cache.starttls_absent(host, t0);
             cache.tls_failed(host, t0);
             cache.failure(host, "handshake failed", t0);
-            let plan = plan_cached(&cache, host, false, Floor::None, &opts(), t0);
+            let plan = plan_cached(&cache, host, false, Floor::None, t0);
             assert!(plan.is_mandatory(), "{host}");
             assert!(plan.steps.iter().all(|s| s.security == RequireVerified), "{host}");
         }
@@ -629,48 +673,31 @@ mod tests {
         let mut cache = PolicyCache::new(&opts());
         cache.port26_unusable("starttls-a.example", t0);
         cache.port26_unusable("mx.example", t0);
-        assert_eq!(
-            plan_cached(&cache, "starttls-a.example", false, Floor::None, &opts(), t0).steps,
-            vec![step(Smtp, Starttls, RequireVerified)]
-        );
-        assert_eq!(plan_cached(&cache, "mx.example", false, Floor::None, &opts(), t0).steps, vec![step(Smtp, Starttls, Opportunistic)]);
+        assert_eq!(plan_cached(&cache, "starttls-a.example", false, Floor::None, t0).steps, vec![step(Smtp, Starttls, RequireVerified)]);
+        assert_eq!(plan_cached(&cache, "mx.example", false, Floor::None, t0).steps, vec![step(Smtp, Starttls, Opportunistic)]);
     }
 
     #[test]
-    fn require_dnssec_for_prefix() {
-        let strict = PolicyOptions { require_dnssec_for_prefix: true, ..opts() };
+    fn a_prefix_is_honoured_without_dnssec() {
+        // The old `require_dnssec_for_prefix` made an unsigned prefixed domain *weaker*; a
+        // prefix now always counts, and DNSSEC is only recorded.
         let now = Instant::now();
-        // With DNSSEC: the prefix is trusted.
-        let plan = plan("starttls-mx.example", true, Floor::None, None, &strict, now);
-        assert_eq!(plan.source, Source::StartTlsPrefix);
-        assert_eq!(plan.steps, vec![step(Smtp, Starttls, RequireVerified)]);
-        assert!(plan.dnssec);
-        let plan_s = super::plan("smtps-mx.example", true, Floor::None, None, &strict, now);
-        assert_eq!(plan_s.source, Source::SmtpsPrefix);
-        assert_eq!(plan_s.steps.len(), 2);
-        // Without: plain opportunistic, but the plan says which prefix it ignored.
-        for (host, prefix) in [("starttls-mx.example", Prefix::StartTls), ("smtps-mx.example", Prefix::Smtps)] {
-            let plan = super::plan(host, false, Floor::None, None, &strict, now);
-            assert_eq!(plan.source, Source::Opportunistic, "{host}");
-            assert_eq!(plan.steps, vec![step(Smtp, Starttls, Opportunistic)], "{host}");
-            assert_eq!(plan.prefix, prefix);
-            assert_eq!(plan.verify_name, host);
-            assert!(!plan.dnssec);
+        for dnssec in [false, true] {
+            let plan = plan("starttls-mx.example", dnssec, Floor::None, None, now);
+            assert_eq!(plan.source, Source::StartTlsPrefix);
+            assert_eq!(plan.steps, vec![step(Smtp, Starttls, RequireVerified)]);
+            assert_eq!(plan.dnssec, dnssec);
+            let plan = plan_s("smtps-mx.example", dnssec, now);
+            assert_eq!(plan.source, Source::SmtpsPrefix);
+            assert_eq!(plan.steps.len(), 2);
+            assert!(plan.is_mandatory());
         }
-        // An untrusted prefix is a plain host, so learned facts apply as for one.
-        let mut cache = PolicyCache::new(&strict);
-        cache.starttls_absent("starttls-mx.example", now);
-        let plan = plan_cached(&cache, "starttls-mx.example", false, Floor::None, &strict, now);
-        assert_eq!(plan.steps, vec![step(Smtp, Starttls, Clear)]);
-        // The setting off: the prefix is trusted without DNSSEC, and dnssec is still recorded.
-        let plan = super::plan("starttls-mx.example", false, Floor::None, None, &opts(), now);
-        assert_eq!(plan.source, Source::StartTlsPrefix);
-        assert!(!plan.dnssec);
-        assert!(super::plan("mx.example", true, Floor::None, None, &opts(), now).dnssec);
     }
 
-    /// Every floor against every kind of host: the strictest rule wins, and the source says
-    /// "override" exactly when the floor changed a step.
+    fn plan_s(host: &str, dnssec: bool, now: Instant) -> HostPlan {
+        super::plan(host, dnssec, Floor::None, None, now)
+    }
+
     #[test]
     fn floor_by_prefix_table() {
         let t0 = Instant::now();
@@ -694,17 +721,17 @@ mod tests {
             ("smtps-learned.example", F::Encrypted, S::SmtpsPrefix,    vec![(Smtp, RequireVerified)]),
             ("smtps-learned.example", F::Verified,  S::SmtpsPrefix,    vec![(Smtp, RequireVerified)]),
             ("plain.example",         F::None,      S::Opportunistic,  vec![(Smtp, Opportunistic)]),
-            ("plain.example",         F::Encrypted, S::Override,       vec![(Smtp, RequireEncrypted)]),
-            ("plain.example",         F::Verified,  S::Override,       vec![(Smtp, RequireVerified)]),
+            ("plain.example",         F::Encrypted, S::Floor,       vec![(Smtp, RequireEncrypted)]),
+            ("plain.example",         F::Verified,  S::Floor,       vec![(Smtp, RequireVerified)]),
             ("plain-absent.example",  F::None,      S::Opportunistic,  vec![(Smtp, Clear)]),
-            ("plain-absent.example",  F::Encrypted, S::Override,       vec![(Smtp, RequireEncrypted)]),
-            ("plain-absent.example",  F::Verified,  S::Override,       vec![(Smtp, RequireVerified)]),
+            ("plain-absent.example",  F::Encrypted, S::Floor,       vec![(Smtp, RequireEncrypted)]),
+            ("plain-absent.example",  F::Verified,  S::Floor,       vec![(Smtp, RequireVerified)]),
             ("plain-failed.example",  F::None,      S::Opportunistic,  vec![(Smtp, Clear)]),
-            ("plain-failed.example",  F::Encrypted, S::Override,       vec![(Smtp, RequireEncrypted)]),
-            ("plain-failed.example",  F::Verified,  S::Override,       vec![(Smtp, RequireVerified)]),
+            ("plain-failed.example",  F::Encrypted, S::Floor,       vec![(Smtp, RequireEncrypted)]),
+            ("plain-failed.example",  F::Verified,  S::Floor,       vec![(Smtp, RequireVerified)]),
         ];
         for (host, floor, source, want) in table {
-            let plan = plan_cached(&cache, host, false, floor, &opts(), t0);
+            let plan = plan_cached(&cache, host, false, floor, t0);
             let got: Vec<_> = plan.steps.iter().map(|s| (s.port, s.security)).collect();
             assert_eq!(got, want, "{host} {floor}");
             assert_eq!(plan.source, source, "{host} {floor}");
@@ -714,15 +741,6 @@ mod tests {
                 assert_eq!(s.start == Implicit, s.port == Smtps);
             }
         }
-    }
-
-    #[test]
-    fn floor_applies_to_untrusted_prefix_too() {
-        let strict = PolicyOptions { require_dnssec_for_prefix: true, ..opts() };
-        let plan = plan("starttls-a.example", false, Floor::Verified, None, &strict, Instant::now());
-        assert_eq!(plan.source, Source::Override);
-        assert_eq!(plan.steps, vec![step(Smtp, Starttls, RequireVerified)]);
-        assert_eq!(plan.verify_name, "starttls-a.example");
     }
 
     #[test]
@@ -752,7 +770,11 @@ mod tests {
             (Source::StartTlsPrefix, "starttls-prefix"),
             (Source::SmtpsPrefix, "smtps-prefix"),
             (Source::Opportunistic, "opportunistic"),
-            (Source::Override, "override"),
+            (Source::Floor, "floor"),
+            (Source::MtaSts, "mta-sts"),
+            (Source::MtaStsTesting, "mta-sts-testing"),
+            (Source::Pin, "pin"),
+            (Source::DomainScope, "domain-scope"),
         ] {
             assert_eq!(s.to_string(), text);
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{text}\""));
@@ -789,7 +811,6 @@ mod tests {
         let o = PolicyOptions::default();
         assert_eq!(o.learned_ttl, HOUR);
         assert_eq!(o.max_entries, 100_000);
-        assert!(!o.require_dnssec_for_prefix);
     }
 
     #[test]
@@ -932,7 +953,7 @@ mod tests {
         let mut zero = PolicyCache::new(&PolicyOptions { learned_ttl: Duration::ZERO, ..opts() });
         zero.starttls_absent("mx.example", t0);
         assert!(zero.get("mx.example", t0).is_none());
-        let plan = plan_cached(&zero, "mx.example", false, Floor::None, &opts(), t0);
+        let plan = plan_cached(&zero, "mx.example", false, Floor::None, t0);
         assert_eq!(plan.steps[0].security, Opportunistic);
     }
 
@@ -943,7 +964,7 @@ mod tests {
         cache.port26_unusable("SMTPS-MX.Example.com.", t0);
         cache.port26_unusable("smtps-mx.example.com", t0);
         assert_eq!(cache.len(), 1);
-        let plan = plan_cached(&cache, "smtps-mx.EXAMPLE.com", false, Floor::None, &opts(), t0);
+        let plan = plan_cached(&cache, "smtps-mx.EXAMPLE.com", false, Floor::None, t0);
         assert_eq!(plan.steps, vec![step(Smtp, Starttls, RequireVerified)]);
     }
 
@@ -1003,10 +1024,9 @@ mod tests {
                 _ => {}
             }
             assert!(cache.len() <= 64);
-            let o = PolicyOptions { require_dnssec_for_prefix: rng.below(2) == 0, ..opts() };
             let dnssec = rng.below(2) == 0;
             let floor = floors[rng.below(3)];
-            let plan = plan_cached(&cache, &host, dnssec, floor, &o, now);
+            let plan = plan_cached(&cache, &host, dnssec, floor, now);
 
             assert!(!plan.steps.is_empty(), "{host:?}");
             assert_eq!(plan.verify_name, plan.host);
@@ -1016,7 +1036,7 @@ mod tests {
                 assert_eq!(s.start == Implicit, s.port == Smtps, "{host:?}");
                 assert!(s.security.strictness() >= floor.minimum().strictness(), "{host:?}");
             }
-            let trusted = prefix_of(&host) != Prefix::None && (dnssec || !o.require_dnssec_for_prefix);
+            let trusted = prefix_of(&host) != Prefix::None;
             if trusted {
                 prefixed += 1;
                 assert!(plan.is_mandatory(), "{host:?}");
@@ -1025,7 +1045,7 @@ mod tests {
                     assert_eq!(s.security, RequireVerified, "{host:?}");
                 }
                 assert_ne!(plan.source, Source::Opportunistic);
-                assert_ne!(plan.source, Source::Override);
+                assert_ne!(plan.source, Source::Floor);
             }
         }
         // The generator must actually produce prefixed names for the property to mean much.

@@ -1,0 +1,279 @@
+//! The composed policy: one requirement per MX host from every source that applies, the
+//! strictest winning (spec: "Composition").
+//!
+//! [`compose`] starts from the host's own name ([`super::plan`]: the prefix's port plan and
+//! what the cache learned), then raises every step to the strictest minimum among:
+//! - the host's own prefix (`starttls-`, `smtps-`): verified TLS;
+//! - the domain's MTA-STS policy in `enforce` mode: verified TLS, and hosts it does not list
+//!   are refused; `testing` requires nothing and is only recorded;
+//! - domain scope (another MX host of the domain is prefixed): verified TLS;
+//! - a pin (the domain was seen with a prefixed MX within the pin's TTL): verified TLS;
+//! - the operator's floors for the domain and the MX host: `encrypt` or `verify`.
+//!
+//! The port plan never changes with the sources: only an `smtps-` host is tried on 26. When
+//! several sources require the same, the one named as deciding is the first of: the prefix,
+//! MTA-STS, domain scope, the pin, the floor (so a pin is named only when
+//! today's MX answer has no prefix). Like the rest of `policy`, this is a pure function
+//! of facts the caller gathered (no DNS, no clock, no locks), cheap enough for every connection.
+
+use std::time::Instant;
+
+use super::{plan, prefix_source, Floor, HostPlan, Learned, Prefix, Security, Source};
+
+/// How far a prefix reaches among a domain's MX hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The strictest prefix among a domain's MX hosts applies to all of them (the default,
+    /// as the spec asks): an attacker who blocks or strips the prefixed primary gains no
+    /// delivery in clear through an unprefixed backup.
+    #[default]
+    Domain,
+    /// Each host's prefix applies to that host only. Weaker: a backup without a prefix gets
+    /// opportunistic TLS, which a man in the middle can strip. For receivers whose backup MX
+    /// is known to have no certificate, and only by the operator's choice.
+    Host,
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Scope, String> {
+        match s {
+            "domain" => Ok(Scope::Domain),
+            "host" => Ok(Scope::Host),
+            _ => Err(format!("unknown policy scope {s:?}: use domain or host")),
+        }
+    }
+}
+
+/// What the domain's MTA-STS policy asks, as far as composing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sts {
+    /// No policy, or `mode: none`.
+    #[default]
+    None,
+    /// `mode: testing`: deliver as usual, count what would have failed.
+    Testing,
+    /// `mode: enforce`: only listed MX hosts, with verified TLS.
+    Enforce,
+}
+
+/// What is known of the destination domain as a whole, gathered once per resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DomainFacts {
+    /// The MX answer was DNSSEC-authenticated (recorded only).
+    pub dnssec: bool,
+    /// The operator's floor for the domain.
+    pub floor: Floor,
+    /// How far a prefix reaches.
+    pub scope: Scope,
+    /// The strictest prefix among the domain's MX hosts ([`strictest_prefix`]).
+    pub strictest_prefix: Prefix,
+    /// A live pin holds for the domain.
+    pub pinned: bool,
+    /// The domain's MTA-STS policy, if one is cached.
+    pub sts: Sts,
+}
+
+/// What is known of one MX host.
+#[derive(Debug, Clone, Copy)]
+pub struct HostFacts<'a> {
+    /// The MX host name as published.
+    pub name: &'a str,
+    /// The operator's floor for MX hosts matching a pattern that matches this one.
+    pub floor: Floor,
+    /// What earlier deliveries learned about the host.
+    pub learned: Option<&'a Learned>,
+    /// The domain's MTA-STS policy lists this host (ignored unless it is enforced).
+    pub sts_listed: bool,
+}
+
+/// The strictest prefix among a domain's MX host names: `smtps` or `starttls` if any host has
+/// one (both require verified TLS; `smtps` is named first only for its port plan), else none.
+pub fn strictest_prefix<'a>(names: impl IntoIterator<Item = &'a str>) -> Prefix {
+    let mut best = Prefix::None;
+    for n in names {
+        match super::prefix_of(n) {
+            Prefix::Smtps => return Prefix::Smtps,
+            Prefix::StartTls => best = Prefix::StartTls,
+            Prefix::None => {}
+        }
+    }
+    best
+}
+
+/// The plan for one MX host, composed from every source (module docs).
+pub fn compose(d: &DomainFacts, h: &HostFacts<'_>, now: Instant) -> HostPlan {
+    let mut p = plan(h.name, d.dnssec, Floor::None, h.learned, now);
+    // (source, the minimum it requires), in the order that names the decider among equals.
+    let mut asks: [(Source, Security); 5] = [(Source::Opportunistic, Security::Clear); 5];
+    let mut n = 0;
+    let mut ask = |s: Source, sec: Security| {
+        asks[n] = (s, sec);
+        n += 1;
+    };
+    if p.prefix != Prefix::None {
+        ask(prefix_source(p.prefix), Security::RequireVerified);
+    }
+    let mut testing = false;
+    match d.sts {
+        Sts::Enforce => {
+            ask(Source::MtaSts, Security::RequireVerified);
+            if !h.sts_listed {
+                p.refused = Some(format!("{}: not an MX host listed by the domain's MTA-STS policy (mode enforce)", p.host));
+            }
+        }
+        Sts::Testing => testing = true,
+        Sts::None => {}
+    }
+    if d.scope == Scope::Domain && d.strictest_prefix != Prefix::None && p.prefix == Prefix::None {
+        ask(Source::DomainScope, Security::RequireVerified);
+    }
+    // A pin speaks only when today's answer has no prefix at all (else the prefix, or domain
+    // scope, already says the same); so host scope keeps its documented meaning.
+    if d.pinned && d.strictest_prefix == Prefix::None && p.prefix == Prefix::None {
+        ask(Source::Pin, Security::RequireVerified);
+    }
+    let floor = d.floor.max(h.floor);
+    if floor != Floor::None {
+        ask(Source::Floor, floor.minimum());
+    }
+    let asks = &asks[..n];
+
+    let required = asks.iter().fold(Security::Clear, |acc, &(_, s)| acc.max(s));
+    for step in &mut p.steps {
+        step.security = step.security.max(required);
+    }
+    p.source = asks.iter().find(|&&(_, s)| s == required && required != Security::Clear).map_or(Source::Opportunistic, |&(s, _)| s);
+    let mut sources: Vec<Source> = asks.iter().map(|&(s, _)| s).collect();
+    if sources.is_empty() {
+        sources.push(Source::Opportunistic);
+    }
+    if testing {
+        sources.push(Source::MtaStsTesting);
+    }
+    sources.sort_unstable();
+    sources.dedup();
+    p.sources = sources;
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{LogicalPort, PolicyCache, PolicyOptions, Step, TlsStart};
+    use Security::{Clear, Opportunistic, RequireEncrypted, RequireVerified};
+
+    fn facts(strictest: Prefix) -> DomainFacts {
+        DomainFacts { strictest_prefix: strictest, ..DomainFacts::default() }
+    }
+
+    fn host(name: &str) -> HostFacts<'_> {
+        HostFacts { name, floor: Floor::None, learned: None, sts_listed: false }
+    }
+
+    fn securities(p: &HostPlan) -> Vec<(LogicalPort, Security)> {
+        p.steps.iter().map(|s| (s.port, s.security)).collect()
+    }
+
+    fn c(d: &DomainFacts, h: &HostFacts<'_>) -> HostPlan {
+        compose(d, h, Instant::now())
+    }
+
+    #[test]
+    fn strictest_prefix_of_a_domain() {
+        assert_eq!(strictest_prefix(["mx1.a", "mx2.a"]), Prefix::None);
+        assert_eq!(strictest_prefix(["mx1.a", "starttls-mx2.a"]), Prefix::StartTls);
+        assert_eq!(strictest_prefix(["starttls-mx1.a", "smtps-mx2.a", "mx3.a"]), Prefix::Smtps);
+        assert_eq!(strictest_prefix([]), Prefix::None);
+    }
+
+    /// The spec's composition table, one row per source, against a prefixed and a plain host.
+    #[test]
+    fn composition_table() {
+        use LogicalPort::{Smtp, Smtps};
+        use Prefix as P;
+        use Source as S;
+        let pinned = DomainFacts { pinned: true, ..facts(P::None) };
+        let enforce = DomainFacts { sts: Sts::Enforce, ..facts(P::None) };
+        let testing = DomainFacts { sts: Sts::Testing, ..facts(P::None) };
+        let floor_enc = DomainFacts { floor: Floor::Encrypted, ..facts(P::None) };
+        let floor_ver = DomainFacts { floor: Floor::Verified, ..facts(P::None) };
+        let scoped = facts(P::StartTls);
+        let host_scope = DomainFacts { scope: Scope::Host, ..facts(P::StartTls) };
+        let (plain, st, sm) = (facts(P::None), facts(P::StartTls), facts(P::Smtps));
+        type Row<'a> = (&'a str, &'a DomainFacts, bool, S, Vec<S>, Vec<(LogicalPort, Security)>);
+        #[rustfmt::skip]
+        let rows: Vec<Row> = vec![
+            // domain facts        host                 listed decided             sources                                   steps
+            ("mx.a",              &plain,      false, S::Opportunistic,  vec![S::Opportunistic],                   vec![(Smtp, Opportunistic)]),
+            ("starttls-mx.a",     &st,         false, S::StartTlsPrefix, vec![S::StartTlsPrefix],           vec![(Smtp, RequireVerified)]),
+            ("smtps-mx.a",        &sm,         false, S::SmtpsPrefix,   vec![S::SmtpsPrefix],                     vec![(Smtps, RequireVerified), (Smtp, RequireVerified)]),
+            ("mx.a",              &pinned,     false, S::Pin,                vec![S::Pin],                             vec![(Smtp, RequireVerified)]),
+            ("starttls-mx.a",     &pinned,     false, S::StartTlsPrefix,     vec![S::StartTlsPrefix],          vec![(Smtp, RequireVerified)]),
+            ("mx.a",              &enforce,    true,  S::MtaSts,             vec![S::MtaSts],                          vec![(Smtp, RequireVerified)]),
+            ("starttls-mx.a",     &enforce,    true,  S::StartTlsPrefix,     vec![S::StartTlsPrefix, S::MtaSts],       vec![(Smtp, RequireVerified)]),
+            ("mx.a",              &testing,    true,  S::Opportunistic,      vec![S::MtaStsTesting, S::Opportunistic], vec![(Smtp, Opportunistic)]),
+            ("smtps-mx.a",        &testing,    false, S::SmtpsPrefix,        vec![S::SmtpsPrefix, S::MtaStsTesting],   vec![(Smtps, RequireVerified), (Smtp, RequireVerified)]),
+            ("mx.a",              &floor_enc,  false, S::Floor,              vec![S::Floor],                           vec![(Smtp, RequireEncrypted)]),
+            ("mx.a",              &floor_ver,  false, S::Floor,              vec![S::Floor],                           vec![(Smtp, RequireVerified)]),
+            ("starttls-mx.a",     &floor_enc,  false, S::StartTlsPrefix,     vec![S::StartTlsPrefix, S::Floor],        vec![(Smtp, RequireVerified)]),
+            ("backup.a",          &scoped,     false, S::DomainScope,        vec![S::DomainScope],                     vec![(Smtp, RequireVerified)]),
+            ("backup.a",          &host_scope, false, S::Opportunistic,      vec![S::Opportunistic],                   vec![(Smtp, Opportunistic)]),
+        ];
+        for (name, d, listed, decided, sources, steps) in rows {
+            let p = c(d, &HostFacts { sts_listed: listed, ..host(name) });
+            assert_eq!(p.source, decided, "{name} {d:?}");
+            assert_eq!(p.sources, sources, "{name} {d:?}");
+            assert_eq!(securities(&p), steps, "{name} {d:?}");
+            assert_eq!(p.refused, None, "{name} {d:?}");
+            assert_eq!(p.verify_name, name, "the certificate is checked for the MX name as published");
+        }
+    }
+
+    #[test]
+    fn enforce_refuses_hosts_the_policy_does_not_list() {
+        let d = DomainFacts { sts: Sts::Enforce, ..facts(Prefix::None) };
+        let p = c(&d, &host("rogue.example"));
+        assert!(p.refused.as_deref().is_some_and(|r| r.contains("rogue.example") && r.contains("MTA-STS")), "{p:?}");
+        assert_eq!(p.source, Source::MtaSts);
+        // A testing policy never refuses.
+        let t = DomainFacts { sts: Sts::Testing, ..facts(Prefix::None) };
+        assert_eq!(c(&t, &host("rogue.example")).refused, None);
+    }
+
+    #[test]
+    fn domain_scope_covers_a_backup_that_learned_no_starttls() {
+        // The attack: strip STARTTLS at the unprefixed backup. Learning "STARTTLS absent" makes
+        // a plain host clear, but under a prefixed sibling it stays verified.
+        let mut cache = PolicyCache::new(&PolicyOptions::default());
+        let now = Instant::now();
+        cache.starttls_absent("backup.a", now);
+        let learned = cache.get("backup.a", now);
+        let h = HostFacts { learned, ..host("backup.a") };
+        let scoped = compose(&facts(Prefix::StartTls), &h, now);
+        assert_eq!(scoped.steps, vec![Step { port: LogicalPort::Smtp, start: TlsStart::Starttls, security: RequireVerified }]);
+        assert!(scoped.is_mandatory());
+        let per_host = compose(&DomainFacts { scope: Scope::Host, ..facts(Prefix::StartTls) }, &h, now);
+        assert_eq!(securities(&per_host), vec![(LogicalPort::Smtp, Clear)], "host scope is weaker, as documented");
+        // A pin does the same when the prefix vanished from the answer altogether.
+        let pinned = compose(&DomainFacts { pinned: true, ..facts(Prefix::None) }, &h, now);
+        assert!(pinned.is_mandatory());
+        assert_eq!(pinned.source, Source::Pin);
+    }
+
+    #[test]
+    fn the_mx_floor_and_the_domain_floor_combine() {
+        let d = DomainFacts { floor: Floor::Encrypted, ..facts(Prefix::None) };
+        let p = c(&d, &HostFacts { floor: Floor::Verified, ..host("mx.a") });
+        assert_eq!(securities(&p), vec![(LogicalPort::Smtp, RequireVerified)]);
+        assert_eq!(p.source, Source::Floor);
+    }
+
+    #[test]
+    fn scope_parses() {
+        assert_eq!("domain".parse::<Scope>(), Ok(Scope::Domain));
+        assert_eq!("host".parse::<Scope>(), Ok(Scope::Host));
+        assert!("global".parse::<Scope>().unwrap_err().contains("domain or host"));
+    }
+}
