@@ -46,7 +46,12 @@ pub const MAX_SHARDS: usize = 1024;
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read the configuration file {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The configuration file.
+        path: PathBuf,
+        /// Why reading it failed.
+        source: std::io::Error,
+    },
     /// Not valid TOML, an unknown key, or a value of the wrong kind, at a position in the file.
     #[error("{0}")]
     Parse(Box<ParseError>),
@@ -54,15 +59,38 @@ pub enum ConfigError {
     /// `setting` is its dotted path, e.g. `engine.connect_timeout` or
     /// `domain "example.com".max_conns`.
     #[error("{}{setting}: {message}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
-    Invalid { file: Option<PathBuf>, setting: String, message: String },
+    Invalid {
+        /// The file, when read by [`Config::load`].
+        file: Option<PathBuf>,
+        /// The setting's dotted path.
+        setting: String,
+        /// What is wrong, and what is expected instead.
+        message: String,
+    },
     /// Two `[[domain]]` entries for the same domain or the same MX pattern: which one applies
     /// would depend on their order, so neither is chosen.
     #[error("{}[[domain]] entries {first} and {second} both have {key} = {value:?}; merge them into one",
         file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
-    DuplicateDomain { file: Option<PathBuf>, key: &'static str, value: String, first: usize, second: usize },
+    DuplicateDomain {
+        /// The file, when read by [`Config::load`].
+        file: Option<PathBuf>,
+        /// The key the two entries share: `name` or `mx_pattern`.
+        key: &'static str,
+        /// Its value, normalised (so `A.test.` and `a.test` are the same).
+        value: String,
+        /// The first entry's number, counted from 1 in file order.
+        first: usize,
+        /// The second entry's number, counted from 1 in file order.
+        second: usize,
+    },
     /// A file named by `tls.ca_files` could not be loaded (the source names the file).
     #[error("tls.ca_files: {source}")]
-    CaFile { path: PathBuf, source: crate::tls::TlsError },
+    CaFile {
+        /// The file, as given in `tls.ca_files`.
+        path: PathBuf,
+        /// Why it could not be loaded.
+        source: crate::tls::TlsError,
+    },
 }
 
 impl ConfigError {
@@ -112,9 +140,13 @@ pub struct ParseError {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[engine]`: how deliveries are made (connections, timeouts, EHLO name, key exchange).
     pub engine: EngineSection,
+    /// `[dns]`: where MX records are looked up.
     pub dns: DnsSection,
+    /// `[ports]`: the TCP ports dialled for SMTP and SMTP over implicit TLS.
     pub ports: PortsSection,
+    /// `[tls]`: extra trust anchors for outbound verified TLS.
     pub tls: TlsSection,
     /// `[spool]`: where accepted messages are kept until every recipient has an outcome. The
     /// spool's own type, so the file and the spool share one set of defaults.
@@ -124,7 +156,9 @@ pub struct Config {
     /// ±`jitter` fraction; a recipient still undelivered `max_age` after injection is bounced.
     /// The scheduler's own type, so the file and the scheduler share one set of defaults.
     pub retry: RetryPolicy,
+    /// `[inject]`: the SMTP listener and the HTTP API that applications inject through.
     pub inject: InjectSection,
+    /// `[log]`: the delivery log and the daemon's own log.
     pub log: LogSection,
     /// `[policy]`: how the composed TLS policy reaches and what it remembers.
     pub policy: PolicySection,
@@ -265,7 +299,9 @@ pub struct TlsSection {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InjectSection {
+    /// `[inject.smtp]`: the SMTP injection listener.
     pub smtp: SmtpInjectSection,
+    /// `[inject.http]`: the HTTP API (inject, observe, the operator's commands).
     pub http: HttpInjectSection,
 }
 
@@ -303,7 +339,11 @@ pub struct SmtpInjectSection {
     /// Commands that carry no mail (NOOP, VRFY, RSET, HELP, unknown verbs) allowed per
     /// connection; the next gets 421 4.7.0 and the connection is closed. Default 100.
     pub max_idle_commands: u32,
+    /// `[inject.smtp.auth]`: AUTH PLAIN for clients outside `allowed_networks`. Default: not
+    /// offered (no users file).
     pub auth: SmtpAuthSection,
+    /// `[inject.smtp.tls]`: the certificate offered with STARTTLS. Default: a self-signed one,
+    /// generated at each start.
     pub tls: SmtpInjectTlsSection,
 }
 
@@ -409,6 +449,8 @@ pub struct HttpInjectSection {
     /// Requests on one keep-alive connection; the last is answered with `Connection: close`.
     /// Default 1000.
     pub max_requests_per_conn: u32,
+    /// `[inject.http.tls]`: HTTPS on the API (required off loopback). Default unset: plain
+    /// HTTP.
     pub tls: HttpInjectTlsSection,
 }
 

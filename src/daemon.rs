@@ -29,7 +29,9 @@ use crate::smtp_server::PortKind;
 /// What `serve` did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ServeReport {
+    /// Messages accepted on the SMTP injection listener (those of the HTTP API are not counted).
     pub injected_messages: u64,
+    /// The queue manager's counters at shutdown.
     pub manager: ManagerReport,
 }
 

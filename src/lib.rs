@@ -28,9 +28,7 @@
 
 pub mod address;
 pub mod auth;
-#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod config;
-#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod daemon;
 pub mod demo;
 pub mod dnsserver;

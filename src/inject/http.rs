@@ -54,8 +54,11 @@ struct Api {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
+    /// Envelope sender; `""` for the null sender.
     pub from: String,
+    /// Envelope recipients, at least one.
     pub to: Vec<String>,
+    /// The message (RFC 5322 text), at most [`MAX_MESSAGE`] bytes, without NUL bytes.
     pub data: String,
 }
 
@@ -63,6 +66,7 @@ pub struct NewMessage {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
+    /// 1 to [`MAX_BATCH`] messages, accepted all or none.
     pub messages: Vec<NewMessage>,
 }
 
@@ -215,15 +219,21 @@ const MAX_REFUSING: usize = 64;
 /// The API's settings, with the files they name loaded: built before the daemon starts
 /// anything, so a bad tokens file or certificate stops it, naming the file.
 pub struct ApiConfig {
+    /// Address to listen on.
     pub listen: SocketAddr,
     /// `None`: no token is asked for (allowed on loopback only; the config checks that).
     pub tokens: Option<Arc<Tokens>>,
     /// `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Names besides the listener's own address (and `localhost` on loopback) that `Host` may give.
     pub allowed_hosts: Vec<AllowedHost>,
+    /// Longest wait for a request's headers (and the TLS handshake), and longest keep-alive idle time.
     pub header_timeout: Duration,
+    /// Longest wait for a request's body (then 408).
     pub body_timeout: Duration,
+    /// Connections served at once, at least 1; more get 503 and are closed.
     pub max_conns: usize,
+    /// Requests on one connection, at least 1; the last is answered with `Connection: close`.
     pub max_requests_per_conn: u32,
 }
 
@@ -487,6 +497,7 @@ where
 
 /// A running API listener.
 pub struct ApiServer {
+    /// The address it listens on (with the port the system chose, if `listen` gave 0).
     pub addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,

@@ -54,6 +54,7 @@ impl Scope {
         self == Scope::Admin || self == need
     }
 
+    /// The scope's name, as written in the tokens file and given to `mxpipe token --scope`.
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Inject => "inject",
@@ -84,10 +85,24 @@ impl fmt::Display for Scope {
 /// Why a tokens file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum TokensError {
+    /// The file could not be read.
     #[error("cannot read the tokens file {}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The tokens file.
+        path: PathBuf,
+        /// Why reading it failed.
+        source: std::io::Error,
+    },
+    /// A line that is not a token line, or repeats a name or an id.
     #[error("tokens file {}, line {line}: {message}", path.display())]
-    Line { path: PathBuf, line: usize, message: String },
+    Line {
+        /// The tokens file.
+        path: PathBuf,
+        /// 1-based.
+        line: usize,
+        /// What is wrong with the line.
+        message: String,
+    },
 }
 
 struct Entry {
@@ -112,7 +127,9 @@ impl fmt::Debug for Tokens {
 /// A token that passed: who it is and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bearer {
+    /// The token's name (the first field of its line), for errors and logs.
     pub name: String,
+    /// What it may do.
     pub scope: Scope,
 }
 
@@ -145,10 +162,12 @@ impl Tokens {
         Ok(Tokens { by_id })
     }
 
+    /// How many tokens there are.
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
 
+    /// Whether there are none (a file of only comments and blank lines).
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

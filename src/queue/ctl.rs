@@ -16,10 +16,25 @@ use crate::address::Domain;
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueCmd {
+    /// Show every destination with recipients waiting or a suspension (`GET /v1/queues`).
     List,
-    Suspend { domain: String, duration: Option<String> },
-    Resume { domain: String },
-    Bounce { domain: String },
+    /// Hold a destination's recipients for a while (those with the engine finish their attempt).
+    Suspend {
+        /// The destination domain, as typed (checked by [`path_segment`]).
+        domain: String,
+        /// For how long, a duration such as `"30m"`; `None`: the API's default, 1h.
+        duration: Option<String>,
+    },
+    /// Lift a destination's suspension and try its recipients now.
+    Resume {
+        /// The destination domain, as typed (checked by [`path_segment`]).
+        domain: String,
+    },
+    /// Give up on a destination's waiting recipients: bounced, with a DSN to each sender.
+    Bounce {
+        /// The destination domain, as typed (checked by [`path_segment`]).
+        domain: String,
+    },
 }
 
 /// Longest wait for the daemon's answer.
@@ -33,6 +48,7 @@ pub struct Target {
     /// What the client connects to, as given (`127.0.0.1:8025`, `mxpipe.example.com:8443`):
     /// the `Host` header, and the name the TLS certificate is checked against.
     pub host: String,
+    /// The address connected to: `host` looked up, or loopback for an unspecified address.
     pub addr: SocketAddr,
     /// Sent as `Authorization: Bearer`.
     pub token: Option<String>,

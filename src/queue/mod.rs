@@ -9,7 +9,6 @@
 //! - [`ctl`]: `mxpipe queue`, the operator's client of those commands.
 
 pub mod board;
-#[allow(missing_docs)] // not yet documented item by item: see the issue 8 note
 pub mod ctl;
 pub mod manager;
 pub mod report;
