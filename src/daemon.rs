@@ -78,7 +78,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let intake = Intake::new(spool.clone(), acc_tx, board.clone());
     let sink = crate::inject::smtp::start(smtp_cfg, intake.clone()).await?;
     board.set_injection_stats(sink.stats_reader());
-    let api = crate::inject::http::start(api_cfg, intake, ctl_tx)
+    let api = crate::inject::http::start(api_cfg, intake, ctl_tx, state)
         .await
         .map_err(|e| format!("cannot start the HTTP API on {}: {e}", cfg.inject.http.listen))?;
     let inject_addr = sink.addr(PortKind::StartTls).map_or_else(|| "?".into(), |a| a.to_string());

@@ -44,6 +44,9 @@ enum Cmd {
     },
     /// Show and steer a running `serve`'s queues: list, suspend, resume, bounce a destination.
     Queue(QueueArgs),
+    /// Show or forget what the TLS policy remembers of a domain (its pin), in a running
+    /// `serve` (through its API, admin token) or in a `send --state-dir`.
+    Policy(PolicyArgs),
     /// Make a bearer token for the HTTP API (`[inject.http] tokens_file`). The token is
     /// printed once, on standard output, for the client; it cannot be shown again (only a
     /// salted SHA-256 of it is kept). The tokens-file line is appended to --tokens-file
@@ -63,8 +66,9 @@ enum Cmd {
     },
 }
 
+/// How to reach a running daemon's HTTP API (`mxpipe queue`, `mxpipe policy`).
 #[derive(Args)]
-struct QueueArgs {
+struct ApiArgs {
     /// The daemon's HTTP API, ADDR:PORT or NAME:PORT, also sent as the Host and checked
     /// against its TLS certificate (default: `inject.http.listen` of --config, else
     /// 127.0.0.1:8025).
@@ -88,6 +92,12 @@ struct QueueArgs {
     /// Print the API's JSON answer instead of text.
     #[arg(long, global = true)]
     json: bool,
+}
+
+#[derive(Args)]
+struct QueueArgs {
+    #[command(flatten)]
+    api: ApiArgs,
     #[command(subcommand)]
     cmd: QueueSub,
 }
@@ -107,6 +117,27 @@ enum QueueSub {
     Resume { domain: String },
     /// Give up on every recipient waiting for a destination: bounced with a DSN to each sender.
     Bounce { domain: String },
+}
+
+#[derive(Args)]
+struct PolicyArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Read and edit the state directory of `mxpipe send --state-dir DIR` instead of asking a
+    /// daemon (not while a `send` with that directory runs: it saves its own at the end).
+    #[arg(long, value_name = "DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: PolicySub,
+}
+
+#[derive(Subcommand)]
+enum PolicySub {
+    /// What the TLS policy remembers of a domain: its pin (a prefixed MX seen within the pin
+    /// TTL, so every MX host needs verified TLS) and when it lapses.
+    Show { domain: String },
+    /// Forget a domain's pin (until a prefixed MX is seen again).
+    Forget { domain: String },
 }
 
 #[derive(Args)]
@@ -373,6 +404,7 @@ fn main() -> ExitCode {
         Cmd::Demo(args) => run_demo(args),
         Cmd::Serve(args) => run_serve(args),
         Cmd::Queue(args) => run_queue(args),
+        Cmd::Policy(args) => run_policy(args),
         Cmd::Token { name, scope, tokens_file } => run_token(&name, scope, tokens_file.as_deref()),
         Cmd::Passwd { user, iterations } => mxpipe::auth::passwd(&user, iterations, std::io::stdin().lock()).map(|line| println!("{line}")),
     };
@@ -722,7 +754,60 @@ fn run_token(name: &str, scope: mxpipe::inject::tokens::Scope, tokens_file: Opti
 }
 
 fn run_queue(a: QueueArgs) -> Result<(), String> {
-    use mxpipe::queue::ctl::{self, QueueCmd, Target};
+    use mxpipe::queue::ctl::{self, QueueCmd};
+    let target = api_target(&a.api)?;
+    let cmd = match a.cmd {
+        QueueSub::List => QueueCmd::List,
+        QueueSub::Suspend { domain, duration } => {
+            // Checked here too, so a typo is reported without asking the daemon.
+            mxpipe::config::parse_duration(&duration).map_err(|e| format!("--for: {e}"))?;
+            QueueCmd::Suspend { domain, duration: Some(duration) }
+        }
+        QueueSub::Resume { domain } => QueueCmd::Resume { domain },
+        QueueSub::Bounce { domain } => QueueCmd::Bounce { domain },
+    };
+    println!("{}", ctl::run(&target, &cmd, a.api.json)?);
+    Ok(())
+}
+
+fn run_policy(a: PolicyArgs) -> Result<(), String> {
+    use mxpipe::policy::state::{unix_now, PolicyState, StateOptions};
+    use mxpipe::queue::ctl;
+    let (domain, forget) = match &a.cmd {
+        PolicySub::Show { domain } => (domain, false),
+        PolicySub::Forget { domain } => (domain, true),
+    };
+    let Some(dir) = &a.state_dir else {
+        println!("{}", ctl::policy(&api_target(&a.api)?, domain, forget, a.api.json)?);
+        return Ok(());
+    };
+    let name = ctl::path_segment(domain)?;
+    if !dir.join(mxpipe::policy::state::FILE_NAME).exists() {
+        return Err(format!("--state-dir {}: no {} there (was it a `send --state-dir`?)", dir.display(), mxpipe::policy::state::FILE_NAME));
+    }
+    let state = PolicyState::open(dir, StateOptions::default()).map_err(|e| format!("--state-dir: {e}"))?;
+    if forget {
+        let had = state.forget(name.as_str());
+        state.flush().map_err(|e| format!("--state-dir: {e}"))?;
+        if a.api.json {
+            println!("{}", serde_json::json!({ "domain": name.as_str(), "forgotten": had }));
+        } else {
+            println!("{}", ctl::forgotten(name.as_str(), had));
+        }
+    } else {
+        let view = state.view(name.as_str(), unix_now());
+        if a.api.json {
+            println!("{}", serde_json::to_string(&view).map_err(|e| e.to_string())?);
+        } else {
+            println!("{}", ctl::describe_policy(&view));
+        }
+    }
+    Ok(())
+}
+
+/// The daemon's API as the flags (and the daemon's configuration) say.
+fn api_target(a: &ApiArgs) -> Result<mxpipe::queue::ctl::Target, String> {
+    use mxpipe::queue::ctl::Target;
     let cfg = a.config.as_ref().map(|p| mxpipe::config::Config::load(p).map_err(|e| e.to_string())).transpose()?;
     let http = cfg.map(|c| c.inject.http).unwrap_or_default();
     let mut target = match &a.api {
@@ -748,18 +833,7 @@ fn run_queue(a: QueueArgs) -> Result<(), String> {
         }
         target = target.with_tls(roots)?;
     }
-    let cmd = match a.cmd {
-        QueueSub::List => QueueCmd::List,
-        QueueSub::Suspend { domain, duration } => {
-            // Checked here too, so a typo is reported without asking the daemon.
-            mxpipe::config::parse_duration(&duration).map_err(|e| format!("--for: {e}"))?;
-            QueueCmd::Suspend { domain, duration: Some(duration) }
-        }
-        QueueSub::Resume { domain } => QueueCmd::Resume { domain },
-        QueueSub::Bounce { domain } => QueueCmd::Bounce { domain },
-    };
-    println!("{}", ctl::run(&target, &cmd, a.json)?);
-    Ok(())
+    Ok(target)
 }
 
 /// A future that completes on SIGINT, SIGTERM, or the end of `duration`. The signal handlers

@@ -237,3 +237,54 @@ async fn a_suspension_outlasts_a_restart_and_a_resume_too() {
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Run `mxpipe policy --api API args...`: (success, stdout, stderr).
+fn policy(api: SocketAddr, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mxpipe")).arg("policy").arg("--api").arg(api.to_string()).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_is_shown_survives_a_restart_and_can_be_forgotten() {
+    let dir = tmpdir("policycmd");
+    let mail = dir.join("mail");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.8.2.1");
+    // The sink's certificate is not trusted for the prefixed name: the message is deferred,
+    // but the resolution alone pins the domain.
+    let _sink = sink_on(Ipv4Addr::new(127, 8, 2, 1), port, &mail, |_| {}).await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("pinned.t.test", 10, "starttls-mx.pinned.t.test").a("starttls-mx.pinned.t.test", Ipv4Addr::new(127, 8, 2, 1));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let setup = Setup::new(&dir, dns.addr(), port);
+    let config = setup.write(&dir);
+    let d = start_daemon(&config, setup.inject);
+    let api = setup.http;
+    let (ok, out, err) = tokio::task::spawn_blocking(move || policy(api, &["show", "pinned.t.test"])).await.unwrap();
+    assert!(ok && out.contains("no pin"), "before any delivery: {out}{err}");
+    assert!(inject(d.inject, "app@src.t.test", "a@pinned.t.test", "pin me").await);
+    wait_for("the pin", Duration::from_secs(20), || policy(api, &["show", "pinned.t.test"]).1.contains("pinned (starttls prefix")).await;
+    let (ok, out, _) = policy(api, &["--json", "show", "PINNED.t.test."]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(ok && v["pinned"] == true && v["pin"]["hosts"][0] == "starttls-mx.pinned.t.test", "{v}");
+    assert!(std::fs::read_dir(&mail).unwrap().next().is_none(), "nothing delivered to an unverified certificate");
+
+    // A restart keeps it (saved at shutdown beside the spool, mode 0600).
+    assert!(terminate(d));
+    let file = setup.spool.join(mxpipe::policy::state::FILE_NAME);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let d = start_daemon(&config, setup.inject);
+    let (ok, out, err) = policy(api, &["show", "pinned.t.test"]);
+    assert!(ok && out.contains("pinned (starttls prefix, seen on starttls-mx.pinned.t.test)"), "after the restart: {out}{err}");
+
+    // forget, then nothing is left; bad input is a clear error.
+    let (ok, out, _) = policy(api, &["forget", "pinned.t.test"]);
+    assert!(ok && out.contains("pin forgotten"), "{out}");
+    let (ok, out, _) = policy(api, &["show", "pinned.t.test"]);
+    assert!(ok && out.contains("no pin"), "{out}");
+    let (ok, _, err) = policy(api, &["show", "bad..name"]);
+    assert!(!ok && err.contains("not a domain name"), "{err}");
+    assert!(terminate(d));
+    dns.shutdown().await;
+}

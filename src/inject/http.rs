@@ -32,6 +32,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+
+use crate::policy::state::PolicyState;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::tokens::{Scope, Tokens};
@@ -48,6 +50,8 @@ pub const MAX_BATCH: usize = 10_000;
 struct Api {
     intake: Intake,
     control: crossbeam_channel::Sender<Control>,
+    /// The engine's policy memory (pins), for `mxpipe policy show|forget`.
+    policy: Arc<PolicyState>,
 }
 
 /// One message to inject: the envelope and the RFC 5322 content.
@@ -203,6 +207,26 @@ async fn queue_command(State(api): State<Api>, Path((domain, action)): Path<(Str
     match answer.await {
         Ok(r) => Json(r).into_response(),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the queue manager is stopping"),
+    }
+}
+
+/// `GET /v1/policy/{domain}`: what the TLS policy remembers of a domain (its pin).
+async fn policy_show(State(api): State<Api>, Path(domain): Path<String>) -> Response {
+    match crate::queue::ctl::path_segment(&domain) {
+        Ok(name) => Json(api.policy.view(name.as_str(), crate::policy::state::unix_now())).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// `DELETE /v1/policy/{domain}`: forget it (the pin goes; the next sighting of a prefixed MX
+/// pins it again). Saved at the next flush of the state.
+async fn policy_forget(State(api): State<Api>, Path(domain): Path<String>) -> Response {
+    match crate::queue::ctl::path_segment(&domain) {
+        Ok(name) => {
+            let forgotten = api.policy.forget(name.as_str());
+            Json(serde_json::json!({ "domain": name.as_str(), "forgotten": forgotten })).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 
@@ -442,7 +466,10 @@ fn router(api: Api, g: Guard) -> Router {
             .route_layer(middleware::from_fn_with_state((g.clone(), need), check_token))
     };
     let inject = Router::new().route("/v1/messages", post(inject)).route("/v1/messages/{id}", get(message));
-    let admin = Router::new().route("/v1/queues", get(queues)).route("/v1/queues/{domain}/{action}", post(queue_command));
+    let admin = Router::new()
+        .route("/v1/queues", get(queues))
+        .route("/v1/queues/{domain}/{action}", post(queue_command))
+        .route("/v1/policy/{domain}", get(policy_show).delete(policy_forget));
     let metrics = Router::new().route("/metrics", get(metrics));
     Router::new()
         .merge(scoped(inject, Scope::Inject))
@@ -512,10 +539,16 @@ impl ApiServer {
     }
 }
 
-/// Start the API as `cfg` says.
-pub async fn start(cfg: ApiConfig, intake: Intake, control: crossbeam_channel::Sender<Control>) -> std::io::Result<ApiServer> {
+/// Start the API as `cfg` says; `policy` is the engine's policy memory, shown and edited by
+/// the `/v1/policy` routes.
+pub async fn start(
+    cfg: ApiConfig,
+    intake: Intake,
+    control: crossbeam_channel::Sender<Control>,
+    policy: Arc<PolicyState>,
+) -> std::io::Result<ApiServer> {
     let guard = Guard { tokens: cfg.tokens.clone(), allowed_hosts: cfg.allowed_hosts.clone().into(), body_timeout: cfg.body_timeout };
-    let app = router(Api { intake, control }, guard);
+    let app = router(Api { intake, control, policy }, guard);
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();

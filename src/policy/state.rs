@@ -73,7 +73,7 @@ impl Pin {
 }
 
 /// What an operator sees for a domain (`mxpipe policy show`, `GET /v1/policy/{domain}`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DomainView {
     /// The domain asked about.
     pub domain: String,
@@ -131,6 +131,24 @@ impl std::fmt::Debug for PolicyState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyState").field("path", &self.path).field("opts", &self.opts).finish_non_exhaustive()
     }
+}
+
+/// A Unix time as `2026-12-01 23:36 UTC` (civil date from days since the epoch; written here
+/// because one date line is all this needs, not a calendar crate).
+pub fn format_unix(t: u64) -> String {
+    let days = (t / 86_400) as i64;
+    let (h, m) = ((t % 86_400) / 3600, (t % 3600) / 60);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
 }
 
 /// Now, in Unix seconds.
@@ -373,6 +391,13 @@ mod tests {
         std::fs::write(d.path().join(FILE_NAME), b"{\"version\": 9}").unwrap();
         let e = PolicyState::open(d.path(), StateOptions::default()).unwrap_err().to_string();
         assert!(e.contains("version 9"), "{e}");
+    }
+
+    #[test]
+    fn dates_for_people() {
+        assert_eq!(format_unix(0), "1970-01-01 00:00 UTC");
+        assert_eq!(format_unix(1_796_168_160), "2026-12-01 23:36 UTC");
+        assert_eq!(format_unix(951_825_600), "2000-02-29 12:00 UTC");
     }
 
     #[test]

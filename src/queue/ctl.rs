@@ -211,6 +211,54 @@ pub fn run(t: &Target, cmd: &QueueCmd, json: bool) -> Result<String, String> {
     })
 }
 
+/// `mxpipe policy show|forget DOMAIN` against a running daemon (`GET`/`DELETE
+/// /v1/policy/{domain}`): the text to print, or the API's JSON.
+pub fn policy(t: &Target, domain: &str, forget: bool, json: bool) -> Result<String, String> {
+    let path = format!("/v1/policy/{}", path_segment(domain)?);
+    let (code, body) = request(t, if forget { "DELETE" } else { "GET" }, &path, "")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|_| format!("{}: HTTP {code} with a body that is not JSON: {body:.200}", t.addr))?;
+    if code != 200 {
+        return Err(refused(code, t.token.is_some(), v["error"].as_str().unwrap_or(&body)));
+    }
+    if json {
+        return Ok(v.to_string());
+    }
+    if forget {
+        return Ok(forgotten(v["domain"].as_str().unwrap_or(domain), v["forgotten"].as_bool().unwrap_or(false)));
+    }
+    let view: crate::policy::state::DomainView = serde_json::from_value(v).map_err(|e| format!("{}: unexpected answer: {e}", t.addr))?;
+    Ok(describe_policy(&view))
+}
+
+/// One line for `mxpipe policy forget`.
+pub fn forgotten(domain: &str, had: bool) -> String {
+    if had {
+        format!("{domain}: pin forgotten (a prefixed MX seen again pins it again)")
+    } else {
+        format!("{domain}: nothing to forget")
+    }
+}
+
+/// What `mxpipe policy show` prints for a domain.
+pub fn describe_policy(v: &crate::policy::state::DomainView) -> String {
+    let Some(p) = &v.pin else {
+        return format!("{}: no pin (its MX answers have shown no starttls-/smtps- prefix within the pin TTL)", v.domain);
+    };
+    let hosts = if p.hosts.is_empty() { "-".to_string() } else { p.hosts.join(", ") };
+    if v.pinned {
+        format!(
+            "{}: pinned ({} prefix, seen on {hosts}) until {} (expires {}): every MX host needs verified TLS",
+            v.domain,
+            p.prefix,
+            crate::policy::state::format_unix(p.expires),
+            when(Some(p.expires as f64))
+        )
+    } else {
+        format!("{}: pin expired at {} ({} prefix, seen on {hosts})", v.domain, crate::policy::state::format_unix(p.expires), p.prefix)
+    }
+}
+
 /// A domain as one URL path segment: the [`Domain`] form the queues are keyed by (A-labels,
 /// lowercase, no trailing dot), which only has letters, digits, `-` and dots. The API checks
 /// what it is given with this too.
