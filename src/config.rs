@@ -1014,6 +1014,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_removed_require_dnssec_says_what_replaces_it() {
+        let c = Config::from_toml_str("[engine]\nrequire_dnssec = true\n").unwrap();
+        let e = c.engine_config().unwrap_err().to_string();
+        assert!(e.contains("engine.require_dnssec") && e.contains("validate_dnssec") && e.contains("always honoured"), "{e}");
+        let c = Config::from_toml_str("[policy]\nscope = \"host\"\npin_ttl = \"2d\"\n").unwrap();
+        assert_eq!(c.engine_config().unwrap().policy.scope, crate::policy::Scope::Host);
+        assert_eq!(c.policy.pin_ttl, Duration::from_secs(2 * 86_400));
+        assert!(Config::from_toml_str("[policy]\nscope = \"global\"\n").is_err());
+        let c = Config::from_toml_str("[policy]\npin_ttl = \"400d\"\n").unwrap();
+        assert!(c.engine_config().unwrap_err().to_string().contains("policy.pin_ttl"));
+    }
+
     /// Every setting the example documents is a real key: uncommenting the commented-out
     /// ones still parses (so the example cannot show a setting the code does not have).
     #[test]
