@@ -9,6 +9,7 @@
 //! Nothing here opens sockets or reads the clock: callers pass `now`, so every rule is unit tested.
 
 pub mod learned;
+pub mod mta_sts;
 pub mod prefix;
 
 pub use learned::{Learned, PolicyCache};
