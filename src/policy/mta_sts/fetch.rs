@@ -370,6 +370,18 @@ mod tests {
     }
 
     #[test]
+    fn config_defaults() {
+        let opts = crate::tls::ClientOptions {
+            verify: crate::tls::Verify::webpki_plus(&[]).unwrap(),
+            kx: crate::tls::Kx::Default,
+            resumption: crate::tls::ClientResumption::Off,
+            tls12_only: false,
+        };
+        let cfg = FetchConfig::new(crate::tls::client_config(&opts, None).unwrap());
+        assert_eq!((cfg.port, cfg.timeout, cfg.max_bytes), (443, Duration::from_secs(20), 65_536));
+    }
+
+    #[test]
     fn kinds_map_to_tls_rpt() {
         let addr = SocketAddr::from(([127, 0, 0, 1], 443));
         let host = String::from("mta-sts.example.com");
