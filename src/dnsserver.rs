@@ -22,7 +22,7 @@ use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
 use hickory_server::proto::dnssec::crypto::EcdsaSigningKey;
 use hickory_server::proto::dnssec::rdata::DNSKEY;
 use hickory_server::proto::dnssec::{Algorithm, DnssecSigner, PublicKeyBuf, SigningKey, TrustAnchors};
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, NS, SOA};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, NS, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -118,6 +118,20 @@ impl ZoneBuilder {
     /// `host AAAA ip` with an explicit TTL.
     pub fn aaaa_with_ttl(&mut self, host: &str, ip: Ipv6Addr, ttl: u32) -> &mut Self {
         self.push(host, ttl, RData::AAAA(AAAA(ip)));
+        self
+    }
+
+    /// `name TXT value` with the current default TTL. A value longer than 255 bytes is split
+    /// into several character-strings, as a zone file would have to write it; resolvers
+    /// (and [`crate::resolve::MxResolver::txt`]) join them again.
+    pub fn txt(&mut self, name: &str, value: &str) -> &mut Self {
+        self.txt_with_ttl(name, value, self.ttl)
+    }
+
+    /// `name TXT value` with an explicit TTL (see [`ZoneBuilder::txt`]).
+    pub fn txt_with_ttl(&mut self, name: &str, value: &str, ttl: u32) -> &mut Self {
+        let strings: Vec<&[u8]> = if value.is_empty() { vec![&[][..]] } else { value.as_bytes().chunks(255).collect() };
+        self.push(name, ttl, RData::TXT(TXT::from_bytes(strings)));
         self
     }
 

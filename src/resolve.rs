@@ -369,6 +369,46 @@ impl MxResolver {
         }
     }
 
+    /// The TXT records at `name`, each record's character-strings joined into one string (as
+    /// RFC 8461 §3.1 and most TXT users want), non-UTF-8 bytes replaced. NXDOMAIN and "no TXT
+    /// records" are both an empty list; only a temporary failure is an error.
+    ///
+    /// Not cached and not coalesced: the destination cache holds whole [`Destination`]s, and
+    /// the callers of this (MTA-STS, TLS-RPT) keep what they derive from it for as long as
+    /// they need. Each call counts one query in [`ResolverStats::queries`].
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, ResolveError> {
+        let (_, name) = normalize(name)?;
+        match self.lookup.query(&name, RecordType::TXT).await {
+            Answer::Records(records, _) => Ok(records
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(String::from_utf8_lossy(&txt.txt_data.concat()).into_owned()),
+                    _ => None,
+                })
+                .collect()),
+            Answer::NoData(_) | Answer::NxDomain => Ok(Vec::new()),
+            Answer::Failed(why) => Err(ResolveError::Temporary(why)),
+        }
+    }
+
+    /// The addresses of host `name`, IPv4 first, then IPv6: the lookup [`MxResolver::resolve`]
+    /// makes for each MX host (A and AAAA concurrently), for hosts that are not MX hosts, such
+    /// as an MTA-STS policy host. A name without addresses (or that does not exist) gives an
+    /// empty list; a temporary failure of both lookups, or of one when the other found nothing,
+    /// is an error. Not cached, for the reason given at [`MxResolver::txt`].
+    pub async fn host_addrs(&self, name: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        let (_, name) = normalize(name)?;
+        let found = self.lookup.addresses(name).await;
+        match found.temp_failure {
+            Some(why) if found.addrs.is_empty() => Err(ResolveError::Temporary(why)),
+            _ => {
+                let mut addrs = found.addrs;
+                addrs.sort_by_key(|ip| ip.is_ipv6());
+                Ok(addrs)
+            }
+        }
+    }
+
     /// Counters since creation.
     pub fn stats(&self) -> ResolverStats {
         let c = &self.counters;

@@ -12,6 +12,7 @@
 
 pub mod compose;
 pub mod learned;
+pub mod mta_sts;
 pub mod prefix;
 pub mod state;
 
