@@ -277,12 +277,14 @@ pub struct PortsSection {
     pub smtp: u16,
     /// Port for SMTP over implicit TLS (the `smtps-` MX prefix). Default 26.
     pub smtps: u16,
+    /// Port for HTTPS, where MTA-STS policies are fetched. Default 443.
+    pub https: u16,
 }
 
 impl Default for PortsSection {
     fn default() -> Self {
         let p = PortMap::default();
-        PortsSection { smtp: p.smtp, smtps: p.smtps }
+        PortsSection { smtp: p.smtp, smtps: p.smtps, https: p.https }
     }
 }
 
@@ -602,7 +604,7 @@ impl Config {
         c.resolver.nameserver = self.dns.nameserver;
         c.resolver.timeout = self.dns.timeout;
         c.resolver.validate_dnssec = self.dns.validate_dnssec;
-        c.port_map = PortMap { smtp: self.ports.smtp, smtps: self.ports.smtps };
+        c.port_map = PortMap { smtp: self.ports.smtp, smtps: self.ports.smtps, https: self.ports.https };
         for path in &self.tls.ca_files {
             // An empty file is an error there: a trust anchor the operator meant to add is missing.
             let certs = crate::tls::certs::load_certs(path).map_err(|source| ConfigError::CaFile { path: path.clone(), source })?;
@@ -1154,7 +1156,7 @@ mod tests {
         c.tls.ca_files.clear();
         let e = c.engine_config().unwrap();
         assert_eq!(e.shards, 3);
-        assert_eq!(e.port_map, PortMap { smtp: 2525, smtps: 2526 });
+        assert_eq!(e.port_map, PortMap { smtp: 2525, smtps: 2526, https: 443 });
         assert_eq!(e.resolver.timeout, Duration::from_millis(250));
         assert_eq!(e.command_timeout, Duration::from_secs(3600));
         // Tickets kept per host cover the connection limit.

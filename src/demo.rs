@@ -135,6 +135,7 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
     let ports = PortMap {
         smtp: sink.addr(crate::sink::PortKind::StartTls).map_or(0, |a| a.port()),
         smtps: sink.addr(crate::sink::PortKind::Implicit).map_or(0, |a| a.port()),
+        ..PortMap::default()
     };
 
     let mut ecfg = cfg.engine.clone();

@@ -57,6 +57,10 @@ pub struct Outcome {
     /// Every policy source that applied to that host (the decider among them), in a fixed order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policy_sources: Vec<&'static str>,
+    /// What a policy that only reports (MTA-STS `testing`) would have refused on this
+    /// connection: an unlisted MX host, no TLS, an unverified certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_report: Option<String>,
     /// The TLS session was resumed rather than fully negotiated.
     pub resumed: bool,
     /// The MX answer was DNSSEC-authenticated.
@@ -87,6 +91,7 @@ impl Outcome {
             tls: TlsUse::None,
             policy: None,
             policy_sources: Vec::new(),
+            policy_report: None,
             resumed: false,
             dnssec: false,
             tls_version: None,

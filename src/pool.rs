@@ -242,6 +242,15 @@ pub enum DeliverError {
 }
 
 impl Conn {
+    /// The server's certificate chain once TLS is up (on a resumed session, the chain of the
+    /// session it resumed); `None` in clear text.
+    pub fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        match &self.stream {
+            Stream::Tls(s) => s.get_ref().1.peer_certificates(),
+            _ => None,
+        }
+    }
+
     /// Open a connection to `target` and run the dialogue up to the first `Ready`.
     pub async fn open(target: Target, tls: &TlsClients, ehlo_name: &str, timeouts: Timeouts) -> Result<(Conn, bool), ConnectError> {
         let addr = target.addr;

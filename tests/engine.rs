@@ -27,7 +27,7 @@ fn free_ports() -> PortMap {
     loop {
         let (a, b) = (pick(), pick());
         if a != b {
-            return PortMap { smtp: a, smtps: b };
+            return PortMap { smtp: a, smtps: b, ..PortMap::default() };
         }
     }
 }

@@ -81,7 +81,7 @@ async fn interop_engine_delivers_to_postfix_over_starttls_and_implicit_tls() {
     let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let mut cfg = EngineConfig::default();
     cfg.resolver.nameserver = Some(dns.addr());
-    cfg.port_map = PortMap { smtp: pf.starttls_port, smtps: pf.implicit_port };
+    cfg.port_map = PortMap { smtp: pf.starttls_port, smtps: pf.implicit_port, ..PortMap::default() };
     cfg.extra_roots = certs::load_certs(&pf.ca).unwrap();
     cfg.command_timeout = Duration::from_secs(20);
     let run = tokio::task::spawn_blocking(move || {

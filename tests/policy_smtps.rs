@@ -45,7 +45,7 @@ fn free_ports(at: Ipv4Addr) -> PortMap {
     for _ in 0..100 {
         let (a, b) = (pick(), pick());
         if a != b {
-            return PortMap { smtp: a, smtps: b };
+            return PortMap { smtp: a, smtps: b, ..PortMap::default() };
         }
     }
     panic!("no two distinct free ports on {at}");

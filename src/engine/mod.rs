@@ -20,6 +20,7 @@
 pub mod input;
 pub mod limits;
 mod shard;
+mod sts;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,17 +45,19 @@ pub struct PortMap {
     pub smtp: u16,
     /// Port dialled for logical port 26 (implicit TLS).
     pub smtps: u16,
+    /// Port dialled for HTTPS (443): the MTA-STS policy hosts.
+    pub https: u16,
 }
 
 impl Default for PortMap {
     fn default() -> Self {
-        PortMap { smtp: 25, smtps: 26 }
+        PortMap { smtp: 25, smtps: 26, https: 443 }
     }
 }
 
 impl std::str::FromStr for PortMap {
     type Err = String;
-    /// `25=2525,26=2526` (either may be left out).
+    /// `25=2525,26=2526,443=8443` (each may be left out).
     fn from_str(s: &str) -> Result<PortMap, String> {
         let mut map = PortMap::default();
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
@@ -63,7 +66,8 @@ impl std::str::FromStr for PortMap {
             match from.trim() {
                 "25" => map.smtp = to,
                 "26" => map.smtps = to,
-                other => return Err(format!("only ports 25 and 26 can be mapped, not {other:?}")),
+                "443" => map.https = to,
+                other => return Err(format!("only ports 25, 26 and 443 can be mapped, not {other:?}")),
             }
         }
         Ok(map)
@@ -198,6 +202,9 @@ pub(crate) struct Counters {
     pub dns_cache_hits: AtomicU64,
     pub dns_queries: AtomicU64,
     pub dns_coalesced: AtomicU64,
+    pub sts_fetches: AtomicU64,
+    pub sts_fetch_failures: AtomicU64,
+    pub sts_testing_failures: AtomicU64,
 }
 
 /// A summary of the engine's work so far.
@@ -235,6 +242,13 @@ pub struct EngineStats {
     pub dns_queries: u64,
     /// Resolutions that waited on another one's in-flight lookup of the same domain.
     pub dns_coalesced: u64,
+    /// MTA-STS policy fetches started.
+    pub mta_sts_fetches: u64,
+    /// MTA-STS policy fetches that failed (a cached policy, if any, stayed in force).
+    pub mta_sts_fetch_failures: u64,
+    /// Connections to a domain whose MTA-STS policy is in `testing` mode that would have
+    /// failed under `enforce` (an unlisted MX host, no TLS, an unverified certificate).
+    pub mta_sts_testing_failures: u64,
     /// Seconds since [`Engine::start`].
     pub elapsed_s: f64,
     /// Messages submitted per second of [`EngineStats::elapsed_s`].
@@ -430,6 +444,9 @@ impl Engine {
             dns_cache_hits: l(&c.dns_cache_hits),
             dns_queries: l(&c.dns_queries),
             dns_coalesced: l(&c.dns_coalesced),
+            mta_sts_fetches: l(&c.sts_fetches),
+            mta_sts_fetch_failures: l(&c.sts_fetch_failures),
+            mta_sts_testing_failures: l(&c.sts_testing_failures),
             elapsed_s: elapsed,
             messages_per_s: if elapsed > 0.0 { l(&c.messages) as f64 / elapsed } else { 0.0 },
             cpu_s: crate::sys::CpuTime::now().since(&self.cpu_start).total_secs(),
@@ -519,8 +536,9 @@ mod tests {
 
     #[test]
     fn port_map_parses() {
-        assert_eq!("25=2525,26=2526".parse::<PortMap>().unwrap(), PortMap { smtp: 2525, smtps: 2526 });
-        assert_eq!("26=4026".parse::<PortMap>().unwrap(), PortMap { smtp: 25, smtps: 4026 });
+        assert_eq!("25=2525,26=2526".parse::<PortMap>().unwrap(), PortMap { smtp: 2525, smtps: 2526, https: 443 });
+        assert_eq!("443=8443".parse::<PortMap>().unwrap().https, 8443);
+        assert_eq!("26=4026".parse::<PortMap>().unwrap(), PortMap { smtp: 25, smtps: 4026, https: 443 });
         assert!("587=1".parse::<PortMap>().is_err());
         assert!("25:2525".parse::<PortMap>().is_err());
     }

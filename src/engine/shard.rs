@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use super::limits::{Limits, MxBudget};
 use super::{Counters, EngineConfig, NOT_ATTEMPTED, WITHDRAWN};
 use crate::outcome::{Outcome, Status, TlsUse};
+use crate::policy::mta_sts::{fetch::FetchConfig, Mode};
 use crate::policy::{self, DomainFacts, Floor, HostFacts, HostPlan, LogicalPort, PolicyCache, Security, Sts};
 use crate::pool::{Conn, ConnectError, DeliverError, Pool, Target, Timeouts, TlsClients};
 use crate::resolve::{Destination, MxResolver};
@@ -82,6 +83,8 @@ pub(super) fn spawn(
     // Build what can fail before the thread starts, so start() reports it.
     let resolver = MxResolver::new(cfg.resolver.clone()).map_err(|e| std::io::Error::other(e.to_string()))?;
     let tls = tls_clients(&cfg).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let sts = super::sts::StsShard::new(sts_fetch_config(&cfg).map_err(|e| std::io::Error::other(e.to_string()))?);
+    let verifier = report_verifier(&cfg).map_err(std::io::Error::other)?;
     std::thread::Builder::new().name(format!("mxpipe-shard-{id}")).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -108,6 +111,8 @@ pub(super) fn spawn(
             stop: tokio::sync::watch::Sender::new(false),
             resolver,
             tls,
+            sts,
+            verifier,
             policy: RefCell::new(PolicyCache::new(&cfg.policy)),
             domains: RefCell::new(HashMap::new()),
             pool: RefCell::new(Pool::default()),
@@ -141,18 +146,44 @@ fn tls_clients(cfg: &EngineConfig) -> Result<TlsClients, tls::TlsError> {
     Ok(TlsClients { verifying, opportunistic })
 }
 
-struct Shard {
-    cfg: Arc<EngineConfig>,
+/// The verifier that [`sts_testing_check`] uses: the roots of verified SMTP.
+fn report_verifier(cfg: &EngineConfig) -> Result<Arc<rustls::client::WebPkiServerVerifier>, String> {
+    let Verify::Roots(roots) = Verify::webpki_plus(&cfg.extra_roots).map_err(|e| e.to_string())? else {
+        return Err("no roots to verify against".into());
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider).build().map_err(|e| e.to_string())
+}
+
+/// How MTA-STS policies are fetched: verified against the same roots as SMTP, on the mapped
+/// HTTPS port.
+fn sts_fetch_config(cfg: &EngineConfig) -> Result<FetchConfig, tls::TlsError> {
+    let opts =
+        ClientOptions { verify: Verify::webpki_plus(&cfg.extra_roots)?, kx: cfg.kx, resumption: ClientResumption::Off, tls12_only: false };
+    let mut tls = Arc::unwrap_or_clone(tls::client_config(&opts, None)?);
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut f = FetchConfig::new(Arc::new(tls));
+    f.port = cfg.port_map.https;
+    f.timeout = cfg.policy.mta_sts_timeout;
+    Ok(f)
+}
+
+pub(super) struct Shard {
+    pub(super) cfg: Arc<EngineConfig>,
     limits: Arc<Limits>,
     /// Set at the drain deadline: waits for a slot or a rate limit end, and nothing new starts.
     stop: tokio::sync::watch::Sender<bool>,
-    resolver: MxResolver,
+    pub(super) resolver: MxResolver,
     tls: TlsClients,
+    /// MTA-STS fetches under way and recent failures.
+    pub(super) sts: super::sts::StsShard,
+    /// Checks certificates after the fact, for MTA-STS `testing` reports.
+    verifier: Arc<rustls::client::WebPkiServerVerifier>,
     policy: RefCell<PolicyCache>,
     domains: RefCell<HashMap<String, DomainState>>,
     pool: RefCell<Pool>,
     outcomes: crossbeam_channel::Sender<Outcome>,
-    counters: Arc<Counters>,
+    pub(super) counters: Arc<Counters>,
     /// Signalled whenever a worker ends, so draining can wait for the last one.
     idle: Notify,
     next_seq: std::cell::Cell<u64>,
@@ -348,6 +379,7 @@ struct OutcomeCtx {
     tls: TlsUse,
     policy: String,
     sources: Vec<policy::Source>,
+    report: Option<String>,
     dnssec: bool,
     resumed: bool,
     tls_version: Option<String>,
@@ -365,6 +397,7 @@ impl OutcomeCtx {
             tls: f.tls,
             policy: plan.source.to_string(),
             sources: plan.sources.clone(),
+            report: None,
             dnssec: plan.dnssec,
             resumed: f.tls_facts.as_ref().is_some_and(|t| t.resumed),
             tls_version: f.tls_facts.as_ref().map(|t| t.version.clone()),
@@ -379,6 +412,7 @@ impl OutcomeCtx {
         o.tls = self.tls;
         o.policy = Some(self.policy.clone());
         o.policy_sources = self.sources.iter().map(|s| s.name()).collect();
+        o.policy_report.clone_from(&self.report);
         o.dnssec = self.dnssec;
         o.resumed = self.resumed;
         o.tls_version = self.tls_version.clone();
@@ -488,13 +522,19 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
     // Once per resolution, not per message: the pin is refreshed by a prefixed answer and
     // holds against one that lost its prefix.
     let pinned = shard.cfg.state.as_ref().is_some_and(|s| s.sighting(domain, names(), policy::state::unix_now()));
+    let sts_policy = super::sts::policy_for(shard, domain).await;
+    let sts = match sts_policy.as_ref().map(|p| p.mode) {
+        Some(Mode::Enforce) => Sts::Enforce,
+        Some(Mode::Testing) => Sts::Testing,
+        Some(Mode::None) | None => Sts::None,
+    };
     let facts = DomainFacts {
         dnssec: dest.dnssec,
         floor,
         scope: shard.cfg.policy.scope,
         strictest_prefix: policy::strictest_prefix(names()),
         pinned,
-        sts: Sts::None,
+        sts,
     };
     // Why each host failed, most preferred first: a policy failure at the primary MX (maybe
     // an attack) must not hide behind a backup that was merely unreachable.
@@ -516,7 +556,12 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
                 let now = Instant::now();
                 let mx_floor =
                     shard.cfg.mx_floors.iter().find(|(p, _)| super::limits::host_matches(p, &host.name)).map_or(Floor::None, |&(_, f)| f);
-                let h = HostFacts { name: &host.name, floor: mx_floor, learned: cache.get(&host.name, now), sts_listed: false };
+                let h = HostFacts {
+                    name: &host.name,
+                    floor: mx_floor,
+                    learned: cache.get(&host.name, now),
+                    sts_listed: sts_policy.as_ref().is_some_and(|p| p.matches(&host.name)),
+                };
                 policy::compose(&facts, &h, now)
             };
             if let Some(why) = &plan.refused {
@@ -602,7 +647,10 @@ async fn try_host(
                 budget: shard.limits.mx_index(&host.name),
             };
             match open(shard, target.clone()).await {
-                Ok(conn) => return Ok(deliver_all(shard, domain, conn, plan).await),
+                Ok(conn) => {
+                    let report = sts_testing_check(shard, &conn, plan);
+                    return Ok(deliver_all(shard, domain, conn, plan, report).await);
+                }
                 Err(ConnectError::Unreachable { addr, reason }) => {
                     shard.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                     failed += 1;
@@ -613,7 +661,10 @@ async fn try_host(
                     shard.policy.borrow_mut().tls_failed(&h, Instant::now());
                     let clear = Target { security: Security::Clear, ..target };
                     match open(shard, clear).await {
-                        Ok(conn) => return Ok(deliver_all(shard, domain, conn, plan).await),
+                        Ok(conn) => {
+                            let report = sts_testing_check(shard, &conn, plan);
+                            return Ok(deliver_all(shard, domain, conn, plan, report).await);
+                        }
                         Err(e) => last = format!("{e} (after TLS failed: {reason})"),
                     }
                 }
@@ -784,7 +835,43 @@ async fn park(shard: &Rc<Shard>, conn: Conn) {
 }
 
 /// Deliver queued parts of `domain` over `conn` until the queue is empty.
-async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &HostPlan) -> ConnEnd {
+/// Under an MTA-STS policy in `testing` mode: what `enforce` would have refused on this
+/// connection (an unlisted host, clear text, a certificate that does not verify for the MX
+/// name), counted once per connection and recorded with its outcomes. Only then is the
+/// certificate checked (≈ the cost of a verified handshake), so other deliveries pay nothing.
+fn sts_testing_check(shard: &Shard, conn: &Conn, plan: &HostPlan) -> Option<String> {
+    if !plan.sources.contains(&policy::Source::MtaStsTesting) {
+        return None;
+    }
+    let why = if let Some(r) = &plan.report {
+        Some(r.clone())
+    } else if conn.facts.tls == TlsUse::None {
+        Some(format!("mta-sts testing: {} offered no TLS", plan.host))
+    } else if conn.target.security.verifies_certificate() {
+        None
+    } else {
+        verify_chain(shard, conn, &plan.verify_name).err().map(|e| format!("mta-sts testing: {}: certificate: {e}", plan.host))
+    };
+    if why.is_some() {
+        shard.counters.sts_testing_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    why
+}
+
+/// Check the connection's certificate chain against the trusted roots and `name`, as a
+/// verified handshake would have.
+fn verify_chain(shard: &Shard, conn: &Conn, name: &str) -> Result<(), String> {
+    use rustls::client::danger::ServerCertVerifier;
+    let certs = conn.peer_certificates().filter(|c| !c.is_empty()).ok_or("no certificate")?;
+    let name = rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+    shard
+        .verifier
+        .verify_server_cert(&certs[0], &certs[1..], &name, &[], rustls_pki_types::UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| format!("{e}"))
+}
+
+async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &HostPlan, report: Option<String>) -> ConnEnd {
     set_connected(shard, domain, 1);
     let t = timeouts(&shard.cfg);
     let end = loop {
@@ -823,7 +910,8 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
                 continue;
             }
         }
-        let ctx = OutcomeCtx::of(&conn, plan);
+        let mut ctx = OutcomeCtx::of(&conn, plan);
+        ctx.report.clone_from(&report);
         // First use since it was taken from the idle pool?
         let was_reused = std::mem::take(&mut conn.reused);
         match conn.deliver(job.message(), &shard.tls, t).await {

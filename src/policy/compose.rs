@@ -123,7 +123,12 @@ pub fn compose(d: &DomainFacts, h: &HostFacts<'_>, now: Instant) -> HostPlan {
                 p.refused = Some(format!("{}: not an MX host listed by the domain's MTA-STS policy (mode enforce)", p.host));
             }
         }
-        Sts::Testing => testing = true,
+        Sts::Testing => {
+            testing = true;
+            if !h.sts_listed {
+                p.report = Some(format!("mta-sts testing: {} is not an MX host listed by the policy", p.host));
+            }
+        }
         Sts::None => {}
     }
     if d.scope == Scope::Domain && d.strictest_prefix != Prefix::None && p.prefix == Prefix::None {
@@ -237,9 +242,12 @@ mod tests {
         let p = c(&d, &host("rogue.example"));
         assert!(p.refused.as_deref().is_some_and(|r| r.contains("rogue.example") && r.contains("MTA-STS")), "{p:?}");
         assert_eq!(p.source, Source::MtaSts);
-        // A testing policy never refuses.
+        // A testing policy never refuses; it reports.
         let t = DomainFacts { sts: Sts::Testing, ..facts(Prefix::None) };
-        assert_eq!(c(&t, &host("rogue.example")).refused, None);
+        let p = c(&t, &host("rogue.example"));
+        assert_eq!(p.refused, None);
+        assert!(p.report.as_deref().is_some_and(|r| r.contains("not an MX host listed")), "{p:?}");
+        assert_eq!(c(&t, &HostFacts { sts_listed: true, ..host("mx.example") }).report, None);
     }
 
     #[test]

@@ -300,6 +300,9 @@ pub struct HostPlan {
     /// Every source that applied to this host, including ones that required nothing more
     /// (`mta-sts-testing`), in [`Source`] order.
     pub sources: Vec<Source>,
+    /// Set when a source that only reports (MTA-STS `testing`) would have refused this host
+    /// (it is not listed): counted and recorded with each outcome, never enforced.
+    pub report: Option<String>,
     /// Set when a source forbids this host altogether (an MTA-STS `enforce` policy that does not
     /// list it): the engine skips it with this reason and tries the next MX host.
     pub refused: Option<String>,
@@ -387,11 +390,21 @@ pub struct PolicyOptions {
     pub max_entries: usize,
     /// How far a prefix reaches among a domain's MX hosts (default: the whole domain).
     pub scope: super::Scope,
+    /// Honour receivers' MTA-STS policies (RFC 8461). Default on.
+    pub mta_sts: bool,
+    /// Bound on fetching one MTA-STS policy (every address, TLS, the body). Default 20 s.
+    pub mta_sts_timeout: Duration,
 }
 
 impl Default for PolicyOptions {
     fn default() -> Self {
-        PolicyOptions { learned_ttl: Duration::from_secs(3600), max_entries: 100_000, scope: super::Scope::Domain }
+        PolicyOptions {
+            learned_ttl: Duration::from_secs(3600),
+            max_entries: 100_000,
+            scope: super::Scope::Domain,
+            mta_sts: true,
+            mta_sts_timeout: super::mta_sts::fetch::DEFAULT_TIMEOUT,
+        }
     }
 }
 
@@ -448,7 +461,7 @@ pub fn plan(host: &str, dnssec: bool, floor: Floor, learned: Option<&Learned>, n
 
     let sources =
         if source == Source::Floor && trusted != Prefix::None { vec![prefix_source(trusted), Source::Floor] } else { vec![source] };
-    HostPlan { verify_name: host.clone(), host, source, sources, refused: None, steps, dnssec, prefix }
+    HostPlan { verify_name: host.clone(), host, source, sources, report: None, refused: None, steps, dnssec, prefix }
 }
 
 /// The source a prefix stands for.

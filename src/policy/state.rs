@@ -1,5 +1,6 @@
-//! What the policy must remember across restarts: pins (spec: "Pinning"), kept in one JSON file
-//! beside the spool (the daemon) or in `send`'s state directory, mode 0600.
+//! What the policy must remember across restarts: pins (spec: "Pinning") and MTA-STS policies
+//! (RFC 8461 §5.1: cached for their `max_age`), kept in one JSON file beside the spool (the
+//! daemon) or in `send`'s state directory, mode 0600.
 //!
 //! A pin says "this domain was seen with a prefixed MX host": for its TTL (default 30 days,
 //! refreshed at each sighting) every MX host of the domain needs verified TLS, so an attacker
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::mta_sts::StsPolicy;
 use super::{strictest_prefix, Prefix};
 
 /// The state file's name inside the state directory.
@@ -72,6 +74,35 @@ impl Pin {
     }
 }
 
+/// A domain's MTA-STS policy as fetched, with the TXT record id it was fetched for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedSts {
+    /// The `id` of the `_mta-sts` TXT record when the policy was fetched: a new id means a new
+    /// policy to fetch.
+    pub id: String,
+    /// The policy.
+    pub policy: StsPolicy,
+    /// When it was fetched (Unix seconds).
+    pub fetched: u64,
+    /// When it lapses: `fetched + max_age` (Unix seconds). Until then it stays in force even
+    /// when a refresh fails or the TXT record disappears (RFC 8461 §5.1, §8.3).
+    pub expires: u64,
+}
+
+impl CachedSts {
+    /// Whether it is still in force at `now`.
+    pub fn live(&self, now: u64) -> bool {
+        now < self.expires
+    }
+
+    /// Whether it should be fetched again: lapsing within a day or half its `max_age`,
+    /// whichever is sooner, so a policy in use never lapses for want of a refresh.
+    pub fn due(&self, now: u64) -> bool {
+        let margin = (u64::from(self.policy.max_age) / 2).min(86_400);
+        now.saturating_add(margin) >= self.expires
+    }
+}
+
 /// What an operator sees for a domain (`mxpipe policy show`, `GET /v1/policy/{domain}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DomainView {
@@ -81,6 +112,9 @@ pub struct DomainView {
     pub pin: Option<Pin>,
     /// Whether the pin holds now.
     pub pinned: bool,
+    /// Its cached MTA-STS policy, if any (expired ones are dropped).
+    #[serde(default)]
+    pub mta_sts: Option<CachedSts>,
 }
 
 /// The state could not be read or written.
@@ -112,11 +146,14 @@ struct File {
     version: u32,
     #[serde(default)]
     pins: HashMap<String, Pin>,
+    #[serde(default)]
+    mta_sts: HashMap<String, CachedSts>,
 }
 
 #[derive(Default)]
 struct Inner {
     pins: HashMap<String, Pin>,
+    sts: HashMap<String, CachedSts>,
     dirty: bool,
 }
 
@@ -168,7 +205,7 @@ impl PolicyState {
         let path = dir.join(FILE_NAME);
         let io = |source| StateError::Io { path: path.clone(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let pins = match std::fs::File::open(&path) {
+        let (pins, sts) = match std::fs::File::open(&path) {
             Ok(f) => {
                 let len = f.metadata().map_err(io)?.len();
                 if len > MAX_FILE_BYTES {
@@ -179,12 +216,12 @@ impl PolicyState {
                 if file.version != VERSION {
                     return Err(StateError::Corrupt { path, reason: format!("version {} (this mxpipe reads {VERSION})", file.version) });
                 }
-                file.pins
+                (file.pins, file.mta_sts)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (HashMap::new(), HashMap::new()),
             Err(e) => return Err(io(e)),
         };
-        let state = PolicyState { path: Some(path), opts, inner: Mutex::new(Inner { pins, dirty: false }) };
+        let state = PolicyState { path: Some(path), opts, inner: Mutex::new(Inner { pins, sts, dirty: false }) };
         state.prune(unix_now());
         Ok(state)
     }
@@ -244,25 +281,48 @@ impl PolicyState {
 
     /// What is remembered of `domain`.
     pub fn view(&self, domain: &str, now: u64) -> DomainView {
-        let pin = self.lock().pins.get(domain).cloned();
+        let g = self.lock();
+        let pin = g.pins.get(domain).cloned();
         let pinned = self.opts.pin_ttl > Duration::ZERO && pin.as_ref().is_some_and(|p| p.live(now));
-        DomainView { domain: domain.to_string(), pin, pinned }
+        let mta_sts = g.sts.get(domain).filter(|c| c.live(now)).cloned();
+        DomainView { domain: domain.to_string(), pin, pinned, mta_sts }
     }
 
-    /// Forget everything about `domain`; whether there was anything.
+    /// Forget everything about `domain` (pin and MTA-STS policy); whether there was anything.
     pub fn forget(&self, domain: &str) -> bool {
         let mut g = self.lock();
-        let had = g.pins.remove(domain).is_some();
+        let had = g.pins.remove(domain).is_some() | g.sts.remove(domain).is_some();
         g.dirty |= had;
         had
+    }
+
+    /// `domain`'s cached MTA-STS policy, if one is in force at `now`.
+    pub fn sts(&self, domain: &str, now: u64) -> Option<CachedSts> {
+        self.lock().sts.get(domain).filter(|c| c.live(now)).cloned()
+    }
+
+    /// Keep a freshly fetched MTA-STS policy (replacing the old one).
+    pub fn put_sts(&self, domain: &str, cached: CachedSts) {
+        let mut g = self.lock();
+        if !g.sts.contains_key(domain) && g.sts.len() >= self.opts.max_domains {
+            if self.opts.max_domains == 0 {
+                return;
+            }
+            if let Some(victim) = g.sts.iter().min_by_key(|(_, c)| c.expires).map(|(d, _)| d.clone()) {
+                g.sts.remove(&victim);
+            }
+        }
+        g.sts.insert(domain.to_string(), cached);
+        g.dirty = true;
     }
 
     /// Drop expired pins.
     pub fn prune(&self, now: u64) {
         let mut g = self.lock();
-        let before = g.pins.len();
+        let before = g.pins.len() + g.sts.len();
         g.pins.retain(|_, p| p.live(now));
-        if g.pins.len() != before {
+        g.sts.retain(|_, c| c.live(now));
+        if g.pins.len() + g.sts.len() != before {
             g.dirty = true;
         }
     }
@@ -279,7 +339,7 @@ impl PolicyState {
                 return Ok(false);
             }
             g.dirty = false;
-            let file = File { version: VERSION, pins: g.pins.clone() };
+            let file = File { version: VERSION, pins: g.pins.clone(), mta_sts: g.sts.clone() };
             serde_json::to_vec(&file).unwrap_or_default()
         };
         let io = |source| StateError::Io { path: path.clone(), source };
@@ -391,6 +451,27 @@ mod tests {
         std::fs::write(d.path().join(FILE_NAME), b"{\"version\": 9}").unwrap();
         let e = PolicyState::open(d.path(), StateOptions::default()).unwrap_err().to_string();
         assert!(e.contains("version 9"), "{e}");
+    }
+
+    #[test]
+    fn mta_sts_policies_are_kept_until_they_lapse() {
+        use crate::policy::mta_sts::Mode;
+        let d = dir();
+        let t = unix_now();
+        let policy = StsPolicy { mode: Mode::Enforce, mx: vec!["*.a.example".into()], max_age: 86_400 * 7 };
+        let c = CachedSts { id: "20261201".into(), policy, fetched: t, expires: t + 86_400 * 7 };
+        {
+            let s = PolicyState::open(d.path(), StateOptions::default()).unwrap();
+            s.put_sts("a.example", c.clone());
+            s.flush().unwrap();
+        }
+        let s = PolicyState::open(d.path(), StateOptions::default()).unwrap();
+        assert_eq!(s.sts("a.example", t + 86_400), Some(c.clone()));
+        assert_eq!(s.sts("a.example", t + 86_400 * 8), None, "lapsed");
+        assert!(!c.due(t + 86_400) && c.due(t + 86_400 * 6 + 1), "refreshed within a day of lapsing");
+        assert_eq!(s.view("a.example", t).mta_sts, Some(c));
+        assert!(s.forget("a.example"));
+        assert_eq!(s.sts("a.example", t), None);
     }
 
     #[test]

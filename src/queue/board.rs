@@ -292,6 +292,15 @@ impl Board {
         metric(&mut s, "mxpipe_dns_queries_total", "counter", "DNS queries sent.", e.dns_queries);
         metric(&mut s, "mxpipe_connect_failures_total", "counter", "TCP connects refused or timed out.", e.connect_failures);
         metric(&mut s, "mxpipe_transactions_total", "counter", "Message transactions sent over connections.", e.transactions);
+        metric(&mut s, "mxpipe_mta_sts_fetches_total", "counter", "MTA-STS policy fetches started.", e.mta_sts_fetches);
+        metric(&mut s, "mxpipe_mta_sts_fetch_failures_total", "counter", "MTA-STS policy fetches that failed.", e.mta_sts_fetch_failures);
+        metric(
+            &mut s,
+            "mxpipe_mta_sts_testing_failures_total",
+            "counter",
+            "Connections that an MTA-STS policy in testing mode would have refused.",
+            e.mta_sts_testing_failures,
+        );
         if let Some(read) = &g.injection {
             let i = read();
             let tls = i.starttls.handshakes_full + i.starttls.handshakes_resumed;
