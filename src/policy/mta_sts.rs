@@ -316,9 +316,10 @@ pub fn parse_policy(body: &[u8]) -> Result<StsPolicy, StsError> {
                     return Err(bad(format!("max_age {:?} is not a number of seconds", shorten(value))));
                 }
                 let secs = value.parse::<u64>().map_err(|_| bad("max_age does not parse".into()))?;
-                let secs = u32::try_from(secs).ok().filter(|&s| s <= MAX_MAX_AGE).ok_or_else(|| {
-                    bad(format!("max_age {secs} is more than the maximum of {MAX_MAX_AGE} seconds (one year)"))
-                })?;
+                let secs = u32::try_from(secs)
+                    .ok()
+                    .filter(|&s| s <= MAX_MAX_AGE)
+                    .ok_or_else(|| bad(format!("max_age {secs} is more than the maximum of {MAX_MAX_AGE} seconds (one year)")))?;
                 if max_age.replace(secs).is_some() {
                     return Err(bad("a second max_age line".into()));
                 }

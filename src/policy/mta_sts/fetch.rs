@@ -116,7 +116,9 @@ pub enum FetchError {
         reason: String,
     },
     /// The server answered with a redirect, which RFC 8461 §3.3 forbids following.
-    #[error("MTA-STS policy host {host} at {addr}: answered {status} redirect to {location:?}; redirects are not followed (RFC 8461 §3.3)")]
+    #[error(
+        "MTA-STS policy host {host} at {addr}: answered {status} redirect to {location:?}; redirects are not followed (RFC 8461 §3.3)"
+    )]
     Redirect {
         /// `mta-sts.<domain>`.
         host: String,
@@ -210,8 +212,8 @@ impl FetchError {
 /// [`FetchConfig::timeout`] bounds everything, so a slow first address can use up the time.
 pub async fn fetch_policy(domain: &str, addrs: &[IpAddr], cfg: &FetchConfig) -> Result<StsPolicy, FetchError> {
     let host = policy_host(domain)?;
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|e| FetchError::InvalidDomain { domain: domain.to_owned(), reason: e.to_string() })?;
+    let server_name =
+        ServerName::try_from(host.clone()).map_err(|e| FetchError::InvalidDomain { domain: domain.to_owned(), reason: e.to_string() })?;
     if !matches!(server_name, ServerName::DnsName(_)) {
         return Err(FetchError::InvalidDomain { domain: domain.to_owned(), reason: "an address is not a domain".into() });
     }
