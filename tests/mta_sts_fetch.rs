@@ -42,7 +42,7 @@ fn pki(names: &[&str]) -> GeneratedPki {
 /// What the engine will pass: the WebPKI roots plus the test CA.
 fn fetch_config(trusted: &GeneratedPki, port: u16) -> FetchConfig {
     let opts = ClientOptions {
-        verify: Verify::webpki_plus(&[trusted.ca_der.clone()]).unwrap(),
+        verify: Verify::webpki_plus(std::slice::from_ref(&trusted.ca_der)).unwrap(),
         kx: Kx::X25519,
         resumption: ClientResumption::Off,
         tls12_only: false,
