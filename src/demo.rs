@@ -3,8 +3,10 @@
 //! Starts, in this process, a real DNS server (hickory-server on loopback UDP/TCP) serving
 //! generated domains whose MX hosts mix `starttls-`, `smtps-` and plain names spread over
 //! many 127.x.y.z addresses, and the sink listening on all of those addresses with a
-//! certificate for `*.demo.test` from a generated CA; then it delivers a generated burst with
-//! the engine, through the real resolver, policy, pool, TLS and SMTP code, and reports.
+//! certificate for `*.demo.test` from a generated CA. Of the plain domains, a third publish
+//! an MTA-STS policy in `enforce` mode and a third in `testing` mode, served by an HTTPS
+//! policy host in this process with its own generated CA. Then it delivers a generated burst
+//! with the engine, through the real resolver, policy, pool, TLS and SMTP code, and reports.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -94,6 +96,23 @@ pub fn mx_name(i: usize) -> String {
     }
 }
 
+/// Domains that get an MTA-STS policy, at most (each needs a name on the policy host's
+/// certificate).
+const MAX_STS_DOMAINS: usize = 1000;
+
+/// The MTA-STS mode domain `i` publishes, if any: of the plain domains, a third `enforce`, a
+/// third `testing` (its first [`MAX_STS_DOMAINS`] only).
+pub fn sts_mode(i: usize) -> Option<&'static str> {
+    if i >= MAX_STS_DOMAINS * 9 / 2 {
+        return None;
+    }
+    match i % 9 {
+        2 => Some("enforce"),
+        5 => Some("testing"),
+        _ => None,
+    }
+}
+
 /// A generated message of about `size` bytes.
 pub fn message(i: usize, from: &str, to: &[String], size: usize) -> Vec<u8> {
     let mut m = format!(
@@ -119,10 +138,16 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
     // that zone's key.
     let signed = cfg.engine.resolver.validate_dnssec;
     let mut zone = if signed { ZoneBuilder::new("demo.test.").dnssec() } else { ZoneBuilder::new("demo.test.") };
+    let mut sts_hosts = Vec::new();
     for i in 0..cfg.domains {
         let host = mx_name(i);
         zone.mx(&format!("d{i}.demo.test"), 10, &host);
         zone.a(&host, address(i % addresses));
+        if sts_mode(i).is_some() {
+            zone.txt(&format!("_mta-sts.d{i}.demo.test"), "v=STSv1; id=demo1");
+            zone.a(&format!("mta-sts.d{i}.demo.test"), Ipv4Addr::LOCALHOST);
+            sts_hosts.push(format!("mta-sts.d{i}.demo.test"));
+        }
     }
     let dns = DnsServer::start(vec![zone], SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await
@@ -147,6 +172,15 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
     };
     ecfg.port_map = ports;
     ecfg.extra_roots = vec![pki.ca_der.clone()];
+    let policy_host = if sts_hosts.is_empty() {
+        None
+    } else {
+        let sts_pki = tls::certs::generate(&sts_hosts).map_err(|e| e.to_string())?;
+        ecfg.extra_roots.push(sts_pki.ca_der.clone());
+        let (port, task) = start_policy_host(sts_pki.identity).await?;
+        ecfg.port_map.https = port;
+        Some(task)
+    };
     ecfg.connect_timeout = Duration::from_secs(5);
     let (engine, outcomes) = Engine::start(ecfg).map_err(|e| e.to_string())?;
     let collector = std::thread::spawn(move || {
@@ -191,7 +225,53 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
     let sink_stats = sink.shutdown(Duration::from_secs(5)).await.stats;
     let dns_server_queries = dns.queries();
     dns.shutdown().await;
+    if let Some(t) = policy_host {
+        t.abort();
+    }
     Ok(DemoReport { bursts, engine: stats, outcomes: tally, sink: sink_stats, dns_server_queries })
+}
+
+/// The demo's MTA-STS policy host on 127.0.0.1 (an ephemeral port): each `mta-sts.dN` name
+/// gets the policy of the mode [`sts_mode`] gives domain N. Ends when the task is aborted.
+async fn start_policy_host(identity: tls::certs::Identity) -> Result<(u16, tokio::task::JoinHandle<()>), String> {
+    use axum::http::{header, HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().route(
+        "/.well-known/mta-sts.txt",
+        axum::routing::get(|headers: HeaderMap| async move {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+            let mode = host
+                .strip_prefix("mta-sts.d")
+                .and_then(|r| r.strip_suffix(".demo.test"))
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(sts_mode);
+            match mode {
+                Some(mode) => {
+                    let body = format!("version: STSv1\r\nmode: {mode}\r\nmx: *.demo.test\r\nmax_age: 86400\r\n");
+                    ([(header::CONTENT_TYPE, "text/plain")], body).into_response()
+                }
+                None => StatusCode::NOT_FOUND.into_response(),
+            }
+        }),
+    );
+    let server = tls::server_config(identity, ServerResumption::default()).map_err(|e| e.to_string())?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    let listener =
+        tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(|e| format!("cannot start the demo policy host: {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            });
+        }
+    });
+    Ok((port, task))
 }
 
 /// Start the sink on every demo address with one pair of ports (picked free on the first).

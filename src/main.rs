@@ -187,6 +187,9 @@ struct EngineArgs {
     /// stripped of STARTTLS).
     #[arg(long, value_name = "SCOPE", default_value = "domain")]
     policy_scope: mxpipe::policy::Scope,
+    /// Ignore receivers' MTA-STS policies (RFC 8461): no TXT lookups, no policy fetches.
+    #[arg(long)]
+    no_mta_sts: bool,
     /// Minimum TLS for a destination domain, DOMAIN=encrypt|verify (repeatable); the
     /// strictest of this and the MX-prefix policy applies.
     #[arg(long, value_name = "DOMAIN=LEVEL", value_parser = mxpipe::engine::parse_floor)]
@@ -215,6 +218,7 @@ impl EngineArgs {
         c.kx = self.kx;
         c.ehlo_name = self.ehlo_name.clone();
         c.policy.scope = self.policy_scope;
+        c.policy.mta_sts = !self.no_mta_sts;
         c.resolver.validate_dnssec = self.validate_dnssec;
         c.floors = self.tls_floor.iter().cloned().collect();
         c.tickets_per_host = c.tickets_per_host.max(c.max_conns_per_dest);
@@ -532,7 +536,14 @@ fn print_summary(stats: &mxpipe::engine::EngineStats, tally: &mxpipe::outcome::T
         stats.dns_lookups, stats.dns_cache_hits, stats.dns_coalesced, stats.dns_queries
     );
     let join = |m: &std::collections::BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
-    println!("recipients by policy: {}", join(&tally.by_policy));
+    println!("recipients by deciding policy: {}", join(&tally.by_policy));
+    println!("recipients by policy source applied: {}", join(&tally.by_source));
+    if tally.policy_reports > 0 || stats.mta_sts_fetches > 0 {
+        println!(
+            "MTA-STS: {} policy fetches ({} failed); {} recipients over connections a testing policy would refuse",
+            stats.mta_sts_fetches, stats.mta_sts_fetch_failures, tally.policy_reports
+        );
+    }
     println!("recipients by TLS: {}; over resumed sessions {}", join(&tally.by_tls), tally.resumed);
     println!("recipients with a DNSSEC-authenticated MX answer: {}", tally.dnssec);
 }
@@ -676,7 +687,7 @@ fn run_demo(a: DemoArgs) -> Result<(), String> {
     };
     if !a.json {
         println!(
-            "mxpipe demo: {} messages x {} recipients to {} domains (MX hosts: a third each starttls-, smtps-, plain) on {} loopback addresses",
+            "mxpipe demo: {} messages x {} recipients to {} domains (MX hosts: a third each starttls-, smtps-, plain; of the plain, a third each MTA-STS enforce, testing, none) on {} loopback addresses",
             cfg.messages, cfg.rcpts_per_msg, cfg.domains, cfg.addresses.min(cfg.domains)
         );
     }

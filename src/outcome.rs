@@ -118,8 +118,15 @@ pub struct Tally {
     pub deferred: u64,
     /// Recipients bounced (permanent failure).
     pub bounced: u64,
-    /// Recipients by the policy of the MX host that answered (`none` if no host did).
+    /// Recipients by the policy source that decided for the MX host that answered (`none`
+    /// if no host did).
     pub by_policy: std::collections::BTreeMap<String, u64>,
+    /// Recipients by every policy source that applied to that host (one recipient counts
+    /// under each of its sources).
+    pub by_source: std::collections::BTreeMap<String, u64>,
+    /// Recipients whose connection a reporting-only policy (MTA-STS `testing`) would have
+    /// refused ([`Outcome::policy_report`]).
+    pub policy_reports: u64,
     /// Recipients by how TLS was used: `starttls`, `implicit`, `none`.
     pub by_tls: std::collections::BTreeMap<String, u64>,
     /// Recipients delivered over a resumed TLS session.
@@ -137,6 +144,10 @@ impl Tally {
             Status::Bounced => self.bounced += 1,
         }
         *self.by_policy.entry(o.policy.clone().unwrap_or_else(|| "none".into())).or_default() += 1;
+        for src in &o.policy_sources {
+            *self.by_source.entry((*src).to_string()).or_default() += 1;
+        }
+        self.policy_reports += u64::from(o.policy_report.is_some());
         let tls = match o.tls {
             TlsUse::Starttls => "starttls",
             TlsUse::Implicit => "implicit",

@@ -523,6 +523,7 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
     // holds against one that lost its prefix.
     let pinned = shard.cfg.state.as_ref().is_some_and(|s| s.sighting(domain, names(), policy::state::unix_now()));
     let sts_policy = super::sts::policy_for(shard, domain).await;
+    account_dns(shard);
     let sts = match sts_policy.as_ref().map(|p| p.mode) {
         Some(Mode::Enforce) => Sts::Enforce,
         Some(Mode::Testing) => Sts::Testing,

@@ -1,9 +1,10 @@
 //! MTA-STS for one shard (RFC 8461 §5): which policy applies to a destination now, and fetching
 //! new ones without holding up deliveries that already have one.
 //!
-//! The policies themselves live in the engine's [`PolicyState`] (kept across restarts). For
-//! each resolution of a destination the shard asks for the `_mta-sts` TXT record (cached by
-//! the resolver for its TTL) and compares its `id` with the cached policy's:
+//! The policies themselves live in the engine's [`PolicyState`](crate::policy::state::PolicyState)
+//! (kept across restarts). For each resolution of a destination the shard looks at the
+//! `_mta-sts` TXT record (asked again at most every [`TXT_TTL`]) and compares its `id` with the
+//! cached policy's:
 //! - same id, not near expiry: the cached policy, no HTTP;
 //! - new id or near expiry, with a cached policy in force: the cached policy now, and a fetch
 //!   in the background (the cached one stays in force if it fails, §5.1);
@@ -28,6 +29,12 @@ use crate::policy::state::{unix_now, CachedSts};
 pub(super) const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(300);
 /// Most domains remembered as failed (each a few dozen bytes); past it the oldest go.
 const MAX_FAILED: usize = 10_000;
+/// How long a `_mta-sts` TXT answer (an id, or none) is reused before the name is asked
+/// again. The resolver has no TTL-bound cache for TXT, and asking once per delivery worker
+/// would cost a DNS round trip per burst per domain; a policy change is seen within this.
+const TXT_TTL: Duration = Duration::from_secs(300);
+/// Most TXT answers kept per shard.
+const MAX_TXT: usize = 100_000;
 
 /// A shard's fetches under way and recent failures.
 pub(super) struct StsShard {
@@ -36,11 +43,13 @@ pub(super) struct StsShard {
     inflight: RefCell<HashMap<String, tokio::sync::watch::Receiver<bool>>>,
     /// Domain → until when not to fetch again.
     failed: RefCell<HashMap<String, Instant>>,
+    /// Domain → its TXT record's id (or none), until when.
+    txt: RefCell<HashMap<String, (Option<String>, Instant)>>,
 }
 
 impl StsShard {
     pub(super) fn new(fetch: FetchConfig) -> StsShard {
-        StsShard { fetch, inflight: RefCell::default(), failed: RefCell::default() }
+        StsShard { fetch, inflight: RefCell::default(), failed: RefCell::default(), txt: RefCell::default() }
     }
 }
 
@@ -53,18 +62,7 @@ pub(super) async fn policy_for(shard: &Rc<Shard>, domain: &str) -> Option<StsPol
     let state = shard.cfg.state.as_ref()?;
     let now = unix_now();
     let cached = state.sts(domain, now);
-    let id = match shard.resolver.txt(&format!("_mta-sts.{domain}")).await {
-        Ok(records) => match mta_sts::parse_txt(&records) {
-            Ok(txt) => txt.map(|t| t.id),
-            Err(e) => {
-                // §3.1: an unusable record is as good as none, but a cached policy stays.
-                tracing::debug!(domain, error = %e, "unusable _mta-sts TXT record");
-                None
-            }
-        },
-        // A DNS failure is no reason to drop a cached policy, nor to fetch.
-        Err(_) => None,
-    };
+    let id = txt_id(shard, domain).await;
     let Some(id) = id else { return cached.map(|c| c.policy) };
     match cached {
         Some(c) if c.id == id && !c.due(now) => Some(c.policy),
@@ -89,6 +87,33 @@ pub(super) async fn policy_for(shard: &Rc<Shard>, domain: &str) -> Option<StsPol
             state.sts(domain, unix_now()).map(|c| c.policy)
         }
     }
+}
+
+/// The id of `domain`'s `_mta-sts` TXT record, from the shard's short cache or DNS.
+async fn txt_id(shard: &Shard, domain: &str) -> Option<String> {
+    if let Some((id, until)) = shard.sts.txt.borrow().get(domain) {
+        if Instant::now() < *until {
+            return id.clone();
+        }
+    }
+    let id = match shard.resolver.txt(&format!("_mta-sts.{domain}")).await {
+        Ok(records) => match mta_sts::parse_txt(&records) {
+            Ok(txt) => txt.map(|t| t.id),
+            Err(e) => {
+                // §3.1: an unusable record is as good as none, but a cached policy stays.
+                tracing::debug!(domain, error = %e, "unusable _mta-sts TXT record");
+                None
+            }
+        },
+        // A DNS failure is no reason to drop a cached policy, nor to fetch; asked again next time.
+        Err(_) => return None,
+    };
+    let mut txt = shard.sts.txt.borrow_mut();
+    if txt.len() >= MAX_TXT {
+        txt.clear();
+    }
+    txt.insert(domain.to_string(), (id.clone(), Instant::now() + TXT_TTL));
+    id
 }
 
 fn recently_failed(shard: &Shard, domain: &str) -> bool {
@@ -118,7 +143,7 @@ async fn fetch(shard: &Rc<Shard>, domain: &str, id: String) {
         Ok(policy) => {
             let now = unix_now();
             let expires = now.saturating_add(u64::from(policy.max_age));
-            tracing::info!(domain, mode = %policy.mode, max_age = policy.max_age, "MTA-STS policy fetched");
+            tracing::debug!(domain, mode = %policy.mode, max_age = policy.max_age, "MTA-STS policy fetched");
             if let Some(state) = &shard.cfg.state {
                 state.put_sts(domain, CachedSts { id, policy, fetched: now, expires });
             }
