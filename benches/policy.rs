@@ -6,7 +6,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use mxpipe::policy::{plan_cached, prefix_of, Floor, PolicyCache, PolicyOptions};
+use mxpipe::policy::mta_sts::{Mode, StsPolicy};
+use mxpipe::policy::{compose, plan_cached, prefix_of, strictest_prefix, DomainFacts, Floor, HostFacts, PolicyCache, PolicyOptions, Sts};
 
 const HOSTS: [(&str, &str); 3] =
     [("plain", "mx1.example.com"), ("starttls", "starttls-mx1.example.com"), ("smtps", "smtps-mx1.example.com")];
@@ -53,6 +54,32 @@ fn bench(c: &mut Criterion) {
     g.bench_function("plain_floor_verified", |b| {
         b.iter(|| plan_cached(&cache, black_box("MX1.Example.COM."), true, Floor::Verified, later))
     });
+    g.finish();
+
+    // The composed policy as a shard computes it for one MX host on its cached path: the
+    // learned facts looked up, the MTA-STS policy's patterns matched, every source combined.
+    let sts = StsPolicy { mode: Mode::Enforce, mx: vec!["mx1.example.com".into(), "*.mail.example.net".into()], max_age: 86_400 };
+    let hosts = ["starttls-mx1.example.com", "mx1.example.com", "backup.mail.example.net"];
+    let mut g = c.benchmark_group("compose");
+    for (name, host, sts_mode) in [
+        ("prefixed_host", hosts[0], Sts::None),
+        ("plain_host_domain_scope", hosts[1], Sts::None),
+        ("plain_host_mta_sts_enforce", hosts[2], Sts::Enforce),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let facts = DomainFacts {
+                    strictest_prefix: strictest_prefix(black_box(hosts)),
+                    sts: sts_mode,
+                    floor: Floor::None,
+                    ..DomainFacts::default()
+                };
+                let host = black_box(host);
+                let h = HostFacts { name: host, floor: Floor::None, learned: cache.get(host, later), sts_listed: sts.matches(host) };
+                compose(&facts, &h, later)
+            })
+        });
+    }
     g.finish();
 }
 
