@@ -5,7 +5,7 @@
 //!
 //! - [`prefix`]: the MX-prefix rules (`starttls-…`, `smtps-…`), a pure function of one host name.
 //! - [`learned`]: what earlier deliveries learned per host (a per-shard cache; forgetting is safe).
-//! - [`compose`]: every source's facts into one plan per MX host, the strictest winning.
+//! - [`compose`](mod@compose): every source's facts into one plan per MX host, the strictest winning.
 //! - [`mta_sts`]: RFC 8461 records and policies (pure) and their HTTPS fetch ([`mta_sts::fetch`]).
 //! - [`state`]: what must outlive a restart (pins, MTA-STS policies), kept beside the spool.
 //!

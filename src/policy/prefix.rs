@@ -295,7 +295,7 @@ pub struct HostPlan {
     /// The MX host as published, lowercase, without trailing dot.
     pub host: String,
     /// The source that decided the steps' TLS requirement (the strictest one; see
-    /// [`crate::policy::compose`] for the order among equals).
+    /// [`crate::policy::compose()`] for the order among equals).
     pub source: Source,
     /// Every source that applied to this host, including ones that required nothing more
     /// (`mta-sts-testing`), in [`Source`] order.
