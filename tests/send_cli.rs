@@ -110,3 +110,51 @@ fn demo_delivers_everything_with_nothing_installed() {
     assert_eq!((b2["connections_opened"].as_u64(), b2["dns_queries"].as_u64()), (Some(0), Some(0)), "{b2}");
     assert!(b2["connections_reused"].as_u64().unwrap() >= 12, "{b2}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_keeps_pins_in_its_state_dir_and_policy_shows_and_forgets_them() {
+    let dir = std::env::temp_dir().join(format!("mxpipe-send-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("state");
+    // The sink's certificate is for localhost, so the prefixed host fails verification: the
+    // message is deferred, and the resolution alone pins the domain.
+    let (sink, _pki) = common::start_sink(|_| {}).await;
+    let st = sink.addr(PortKind::StartTls).unwrap();
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("p.t.test", 10, "starttls-mx.p.t.test").a("starttls-mx.p.t.test", Ipv4Addr::LOCALHOST);
+    let dns = DnsServer::start(vec![z], SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
+    std::fs::write(dir.join("in.jsonl"), r#"{"id":"m1","from":"s@x.test","to":["a@p.t.test"],"data":"Subject: pin\r\n\r\nhi\r\n"}"#)
+        .unwrap();
+    let (d, dns_addr) = (dir.clone(), dns.addr().to_string());
+    let state2 = state.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        mxpipe()
+            .args(["send", "--input"])
+            .arg(d.join("in.jsonl"))
+            .args(["--dns", &dns_addr, "--port-map", &format!("25={}", st.port()), "--connect-timeout", "2", "--state-dir"])
+            .arg(&state2)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("deferred 1"), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let policy = |args: &[&str]| {
+        let o = mxpipe().arg("policy").args(args).arg("--state-dir").arg(&state).output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (ok, out, err) = policy(&["show", "p.t.test"]);
+    assert!(ok && out.contains("p.t.test: pinned (starttls prefix, seen on starttls-mx.p.t.test)"), "{out}{err}");
+    let (ok, out, _) = policy(&["forget", "P.T.TEST."]);
+    assert!(ok && out.contains("pin forgotten"), "{out}");
+    let (ok, out, _) = policy(&["show", "p.t.test"]);
+    assert!(ok && out.contains("no pin"), "the forget was saved: {out}");
+    let o = mxpipe().args(["policy", "show", "p.t.test", "--state-dir", "/nonexistent/mxpipe-state"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no policy-state.json"), "{err}");
+    sink.shutdown(Duration::from_secs(2)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
