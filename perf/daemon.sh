@@ -29,6 +29,7 @@
 #   bash perf/daemon.sh                                  (MSGS=50000 DOMAINS=500 SIZE=2048 ADDRS=64)
 #   MSGS=2000 DOMAINS=50 bash perf/daemon.sh             (short run)
 #   SIDES=mxpipe PROFILE=1 bash perf/daemon.sh           (also perf record -g the daemon: mx-profile.txt)
+#   TOKENS=0 bash perf/daemon.sh                         (the HTTP API without bearer tokens; default: with)
 # The Postfix instance is /etc/postfix-daemonbench (queue /var/spool/postfix-daemonbench): neither the
 # default instance (tests/peers/postfix-peer.sh) nor perf/delivery.sh's /etc/postfix-bench is touched.
 set -euo pipefail
@@ -47,6 +48,7 @@ SUT_CPU=${SUT_CPU:-0}
 PEER_CPU=${PEER_CPU:-1}
 PIN=${PIN:-1}                           # PIN=0: nothing pinned, the daemon with one shard per core
 LIMIT=${LIMIT:-600}                     # seconds, bound on every wait of every run
+TOKENS=${TOKENS:-1}                     # 1: the daemon's HTTP API requires bearer tokens, as deployed
 SIDES=${SIDES:-mxpipe postfix}
 FSYNC_TRACE=${FSYNC_TRACE:-1}
 PROFILE=${PROFILE:-0}
@@ -254,10 +256,17 @@ allowed_networks = ["127.0.0.0/8"]
 max_conns_per_ip = 10000
 [inject.http]
 listen = "$IP:$HTTP_PORT"
+$([ "$TOKENS" = 1 ] && echo "tokens_file = \"$OUT/mx-tokens\"")
 [log]
 $([ "$MX_DELIVERY_LOG" = 1 ] && echo "delivery_log = \"$OUT/mx-delivery.jsonl\"")
 TOML
-  rm -f "$OUT/mx-delivery.jsonl"
+  rm -f "$OUT/mx-delivery.jsonl" "$OUT/mx-tokens"
+  # As deployed: the HTTP API takes bearer tokens (an admin one for the operator, an inject one
+  # for an application); SMTP injection is the load, so tokens must cost it nothing.
+  if [ "$TOKENS" = 1 ]; then
+    "$BIN/mxpipe" token ops --scope admin --tokens-file "$OUT/mx-tokens" >"$OUT/mx-admin.token"
+    "$BIN/mxpipe" token app --scope inject --tokens-file "$OUT/mx-tokens" >"$OUT/mx-inject.token"
+  fi
   "${ON_SUT[@]}" "$BIN/mxpipe" serve --config "$OUT/mxpipe.toml" >"$OUT/mxpipe-serve.out" 2>"$OUT/mxpipe-serve.err" &
   DPID=$!
   wait_until 20 "mxpipe serve" grep -q 'injection SMTP on' "$OUT/mxpipe-serve.out" || die "serve did not start: $(cat "$OUT/mxpipe-serve.err")"
@@ -341,6 +350,6 @@ cat >"$OUT/params.json" <<JSON
  "pin": $PIN, "sut_cpu": $SUT_CPU, "peer_cpu": $PEER_CPU, "sides": "$SIDES",
  "cpus": $(nproc), "cpu_model": "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)",
  "postfix": "$(postconf -h mail_version 2>/dev/null)", "git": "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo +dirty)",
- "command": "MSGS=$MSGS DOMAINS=$DOMAINS SIZE=$SIZE ADDRS=$ADDRS SESSIONS=$SESSIONS$([ "$FSYNC_TRACE" = 1 ] || echo " FSYNC_TRACE=0")$([ "$PIN" = 1 ] || echo " PIN=0")$([ -z "$PF_CACHE_DESTS" ] || echo " PF_CACHE_DESTS=$PF_CACHE_DESTS")$([ "$SIDES" = "mxpipe postfix" ] || echo " SIDES=\\\"$SIDES\\\"")$([ "$MX_KX" = default ] || echo " MX_KX=$MX_KX") bash perf/daemon.sh"}
+ "command": "MSGS=$MSGS DOMAINS=$DOMAINS SIZE=$SIZE ADDRS=$ADDRS SESSIONS=$SESSIONS$([ "$FSYNC_TRACE" = 1 ] || echo " FSYNC_TRACE=0")$([ "$PIN" = 1 ] || echo " PIN=0")$([ -z "$PF_CACHE_DESTS" ] || echo " PF_CACHE_DESTS=$PF_CACHE_DESTS")$([ "$SIDES" = "mxpipe postfix" ] || echo " SIDES=\\\"$SIDES\\\"")$([ "$MX_KX" = default ] || echo " MX_KX=$MX_KX")$([ "$TOKENS" = 1 ] || echo " TOKENS=0") bash perf/daemon.sh"}
 JSON
 python3 perf/summarize_daemon.py "$OUT" | tee "$OUT/summary.md"
