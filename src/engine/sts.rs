@@ -68,8 +68,11 @@ pub(super) async fn policy_for(shard: &Rc<Shard>, domain: &str) -> Option<StsPol
         Some(c) if c.id == id && !c.due(now) => Some(c.policy),
         Some(c) => {
             if !recently_failed(shard, domain) && !shard.sts.inflight.borrow().contains_key(domain) {
+                // Registered now, not when the spawned task first runs: the other workers of a
+                // burst get here before it does, and each would start a refresh of its own.
+                let done = begin_fetch(shard, domain);
                 let (s, d) = (shard.clone(), domain.to_string());
-                tokio::task::spawn_local(async move { fetch(&s, &d, id).await });
+                tokio::task::spawn_local(async move { fetch(&s, &d, id, done).await });
             }
             Some(c.policy)
         }
@@ -82,7 +85,7 @@ pub(super) async fn policy_for(shard: &Rc<Shard>, domain: &str) -> Option<StsPol
                 Some(mut done) => {
                     let _ = done.wait_for(|d| *d).await;
                 }
-                None => fetch(shard, domain, id).await,
+                None => fetch(shard, domain, id, begin_fetch(shard, domain)).await,
             }
             state.sts(domain, unix_now()).map(|c| c.policy)
         }
@@ -128,10 +131,16 @@ fn recently_failed(shard: &Shard, domain: &str) -> bool {
     }
 }
 
-/// Fetch `domain`'s policy for TXT `id` and keep it; one at a time per domain.
-async fn fetch(shard: &Rc<Shard>, domain: &str, id: String) {
+/// Mark `domain`'s fetch as under way; the sender signals its end (see [`fetch`]).
+fn begin_fetch(shard: &Shard, domain: &str) -> tokio::sync::watch::Sender<bool> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     shard.sts.inflight.borrow_mut().insert(domain.to_string(), rx);
+    tx
+}
+
+/// Fetch `domain`'s policy for TXT `id` and keep it; one at a time per domain: the caller
+/// registered it with [`begin_fetch`] (before any await), and `tx` says when it ended.
+async fn fetch(shard: &Rc<Shard>, domain: &str, id: String, tx: tokio::sync::watch::Sender<bool>) {
     let c = &shard.counters;
     c.sts_fetches.fetch_add(1, Ordering::Relaxed);
     let host = format!("mta-sts.{domain}");
