@@ -687,7 +687,7 @@ fn run_demo(a: DemoArgs) -> Result<(), String> {
     };
     if !a.json {
         println!(
-            "mxpipe demo: {} messages x {} recipients to {} domains (MX hosts: a third each starttls-, smtps-, plain; of the plain, a third each MTA-STS enforce, testing, none) on {} loopback addresses",
+            "mxpipe demo: {} messages x {} recipients to {} domains (MX hosts: a third each starttls-, smtps-, plain; the plain ones under MTA-STS, half enforce, half testing) on {} loopback addresses",
             cfg.messages, cfg.rcpts_per_msg, cfg.domains, cfg.addresses.min(cfg.domains)
         );
     }
