@@ -551,7 +551,7 @@ pub fn rfc5322_date(t: SystemTime) -> String {
 
 /// Proleptic Gregorian (year, month 1-12, day 1-31) of a day count since 1970-01-01
 /// (Howard Hinnant's `civil_from_days`, for non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z % 146_097;

@@ -170,21 +170,10 @@ impl std::fmt::Debug for PolicyState {
     }
 }
 
-/// A Unix time as `2026-12-01 23:36 UTC` (civil date from days since the epoch; written here
-/// because one date line is all this needs, not a calendar crate).
+/// A Unix time as `2026-12-01 23:36 UTC`, for `mxpipe policy show`.
 pub fn format_unix(t: u64) -> String {
-    let days = (t / 86_400) as i64;
+    let (y, mo, d) = crate::dsn::civil_from_days(t / 86_400);
     let (h, m) = ((t % 86_400) / 3600, (t % 3600) / 60);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
 }
 
