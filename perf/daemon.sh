@@ -68,7 +68,12 @@ die() { echo "daemon.sh: $*" >&2; exit 1; }
 case "$IP" in 127.*) ;; *) die "IP must be loopback";; esac
 (( ADDRS > DOMAINS )) && ADDRS=$DOMAINS
 (( MSGS >= DOMAINS )) || die "MSGS must be at least DOMAINS (every domain gets a message)"
-command -v smtp-source >/dev/null || die "smtp-source not found (package postfix: run perf/postfix-sender.sh once, or apt-get install postfix)"
+if ! command -v smtp-source >/dev/null; then   # as the usage says: install Postfix if missing
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix >/dev/null
+  command -v smtp-source >/dev/null || die "smtp-source not found after installing postfix"
+fi
 [ "$FSYNC_TRACE" = 0 ] || [ "$PROFILE" = 0 ] || command -v perf >/dev/null || die "perf not found (FSYNC_TRACE=0 PROFILE=0 to run without)"
 
 cargo build --release --locked -q --bin mxpipe --example bench_dns --example bench_sink
