@@ -305,7 +305,7 @@ TOML
 }
 
 side_postfix() {
-  echo "== 2. Postfix $(postconf -h mail_version 2>/dev/null) as the relay (durable queue; smtp client TLS encrypt, caches, TLS reuse$([ "$PIN" = 1 ] && echo "; on CPU $SUT_CPU"))"
+  echo "== 2. Postfix $(postconf -d -h mail_version 2>/dev/null) as the relay (durable queue; smtp client TLS encrypt, caches, TLS reuse$([ "$PIN" = 1 ] && echo "; on CPU $SUT_CPU"))"
   sink_start postfix
   PF_TRANSPORT=$OUT/transport.txt PF_CA=$OUT/postfix-ca.pem PF_CPU=$PF_CPU PF_LOG=$OUT/postfix.log PF_TIMEOUT=$LIMIT \
     bash "$PFS" start | sed 's/^/   /'
@@ -354,7 +354,7 @@ cat >"$OUT/params.json" <<JSON
  "pf_conc": $PF_CONC, "pf_cache_dests": "$PF_CACHE_DESTS", "mx_kx": "$MX_KX", "mx_delivery_log": $MX_DELIVERY_LOG, "fsync_trace": $FSYNC_TRACE,
  "pin": $PIN, "sut_cpu": $SUT_CPU, "peer_cpu": $PEER_CPU, "sides": "$SIDES",
  "cpus": $(nproc), "cpu_model": "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)",
- "postfix": "$(postconf -h mail_version 2>/dev/null)", "git": "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo +dirty)",
+ "postfix": "$(postconf -d -h mail_version 2>/dev/null)", "git": "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo +dirty)",
  "command": "MSGS=$MSGS DOMAINS=$DOMAINS SIZE=$SIZE ADDRS=$ADDRS SESSIONS=$SESSIONS$([ "$FSYNC_TRACE" = 1 ] || echo " FSYNC_TRACE=0")$([ "$PIN" = 1 ] || echo " PIN=0")$([ -z "$PF_CACHE_DESTS" ] || echo " PF_CACHE_DESTS=$PF_CACHE_DESTS")$([ "$SIDES" = "mxpipe postfix" ] || echo " SIDES=\\\"$SIDES\\\"")$([ "$MX_KX" = default ] || echo " MX_KX=$MX_KX")$([ "$TOKENS" = 1 ] || echo " TOKENS=0") bash perf/daemon.sh"}
 JSON
 python3 perf/summarize_daemon.py "$OUT" | tee "$OUT/summary.md"
