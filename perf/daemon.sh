@@ -68,7 +68,12 @@ die() { echo "daemon.sh: $*" >&2; exit 1; }
 case "$IP" in 127.*) ;; *) die "IP must be loopback";; esac
 (( ADDRS > DOMAINS )) && ADDRS=$DOMAINS
 (( MSGS >= DOMAINS )) || die "MSGS must be at least DOMAINS (every domain gets a message)"
-command -v smtp-source >/dev/null || die "smtp-source not found (package postfix: run perf/postfix-sender.sh once, or apt-get install postfix)"
+if ! command -v smtp-source >/dev/null; then   # as the usage says: install Postfix if missing
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix >/dev/null
+  command -v smtp-source >/dev/null || die "smtp-source not found after installing postfix"
+fi
 [ "$FSYNC_TRACE" = 0 ] || [ "$PROFILE" = 0 ] || command -v perf >/dev/null || die "perf not found (FSYNC_TRACE=0 PROFILE=0 to run without)"
 
 cargo build --release --locked -q --bin mxpipe --example bench_dns --example bench_sink
@@ -300,7 +305,7 @@ TOML
 }
 
 side_postfix() {
-  echo "== 2. Postfix $(postconf -h mail_version 2>/dev/null) as the relay (durable queue; smtp client TLS encrypt, caches, TLS reuse$([ "$PIN" = 1 ] && echo "; on CPU $SUT_CPU"))"
+  echo "== 2. Postfix $(postconf -d -h mail_version 2>/dev/null) as the relay (durable queue; smtp client TLS encrypt, caches, TLS reuse$([ "$PIN" = 1 ] && echo "; on CPU $SUT_CPU"))"
   sink_start postfix
   PF_TRANSPORT=$OUT/transport.txt PF_CA=$OUT/postfix-ca.pem PF_CPU=$PF_CPU PF_LOG=$OUT/postfix.log PF_TIMEOUT=$LIMIT \
     bash "$PFS" start | sed 's/^/   /'
@@ -349,7 +354,7 @@ cat >"$OUT/params.json" <<JSON
  "pf_conc": $PF_CONC, "pf_cache_dests": "$PF_CACHE_DESTS", "mx_kx": "$MX_KX", "mx_delivery_log": $MX_DELIVERY_LOG, "fsync_trace": $FSYNC_TRACE,
  "pin": $PIN, "sut_cpu": $SUT_CPU, "peer_cpu": $PEER_CPU, "sides": "$SIDES",
  "cpus": $(nproc), "cpu_model": "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)",
- "postfix": "$(postconf -h mail_version 2>/dev/null)", "git": "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo +dirty)",
+ "postfix": "$(postconf -d -h mail_version 2>/dev/null)", "git": "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo +dirty)",
  "command": "MSGS=$MSGS DOMAINS=$DOMAINS SIZE=$SIZE ADDRS=$ADDRS SESSIONS=$SESSIONS$([ "$FSYNC_TRACE" = 1 ] || echo " FSYNC_TRACE=0")$([ "$PIN" = 1 ] || echo " PIN=0")$([ -z "$PF_CACHE_DESTS" ] || echo " PF_CACHE_DESTS=$PF_CACHE_DESTS")$([ "$SIDES" = "mxpipe postfix" ] || echo " SIDES=\\\"$SIDES\\\"")$([ "$MX_KX" = default ] || echo " MX_KX=$MX_KX")$([ "$TOKENS" = 1 ] || echo " TOKENS=0") bash perf/daemon.sh"}
 JSON
 python3 perf/summarize_daemon.py "$OUT" | tee "$OUT/summary.md"
