@@ -90,7 +90,7 @@ fn send_with_a_missing_input_file_says_so() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open --input /nonexistent/in.jsonl"));
     let out = mxpipe().args(["send", "--input", "x", "--port-map", "587=1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only ports 25 and 26"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only ports 25, 26 and 443"));
 }
 
 #[test]
@@ -101,9 +101,16 @@ fn demo_delivers_everything_with_nothing_installed() {
     // Two bursts by default, 240 recipients each.
     assert_eq!(r["outcomes"]["delivered"], 480);
     assert_eq!(r["sink"]["recipients"], 480);
-    for policy in ["starttls-prefix", "smtps-prefix", "opportunistic"] {
+    for policy in ["starttls-prefix", "smtps-prefix"] {
         assert_eq!(r["outcomes"]["by_policy"][policy], 160, "{policy}");
     }
+    // The plain domains publish MTA-STS, half enforce (decided by it) and half testing
+    // (opportunistic decides; testing applied): 4 policies fetched, once.
+    assert_eq!(r["outcomes"]["by_policy"]["mta-sts"], 80);
+    assert_eq!(r["outcomes"]["by_policy"]["opportunistic"], 80);
+    assert_eq!(r["outcomes"]["by_source"]["mta-sts-testing"], 80);
+    assert_eq!(r["engine"]["mta_sts_fetches"], 4);
+    assert_eq!(r["outcomes"]["policy_reports"], 0, "the demo's sink has valid certificates for every MX host");
     assert_eq!(r["outcomes"]["by_tls"]["implicit"], 160);
     // The second burst finds everything warm: no new connection, no DNS query.
     let b2 = &r["bursts"][1];
