@@ -49,6 +49,7 @@ PEER_CPU=${PEER_CPU:-1}
 PIN=${PIN:-1}                           # PIN=0: nothing pinned, the daemon with one shard per core
 LIMIT=${LIMIT:-600}                     # seconds, bound on every wait of every run
 TOKENS=${TOKENS:-1}                     # 1: the daemon's HTTP API requires bearer tokens, as deployed
+MX_SPOOL_MAX_DELAY=${MX_SPOOL_MAX_DELAY:-}  # e.g. 2ms: the spool's group-commit wait (default: the daemon's, 0s)
 SIDES=${SIDES:-mxpipe postfix}
 FSYNC_TRACE=${FSYNC_TRACE:-1}
 PROFILE=${PROFILE:-0}
@@ -253,6 +254,7 @@ ca_files = ["$OUT/mxpipe-ca.pem"]
 [spool]
 dir = "$OUT/mx-spool"
 fsync = true
+$([ -n "$MX_SPOOL_MAX_DELAY" ] && echo "max_delay = \"$MX_SPOOL_MAX_DELAY\"")
 [inject.smtp]
 listen = "$IP:$INJ_PORT"
 allowed_networks = ["127.0.0.0/8"]
@@ -355,6 +357,6 @@ cat >"$OUT/params.json" <<JSON
  "pin": $PIN, "sut_cpu": $SUT_CPU, "peer_cpu": $PEER_CPU, "sides": "$SIDES",
  "cpus": $(nproc), "cpu_model": "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)",
  "postfix": "$(postconf -d -h mail_version 2>/dev/null)", "git": "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo +dirty)",
- "command": "MSGS=$MSGS DOMAINS=$DOMAINS SIZE=$SIZE ADDRS=$ADDRS SESSIONS=$SESSIONS$([ "$FSYNC_TRACE" = 1 ] || echo " FSYNC_TRACE=0")$([ "$PIN" = 1 ] || echo " PIN=0")$([ -z "$PF_CACHE_DESTS" ] || echo " PF_CACHE_DESTS=$PF_CACHE_DESTS")$([ "$SIDES" = "mxpipe postfix" ] || echo " SIDES=\\\"$SIDES\\\"")$([ "$MX_KX" = default ] || echo " MX_KX=$MX_KX")$([ "$TOKENS" = 1 ] || echo " TOKENS=0") bash perf/daemon.sh"}
+ "command": "MSGS=$MSGS DOMAINS=$DOMAINS SIZE=$SIZE ADDRS=$ADDRS SESSIONS=$SESSIONS$([ "$FSYNC_TRACE" = 1 ] || echo " FSYNC_TRACE=0")$([ "$PIN" = 1 ] || echo " PIN=0")$([ -z "$PF_CACHE_DESTS" ] || echo " PF_CACHE_DESTS=$PF_CACHE_DESTS")$([ "$SIDES" = "mxpipe postfix" ] || echo " SIDES=\\\"$SIDES\\\"")$([ "$MX_KX" = default ] || echo " MX_KX=$MX_KX")$([ "$TOKENS" = 1 ] || echo " TOKENS=0")$([ -z "$MX_SPOOL_MAX_DELAY" ] || echo " MX_SPOOL_MAX_DELAY=$MX_SPOOL_MAX_DELAY") bash perf/daemon.sh"}
 JSON
 python3 perf/summarize_daemon.py "$OUT" | tee "$OUT/summary.md"
