@@ -44,8 +44,8 @@ enum Cmd {
     },
     /// Show and steer a running `serve`'s queues: list, suspend, resume, bounce a destination.
     Queue(QueueArgs),
-    /// Show or forget what the TLS policy remembers of a domain (its pin), in a running
-    /// `serve` (through its API, admin token) or in a `send --state-dir`.
+    /// Show or forget what the TLS policy remembers of a domain (its pin and cached MTA-STS
+    /// policy), in a running `serve` (through its API, admin token) or in a `send --state-dir`.
     Policy(PolicyArgs),
     /// Make a bearer token for the HTTP API (`[inject.http] tokens_file`). The token is
     /// printed once, on standard output, for the client; it cannot be shown again (only a
@@ -134,9 +134,9 @@ struct PolicyArgs {
 #[derive(Subcommand)]
 enum PolicySub {
     /// What the TLS policy remembers of a domain: its pin (a prefixed MX seen within the pin
-    /// TTL, so every MX host needs verified TLS) and when it lapses.
+    /// TTL, so every MX host needs verified TLS) and when it lapses, and its cached MTA-STS policy.
     Show { domain: String },
-    /// Forget a domain's pin (until a prefixed MX is seen again).
+    /// Forget a domain's pin and cached MTA-STS policy (until seen or fetched again).
     Forget { domain: String },
 }
 

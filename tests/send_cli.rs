@@ -154,8 +154,9 @@ async fn send_keeps_pins_in_its_state_dir_and_policy_shows_and_forgets_them() {
     };
     let (ok, out, err) = policy(&["show", "p.t.test"]);
     assert!(ok && out.contains("p.t.test: pinned (starttls prefix, seen on starttls-mx.p.t.test)"), "{out}{err}");
+    assert!(out.contains("p.t.test: no MTA-STS policy cached"), "{out}");
     let (ok, out, _) = policy(&["forget", "P.T.TEST."]);
-    assert!(ok && out.contains("pin forgotten"), "{out}");
+    assert!(ok && out.contains("forgotten: its pin"), "{out}");
     let (ok, out, _) = policy(&["show", "p.t.test"]);
     assert!(ok && out.contains("no pin"), "the forget was saved: {out}");
     let o = mxpipe().args(["policy", "show", "p.t.test", "--state-dir", "/nonexistent/mxpipe-state"]).output().unwrap();

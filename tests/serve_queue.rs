@@ -280,7 +280,7 @@ async fn a_pin_is_shown_survives_a_restart_and_can_be_forgotten() {
 
     // forget, then nothing is left; bad input is a clear error.
     let (ok, out, _) = policy(api, &["forget", "pinned.t.test"]);
-    assert!(ok && out.contains("pin forgotten"), "{out}");
+    assert!(ok && out.contains("forgotten: its pin"), "{out}");
     let (ok, out, _) = policy(api, &["show", "pinned.t.test"]);
     assert!(ok && out.contains("no pin"), "{out}");
     let (ok, _, err) = policy(api, &["show", "bad..name"]);

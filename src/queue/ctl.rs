@@ -234,14 +234,29 @@ pub fn policy(t: &Target, domain: &str, forget: bool, json: bool) -> Result<Stri
 /// One line for `mxpipe policy forget`.
 pub fn forgotten(domain: &str, had: bool) -> String {
     if had {
-        format!("{domain}: pin forgotten (a prefixed MX seen again pins it again)")
+        format!("{domain}: forgotten: its pin and any cached MTA-STS policy (a prefixed MX seen again pins it again; a policy is fetched again)")
     } else {
         format!("{domain}: nothing to forget")
     }
 }
 
-/// What `mxpipe policy show` prints for a domain.
+/// What `mxpipe policy show` prints for a domain: its pin, then its cached MTA-STS policy.
 pub fn describe_policy(v: &crate::policy::state::DomainView) -> String {
+    let pin = describe_pin(v);
+    match &v.mta_sts {
+        Some(c) => format!(
+            "{pin}\n{}: MTA-STS policy mode {} (mx {}; id {}) cached until {}",
+            v.domain,
+            c.policy.mode,
+            if c.policy.mx.is_empty() { "-".to_string() } else { c.policy.mx.join(", ") },
+            c.id,
+            crate::policy::state::format_unix(c.expires)
+        ),
+        None => format!("{pin}\n{}: no MTA-STS policy cached", v.domain),
+    }
+}
+
+fn describe_pin(v: &crate::policy::state::DomainView) -> String {
     let Some(p) = &v.pin else {
         return format!("{}: no pin (its MX answers have shown no starttls-/smtps- prefix within the pin TTL)", v.domain);
     };
