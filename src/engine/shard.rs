@@ -82,9 +82,12 @@ pub(super) fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     // Build what can fail before the thread starts, so start() reports it.
     let resolver = MxResolver::new(cfg.resolver.clone()).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let tls = tls_clients(&cfg).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let sts = super::sts::StsShard::new(sts_fetch_config(&cfg).map_err(|e| std::io::Error::other(e.to_string()))?);
-    let verifier = report_verifier(&cfg).map_err(std::io::Error::other)?;
+    // The roots of verified TLS, parsed once for the three clients that check certificates:
+    // SMTP, MTA-STS policy fetches and MTA-STS `testing` reports.
+    let roots = Verify::webpki_plus(&cfg.extra_roots).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tls = tls_clients(&cfg, &roots).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let sts = super::sts::StsShard::new(sts_fetch_config(&cfg, &roots).map_err(|e| std::io::Error::other(e.to_string()))?);
+    let verifier = report_verifier(&roots).map_err(std::io::Error::other)?;
     std::thread::Builder::new().name(format!("mxpipe-shard-{id}")).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -128,15 +131,10 @@ pub(super) fn spawn(
     })
 }
 
-fn tls_clients(cfg: &EngineConfig) -> Result<TlsClients, tls::TlsError> {
+fn tls_clients(cfg: &EngineConfig, roots: &Verify) -> Result<TlsClients, tls::TlsError> {
     let store = || Arc::new(TicketStore::new(cfg.ticket_hosts, cfg.tickets_per_host.max(cfg.max_conns_per_dest), 1));
     let verifying = tls::client_config(
-        &ClientOptions {
-            verify: Verify::webpki_plus(&cfg.extra_roots)?,
-            kx: cfg.kx,
-            resumption: ClientResumption::Tickets,
-            tls12_only: false,
-        },
+        &ClientOptions { verify: roots.clone(), kx: cfg.kx, resumption: ClientResumption::Tickets, tls12_only: false },
         Some(store()),
     )?;
     let opportunistic = tls::client_config(
@@ -147,19 +145,18 @@ fn tls_clients(cfg: &EngineConfig) -> Result<TlsClients, tls::TlsError> {
 }
 
 /// The verifier that [`sts_testing_check`] uses: the roots of verified SMTP.
-fn report_verifier(cfg: &EngineConfig) -> Result<Arc<rustls::client::WebPkiServerVerifier>, String> {
-    let Verify::Roots(roots) = Verify::webpki_plus(&cfg.extra_roots).map_err(|e| e.to_string())? else {
+fn report_verifier(roots: &Verify) -> Result<Arc<rustls::client::WebPkiServerVerifier>, String> {
+    let Verify::Roots(roots) = roots else {
         return Err("no roots to verify against".into());
     };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider).build().map_err(|e| e.to_string())
+    rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider).build().map_err(|e| e.to_string())
 }
 
 /// How MTA-STS policies are fetched: verified against the same roots as SMTP, on the mapped
 /// HTTPS port.
-fn sts_fetch_config(cfg: &EngineConfig) -> Result<FetchConfig, tls::TlsError> {
-    let opts =
-        ClientOptions { verify: Verify::webpki_plus(&cfg.extra_roots)?, kx: cfg.kx, resumption: ClientResumption::Off, tls12_only: false };
+fn sts_fetch_config(cfg: &EngineConfig, roots: &Verify) -> Result<FetchConfig, tls::TlsError> {
+    let opts = ClientOptions { verify: roots.clone(), kx: cfg.kx, resumption: ClientResumption::Off, tls12_only: false };
     let mut tls = Arc::unwrap_or_clone(tls::client_config(&opts, None)?);
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut f = FetchConfig::new(Arc::new(tls));
@@ -387,7 +384,7 @@ struct OutcomeCtx {
 }
 
 impl OutcomeCtx {
-    fn of(conn: &Conn, plan: &HostPlan) -> OutcomeCtx {
+    fn of(conn: &Conn, plan: &HostPlan, report: Option<String>) -> OutcomeCtx {
         let f = &conn.facts;
         OutcomeCtx {
             // The MX host of this destination (a connection may be shared by domains whose
@@ -397,7 +394,7 @@ impl OutcomeCtx {
             tls: f.tls,
             policy: plan.source.to_string(),
             sources: plan.sources.clone(),
-            report: None,
+            report,
             dnssec: plan.dnssec,
             resumed: f.tls_facts.as_ref().is_some_and(|t| t.resumed),
             tls_version: f.tls_facts.as_ref().map(|t| t.version.clone()),
@@ -835,7 +832,6 @@ async fn park(shard: &Rc<Shard>, conn: Conn) {
     }
 }
 
-/// Deliver queued parts of `domain` over `conn` until the queue is empty.
 /// Under an MTA-STS policy in `testing` mode: what `enforce` would have refused on this
 /// connection (an unlisted host, clear text, a certificate that does not verify for the MX
 /// name), counted once per connection and recorded with its outcomes. Only then is the
@@ -872,9 +868,13 @@ fn verify_chain(shard: &Shard, conn: &Conn, name: &str) -> Result<(), String> {
         .map_err(|e| format!("{e}"))
 }
 
+/// Deliver queued parts of `domain` over `conn` until the queue is empty; `report` is what a
+/// reporting-only policy found wrong with the connection, recorded with every outcome.
 async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &HostPlan, report: Option<String>) -> ConnEnd {
     set_connected(shard, domain, 1);
     let t = timeouts(&shard.cfg);
+    // The connection's facts are settled once it is open: one copy for all its outcomes.
+    let ctx = OutcomeCtx::of(&conn, plan, report);
     let end = loop {
         let Some(mut job) = pop_job(shard, domain) else {
             park(shard, conn).await;
@@ -911,8 +911,6 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
                 continue;
             }
         }
-        let mut ctx = OutcomeCtx::of(&conn, plan);
-        ctx.report.clone_from(&report);
         // First use since it was taken from the idle pool?
         let was_reused = std::mem::take(&mut conn.reused);
         match conn.deliver(job.message(), &shard.tls, t).await {
