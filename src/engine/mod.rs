@@ -106,7 +106,7 @@ pub struct EngineConfig {
     pub ehlo_name: String,
     /// How the TLS policy is applied and how long learned facts are kept.
     pub policy: PolicyOptions,
-    /// What the policy keeps across restarts (pins): shared with whoever shows or edits it
+    /// What the policy keeps across restarts (pins, MTA-STS policies): shared with whoever shows or edits it
     /// (the daemon's API). `None`: the engine keeps an in-memory one with default settings.
     pub state: Option<Arc<PolicyState>>,
     /// Per-domain TLS floors set by the operator (the strictest of floor and MX prefix wins).
@@ -405,7 +405,7 @@ impl Engine {
         }
     }
 
-    /// What the policy remembers across restarts (pins), to show or edit while it runs.
+    /// What the policy remembers across restarts (pins, MTA-STS policies), to show or edit while it runs.
     pub fn policy_state(&self) -> &Arc<PolicyState> {
         &self.state
     }

@@ -50,7 +50,7 @@ pub const MAX_BATCH: usize = 10_000;
 struct Api {
     intake: Intake,
     control: crossbeam_channel::Sender<Control>,
-    /// The engine's policy memory (pins), for `mxpipe policy show|forget`.
+    /// The engine's policy memory (pins, MTA-STS policies), for `mxpipe policy show|forget`.
     policy: Arc<PolicyState>,
 }
 
@@ -210,7 +210,8 @@ async fn queue_command(State(api): State<Api>, Path((domain, action)): Path<(Str
     }
 }
 
-/// `GET /v1/policy/{domain}`: what the TLS policy remembers of a domain (its pin).
+/// `GET /v1/policy/{domain}`: what the TLS policy remembers of a domain (its pin and cached
+/// MTA-STS policy).
 async fn policy_show(State(api): State<Api>, Path(domain): Path<String>) -> Response {
     match crate::queue::ctl::path_segment(&domain) {
         Ok(name) => Json(api.policy.view(name.as_str(), crate::policy::state::unix_now())).into_response(),
@@ -218,8 +219,9 @@ async fn policy_show(State(api): State<Api>, Path(domain): Path<String>) -> Resp
     }
 }
 
-/// `DELETE /v1/policy/{domain}`: forget it (the pin goes; the next sighting of a prefixed MX
-/// pins it again). Saved at the next flush of the state.
+/// `DELETE /v1/policy/{domain}`: forget it (its pin and cached MTA-STS policy; the next
+/// sighting of a prefixed MX pins it again, the next delivery fetches a policy again). Saved
+/// at the next flush of the state.
 async fn policy_forget(State(api): State<Api>, Path(domain): Path<String>) -> Response {
     match crate::queue::ctl::path_segment(&domain) {
         Ok(name) => {
