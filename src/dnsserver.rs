@@ -22,7 +22,7 @@ use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
 use hickory_server::proto::dnssec::crypto::EcdsaSigningKey;
 use hickory_server::proto::dnssec::rdata::DNSKEY;
 use hickory_server::proto::dnssec::{Algorithm, DnssecSigner, PublicKeyBuf, SigningKey, TrustAnchors};
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, NS, SOA, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, NS, SOA, TLSA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -132,6 +132,20 @@ impl ZoneBuilder {
     pub fn txt_with_ttl(&mut self, name: &str, value: &str, ttl: u32) -> &mut Self {
         let strings: Vec<&[u8]> = if value.is_empty() { vec![&[][..]] } else { value.as_bytes().chunks(255).collect() };
         self.push(name, ttl, RData::TXT(TXT::from_bytes(strings)));
+        self
+    }
+
+    /// `name TLSA usage selector matching data` (RFC 6698) with the current default TTL, e.g.
+    /// `tlsa("_25._tcp.mx1.example.test", 3, 1, 1, &sha256_of_spki)`. Values outside the
+    /// registered ones are served as given, so tests can publish unusable records.
+    pub fn tlsa(&mut self, name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) -> &mut Self {
+        self.tlsa_with_ttl(name, usage, selector, matching, data, self.ttl)
+    }
+
+    /// `name TLSA …` with an explicit TTL (see [`ZoneBuilder::tlsa`]).
+    pub fn tlsa_with_ttl(&mut self, name: &str, usage: u8, selector: u8, matching: u8, data: &[u8], ttl: u32) -> &mut Self {
+        let rdata = TLSA::new(usage.into(), selector.into(), matching.into(), data.to_vec());
+        self.push(name, ttl, RData::TLSA(rdata));
         self
     }
 

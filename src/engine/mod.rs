@@ -161,12 +161,31 @@ pub struct Submission {
     pub to: Vec<String>,
     /// RFC 5322 bytes (line endings are normalised on the way out).
     pub data: Arc<[u8]>,
+    /// What the sender asked of TLS for this message (RFC 8689): nothing special,
+    /// REQUIRETLS, or `TLS-Required: No`.
+    pub tls: MessageTls,
+}
+
+/// A message's own TLS requirement (RFC 8689), on top of what the receiving domain asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageTls {
+    /// The receiving domain's composed policy decides.
+    #[default]
+    Default,
+    /// REQUIRETLS: only to MX hosts found through DNSSEC or MTA-STS, over verified TLS
+    /// (PKIX or DANE), to a next hop that advertises REQUIRETLS, which is passed on; otherwise
+    /// the message bounces with 5.7.30.
+    RequireTls,
+    /// The message carries `TLS-Required: No`: the sender asks that receivers' TLS policies
+    /// be ignored for it, so it goes with opportunistic TLS.
+    Optional,
 }
 
 impl Submission {
     /// A submission from its parts; `data` can be a `Vec<u8>` or an existing `Arc<[u8]>`.
     pub fn new(id: impl Into<String>, from: impl Into<String>, to: Vec<String>, data: impl Into<Arc<[u8]>>) -> Submission {
-        Submission { id: id.into(), from: from.into(), to, data: data.into() }
+        Submission { id: id.into(), from: from.into(), to, data: data.into(), tls: MessageTls::Default }
     }
 }
 
@@ -365,7 +384,7 @@ impl Engine {
         let mut stopped = false;
         for (domain, rcpts) in by_domain {
             let shard = &self.shards[shard_of(&domain, self.shards.len())];
-            let part = shard::Part { id: id.clone(), from: from.clone(), domain, rcpts, data: msg.data.clone() };
+            let part = shard::Part { id: id.clone(), from: from.clone(), domain, rcpts, data: msg.data.clone(), tls: msg.tls };
             let undelivered = if stopped {
                 Some(part)
             } else {

@@ -60,6 +60,8 @@ pub(super) struct Part {
     pub domain: String,
     pub rcpts: Vec<String>,
     pub data: Arc<[u8]>,
+    #[allow(dead_code)] // read by the REQUIRETLS delivery path (issue 10), being built
+    pub tls: super::MessageTls,
 }
 
 pub(super) fn count_outcome(c: &Counters, s: Status) {
