@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mxpipe::policy::mta_sts::{Mode, StsPolicy};
-use mxpipe::policy::{compose, plan_cached, prefix_of, strictest_prefix, DomainFacts, Floor, HostFacts, PolicyCache, PolicyOptions, Sts};
+use mxpipe::policy::{
+    compose, plan_cached, prefix_of, strictest_prefix, Dane, DomainFacts, Floor, HostFacts, PolicyCache, PolicyOptions, Sts,
+};
 
 const HOSTS: [(&str, &str); 3] =
     [("plain", "mx1.example.com"), ("starttls", "starttls-mx1.example.com"), ("smtps", "smtps-mx1.example.com")];
@@ -75,7 +77,14 @@ fn bench(c: &mut Criterion) {
                     ..DomainFacts::default()
                 };
                 let host = black_box(host);
-                let h = HostFacts { name: host, floor: Floor::None, learned: cache.get(host, later), sts_listed: sts.matches(host) };
+                let h = HostFacts {
+                    name: host,
+                    floor: Floor::None,
+                    learned: cache.get(host, later),
+                    sts_listed: sts.matches(host),
+                    dane: Dane::None,
+                    dane_smtps: Dane::None,
+                };
                 compose(&facts, &h, later)
             })
         });

@@ -217,13 +217,17 @@ pub struct PolicySection {
     /// At most a year. Default `"30d"`.
     #[serde(deserialize_with = "crate::value::duration::deserialize")]
     pub pin_ttl: Duration,
+    /// Authenticate MX hosts by their DNSSEC-signed TLSA records (DANE, RFC 7672). Needs
+    /// `[dns] validate_dnssec = true`: without validation nothing is authenticated, so no
+    /// TLSA record applies. Default true.
+    pub dane: bool,
 }
 
 impl Default for PolicySection {
     fn default() -> Self {
         let o = crate::policy::PolicyOptions::default();
         let s = crate::policy::state::StateOptions::default();
-        PolicySection { scope: o.scope, pin_ttl: s.pin_ttl }
+        PolicySection { scope: o.scope, pin_ttl: s.pin_ttl, dane: EngineConfig::default().dane }
     }
 }
 
@@ -601,6 +605,7 @@ impl Config {
             return Err(ConfigError::invalid("policy.pin_ttl", "at most a year (31557600 s)"));
         }
         c.policy.scope = self.policy.scope;
+        c.dane = self.policy.dane;
         c.resolver.nameserver = self.dns.nameserver;
         c.resolver.timeout = self.dns.timeout;
         c.resolver.validate_dnssec = self.dns.validate_dnssec;

@@ -5,8 +5,11 @@
 //! many 127.x.y.z addresses, and the sink listening on all of those addresses with a
 //! certificate for `*.demo.test` from a generated CA. The plain domains (a third) publish an
 //! MTA-STS policy, half in `enforce` mode and half in `testing` mode, served by an HTTPS
-//! policy host in this process with its own generated CA. Then it delivers a generated burst
-//! with the engine, through the real resolver, policy, pool, TLS and SMTP code, and reports.
+//! policy host in this process with its own generated CA. The zone is DNSSEC-signed and the
+//! resolver validates it; a third of the domains (spread over the three kinds of MX name)
+//! publish TLSA records for their MX hosts (DANE, half DANE-EE, half DANE-TA), which then
+//! decide how their certificates are checked. Then it delivers a generated burst with the
+//! engine, through the real resolver, policy, pool, TLS and SMTP code, and reports.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -35,13 +38,25 @@ pub struct DemoConfig {
     /// The burst is sent this many times, each after the previous one has all its outcomes,
     /// to show what a warm engine (cached DNS and policy, idle connections) saves.
     pub bursts: usize,
+    /// Sign the zone, validate DNSSEC and publish TLSA records for a third of the domains
+    /// ([`dane_usage`]). Off: an unsigned zone, no validation, no DANE (the baseline).
+    pub signed: bool,
     /// Engine settings; resolver, port map and trust are filled in by the demo.
     pub engine: EngineConfig,
 }
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig { domains: 300, messages: 3000, rcpts_per_msg: 2, size: 2048, addresses: 64, bursts: 2, engine: EngineConfig::default() }
+        DemoConfig {
+            domains: 300,
+            messages: 3000,
+            rcpts_per_msg: 2,
+            size: 2048,
+            addresses: 64,
+            bursts: 2,
+            signed: true,
+            engine: EngineConfig::default(),
+        }
     }
 }
 
@@ -113,6 +128,17 @@ pub fn sts_mode(i: usize) -> Option<&'static str> {
     }
 }
 
+/// The DANE record domain `i`'s MX host publishes, if any: a third of the domains (every
+/// third group of three, so each kind of MX name has some), alternately DANE-EE `3 1 1` of the
+/// sink's certificate and DANE-TA `2 0 1` of its CA.
+pub fn dane_usage(i: usize) -> Option<u8> {
+    match ((i / 3) % 3, (i / 9) % 2) {
+        (0, 0) => Some(3),
+        (0, _) => Some(2),
+        _ => None,
+    }
+}
+
 /// A generated message of about `size` bytes.
 pub fn message(i: usize, from: &str, to: &[String], size: usize) -> Vec<u8> {
     let mut m = format!(
@@ -134,15 +160,25 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
         return Err("--domains, --messages and --rcpts-per-msg must be at least 1".into());
     }
     let addresses = cfg.addresses.clamp(1, 60_000);
-    // With DNSSEC validation on, the demo signs its zone and the resolver validates against
-    // that zone's key.
-    let signed = cfg.engine.resolver.validate_dnssec;
+    // Signed, the resolver validates against the zone's key, so that DANE applies (the
+    // engine's `dane` switch still decides whether it is used).
+    let signed = cfg.signed;
+    let pki = tls::certs::generate(&["*.demo.test".into(), "demo.test".into()]).map_err(|e| e.to_string())?;
+    let ee = tls::dane::Tlsa::for_cert(&pki.identity.chain[0], 3, 1, 1).map_err(|e| e.to_string())?;
+    let ta = tls::dane::Tlsa::for_cert(&pki.ca_der, 2, 0, 1).map_err(|e| e.to_string())?;
     let mut zone = if signed { ZoneBuilder::new("demo.test.").dnssec() } else { ZoneBuilder::new("demo.test.") };
     let mut sts_hosts = Vec::new();
     for i in 0..cfg.domains {
         let host = mx_name(i);
         zone.mx(&format!("d{i}.demo.test"), 10, &host);
         zone.a(&host, address(i % addresses));
+        if let Some(usage) = dane_usage(i).filter(|_| signed) {
+            let t = if usage == 3 { &ee } else { &ta };
+            zone.tlsa(&format!("_25._tcp.{host}"), t.usage, t.selector, t.matching, &t.data);
+            if i % 3 == 1 {
+                zone.tlsa(&format!("_26._tcp.{host}"), t.usage, t.selector, t.matching, &t.data);
+            }
+        }
         if sts_mode(i).is_some() {
             zone.txt(&format!("_mta-sts.d{i}.demo.test"), "v=STSv1; id=demo1");
             zone.a(&format!("mta-sts.d{i}.demo.test"), Ipv4Addr::LOCALHOST);
@@ -153,7 +189,6 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
         .await
         .map_err(|e| format!("cannot start the demo DNS server: {e}"))?;
 
-    let pki = tls::certs::generate(&["*.demo.test".into(), "demo.test".into()]).map_err(|e| e.to_string())?;
     let server_tls = tls::server_config(pki.identity.clone(), ServerResumption::default()).map_err(|e| e.to_string())?;
     let listen: Vec<IpAddr> = (0..addresses.min(cfg.domains)).map(|i| IpAddr::V4(address(i))).collect();
     let sink = start_sink(server_tls, listen).await?;

@@ -190,6 +190,10 @@ struct EngineArgs {
     /// Ignore receivers' MTA-STS policies (RFC 8461): no TXT lookups, no policy fetches.
     #[arg(long)]
     no_mta_sts: bool,
+    /// Ignore receivers' DANE TLSA records (RFC 7672). DANE applies only with
+    /// --validate-dnssec: without validation no TLSA record can be trusted.
+    #[arg(long)]
+    no_dane: bool,
     /// Minimum TLS for a destination domain, DOMAIN=encrypt|verify (repeatable); the
     /// strictest of this and the MX-prefix policy applies.
     #[arg(long, value_name = "DOMAIN=LEVEL", value_parser = mxpipe::engine::parse_floor)]
@@ -219,6 +223,7 @@ impl EngineArgs {
         c.ehlo_name = self.ehlo_name.clone();
         c.policy.scope = self.policy_scope;
         c.policy.mta_sts = !self.no_mta_sts;
+        c.dane = !self.no_dane;
         c.resolver.validate_dnssec = self.validate_dnssec;
         c.floors = self.tls_floor.iter().cloned().collect();
         c.tickets_per_host = c.tickets_per_host.max(c.max_conns_per_dest);
@@ -278,6 +283,10 @@ struct DemoArgs {
     /// show a warm engine: cached DNS, idle connections reused).
     #[arg(long, value_name = "N", default_value_t = 2)]
     bursts: usize,
+    /// Serve the generated zone unsigned, without TLSA records, and do not validate DNSSEC
+    /// (the baseline that DANE's cost is measured against).
+    #[arg(long)]
+    unsigned: bool,
     /// Write one outcome per recipient here (JSON lines).
     #[arg(long, value_name = "FILE.jsonl")]
     outcomes: Option<PathBuf>,
@@ -683,12 +692,17 @@ fn run_demo(a: DemoArgs) -> Result<(), String> {
         size: a.size,
         addresses: a.addresses,
         bursts: a.bursts,
+        signed: !a.unsigned,
         engine: a.engine.config(),
     };
     if !a.json {
         println!(
-            "mxpipe demo: {} messages x {} recipients to {} domains (MX hosts: a third each starttls-, smtps-, plain; the plain ones under MTA-STS, half enforce, half testing) on {} loopback addresses",
-            cfg.messages, cfg.rcpts_per_msg, cfg.domains, cfg.addresses.min(cfg.domains)
+            "mxpipe demo: {} messages x {} recipients to {} domains (MX hosts: a third each starttls-, smtps-, plain; the plain ones under MTA-STS, half enforce, half testing; {}) on {} loopback addresses",
+            cfg.messages,
+            cfg.rcpts_per_msg,
+            cfg.domains,
+            if cfg.signed { "DNSSEC-signed, a third of all under DANE" } else { "unsigned, no DANE" },
+            cfg.addresses.min(cfg.domains)
         );
     }
     let report = rt.block_on(mxpipe::demo::run(cfg, move |o| {

@@ -111,6 +111,35 @@ pub struct Target {
     /// The operator's MX budget the host falls under (its index), if any: connections are
     /// shared only within one budget, so reuse never escapes a budget's limits.
     pub budget: Option<usize>,
+    /// The client config of a [`Security::RequireDane`] target: its verifier authenticates the
+    /// server by the host's TLSA records, and its session store holds only sessions that
+    /// verifier accepted. Required for, and used only by, `RequireDane`.
+    pub dane: Option<DaneConfig>,
+}
+
+/// A DANE client config, compared and hashed by identity: one config stands for one set of
+/// TLSA records, so an idle connection authenticated by records since replaced is not reused.
+#[derive(Clone)]
+pub struct DaneConfig(pub Arc<ClientConfig>);
+
+impl PartialEq for DaneConfig {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for DaneConfig {}
+
+impl std::hash::Hash for DaneConfig {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+impl std::fmt::Debug for DaneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DaneConfig({:p})", Arc::as_ptr(&self.0))
+    }
 }
 
 impl Target {
@@ -122,8 +151,9 @@ impl Target {
             addr: self.addr,
             start: self.start,
             security: self.security,
-            name: (self.security == Security::RequireVerified).then(|| self.verify_name.clone()),
+            name: self.security.authenticates().then(|| self.verify_name.clone()),
             budget: self.budget,
+            dane: self.dane.clone(),
         }
     }
 }
@@ -141,6 +171,8 @@ pub struct PoolKey {
     pub name: Option<String>,
     /// The operator's MX budget index, if any: connections are not shared across budgets.
     pub budget: Option<usize>,
+    /// The DANE config the connection was authenticated with, if any.
+    pub dane: Option<DaneConfig>,
 }
 
 /// What we know of an open connection, for outcome records.
@@ -448,13 +480,18 @@ async fn handshake(stream: Stream, target: &Target, tls: &TlsClients, timeouts: 
     let Stream::Plain(tcp) = stream else {
         return Err(ConnectError::Policy { host: target.host.clone(), reason: "TLS requested twice".into() });
     };
-    let (cfg, name) = match target.security {
-        Security::RequireVerified => (tls.verifying.clone(), target.verify_name.as_str()),
-        _ => (tls.opportunistic.clone(), target.host.as_str()),
-    };
     let fail = |reason: String| match target.security {
         Security::Opportunistic => ConnectError::OpportunisticTls { host: target.host.clone(), reason },
         _ => ConnectError::Policy { host: target.host.clone(), reason },
+    };
+    let (cfg, name) = match target.security {
+        Security::RequireVerified => (tls.verifying.clone(), target.verify_name.as_str()),
+        // SNI is the TLSA base domain, the MX host name (RFC 7672 §8.1).
+        Security::RequireDane => match &target.dane {
+            Some(cfg) => (cfg.0.clone(), target.verify_name.as_str()),
+            None => return Err(fail("DANE required, but no TLSA verifier was given (internal error)".into())),
+        },
+        Security::Clear | Security::Opportunistic | Security::RequireEncrypted => (tls.opportunistic.clone(), target.host.as_str()),
     };
     let server_name = ServerName::try_from(name.to_string()).map_err(|e| fail(format!("bad server name {name:?}: {e}")))?;
     let connect = TlsConnector::from(cfg).connect(server_name, tcp);
@@ -571,6 +608,7 @@ mod tests {
             security,
             verify_name: host.into(),
             budget,
+            dane: None,
         }
     }
 

@@ -23,6 +23,8 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::Proof;
 use hickory_resolver::proto::op::ResponseCode;
+/// TLSA record data as hickory parses it, re-exported for [`TlsaAnswer`].
+pub use hickory_resolver::proto::rr::rdata::TLSA;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 use tokio::sync::watch;
@@ -111,6 +113,10 @@ pub struct MxHost {
     pub preference: u16,
     /// IPv4 addresses first, then IPv6. Empty when the host has none (the engine skips it).
     pub addrs: Vec<IpAddr>,
+    /// The host's A or AAAA answer was DNSSEC-authenticated (either family is enough, as
+    /// RFC 7672 §2.2.2 allows: many signed zones botch only their AAAA denial). DANE applies
+    /// only to such hosts of a secure MX answer. Always false unless validation is enabled.
+    pub dnssec: bool,
 }
 
 /// Where the hosts of a [`Destination`] came from.
@@ -139,6 +145,24 @@ pub struct Destination {
     /// Served from the cache rather than from queries made for this call (callers that
     /// waited on another caller's in-flight lookup get `false`).
     pub from_cache: bool,
+}
+
+/// Most TLSA records kept from one answer: a hostile zone can publish thousands.
+pub const MAX_TLSA_RECORDS: usize = 32;
+
+/// What a TLSA lookup found ([`MxResolver::tlsa`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsaAnswer {
+    /// A DNSSEC-validated TLSA RRset (at most [`MAX_TLSA_RECORDS`]), and its smallest TTL.
+    Secure(Vec<TLSA>, u32),
+    /// Validated proof that the name has no TLSA records: no DANE.
+    SecureNone,
+    /// Records or a denial that are not DNSSEC-authenticated (an unsigned zone), or NXDOMAIN:
+    /// no DANE.
+    Insecure,
+    /// The lookup failed: SERVFAIL, a timeout, or a DNSSEC-bogus answer. RFC 7672 §2.2:
+    /// the host cannot be used until the lookup succeeds (the message is deferred).
+    Failed(String),
 }
 
 /// Why a domain has no usable route. [`ResolveError::is_permanent`] says bounce or defer.
@@ -409,6 +433,40 @@ impl MxResolver {
         }
     }
 
+    /// The TLSA RRset of `host` for TCP `port` (`_25._tcp.host`, RFC 7672 §2.2.3), with its
+    /// DNSSEC verdict. Only a validated answer means anything for DANE: without validation
+    /// every answer is [`TlsaAnswer::Insecure`].
+    ///
+    /// Not cached, for the reason given at [`MxResolver::txt`]: the engine keeps TLSA answers
+    /// per shard for their TTL. Each call counts one query in [`ResolverStats::queries`].
+    pub async fn tlsa(&self, host: &str, port: u16) -> TlsaAnswer {
+        let name = match normalize(&format!("_{port}._tcp.{}", host.trim_end_matches('.'))) {
+            Ok((_, name)) => name,
+            Err(e) => return TlsaAnswer::Failed(e.to_string()),
+        };
+        match self.lookup.query(&name, RecordType::TLSA).await {
+            Answer::Records(records, true) => {
+                let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(0);
+                let tlsa = records
+                    .into_iter()
+                    .filter_map(|r| match r.data {
+                        RData::TLSA(t) => Some(t),
+                        _ => None,
+                    })
+                    .take(MAX_TLSA_RECORDS)
+                    .collect();
+                TlsaAnswer::Secure(tlsa, ttl)
+            }
+            Answer::Records(_, false) => TlsaAnswer::Insecure,
+            Answer::NoData(true) => TlsaAnswer::SecureNone,
+            // A denial that did not validate, or NXDOMAIN (validated or not: both mean "no
+            // TLSA", and no DANE either way).
+            Answer::NoData(false) | Answer::NxDomain => TlsaAnswer::Insecure,
+            // SERVFAIL, timeout, or a bogus answer (hickory reports DnssecBogus as an error).
+            Answer::Failed(why) => TlsaAnswer::Failed(why),
+        }
+    }
+
     /// Counters since creation.
     pub fn stats(&self) -> ResolverStats {
         let c = &self.counters;
@@ -568,6 +626,8 @@ struct HostAddrs {
     addrs: Vec<IpAddr>,
     min_ttl: Option<u32>,
     temp_failure: Option<String>,
+    /// Some address RRset validated as secure.
+    secure: bool,
 }
 
 impl Lookup {
@@ -612,7 +672,8 @@ impl Lookup {
         let mut out = HostAddrs::default();
         for answer in [v4, v6] {
             match answer {
-                Answer::Records(records, _) => {
+                Answer::Records(records, secure) => {
+                    out.secure |= secure;
                     for r in records {
                         let ip = match &r.data {
                             RData::A(a) => IpAddr::V4(a.0),
@@ -656,7 +717,7 @@ impl Lookup {
             resolved: Resolved {
                 domain: domain.to_owned(),
                 kind: RouteKind::ImplicitMx,
-                hosts: vec![MxHost { name: domain.to_owned(), preference: 0, addrs: found.addrs }],
+                hosts: vec![MxHost { name: domain.to_owned(), preference: 0, addrs: found.addrs, dnssec: found.secure }],
                 dnssec: secure,
             },
             ttl: found.min_ttl.unwrap_or(0),
@@ -720,7 +781,7 @@ impl Lookup {
             // v4 first, then v6, each in the order the server gave.
             let mut addrs = found.addrs;
             addrs.sort_by_key(|ip| ip.is_ipv6());
-            hosts.push(MxHost { name, preference, addrs });
+            hosts.push(MxHost { name, preference, addrs, dnssec: found.secure });
         }
         if hosts.iter().all(|h| h.addrs.is_empty()) {
             return Err(match temp_failure {
@@ -774,7 +835,7 @@ mod tests {
     }
 
     fn host(name: &str, preference: u16) -> MxHost {
-        MxHost { name: name.into(), preference, addrs: vec![] }
+        MxHost { name: name.into(), preference, addrs: vec![], dnssec: false }
     }
 
     #[test]

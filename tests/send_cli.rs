@@ -101,14 +101,19 @@ fn demo_delivers_everything_with_nothing_installed() {
     // Two bursts by default, 240 recipients each.
     assert_eq!(r["outcomes"]["delivered"], 480);
     assert_eq!(r["sink"]["recipients"], 480);
+    // Domains 0-2 and 9-11 publish TLSA records (one of each kind of MX name per group of
+    // three): DANE decides for them, whatever else applies.
+    assert_eq!(r["outcomes"]["by_policy"]["dane"], 240);
+    assert_eq!(r["outcomes"]["by_source"]["dane"], 240);
     for policy in ["starttls-prefix", "smtps-prefix"] {
-        assert_eq!(r["outcomes"]["by_policy"][policy], 160, "{policy}");
+        assert_eq!(r["outcomes"]["by_policy"][policy], 80, "{policy}");
     }
-    // The plain domains publish MTA-STS, half enforce (decided by it) and half testing
-    // (opportunistic decides; testing applied): 4 policies fetched, once.
-    assert_eq!(r["outcomes"]["by_policy"]["mta-sts"], 80);
-    assert_eq!(r["outcomes"]["by_policy"]["opportunistic"], 80);
+    // The plain domains publish MTA-STS, half enforce (decided by it unless DANE applies) and
+    // half testing (opportunistic decides; testing applied): 4 policies fetched, once.
+    assert_eq!(r["outcomes"]["by_policy"]["mta-sts"], 40);
+    assert_eq!(r["outcomes"]["by_policy"]["opportunistic"], 40);
     assert_eq!(r["outcomes"]["by_source"]["mta-sts-testing"], 80);
+    assert_eq!(r["outcomes"]["dnssec"], 480, "the demo's zone is signed and validated");
     assert_eq!(r["engine"]["mta_sts_fetches"], 4);
     assert_eq!(r["outcomes"]["policy_reports"], 0, "the demo's sink has valid certificates for every MX host");
     assert_eq!(r["outcomes"]["by_tls"]["implicit"], 160);

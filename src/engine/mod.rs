@@ -17,6 +17,7 @@
 //! # let _ = stats; Ok(()) }
 //! ```
 
+mod dane;
 pub mod input;
 pub mod limits;
 mod shard;
@@ -121,6 +122,10 @@ pub struct EngineConfig {
     pub tickets_per_host: usize,
     /// MX host names whose tickets are kept, per shard.
     pub ticket_hosts: usize,
+    /// Authenticate MX hosts by their DNSSEC-signed TLSA records (DANE, RFC 7672). Takes
+    /// effect only with DNSSEC validation on ([`ResolverConfig::validate_dnssec`]): without it no
+    /// answer is authenticated, so no TLSA record can be trusted. Default on.
+    pub dane: bool,
 }
 
 impl Default for EngineConfig {
@@ -146,6 +151,7 @@ impl Default for EngineConfig {
             limits: Vec::new(),
             tickets_per_host: 16,
             ticket_hosts: 50_000,
+            dane: true,
         }
     }
 }

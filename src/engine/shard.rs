@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::limits::{Limits, MxBudget};
-use super::{Counters, EngineConfig, NOT_ATTEMPTED, WITHDRAWN};
+use super::{Counters, EngineConfig, MessageTls, NOT_ATTEMPTED, WITHDRAWN};
 use crate::outcome::{Outcome, Status, TlsUse};
 use crate::policy::mta_sts::{fetch::FetchConfig, Mode};
 use crate::policy::{self, DomainFacts, Floor, HostFacts, HostPlan, LogicalPort, PolicyCache, Security, Sts};
 use crate::pool::{Conn, ConnectError, DeliverError, Pool, Target, Timeouts, TlsClients};
-use crate::resolve::{Destination, MxResolver};
+use crate::resolve::MxResolver;
 use crate::session::{Message, MessageOutcome, RcptStatus};
 use crate::tls::{self, ClientOptions, ClientResumption, TicketStore, Verify};
 
@@ -60,8 +60,27 @@ pub(super) struct Part {
     pub domain: String,
     pub rcpts: Vec<String>,
     pub data: Arc<[u8]>,
-    #[allow(dead_code)] // read by the REQUIRETLS delivery path (issue 10), being built
-    pub tls: super::MessageTls,
+    pub tls: MessageTls,
+}
+
+/// A shard's queue key: the domain, then after a `|` the message class when it is not the
+/// default. REQUIRETLS and `TLS-Required: No` messages need plans of their own, so they queue
+/// (and connect) apart from the domain's other mail; `|` never occurs in a domain name.
+fn queue_key(domain: &str, tls: MessageTls) -> String {
+    match tls {
+        MessageTls::Default => domain.to_string(),
+        MessageTls::RequireTls => format!("{domain}|requiretls"),
+        MessageTls::Optional => format!("{domain}|tls-optional"),
+    }
+}
+
+/// The domain and message class of a queue key ([`queue_key`]).
+fn split_key(key: &str) -> (&str, MessageTls) {
+    match key.split_once('|') {
+        Some((domain, "requiretls")) => (domain, MessageTls::RequireTls),
+        Some((domain, _)) => (domain, MessageTls::Optional),
+        None => (key, MessageTls::Default),
+    }
 }
 
 pub(super) fn count_outcome(c: &Counters, s: Status) {
@@ -117,6 +136,7 @@ pub(super) fn spawn(
             resolver,
             tls,
             sts,
+            dane: super::dane::DaneShard::default(),
             verifier,
             policy: RefCell::new(PolicyCache::new(&cfg.policy)),
             domains: RefCell::new(HashMap::new()),
@@ -176,6 +196,8 @@ pub(super) struct Shard {
     tls: TlsClients,
     /// MTA-STS fetches under way and recent failures.
     pub(super) sts: super::sts::StsShard,
+    /// TLSA answers and DANE client configs per MX host port.
+    pub(super) dane: super::dane::DaneShard,
     /// Checks certificates after the fact, for MTA-STS `testing` reports.
     verifier: Arc<rustls::client::WebPkiServerVerifier>,
     policy: RefCell<PolicyCache>,
@@ -226,7 +248,11 @@ async fn run(shard: Rc<Shard>, rx: crossbeam_channel::Receiver<Command>, wake: A
         loop {
             match rx.try_recv() {
                 Ok(Command::Deliver(part)) => enqueue(&shard, part),
-                Ok(Command::Withdraw(domain)) => fail_queue(&shard, &domain, Status::Deferred, "4.3.2", WITHDRAWN),
+                Ok(Command::Withdraw(domain)) => {
+                    for class in [MessageTls::Default, MessageTls::RequireTls, MessageTls::Optional] {
+                        fail_queue(&shard, &queue_key(&domain, class), Status::Deferred, "4.3.2", WITHDRAWN);
+                    }
+                }
                 Ok(Command::Drain(deadline)) => {
                     if let (false, Some(at)) = (draining, deadline) {
                         tokio::task::spawn_local(stop_at(shard.clone(), at));
@@ -305,12 +331,12 @@ fn timeouts(cfg: &EngineConfig) -> Timeouts {
 fn enqueue(shard: &Rc<Shard>, part: Part) {
     let seq = shard.next_seq.get();
     shard.next_seq.set(seq + 1);
-    let domain = part.domain.clone();
+    let key = queue_key(&part.domain, part.tls);
+    let max_conns = shard.limits.domain(&part.domain).and_then(|l| l.max_conns).unwrap_or(shard.cfg.max_conns_per_dest);
     let spawn = {
         let mut domains = shard.domains.borrow_mut();
-        let d = domains.entry(domain.clone()).or_default();
+        let d = domains.entry(key.clone()).or_default();
         d.queue.push_back(Job { seq, part, not_before: None });
-        let max_conns = shard.limits.domain(&domain).and_then(|l| l.max_conns).unwrap_or(shard.cfg.max_conns_per_dest);
         // One more worker (so one more connection) while under the limit and the backlog is
         // more than the open ones will clear soon: a handshake costs more than a few queued
         // transactions on a warm, pipelining connection.
@@ -322,7 +348,7 @@ fn enqueue(shard: &Rc<Shard>, part: Part) {
         spawn
     };
     if spawn {
-        spawn_worker(shard, domain);
+        spawn_worker(shard, key);
     }
 }
 
@@ -505,14 +531,39 @@ enum ConnEnd {
     Wait(Instant),
 }
 
-async fn work(shard: &Rc<Shard>, domain: &str) {
+/// Why one MX host could not be used, and whether trying again later may help for a reason
+/// other than the receiver's own TLS setup (see [`work`] on REQUIRETLS).
+struct HostFailure {
+    reason: String,
+    /// Unreachable, an SMTP refusal, a drain: not something about the receiver's TLS.
+    transient: bool,
+}
+
+impl HostFailure {
+    fn transient(reason: String) -> HostFailure {
+        HostFailure { reason, transient: true }
+    }
+
+    fn policy(reason: String) -> HostFailure {
+        HostFailure { reason, transient: false }
+    }
+}
+
+/// Deliver the queue `key` (a domain and a message class, [`queue_key`]).
+///
+/// For REQUIRETLS messages (RFC 8689 §4.2.1), when every MX host failed for a reason of the
+/// receiver's own making (no MX found through DNSSEC or MTA-STS, no verified TLS, no REQUIRETLS
+/// at the next hop) the messages bounce with 5.7.30; when some host was merely unreachable
+/// they are deferred like any other, to be retried.
+async fn work(shard: &Rc<Shard>, key: &str) {
+    let (domain, class) = split_key(key);
     let resolved = shard.resolver.resolve(domain).await;
     account_dns(shard);
     let dest = match resolved {
         Ok(d) => d,
         Err(e) => {
             let status = if e.is_permanent() { Status::Bounced } else { Status::Deferred };
-            fail_queue(shard, domain, status, e.enhanced_code(), &format!("{domain}: {e}"));
+            fail_queue(shard, key, status, e.enhanced_code(), &format!("{domain}: {e}"));
             return;
         }
     };
@@ -521,7 +572,7 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
     // Once per resolution, not per message: the pin is refreshed by a prefixed answer and
     // holds against one that lost its prefix.
     let pinned = shard.cfg.state.as_ref().is_some_and(|s| s.sighting(domain, names(), policy::state::unix_now()));
-    let sts_policy = super::sts::policy_for(shard, domain).await;
+    let sts_policy = if class == MessageTls::Optional { None } else { super::sts::policy_for(shard, domain).await };
     account_dns(shard);
     let sts = match sts_policy.as_ref().map(|p| p.mode) {
         Some(Mode::Enforce) => Sts::Enforce,
@@ -535,22 +586,32 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
         strictest_prefix: policy::strictest_prefix(names()),
         pinned,
         sts,
+        requiretls: class == MessageTls::RequireTls,
+        relaxed: class == MessageTls::Optional,
     };
     // Why each host failed, most preferred first: a policy failure at the primary MX (maybe
     // an attack) must not hide behind a backup that was merely unreachable.
     let mut reasons: Vec<String> = Vec::new();
-    let mut note = |r: String| {
+    let mut transient = false;
+    let mut note = |f: HostFailure| {
+        transient |= f.transient;
         if reasons.len() < MAX_REASONS {
-            reasons.push(r);
+            reasons.push(f.reason);
         }
     };
     let (mut broken, mut stale) = (0, 0);
     'again: loop {
         for host in &dest.hosts {
             if host.addrs.is_empty() {
-                note(format!("{}: no address", host.name));
+                note(HostFailure::transient(format!("{}: no address", host.name)));
                 continue;
             }
+            let dane = if class == MessageTls::Optional {
+                super::dane::HostDane::default()
+            } else {
+                super::dane::for_host(shard, &dest, host).await
+            };
+            account_dns(shard);
             let plan = {
                 let cache = shard.policy.borrow();
                 let now = Instant::now();
@@ -561,22 +622,31 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
                     floor: mx_floor,
                     learned: cache.get(&host.name, now),
                     sts_listed: sts_policy.as_ref().is_some_and(|p| p.matches(&host.name)),
+                    dane: dane.smtp.fact(),
+                    dane_smtps: dane.smtps.fact(),
                 };
                 policy::compose(&facts, &h, now)
             };
             if let Some(why) = &plan.refused {
-                note(why.clone());
+                // A failed TLSA lookup is DNS trouble that may pass; the other refusals are
+                // what the receiver published.
+                let lookup = dane.smtp.failure().or(dane.smtps.failure());
+                let reason = match lookup {
+                    Some(e) if plan.steps.is_empty() => format!("{why}: {e}"),
+                    _ => why.clone(),
+                };
+                note(HostFailure { reason, transient: lookup.is_some() });
                 continue;
             }
-            match try_host(shard, domain, &dest, host, &plan).await {
+            match try_host(shard, key, &dane, host, &plan).await {
                 Ok(ConnEnd::QueueEmpty) => return,
                 Ok(ConnEnd::Recycle) => continue 'again,
                 Ok(ConnEnd::Wait(until)) => {
                     // Still counted as connected while it waits: another worker failing
                     // meanwhile must not defer the queue of a reachable domain.
-                    set_connected(shard, domain, 1);
+                    set_connected(shard, key, 1);
                     let slept = sleep_unless_stopped(shard, until).await;
-                    set_connected(shard, domain, -1);
+                    set_connected(shard, key, -1);
                     if slept {
                         continue 'again;
                     }
@@ -586,13 +656,13 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
                     // Bounded: every stale connection came from the pool or died at once.
                     stale += 1;
                     if stale > 20 {
-                        note(format!("{}: connections kept closing before taking a message", host.name));
+                        note(HostFailure::transient(format!("{}: connections kept closing before taking a message", host.name)));
                         break 'again;
                     }
                     continue 'again;
                 }
                 Ok(ConnEnd::Broken(e)) => {
-                    note(e);
+                    note(HostFailure::transient(e));
                     broken += 1;
                     if broken >= 3 {
                         break 'again;
@@ -606,26 +676,31 @@ async fn work(shard: &Rc<Shard>, domain: &str) {
         break;
     }
     if stopping(shard) {
-        fail_queue(shard, domain, Status::Deferred, "4.3.2", NOT_ATTEMPTED);
+        fail_queue(shard, key, Status::Deferred, "4.3.2", NOT_ATTEMPTED);
         return;
     }
     // Every host failed. Leave the queue to a worker that has a connection; else defer it.
-    let connected = shard.domains.borrow().get(domain).map_or(0, |d| d.connected);
+    let connected = shard.domains.borrow().get(key).map_or(0, |d| d.connected);
     if connected == 0 {
         let reason = if reasons.is_empty() { "no usable MX host".to_string() } else { reasons.join("; ") };
-        fail_queue(shard, domain, Status::Deferred, "4.4.1", &reason);
+        if class == MessageTls::RequireTls && !transient && !reasons.is_empty() {
+            fail_queue(shard, key, Status::Bounced, "5.7.30", &format!("REQUIRETLS could not be honoured: {reason}"));
+        } else {
+            fail_queue(shard, key, Status::Deferred, "4.4.1", &reason);
+        }
     }
 }
 
 /// Try one MX host through its policy steps. `Err` carries the reason it could not be used.
 async fn try_host(
     shard: &Rc<Shard>,
-    domain: &str,
-    dest: &Destination,
+    key: &str,
+    dane: &super::dane::HostDane,
     host: &crate::resolve::MxHost,
     plan: &HostPlan,
-) -> Result<ConnEnd, String> {
-    let mut last = String::new();
+) -> Result<ConnEnd, HostFailure> {
+    let requiretls = split_key(key).1 == MessageTls::RequireTls;
+    let mut last = HostFailure::transient(String::new());
     for step in &plan.steps {
         let port = match step.port {
             LogicalPort::Smtp => shard.cfg.port_map.smtp,
@@ -636,6 +711,12 @@ async fn try_host(
         // banner, a TLS alert, a bad certificate) moves on to the host's next step, verified
         // STARTTLS on 25, which weakens nothing (spec). Elsewhere a policy failure ends the host.
         let implicit = step.port == LogicalPort::Smtps;
+        let dane_config = if step.security == Security::RequireDane {
+            let at = if implicit { &dane.smtps } else { &dane.smtp };
+            at.config()
+        } else {
+            None
+        };
         let mut failed = 0;
         for &ip in addrs {
             let target = Target {
@@ -645,16 +726,22 @@ async fn try_host(
                 security: step.security,
                 verify_name: plan.verify_name.clone(),
                 budget: shard.limits.mx_index(&host.name),
+                dane: dane_config.clone(),
             };
             match open(shard, target.clone()).await {
                 Ok(conn) => {
+                    if requiretls && !conn.session.server_requiretls_pending_merge() {
+                        // Usable for the domain's other mail: keep it.
+                        park(shard, conn).await;
+                        return Err(HostFailure::policy(format!("{}: REQUIRETLS: the next hop does not advertise REQUIRETLS", host.name)));
+                    }
                     let report = sts_testing_check(shard, &conn, plan);
-                    return Ok(deliver_all(shard, domain, conn, plan, report).await);
+                    return Ok(deliver_all(shard, key, conn, plan, report).await);
                 }
                 Err(ConnectError::Unreachable { addr, reason }) => {
                     shard.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                     failed += 1;
-                    last = format!("{} ({addr}): {reason}", host.name);
+                    last = HostFailure::transient(format!("{} ({addr}): {reason}", host.name));
                 }
                 Err(ConnectError::OpportunisticTls { host: h, reason }) => {
                     // Opportunistic: remember, and retry this address in clear at once.
@@ -663,9 +750,9 @@ async fn try_host(
                     match open(shard, clear).await {
                         Ok(conn) => {
                             let report = sts_testing_check(shard, &conn, plan);
-                            return Ok(deliver_all(shard, domain, conn, plan, report).await);
+                            return Ok(deliver_all(shard, key, conn, plan, report).await);
                         }
-                        Err(e) => last = format!("{e} (after TLS failed: {reason})"),
+                        Err(e) => last = HostFailure::transient(format!("{e} (after TLS failed: {reason})")),
                     }
                 }
                 Err(e @ ConnectError::Policy { .. }) => {
@@ -673,24 +760,26 @@ async fn try_host(
                     // (from port 26, this host's port 25 first). Kept for the report.
                     shard.policy.borrow_mut().failure(&host.name, &e.to_string(), Instant::now());
                     if !implicit {
-                        return Err(format!("{e} (required by {})", plan.source));
+                        return Err(HostFailure::policy(format!("{e} (required by {})", plan.source)));
                     }
                     failed += 1;
-                    last = format!("{e} (port {port})");
+                    last = HostFailure::policy(format!("{e} (port {port})"));
                 }
                 Err(e @ ConnectError::Smtp { .. }) => {
                     failed += 1;
-                    last = e.to_string();
+                    last = HostFailure::transient(e.to_string());
                 }
-                Err(e @ ConnectError::Stopped { .. }) => return Err(e.to_string()),
+                Err(e @ ConnectError::Stopped { .. }) => return Err(HostFailure::transient(e.to_string())),
             }
         }
         if implicit && failed == addrs.len() {
             shard.policy.borrow_mut().port26_unusable(&host.name, Instant::now());
         }
     }
-    let _ = (dest, domain);
-    Err(if last.is_empty() { format!("{}: no policy step usable", host.name) } else { last })
+    if last.reason.is_empty() {
+        last.reason = format!("{}: no policy step usable", host.name);
+    }
+    Err(last)
 }
 
 /// A connection to `target`: an idle one from the pool, or a new one.
@@ -870,7 +959,7 @@ fn verify_chain(shard: &Shard, conn: &Conn, name: &str) -> Result<(), String> {
         .map_err(|e| format!("{e}"))
 }
 
-/// Deliver queued parts of `domain` over `conn` until the queue is empty; `report` is what a
+/// Deliver queued parts of queue `domain` (a [`queue_key`]) over `conn` until the queue is empty; `report` is what a
 /// reporting-only policy found wrong with the connection, recorded with every outcome.
 async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &HostPlan, report: Option<String>) -> ConnEnd {
     set_connected(shard, domain, 1);
@@ -897,7 +986,7 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
             finish(shard, &job, Status::Deferred, "4.3.2", NOT_ATTEMPTED, None);
             continue;
         }
-        let not_before = *job.not_before.get_or_insert_with(|| Instant::now() + rate_wait(shard, domain, &plan.host));
+        let not_before = *job.not_before.get_or_insert_with(|| Instant::now() + rate_wait(shard, split_key(domain).0, &plan.host));
         let now = Instant::now();
         if not_before > now {
             // A long wait, or a short one while someone needs this connection's slot: park.
@@ -941,4 +1030,14 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
     };
     set_connected(shard, domain, -1);
     end
+}
+
+// TEMPORARY until h/reqtls lands (ClientSession::server_requiretls).
+trait PendingMerge {
+    fn server_requiretls_pending_merge(&self) -> bool;
+}
+impl PendingMerge for crate::session::ClientSession {
+    fn server_requiretls_pending_merge(&self) -> bool {
+        false
+    }
 }

@@ -8,7 +8,16 @@
 //!   are refused; `testing` requires nothing and is only recorded;
 //! - domain scope (another MX host of the domain is prefixed): verified TLS;
 //! - a pin (the domain was seen with a prefixed MX within the pin's TTL): verified TLS;
-//! - the operator's floors for the domain and the MX host: `encrypt` or `verify`.
+//! - the operator's floors for the domain and the MX host: `encrypt` or `verify`;
+//! - DANE (RFC 7672), per port: usable TLSA records make the step [`Security::RequireDane`],
+//!   which takes precedence over every WebPKI requirement for how the certificate is checked
+//!   (and over an MTA-STS `enforce` policy's host list, RFC 8461 §2); TLSA records none of
+//!   which is usable still make TLS mandatory; a failed or bogus TLSA lookup removes the step;
+//! - the message's own REQUIRETLS (RFC 8689): verified TLS, and only hosts found through DNSSEC
+//!   or listed by an MTA-STS policy.
+//!
+//! A message marked `TLS-Required: No` (RFC 8689 §5) sets every receiver's source aside and
+//! gets the opportunistic plan of an unprefixed host.
 //!
 //! The port plan never changes with the sources: only an `smtps-` host is tried on 26. When
 //! several sources require the same, the one named as deciding is the first of: the prefix,
@@ -73,6 +82,25 @@ pub struct DomainFacts {
     pub pinned: bool,
     /// The domain's MTA-STS policy, if one is cached.
     pub sts: Sts,
+    /// The message carries REQUIRETLS (RFC 8689).
+    pub requiretls: bool,
+    /// The message carries `TLS-Required: No` (RFC 8689 §5).
+    pub relaxed: bool,
+}
+
+/// What DANE says of one port of an MX host, as the engine found it (RFC 7672 §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dane {
+    /// No DANE: the MX answer or the host's addresses are not DNSSEC-authenticated, there are
+    /// no TLSA records, or validation is off.
+    #[default]
+    None,
+    /// DNSSEC-signed TLSA records, at least one usable: TLS authenticated by them.
+    Usable,
+    /// DNSSEC-signed TLSA records, none usable: TLS mandatory, without authentication.
+    Unusable,
+    /// The TLSA lookup failed or was DNSSEC-bogus: the port is not used until it succeeds.
+    Failed,
 }
 
 /// What is known of one MX host.
@@ -86,6 +114,19 @@ pub struct HostFacts<'a> {
     pub learned: Option<&'a Learned>,
     /// The domain's MTA-STS policy lists this host (ignored unless it is enforced).
     pub sts_listed: bool,
+    /// DANE for port 25 (`_25._tcp.<host>`).
+    pub dane: Dane,
+    /// DANE for the implicit-TLS port 26 of an `smtps-` host (`_26._tcp.<host>`).
+    pub dane_smtps: Dane,
+}
+
+impl HostFacts<'_> {
+    fn dane_at(&self, port: super::LogicalPort) -> Dane {
+        match port {
+            super::LogicalPort::Smtp => self.dane,
+            super::LogicalPort::Smtps => self.dane_smtps,
+        }
+    }
 }
 
 /// The strictest prefix among a domain's MX host names: `smtps` or `starttls` if any host has
@@ -105,8 +146,19 @@ pub fn strictest_prefix<'a>(names: impl IntoIterator<Item = &'a str>) -> Prefix 
 /// The plan for one MX host, composed from every source (module docs).
 pub fn compose(d: &DomainFacts, h: &HostFacts<'_>, now: Instant) -> HostPlan {
     let mut p = plan(h.name, d.dnssec, Floor::None, h.learned, now);
+    if d.relaxed && !d.requiretls {
+        // The sender asked that receivers' policies be ignored for this message: what an
+        // unprefixed host gets, learning included.
+        let knows = |fact: fn(&Learned, Instant) -> bool| h.learned.is_some_and(|l| fact(l, now));
+        let clear = knows(Learned::starttls_absent) || knows(Learned::tls_failed);
+        p.steps = vec![super::Step::starttls(if clear { Security::Clear } else { Security::Opportunistic })];
+        p.source = Source::TlsRequiredNo;
+        p.sources = vec![Source::TlsRequiredNo];
+        return p;
+    }
+    let dane_usable = h.dane == Dane::Usable || (p.prefix == Prefix::Smtps && h.dane_smtps == Dane::Usable);
     // (source, the minimum it requires), in the order that names the decider among equals.
-    let mut asks: [(Source, Security); 5] = [(Source::Opportunistic, Security::Clear); 5];
+    let mut asks: [(Source, Security); 7] = [(Source::Opportunistic, Security::Clear); 7];
     let mut n = 0;
     let mut ask = |s: Source, sec: Security| {
         asks[n] = (s, sec);
@@ -119,13 +171,14 @@ pub fn compose(d: &DomainFacts, h: &HostFacts<'_>, now: Instant) -> HostPlan {
     match d.sts {
         Sts::Enforce => {
             ask(Source::MtaSts, Security::RequireVerified);
-            if !h.sts_listed {
+            // DANE takes precedence over MTA-STS for a host with usable TLSA (RFC 8461 §2).
+            if !h.sts_listed && !dane_usable {
                 p.refused = Some(format!("{}: not an MX host listed by the domain's MTA-STS policy (mode enforce)", p.host));
             }
         }
         Sts::Testing => {
             testing = true;
-            if !h.sts_listed {
+            if !h.sts_listed && !dane_usable {
                 p.report = Some(format!("mta-sts testing: {} is not an MX host listed by the policy", p.host));
             }
         }
@@ -143,14 +196,51 @@ pub fn compose(d: &DomainFacts, h: &HostFacts<'_>, now: Instant) -> HostPlan {
     if floor != Floor::None {
         ask(Source::Floor, floor.minimum());
     }
+    let steps_dane = p.steps.iter().map(|s| h.dane_at(s.port));
+    let (mut any_dane, mut unusable) = (false, false);
+    for fact in steps_dane {
+        any_dane |= fact != Dane::None;
+        unusable |= fact == Dane::Unusable;
+    }
+    if unusable {
+        ask(Source::Dane, Security::RequireEncrypted);
+    }
+    if d.requiretls {
+        ask(Source::RequireTls, Security::RequireVerified);
+        let listed = d.sts != Sts::None && h.sts_listed;
+        if !d.dnssec && !listed && p.refused.is_none() {
+            p.refused = Some(format!(
+                "{}: REQUIRETLS: the MX host was found neither through DNSSEC nor through an MTA-STS policy that lists it",
+                p.host
+            ));
+        }
+    }
     let asks = &asks[..n];
 
     let required = asks.iter().fold(Security::Clear, |acc, &(_, s)| acc.max(s));
+    let mut by_dane = false;
     for step in &mut p.steps {
         step.security = step.security.max(required);
+        if h.dane_at(step.port) == Dane::Usable {
+            step.security = Security::RequireDane;
+            by_dane = true;
+        }
     }
-    p.source = asks.iter().find(|&&(_, s)| s == required && required != Security::Clear).map_or(Source::Opportunistic, |&(s, _)| s);
+    // A failed or bogus TLSA lookup: that port is not used until the lookup succeeds.
+    p.steps.retain(|s| h.dane_at(s.port) != Dane::Failed);
+    if p.steps.is_empty() && p.refused.is_none() {
+        p.refused =
+            Some(format!("{}: its TLSA lookup failed or was DNSSEC-bogus; the host is not used until it succeeds (RFC 7672 §2.2)", p.host));
+    }
+    p.source = if by_dane {
+        Source::Dane
+    } else {
+        asks.iter().find(|&&(_, s)| s == required && required != Security::Clear).map_or(Source::Opportunistic, |&(s, _)| s)
+    };
     let mut sources: Vec<Source> = asks.iter().map(|&(s, _)| s).collect();
+    if any_dane {
+        sources.push(Source::Dane);
+    }
     if sources.is_empty() {
         sources.push(Source::Opportunistic);
     }
@@ -174,7 +264,7 @@ mod tests {
     }
 
     fn host(name: &str) -> HostFacts<'_> {
-        HostFacts { name, floor: Floor::None, learned: None, sts_listed: false }
+        HostFacts { name, floor: Floor::None, learned: None, sts_listed: false, dane: Dane::None, dane_smtps: Dane::None }
     }
 
     fn securities(p: &HostPlan) -> Vec<(LogicalPort, Security)> {
@@ -276,6 +366,75 @@ mod tests {
         let p = c(&d, &HostFacts { floor: Floor::Verified, ..host("mx.a") });
         assert_eq!(securities(&p), vec![(LogicalPort::Smtp, RequireVerified)]);
         assert_eq!(p.source, Source::Floor);
+    }
+
+    /// DANE per port: usable records decide how the certificate is checked, whatever else
+    /// applies; unusable ones still make TLS mandatory; a failed lookup removes the port.
+    #[test]
+    fn dane_takes_precedence_and_fails_closed() {
+        use LogicalPort::{Smtp, Smtps};
+        use Security::RequireDane;
+        let (plain, sm) = (facts(Prefix::None), facts(Prefix::Smtps));
+        let usable = HostFacts { dane: Dane::Usable, ..host("mx.a") };
+        let p = c(&plain, &usable);
+        assert_eq!((p.source, securities(&p)), (Source::Dane, vec![(Smtp, RequireDane)]));
+        assert_eq!(p.sources, vec![Source::Dane]);
+        assert!(p.is_mandatory());
+
+        // Over a prefix, a floor and MTA-STS enforce: DANE decides, and the MTA-STS host list
+        // does not refuse a host with usable TLSA (RFC 8461 §2).
+        let strict = DomainFacts { sts: Sts::Enforce, floor: Floor::Verified, ..facts(Prefix::StartTls) };
+        let p = c(&strict, &HostFacts { dane: Dane::Usable, ..host("starttls-mx.a") });
+        assert_eq!((p.source, securities(&p), p.refused.as_deref()), (Source::Dane, vec![(Smtp, RequireDane)], None));
+        assert_eq!(p.sources, vec![Source::StartTlsPrefix, Source::MtaSts, Source::Floor, Source::Dane]);
+        // Without DANE the same unlisted host is refused.
+        assert!(c(&strict, &host("starttls-mx.a")).refused.is_some());
+
+        // Unusable records: encrypted, not verified, named DANE; a prefix still wins verified.
+        let p = c(&plain, &HostFacts { dane: Dane::Unusable, ..host("mx.a") });
+        assert_eq!((p.source, securities(&p)), (Source::Dane, vec![(Smtp, RequireEncrypted)]));
+        let p = c(&facts(Prefix::StartTls), &HostFacts { dane: Dane::Unusable, ..host("starttls-mx.a") });
+        assert_eq!((p.source, securities(&p)), (Source::StartTlsPrefix, vec![(Smtp, RequireVerified)]));
+
+        // Port 26 of an smtps- host has its own records.
+        let p = c(&sm, &HostFacts { dane_smtps: Dane::Usable, ..host("smtps-mx.a") });
+        assert_eq!(securities(&p), vec![(Smtps, RequireDane), (Smtp, RequireVerified)]);
+        let p = c(&sm, &HostFacts { dane_smtps: Dane::Failed, dane: Dane::Usable, ..host("smtps-mx.a") });
+        assert_eq!(securities(&p), vec![(Smtp, RequireDane)], "a bogus _26 drops only port 26");
+
+        // A failed or bogus lookup: the host is not used at all (so the message defers).
+        let p = c(&plain, &HostFacts { dane: Dane::Failed, ..host("mx.a") });
+        assert!(p.steps.is_empty() && p.refused.as_deref().is_some_and(|r| r.contains("TLSA")), "{p:?}");
+    }
+
+    #[test]
+    fn requiretls_needs_an_authenticated_route_and_verified_tls() {
+        use LogicalPort::Smtp;
+        let req = DomainFacts { requiretls: true, ..facts(Prefix::None) };
+        // Neither DNSSEC nor MTA-STS: refused.
+        let p = c(&req, &host("mx.a"));
+        assert!(p.refused.as_deref().is_some_and(|r| r.contains("REQUIRETLS")), "{p:?}");
+        // DNSSEC: verified TLS on an otherwise opportunistic host.
+        let p = c(&DomainFacts { dnssec: true, ..req }, &host("mx.a"));
+        assert_eq!((p.source, securities(&p), p.refused), (Source::RequireTls, vec![(Smtp, RequireVerified)], None));
+        // MTA-STS testing that lists the host is enough; one that does not list it is not.
+        let testing = DomainFacts { sts: Sts::Testing, ..req };
+        assert_eq!(c(&testing, &HostFacts { sts_listed: true, ..host("mx.a") }).refused, None);
+        assert!(c(&testing, &host("mx.a")).refused.is_some());
+        // DANE authenticates as well as WebPKI does.
+        let p = c(&DomainFacts { dnssec: true, ..req }, &HostFacts { dane: Dane::Usable, ..host("mx.a") });
+        assert_eq!(securities(&p), vec![(Smtp, Security::RequireDane)]);
+    }
+
+    #[test]
+    fn tls_required_no_sets_the_receivers_policies_aside() {
+        use LogicalPort::Smtp;
+        let relaxed = DomainFacts { relaxed: true, sts: Sts::Enforce, pinned: true, floor: Floor::Verified, ..facts(Prefix::Smtps) };
+        let p = c(&relaxed, &HostFacts { dane: Dane::Usable, ..host("smtps-mx.a") });
+        assert_eq!((p.source, securities(&p), p.refused), (Source::TlsRequiredNo, vec![(Smtp, Opportunistic)], None));
+        // REQUIRETLS wins over the header (RFC 8689 §5).
+        let both = DomainFacts { requiretls: true, dnssec: true, ..relaxed };
+        assert_eq!(c(&both, &host("smtps-mx.a")).source, Source::SmtpsPrefix);
     }
 
     #[test]

@@ -17,6 +17,6 @@ pub mod mta_sts;
 pub mod prefix;
 pub mod state;
 
-pub use compose::{compose, strictest_prefix, DomainFacts, HostFacts, Scope, Sts};
+pub use compose::{compose, strictest_prefix, Dane, DomainFacts, HostFacts, Scope, Sts};
 pub use learned::{Learned, PolicyCache};
 pub use prefix::*;

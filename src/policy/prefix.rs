@@ -161,9 +161,14 @@ pub enum Security {
     /// TLS mandatory and the certificate must chain to a trusted root and match
     /// [`HostPlan::verify_name`]; any failure is a policy failure (never send in clear).
     RequireVerified,
-    /// TLS mandatory, certificate not verified (an operator floor "encrypt" without "verify").
+    /// TLS mandatory, certificate not verified (an operator floor "encrypt" without "verify",
+    /// or DNSSEC-signed TLSA records none of which is usable, RFC 7672 §2.2).
     /// Any failure is a policy failure, as for `RequireVerified`.
     RequireEncrypted,
+    /// TLS mandatory and the server authenticated by the host's DNSSEC-signed TLSA records
+    /// (DANE, RFC 7672) instead of WebPKI: DANE takes precedence over every other source for
+    /// how the certificate is checked (spec: "Composition"). Any failure is a policy failure.
+    RequireDane,
 }
 
 impl Security {
@@ -174,6 +179,7 @@ impl Security {
             Security::Opportunistic => 1,
             Security::RequireEncrypted => 2,
             Security::RequireVerified => 3,
+            Security::RequireDane => 4,
         }
     }
 
@@ -190,6 +196,11 @@ impl Security {
     pub fn verifies_certificate(self) -> bool {
         self == Security::RequireVerified
     }
+
+    /// Whether the server must be authenticated, by WebPKI or by DANE.
+    pub fn authenticates(self) -> bool {
+        matches!(self, Security::RequireVerified | Security::RequireDane)
+    }
 }
 
 impl fmt::Display for Security {
@@ -199,6 +210,7 @@ impl fmt::Display for Security {
             Security::Opportunistic => "opportunistic",
             Security::RequireVerified => "require-verified",
             Security::RequireEncrypted => "require-encrypted",
+            Security::RequireDane => "require-dane",
         })
     }
 }
@@ -215,7 +227,7 @@ pub struct Step {
 }
 
 impl Step {
-    const fn starttls(security: Security) -> Step {
+    pub(crate) const fn starttls(security: Security) -> Step {
         Step { port: LogicalPort::Smtp, start: TlsStart::Starttls, security }
     }
     const IMPLICIT_VERIFIED: Step = Step { port: LogicalPort::Smtps, start: TlsStart::Implicit, security: Security::RequireVerified };
@@ -231,7 +243,7 @@ impl fmt::Display for Step {
 /// failure: a temporary failure of the host, after which the engine tries the next step or MX
 /// and finally defers, and never sends in clear.
 pub fn is_policy_mandatory(step: &Step) -> bool {
-    matches!(step.security, Security::RequireVerified | Security::RequireEncrypted)
+    matches!(step.security, Security::RequireVerified | Security::RequireEncrypted | Security::RequireDane)
 }
 
 /// A source of a host's TLS requirement (spec: "Composition"). Each plan lists every source
@@ -262,6 +274,18 @@ pub enum Source {
     /// The operator's [`Floor`] for the domain or the MX host made the plan stricter.
     #[serde(rename = "floor")]
     Floor,
+    /// DANE (RFC 7672): the DNSSEC-signed TLSA records of the host authenticate its TLS, or,
+    /// when none is usable, still make TLS mandatory.
+    #[serde(rename = "dane")]
+    Dane,
+    /// The message carries REQUIRETLS (RFC 8689): verified TLS (WebPKI or DANE), only to MX
+    /// hosts found through DNSSEC or MTA-STS, and only to a next hop that advertises it.
+    #[serde(rename = "requiretls")]
+    RequireTls,
+    /// The message carries `TLS-Required: No` (RFC 8689 §5): the receiver's policies are
+    /// set aside for it, and it goes with opportunistic TLS.
+    #[serde(rename = "tls-required-no")]
+    TlsRequiredNo,
     /// Nothing required TLS: STARTTLS when offered.
     #[serde(rename = "opportunistic")]
     Opportunistic,
@@ -278,6 +302,9 @@ impl Source {
             Source::Pin => "pin",
             Source::DomainScope => "domain-scope",
             Source::Floor => "floor",
+            Source::Dane => "dane",
+            Source::RequireTls => "requiretls",
+            Source::TlsRequiredNo => "tls-required-no",
             Source::Opportunistic => "opportunistic",
         }
     }

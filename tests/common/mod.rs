@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod engine;
 pub mod tmpfs;
 
 use std::sync::Arc;
