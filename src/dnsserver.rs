@@ -457,3 +457,52 @@ async fn bind_pair(bind: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     }
     Err(last_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free port")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dnssec::{self, AnchorData};
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+    }
+
+    #[tokio::test]
+    async fn bogus_needs_a_signed_zone_and_an_existing_rrset() {
+        let mut z = ZoneBuilder::new("plain.test.");
+        z.a("a.plain.test", Ipv4Addr::LOCALHOST).bogus("a.plain.test", RecordType::A);
+        let e = DnsServer::start(vec![z], loopback()).await.unwrap_err();
+        assert!(e.to_string().contains("signed zone"), "{e}");
+        let mut z = ZoneBuilder::new("signed.test.").dnssec();
+        z.a("a.signed.test", Ipv4Addr::LOCALHOST).bogus("a.signed.test", RecordType::MX);
+        let e = DnsServer::start(vec![z], loopback()).await.unwrap_err();
+        assert!(e.to_string().contains("no such RRset"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn written_anchors_are_the_published_keys_in_both_formats() {
+        let zones = vec![ZoneBuilder::new("one.test.").dnssec(), ZoneBuilder::new("plain.test."), ZoneBuilder::new("two.test.").dnssec()];
+        let server = DnsServer::start(zones, loopback()).await.unwrap();
+        let dir = std::env::temp_dir().join(format!("mxpipe-dnsserver-anchors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (keys, ds) = (dir.join("keys"), dir.join("ds"));
+        server.write_trust_anchors(&keys, AnchorFormat::Dnskey).unwrap();
+        server.write_trust_anchors(&ds, AnchorFormat::Ds).unwrap();
+        let keys = dnssec::read(&keys).unwrap();
+        let ds = dnssec::read(&ds).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let owners = |r: &[dnssec::AnchorRecord]| r.iter().map(|r| r.owner.to_string()).collect::<Vec<_>>();
+        assert_eq!(owners(&keys), ["one.test.", "two.test."]);
+        assert_eq!(owners(&ds), ["one.test.", "two.test."]);
+        for (k, d) in keys.iter().zip(&ds) {
+            let (AnchorData::Dnskey(k), AnchorData::Ds(d)) = (&k.data, &d.data) else { panic!("{k:?} {d:?}") };
+            assert!(server.trust_anchors().contains_with_name(k.public_key(), &LowerName::new(&d_owner(&ds, d))));
+            assert!(d.covers(&d_owner(&ds, d), k).unwrap(), "the DS line is the digest of the DNSKEY line");
+        }
+        server.shutdown().await;
+    }
+
+    fn d_owner(all: &[dnssec::AnchorRecord], d: &DS) -> Name {
+        all.iter().find(|r| matches!(&r.data, AnchorData::Ds(x) if x == d)).unwrap().owner.clone()
+    }
+}

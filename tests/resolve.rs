@@ -652,3 +652,61 @@ async fn an_unanchored_zone_is_bogus_throughout_while_an_anchored_one_beside_it_
     })
     .await;
 }
+
+/// A fresh directory for files a test writes.
+fn temp_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mxpipe-resolve-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn anchors_from_a_file_of_dnskey_or_ds_records_validate_the_zone() {
+    use mxpipe::dnsserver::AnchorFormat;
+    bounded(20, async {
+        let server = start(vec![signed_zone()]).await;
+        let dir = temp_dir("anchor-file");
+        for format in [AnchorFormat::Dnskey, AnchorFormat::Ds] {
+            let path = dir.join(format!("{format:?}"));
+            server.write_trust_anchors(&path, format).unwrap();
+            let mut cfg = config(&server);
+            mxpipe::dnssec::configure(&mut cfg, std::slice::from_ref(&path)).await.unwrap();
+            assert!(cfg.validate_dnssec, "anchors switch validation on");
+            let r = MxResolver::new(cfg).unwrap();
+            assert!(r.resolve("signed.example").await.unwrap().dnssec, "{format:?}");
+        }
+        // Another server's anchors for the same zone: every answer is bogus.
+        let impostor = start(vec![signed_zone()]).await;
+        let path = dir.join("impostor");
+        impostor.write_trust_anchors(&path, AnchorFormat::Dnskey).unwrap();
+        let mut cfg = config(&server);
+        mxpipe::dnssec::configure(&mut cfg, &[path]).await.unwrap();
+        let e = MxResolver::new(cfg).unwrap().resolve("signed.example").await.unwrap_err();
+        assert!(matches!(e, ResolveError::Temporary(_)), "{e:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_ds_anchor_that_matches_no_served_key_fails_at_load_naming_file_line_and_owner() {
+    use mxpipe::dnsserver::AnchorFormat;
+    bounded(30, async {
+        let server = start(vec![signed_zone()]).await;
+        let impostor = start(vec![signed_zone()]).await;
+        let dir = temp_dir("ds-mismatch");
+        let path = dir.join("ds");
+        impostor.write_trust_anchors(&path, AnchorFormat::Ds).unwrap();
+        let e = mxpipe::dnssec::load(std::slice::from_ref(&path), Some(server.addr())).await.err().expect("load fails").to_string();
+        assert!(e.contains(&path.display().to_string()) && e.contains("line 2") && e.contains("signed.example."), "{e}");
+        assert!(e.contains("matches"), "{e}");
+        // A DS for a zone the nameserver does not serve (REFUSED): the DNSKEY cannot be fetched.
+        std::fs::write(&path, "; one\nelsewhere.example. IN DS 1 13 2 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n")
+            .unwrap();
+        let e = mxpipe::dnssec::load(std::slice::from_ref(&path), Some(server.addr())).await.err().expect("load fails").to_string();
+        assert!(e.contains("line 2") && e.contains("elsewhere.example.") && e.contains("DNSKEY"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await;
+}
