@@ -37,11 +37,24 @@ pub struct DemoConfig {
     pub bursts: usize,
     /// Engine settings; resolver, port map and trust are filled in by the demo.
     pub engine: EngineConfig,
+    /// DNSSEC anchor files ([`crate::dnssec`]) trusted beside the demo zone's own key (a DS
+    /// is resolved through the demo's DNS server); any file signs the zone and validates, as
+    /// `engine.resolver.validate_dnssec` does.
+    pub trust_anchor_files: Vec<std::path::PathBuf>,
 }
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        DemoConfig { domains: 300, messages: 3000, rcpts_per_msg: 2, size: 2048, addresses: 64, bursts: 2, engine: EngineConfig::default() }
+        DemoConfig {
+            domains: 300,
+            messages: 3000,
+            rcpts_per_msg: 2,
+            size: 2048,
+            addresses: 64,
+            bursts: 2,
+            engine: EngineConfig::default(),
+            trust_anchor_files: Vec::new(),
+        }
     }
 }
 
@@ -136,7 +149,7 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
     let addresses = cfg.addresses.clamp(1, 60_000);
     // With DNSSEC validation on, the demo signs its zone and the resolver validates against
     // that zone's key.
-    let signed = cfg.engine.resolver.validate_dnssec;
+    let signed = cfg.engine.resolver.validate_dnssec || !cfg.trust_anchor_files.is_empty();
     let mut zone = if signed { ZoneBuilder::new("demo.test.").dnssec() } else { ZoneBuilder::new("demo.test.") };
     let mut sts_hosts = Vec::new();
     for i in 0..cfg.domains {
@@ -164,10 +177,17 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
     };
 
     let mut ecfg = cfg.engine.clone();
+    let anchors = if cfg.trust_anchor_files.is_empty() {
+        dns.trust_anchors()
+    } else {
+        let mut anchors = (*dns.trust_anchors()).clone();
+        crate::dnssec::add_from_files(&mut anchors, &cfg.trust_anchor_files, Some(dns.addr())).await.map_err(|e| e.to_string())?;
+        std::sync::Arc::new(anchors)
+    };
     ecfg.resolver = ResolverConfig {
         nameserver: Some(dns.addr()),
         validate_dnssec: signed,
-        trust_anchor: signed.then(|| dns.trust_anchors()),
+        trust_anchor: signed.then_some(anchors),
         ..ResolverConfig::default()
     };
     ecfg.port_map = ports;

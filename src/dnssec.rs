@@ -248,10 +248,17 @@ pub fn read(path: &Path) -> Result<Vec<AnchorRecord>, AnchorError> {
 /// The anchors of `files` added to hickory's root keys. DS anchors are resolved to keys by
 /// asking `nameserver` (the system resolver when `None`) for the owner's DNSKEY RRset.
 pub async fn load(files: &[PathBuf], nameserver: Option<SocketAddr>) -> Result<TrustAnchors, AnchorError> {
+    let mut anchors = TrustAnchors::default();
+    add_from_files(&mut anchors, files, nameserver).await?;
+    Ok(anchors)
+}
+
+/// Add the anchors of `files` to `anchors` (which [`load`] starts with the root keys); DS
+/// anchors are resolved as [`load`] does.
+pub async fn add_from_files(anchors: &mut TrustAnchors, files: &[PathBuf], nameserver: Option<SocketAddr>) -> Result<(), AnchorError> {
     if files.len() > MAX_FILES {
         return Err(AnchorError::TooManyFiles);
     }
-    let mut anchors = TrustAnchors::default();
     let mut resolver = None;
     for path in files {
         for rec in read(path)? {
@@ -283,7 +290,7 @@ pub async fn load(files: &[PathBuf], nameserver: Option<SocketAddr>) -> Result<T
             }
         }
     }
-    Ok(anchors)
+    Ok(())
 }
 
 /// Load `files` into `cfg`: the anchors replace `cfg.trust_anchor` and switch DNSSEC
