@@ -263,12 +263,17 @@ pub struct DnsSection {
     /// Ask for DNSSEC validation: answers that fail it (bogus) become temporary failures, and
     /// each outcome records whether its MX answer was authenticated. Default false.
     pub validate_dnssec: bool,
+    /// Files of DNSSEC trust anchors (DNSKEY or DS lines, see [`crate::dnssec`]) for zones the
+    /// root does not lead to, added to the built-in root keys; read at start, a DS resolved
+    /// to its key through `nameserver`. Any file here switches `validate_dnssec` on. At most
+    /// 64 files. Default none.
+    pub trust_anchors: Vec<std::path::PathBuf>,
 }
 
 impl Default for DnsSection {
     fn default() -> Self {
         let r = crate::resolve::ResolverConfig::default();
-        DnsSection { nameserver: r.nameserver, timeout: r.timeout, validate_dnssec: r.validate_dnssec }
+        DnsSection { nameserver: r.nameserver, timeout: r.timeout, validate_dnssec: r.validate_dnssec, trust_anchors: Vec::new() }
     }
 }
 

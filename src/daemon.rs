@@ -38,6 +38,8 @@ pub struct ServeReport {
 /// Run the daemon on the current tokio runtime until `stop` completes.
 pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeReport, String> {
     let mut engine_cfg = cfg.engine_config().map_err(|e| e.to_string())?;
+    // Before anything starts: an anchor file that cannot be used stops the daemon, naming it.
+    crate::dnssec::configure(&mut engine_cfg.resolver, &cfg.dns.trust_anchors).await.map_err(|e| format!("dns.trust_anchors: {e}"))?;
     // Before anything starts: a bad users file or certificate stops the daemon, naming it.
     let smtp_cfg = crate::inject::smtp::server_config(&cfg)?;
     let api_cfg = crate::inject::http::ApiConfig::load(&cfg.inject.http)?;

@@ -43,6 +43,10 @@ pub struct DemoConfig {
     pub signed: bool,
     /// Engine settings; resolver, port map and trust are filled in by the demo.
     pub engine: EngineConfig,
+    /// DNSSEC anchor files ([`crate::dnssec`]) trusted beside the demo zone's own key (a DS
+    /// is resolved through the demo's DNS server); any file signs the zone and validates, as
+    /// `engine.resolver.validate_dnssec` does.
+    pub trust_anchor_files: Vec<std::path::PathBuf>,
 }
 
 impl Default for DemoConfig {
@@ -56,6 +60,7 @@ impl Default for DemoConfig {
             bursts: 2,
             signed: true,
             engine: EngineConfig::default(),
+            trust_anchor_files: Vec::new(),
         }
     }
 }
@@ -160,9 +165,9 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
         return Err("--domains, --messages and --rcpts-per-msg must be at least 1".into());
     }
     let addresses = cfg.addresses.clamp(1, 60_000);
-    // Signed, the resolver validates against the zone's key, so that DANE applies (the
-    // engine's `dane` switch still decides whether it is used).
-    let signed = cfg.signed;
+    // Signed, the resolver validates against the zone's key (and any anchor files given),
+    // so that DANE applies (the engine's `dane` switch still decides whether it is used).
+    let signed = cfg.signed || !cfg.trust_anchor_files.is_empty();
     let pki = tls::certs::generate(&["*.demo.test".into(), "demo.test".into()]).map_err(|e| e.to_string())?;
     let ee = tls::dane::Tlsa::for_cert(&pki.identity.chain[0], 3, 1, 1).map_err(|e| e.to_string())?;
     let ta = tls::dane::Tlsa::for_cert(&pki.ca_der, 2, 0, 1).map_err(|e| e.to_string())?;
@@ -199,10 +204,17 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
     };
 
     let mut ecfg = cfg.engine.clone();
+    let anchors = if cfg.trust_anchor_files.is_empty() {
+        dns.trust_anchors()
+    } else {
+        let mut anchors = (*dns.trust_anchors()).clone();
+        crate::dnssec::add_from_files(&mut anchors, &cfg.trust_anchor_files, Some(dns.addr())).await.map_err(|e| e.to_string())?;
+        std::sync::Arc::new(anchors)
+    };
     ecfg.resolver = ResolverConfig {
         nameserver: Some(dns.addr()),
         validate_dnssec: signed,
-        trust_anchor: signed.then(|| dns.trust_anchors()),
+        trust_anchor: signed.then_some(anchors),
         ..ResolverConfig::default()
     };
     ecfg.port_map = ports;

@@ -8,6 +8,13 @@
 //!
 //! What it does not do: recursion, zone transfers, dynamic updates. A name outside every
 //! zone is REFUSED (hickory's behaviour), which tests use as a temporary DNS failure.
+//!
+//! DNSSEC: a signed zone ([`ZoneBuilder::dnssec`]) can also serve *bogus* data on purpose,
+//! one RRset whose signatures fail ([`ZoneBuilder::bogus`]) or a whole zone whose published
+//! anchor is not its key ([`ZoneBuilder::dnssec_unanchored`]), so that tests can prove a
+//! validating resolver refuses it. The anchors go to a resolver in memory
+//! ([`DnsServer::trust_anchors`]) or as a file ([`DnsServer::write_trust_anchors`]) that
+//! [`crate::dnssec`] and unbound both read.
 
 use std::future::Future;
 use std::io;
@@ -20,10 +27,10 @@ use std::time::Duration;
 use hickory_server::dnssec::NxProofKind;
 use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
 use hickory_server::proto::dnssec::crypto::EcdsaSigningKey;
-use hickory_server::proto::dnssec::rdata::DNSKEY;
-use hickory_server::proto::dnssec::{Algorithm, DnssecSigner, PublicKeyBuf, SigningKey, TrustAnchors};
+use hickory_server::proto::dnssec::rdata::{DNSSECRData, DNSKEY, DS, RRSIG};
+use hickory_server::proto::dnssec::{Algorithm, DigestType, DnssecSigner, PublicKeyBuf, SigningKey, TrustAnchors};
 use hickory_server::proto::rr::rdata::{A, AAAA, MX, NS, SOA, TLSA, TXT};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType, RrKey};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
@@ -51,13 +58,25 @@ pub struct ZoneBuilder {
     records: Vec<Record>,
     errors: Vec<String>,
     signed: bool,
+    /// Publish a key other than the zone's as its anchor ([`ZoneBuilder::dnssec_unanchored`]).
+    unanchored: bool,
+    /// RRsets whose signatures are corrupted after signing ([`ZoneBuilder::bogus`]).
+    bogus: Vec<(Name, RecordType)>,
 }
 
 impl ZoneBuilder {
     /// A zone at `origin` (e.g. `"test."`) with a made-up SOA and NS, and no other records.
     pub fn new(origin: &str) -> Self {
         let origin = parse_name(origin);
-        ZoneBuilder { origin, ttl: DEFAULT_TTL, records: Vec::new(), errors: Vec::new(), signed: false }
+        ZoneBuilder {
+            origin,
+            ttl: DEFAULT_TTL,
+            records: Vec::new(),
+            errors: Vec::new(),
+            signed: false,
+            unanchored: false,
+            bogus: Vec::new(),
+        }
     }
 
     /// The zone's origin, as given (lowercase, absolute), or the parse error.
@@ -76,6 +95,29 @@ impl ZoneBuilder {
     /// The public key is in [`DnsServer::trust_anchors`], for a validating resolver.
     pub fn dnssec(mut self) -> Self {
         self.signed = true;
+        self
+    }
+
+    /// Sign the zone as [`ZoneBuilder::dnssec`] does, but publish another, freshly generated
+    /// key as its anchor ([`DnsServer::trust_anchors`], [`DnsServer::write_trust_anchors`]):
+    /// every answer from the zone is then bogus to a resolver that trusts those anchors, as
+    /// when a zone's key was rolled without telling the resolver.
+    pub fn dnssec_unanchored(mut self) -> Self {
+        self.signed = true;
+        self.unanchored = true;
+        self
+    }
+
+    /// Serve the `record_type` RRset of `name` with signatures that do not verify (each
+    /// RRSIG's signature has one bit flipped after signing; the RRset, the NSEC chain and the
+    /// DNSKEY are intact): a validating resolver must call that RRset bogus and the rest of the
+    /// zone secure. [`DnsServer::start`] fails when the zone is not signed or the RRset does
+    /// not exist.
+    pub fn bogus(&mut self, name: &str, record_type: RecordType) -> &mut Self {
+        match parse_name(name) {
+            Ok(name) => self.bogus.push((name, record_type)),
+            Err(e) => self.errors.push(e),
+        }
         self
     }
 
@@ -188,15 +230,56 @@ impl ZoneBuilder {
                 return Err(invalid(format!("zone {origin} rejected record {desc}")));
             }
         }
-        let public_key = if self.signed { Some(sign(&mut zone, &origin)?) } else { None };
+        if !self.signed && !self.bogus.is_empty() {
+            return Err(invalid(format!("zone {origin}: bogus RRsets need a signed zone (ZoneBuilder::dnssec)")));
+        }
+        let public_key = if self.signed {
+            let key = sign(&mut zone, &origin)?;
+            for (name, record_type) in &self.bogus {
+                corrupt_signatures(&mut zone, name, *record_type)?;
+            }
+            // The anchor published for an unanchored zone: a key nobody signs with.
+            Some(if self.unanchored { generate_key(&origin)?.to_public_key().map_err(|e| dnssec_error(&origin, e))? } else { key })
+        } else {
+            None
+        };
         Ok(BuiltZone { origin: LowerName::new(&origin), zone, public_key })
     }
+}
+
+/// Flip one bit in the signature of every RRSIG covering `name`'s `record_type` RRset, after
+/// signing: the records stay as they were, only their proof fails.
+fn corrupt_signatures(zone: &mut InMemoryZoneHandler<TokioRuntimeProvider>, name: &Name, record_type: RecordType) -> io::Result<()> {
+    let key = RrKey::new(LowerName::new(name), record_type);
+    let Some(rrset) = zone.records_get_mut().get_mut(&key) else {
+        return Err(invalid(format!("bogus {name} {record_type}: no such RRset in the zone")));
+    };
+    let rrset = Arc::make_mut(rrset);
+    let mut rrsigs = Vec::with_capacity(rrset.rrsigs().len());
+    for record in rrset.rrsigs() {
+        let RData::DNSSEC(DNSSECRData::RRSIG(sig)) = &record.data else {
+            return Err(invalid(format!("bogus {name} {record_type}: unexpected record among the RRSIGs")));
+        };
+        let mut bytes = sig.sig().to_vec();
+        let Some(last) = bytes.last_mut() else { return Err(invalid(format!("bogus {name} {record_type}: empty signature"))) };
+        *last ^= 1;
+        let rdata = RData::DNSSEC(DNSSECRData::RRSIG(RRSIG::from_sig(sig.input().clone(), bytes)));
+        let mut bad = record.clone();
+        bad.data = rdata;
+        rrsigs.push(bad);
+    }
+    if rrsigs.is_empty() {
+        return Err(invalid(format!("bogus {name} {record_type}: the RRset has no signatures")));
+    }
+    rrset.set_rrsigs(rrsigs);
+    Ok(())
 }
 
 /// A zone ready to serve.
 struct BuiltZone {
     origin: LowerName,
     zone: InMemoryZoneHandler<TokioRuntimeProvider>,
+    /// The key published as the zone's anchor: its own, or a stranger for an unanchored zone.
     public_key: Option<PublicKeyBuf>,
 }
 
@@ -206,16 +289,25 @@ const SIGNATURE_VALIDITY: Duration = Duration::from_secs(7 * 86_400);
 /// Generate a key, add its DNSKEY to the zone, sign every RRset and build the NSEC chain.
 /// One key serves as both KSK and ZSK, as it may in a zone nobody delegates to.
 fn sign(zone: &mut InMemoryZoneHandler<TokioRuntimeProvider>, origin: &Name) -> io::Result<PublicKeyBuf> {
-    let dnssec_err = |e: hickory_server::proto::dnssec::DnsSecError| io::Error::other(format!("DNSSEC signing of {origin}: {e}"));
-    let algorithm = Algorithm::ECDSAP256SHA256;
-    let pkcs8 = EcdsaSigningKey::generate_pkcs8(algorithm).map_err(dnssec_err)?;
-    let key = EcdsaSigningKey::from_pkcs8(&pkcs8, algorithm).map_err(dnssec_err)?;
+    let dnssec_err = |e| dnssec_error(origin, e);
+    let key = generate_key(origin)?;
     let public_key = key.to_public_key().map_err(dnssec_err)?;
     let dnskey = DNSKEY::from_key(&public_key);
     let signer = DnssecSigner::new(dnskey, Box::new(key), origin.clone(), SIGNATURE_VALIDITY);
     zone.add_zone_signing_key_mut(signer).map_err(dnssec_err)?;
     zone.secure_zone_mut().map_err(dnssec_err)?;
     Ok(public_key)
+}
+
+/// A fresh ECDSA P-256 key for `origin`.
+fn generate_key(origin: &Name) -> io::Result<EcdsaSigningKey> {
+    let algorithm = Algorithm::ECDSAP256SHA256;
+    let pkcs8 = EcdsaSigningKey::generate_pkcs8(algorithm).map_err(|e| dnssec_error(origin, e))?;
+    EcdsaSigningKey::from_pkcs8(&pkcs8, algorithm).map_err(|e| dnssec_error(origin, e))
+}
+
+fn dnssec_error(origin: &Name, e: hickory_server::proto::dnssec::DnsSecError) -> io::Error {
+    io::Error::other(format!("DNSSEC signing of {origin}: {e}"))
 }
 
 /// Parse an absolute name, adding the trailing dot when it is missing, lowercased.
@@ -255,10 +347,21 @@ impl RequestHandler for CountingHandler {
     }
 }
 
+/// How [`DnsServer::write_trust_anchors`] writes each anchor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnchorFormat {
+    /// The zone's key itself (`DNSKEY` records).
+    Dnskey,
+    /// A SHA-256 digest of the key (`DS` records), as a parent zone would publish it.
+    Ds,
+}
+
 /// A running authoritative server on one loopback address, UDP and TCP on the same port.
 pub struct DnsServer {
     addr: SocketAddr,
     anchors: Arc<TrustAnchors>,
+    /// The same anchors as a list, in zone order, for [`DnsServer::write_trust_anchors`].
+    anchor_keys: Vec<(Name, PublicKeyBuf)>,
     queries: Arc<AtomicU64>,
     server: Server<CountingHandler>,
 }
@@ -271,10 +374,12 @@ impl DnsServer {
     pub async fn start(zones: Vec<ZoneBuilder>, bind: SocketAddr) -> io::Result<DnsServer> {
         let mut catalog = Catalog::new();
         let mut anchors = TrustAnchors::empty();
+        let mut anchor_keys = Vec::new();
         for zone in zones {
             let built = zone.build()?;
             if let Some(key) = &built.public_key {
                 anchors.insert_with_name(key, built.origin.clone());
+                anchor_keys.push((Name::from(&built.origin), key.clone()));
             }
             let handler: Arc<dyn ZoneHandler> = Arc::new(built.zone);
             catalog.upsert(built.origin, vec![handler]);
@@ -285,7 +390,7 @@ impl DnsServer {
         let mut server = Server::new(CountingHandler { catalog, queries: queries.clone() });
         server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64);
-        Ok(DnsServer { addr, anchors: Arc::new(anchors), queries, server })
+        Ok(DnsServer { addr, anchors: Arc::new(anchors), anchor_keys, queries, server })
     }
 
     /// The address (UDP and TCP) the server answers on.
@@ -298,6 +403,25 @@ impl DnsServer {
     /// (`ResolverConfig::trust_anchor`) so that answers from those zones are secure.
     pub fn trust_anchors(&self) -> Arc<TrustAnchors> {
         self.anchors.clone()
+    }
+
+    /// Write the anchors of [`DnsServer::trust_anchors`] to `path` as zone-file lines that
+    /// [`crate::dnssec::load`] (`--trust-anchors`) and unbound's `trust-anchor-file` read:
+    /// one `zone. 3600 IN DNSKEY 257 3 13 <base64>` per signed zone, or with
+    /// [`AnchorFormat::Ds`] `zone. 3600 IN DS <tag> 13 2 <sha-256 hex>`.
+    pub fn write_trust_anchors(&self, path: &std::path::Path, format: AnchorFormat) -> io::Result<()> {
+        let mut out = String::from("; trust anchors of mxpipe's test DNS server\n");
+        for (origin, key) in &self.anchor_keys {
+            let dnskey = DNSKEY::from_key(key);
+            match format {
+                AnchorFormat::Dnskey => out.push_str(&format!("{origin} 3600 IN DNSKEY {dnskey}\n")),
+                AnchorFormat::Ds => {
+                    let ds = DS::from_key(key, origin, DigestType::SHA256).map_err(|e| dnssec_error(origin, e))?;
+                    out.push_str(&format!("{origin} 3600 IN DS {ds}\n"));
+                }
+            }
+        }
+        std::fs::write(path, out)
     }
 
     /// How many DNS requests the server has answered (any type, either protocol).
@@ -332,4 +456,53 @@ async fn bind_pair(bind: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
         }
     }
     Err(last_err.unwrap_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free port")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dnssec::{self, AnchorData};
+
+    fn loopback() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+    }
+
+    #[tokio::test]
+    async fn bogus_needs_a_signed_zone_and_an_existing_rrset() {
+        let mut z = ZoneBuilder::new("plain.test.");
+        z.a("a.plain.test", Ipv4Addr::LOCALHOST).bogus("a.plain.test", RecordType::A);
+        let e = DnsServer::start(vec![z], loopback()).await.unwrap_err();
+        assert!(e.to_string().contains("signed zone"), "{e}");
+        let mut z = ZoneBuilder::new("signed.test.").dnssec();
+        z.a("a.signed.test", Ipv4Addr::LOCALHOST).bogus("a.signed.test", RecordType::MX);
+        let e = DnsServer::start(vec![z], loopback()).await.unwrap_err();
+        assert!(e.to_string().contains("no such RRset"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn written_anchors_are_the_published_keys_in_both_formats() {
+        let zones = vec![ZoneBuilder::new("one.test.").dnssec(), ZoneBuilder::new("plain.test."), ZoneBuilder::new("two.test.").dnssec()];
+        let server = DnsServer::start(zones, loopback()).await.unwrap();
+        let dir = std::env::temp_dir().join(format!("mxpipe-dnsserver-anchors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (keys, ds) = (dir.join("keys"), dir.join("ds"));
+        server.write_trust_anchors(&keys, AnchorFormat::Dnskey).unwrap();
+        server.write_trust_anchors(&ds, AnchorFormat::Ds).unwrap();
+        let keys = dnssec::read(&keys).unwrap();
+        let ds = dnssec::read(&ds).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let owners = |r: &[dnssec::AnchorRecord]| r.iter().map(|r| r.owner.to_string()).collect::<Vec<_>>();
+        assert_eq!(owners(&keys), ["one.test.", "two.test."]);
+        assert_eq!(owners(&ds), ["one.test.", "two.test."]);
+        for (k, d) in keys.iter().zip(&ds) {
+            let (AnchorData::Dnskey(k), AnchorData::Ds(d)) = (&k.data, &d.data) else { panic!("{k:?} {d:?}") };
+            assert!(server.trust_anchors().contains_with_name(k.public_key(), &LowerName::new(&d_owner(&ds, d))));
+            assert!(d.covers(&d_owner(&ds, d), k).unwrap(), "the DS line is the digest of the DNSKEY line");
+        }
+        server.shutdown().await;
+    }
+
+    fn d_owner(all: &[dnssec::AnchorRecord], d: &DS) -> Name {
+        all.iter().find(|r| matches!(&r.data, AnchorData::Ds(x) if x == d)).unwrap().owner.clone()
+    }
 }

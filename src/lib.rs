@@ -31,6 +31,7 @@ pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod dnssec;
 pub mod dnsserver;
 pub mod dsn;
 pub mod engine;

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hickory_proto::rr::RecordType;
 use mxpipe::dnsserver::{DnsServer, ZoneBuilder};
 use mxpipe::resolve::{Destination, MxResolver, ResolveError, ResolverConfig, RouteKind, TrustAnchors};
 
@@ -590,4 +591,122 @@ async fn resolve_many(r: &Arc<MxResolver>, domain: &str, n: usize) -> Vec<Result
         out.push(h.await.expect("task completes"));
     }
     out
+}
+
+/// A signed zone with one bogus RRset of each kind MX resolution reads: an MX RRset, and the
+/// A RRset of an MX host.
+fn zone_with_bogus_rrsets() -> ZoneBuilder {
+    let mut z = signed_zone();
+    z.mx("bogus-mx.signed.example", 10, "starttls-mx.signed.example");
+    z.mx("bogus-host.signed.example", 10, "badaddr.signed.example").a("badaddr.signed.example", Ipv4Addr::new(127, 0, 9, 3));
+    z.bogus("bogus-mx.signed.example", RecordType::MX).bogus("badaddr.signed.example", RecordType::A);
+    z
+}
+
+#[tokio::test]
+async fn a_bogus_rrset_is_a_temporary_failure_and_the_rest_of_the_zone_stays_secure() {
+    bounded(20, async {
+        let server = start(vec![zone_with_bogus_rrsets()]).await;
+        let r = validating(&server, server.trust_anchors());
+        let e = r.resolve("bogus-mx.signed.example").await.unwrap_err();
+        assert!(matches!(&e, ResolveError::Temporary(why) if why.to_lowercase().contains("bogus")), "{e:?}");
+        // The only MX host's addresses are bogus: no address to use, and not a permanent failure.
+        let e = r.resolve("bogus-host.signed.example").await.unwrap_err();
+        assert!(matches!(&e, ResolveError::Temporary(_)), "{e:?}");
+        // Same zone, same key, intact signatures: secure.
+        let d = r.resolve("signed.example").await.unwrap();
+        assert!(d.dnssec, "the intact MX RRset beside the bogus ones is secure");
+        assert_eq!(d.hosts[0].addrs, [v4(127, 0, 9, 1)]);
+        let d = r.resolve("implicit.signed.example").await.unwrap();
+        assert_eq!((d.kind, d.dnssec), (RouteKind::ImplicitMx, true));
+        // Without validation the corrupted signatures are not looked at: the data is served.
+        let plain = MxResolver::new(config(&server)).unwrap();
+        let d = plain.resolve("bogus-mx.signed.example").await.unwrap();
+        assert!(!d.dnssec);
+        assert_eq!(d.hosts[0].name, "starttls-mx.signed.example");
+        let d = plain.resolve("bogus-host.signed.example").await.unwrap();
+        assert_eq!(d.hosts[0].addrs, [v4(127, 0, 9, 3)]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unanchored_zone_is_bogus_throughout_while_an_anchored_one_beside_it_is_secure() {
+    bounded(20, async {
+        let mut other = ZoneBuilder::new("rolled.example.").dnssec_unanchored();
+        other.mx("rolled.example", 10, "mx.rolled.example").a("mx.rolled.example", Ipv4Addr::new(127, 0, 8, 1));
+        other.a("implicit.rolled.example", Ipv4Addr::new(127, 0, 8, 2));
+        let server = start(vec![signed_zone(), other]).await;
+        let r = validating(&server, server.trust_anchors());
+        for name in ["rolled.example", "implicit.rolled.example"] {
+            let e = r.resolve(name).await.unwrap_err();
+            assert!(
+                matches!(&e, ResolveError::Temporary(why) if why.contains("DNSSEC") || why.to_lowercase().contains("bogus")),
+                "{name}: {e:?}"
+            );
+        }
+        assert!(r.resolve("signed.example").await.unwrap().dnssec);
+        // The zone is signed all the same: without validation it answers.
+        let plain = MxResolver::new(config(&server)).unwrap();
+        assert_eq!(plain.resolve("rolled.example").await.unwrap().hosts[0].addrs, [v4(127, 0, 8, 1)]);
+    })
+    .await;
+}
+
+/// A fresh directory for files a test writes.
+fn temp_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mxpipe-resolve-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn anchors_from_a_file_of_dnskey_or_ds_records_validate_the_zone() {
+    use mxpipe::dnsserver::AnchorFormat;
+    bounded(20, async {
+        let server = start(vec![signed_zone()]).await;
+        let dir = temp_dir("anchor-file");
+        for format in [AnchorFormat::Dnskey, AnchorFormat::Ds] {
+            let path = dir.join(format!("{format:?}"));
+            server.write_trust_anchors(&path, format).unwrap();
+            let mut cfg = config(&server);
+            mxpipe::dnssec::configure(&mut cfg, std::slice::from_ref(&path)).await.unwrap();
+            assert!(cfg.validate_dnssec, "anchors switch validation on");
+            let r = MxResolver::new(cfg).unwrap();
+            assert!(r.resolve("signed.example").await.unwrap().dnssec, "{format:?}");
+        }
+        // Another server's anchors for the same zone: every answer is bogus.
+        let impostor = start(vec![signed_zone()]).await;
+        let path = dir.join("impostor");
+        impostor.write_trust_anchors(&path, AnchorFormat::Dnskey).unwrap();
+        let mut cfg = config(&server);
+        mxpipe::dnssec::configure(&mut cfg, &[path]).await.unwrap();
+        let e = MxResolver::new(cfg).unwrap().resolve("signed.example").await.unwrap_err();
+        assert!(matches!(e, ResolveError::Temporary(_)), "{e:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_ds_anchor_that_matches_no_served_key_fails_at_load_naming_file_line_and_owner() {
+    use mxpipe::dnsserver::AnchorFormat;
+    bounded(30, async {
+        let server = start(vec![signed_zone()]).await;
+        let impostor = start(vec![signed_zone()]).await;
+        let dir = temp_dir("ds-mismatch");
+        let path = dir.join("ds");
+        impostor.write_trust_anchors(&path, AnchorFormat::Ds).unwrap();
+        let e = mxpipe::dnssec::load(std::slice::from_ref(&path), Some(server.addr())).await.err().expect("load fails").to_string();
+        assert!(e.contains(&path.display().to_string()) && e.contains("line 2") && e.contains("signed.example."), "{e}");
+        assert!(e.contains("matches"), "{e}");
+        // A DS for a zone the nameserver does not serve (REFUSED): the DNSKEY cannot be fetched.
+        std::fs::write(&path, "; one\nelsewhere.example. IN DS 1 13 2 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n")
+            .unwrap();
+        let e = mxpipe::dnssec::load(std::slice::from_ref(&path), Some(server.addr())).await.err().expect("load fails").to_string();
+        assert!(e.contains("line 2") && e.contains("elsewhere.example.") && e.contains("DNSKEY"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await;
 }

@@ -90,3 +90,23 @@ pub fn smtp_source() -> PathBuf {
         .find(|p| p.is_file())
         .expect("the Postfix peer is set up but smtp-source (package postfix) is not found; set MXPIPE_SMTP_SOURCE")
 }
+
+/// The `unbound` binary (Debian's package, `/usr/sbin/unbound`), or `None` after a SKIPPED
+/// banner. The tests start their own instance on a loopback port; with
+/// `MXPIPE_REQUIRE_PEERS` set a missing binary fails, as for Postfix.
+pub fn unbound(test: &str) -> Option<PathBuf> {
+    let found = ["/usr/sbin/unbound", "/usr/local/sbin/unbound"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|d| d.join("unbound")))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        if var("MXPIPE_REQUIRE_PEERS").is_some() {
+            panic!("{test}: MXPIPE_REQUIRE_PEERS is set but unbound is not installed");
+        }
+        let banner =
+            format!("\n{line}\n  SKIPPED {test}: unbound not installed (bash .ci/run installs it).\n{line}\n", line = "#".repeat(78));
+        let _ = std::io::stderr().write_all(banner.as_bytes());
+    }
+    found
+}
