@@ -16,6 +16,7 @@
 //! ([`DnsServer::trust_anchors`]) or as a file ([`DnsServer::write_trust_anchors`]) that
 //! [`crate::dnssec`] and unbound both read.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -324,7 +325,35 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 /// Wraps the catalog to count the requests it answers.
 struct CountingHandler {
     catalog: Catalog,
+    /// Child zone origin → a catalog of its parent zone alone, for DS queries at the apex.
+    ds: HashMap<LowerName, Catalog>,
     queries: Arc<AtomicU64>,
+}
+
+/// Delegate each zone that lies inside another of `zones` from the closest such parent: an
+/// NS record at the child's origin in the parent (before signing, so a signed parent's NSEC
+/// chain proves that the delegation has no DS). A validating resolver then finds an unsigned
+/// child *insecure*, not bogus, and a signed child can be anchored on its own key. Returns
+/// (child, parent) origins.
+fn delegate(zones: &mut [ZoneBuilder]) -> Vec<(LowerName, LowerName)> {
+    let origins: Vec<Option<Name>> = zones.iter().map(|z| z.origin.as_ref().ok().cloned()).collect();
+    let mut pairs = Vec::new();
+    for (ci, child) in origins.iter().enumerate() {
+        let Some(child) = child else { continue };
+        let parent = origins
+            .iter()
+            .enumerate()
+            .filter_map(|(pi, p)| p.as_ref().map(|p| (pi, p)))
+            .filter(|(pi, p)| *pi != ci && *p != child && p.zone_of(child))
+            .max_by_key(|(_, p)| p.num_labels());
+        let Some((pi, parent)) = parent else { continue };
+        match child.prepend_label("ns") {
+            Ok(ns) => zones[pi].records.push(Record::from_rdata(child.clone(), zones[pi].ttl, RData::NS(NS(ns)))),
+            Err(e) => zones[pi].errors.push(e.to_string()),
+        }
+        pairs.push((LowerName::new(child), LowerName::new(parent)));
+    }
+    pairs
 }
 
 // `RequestHandler` is declared with `#[async_trait]`; mxpipe does not depend on the
@@ -343,6 +372,13 @@ impl RequestHandler for CountingHandler {
         Self: 'async_trait,
     {
         self.queries.fetch_add(1, Ordering::Relaxed);
+        if let Ok(info) = request.request_info() {
+            if info.query.query_type() == RecordType::DS {
+                if let Some(parent) = self.ds.get(info.query.name()) {
+                    return parent.handle_request::<R, T>(request, response_handle);
+                }
+            }
+        }
         self.catalog.handle_request::<R, T>(request, response_handle)
     }
 }
@@ -372,9 +408,12 @@ impl DnsServer {
     /// Fails with `InvalidInput` when a zone is malformed (bad name, record outside its zone)
     /// and with the socket error when the address cannot be bound.
     pub async fn start(zones: Vec<ZoneBuilder>, bind: SocketAddr) -> io::Result<DnsServer> {
+        let mut zones = zones;
+        let parents = delegate(&mut zones);
         let mut catalog = Catalog::new();
         let mut anchors = TrustAnchors::empty();
         let mut anchor_keys = Vec::new();
+        let mut handlers: Vec<(LowerName, Arc<dyn ZoneHandler>)> = Vec::new();
         for zone in zones {
             let built = zone.build()?;
             if let Some(key) = &built.public_key {
@@ -382,12 +421,22 @@ impl DnsServer {
                 anchor_keys.push((Name::from(&built.origin), key.clone()));
             }
             let handler: Arc<dyn ZoneHandler> = Arc::new(built.zone);
+            handlers.push((built.origin.clone(), handler.clone()));
             catalog.upsert(built.origin, vec![handler]);
+        }
+        // DS at a child's apex is the parent's to answer (RFC 4035 §3.1.4.1).
+        let mut ds = HashMap::new();
+        for (child, parent) in parents {
+            if let Some((origin, handler)) = handlers.iter().find(|(o, _)| *o == parent) {
+                let mut c = Catalog::new();
+                c.upsert(origin.clone(), vec![handler.clone()]);
+                ds.insert(child, c);
+            }
         }
         let (udp, tcp) = bind_pair(bind).await?;
         let addr = udp.local_addr()?;
         let queries = Arc::new(AtomicU64::new(0));
-        let mut server = Server::new(CountingHandler { catalog, queries: queries.clone() });
+        let mut server = Server::new(CountingHandler { catalog, ds, queries: queries.clone() });
         server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64);
         Ok(DnsServer { addr, anchors: Arc::new(anchors), anchor_keys, queries, server })

@@ -316,3 +316,64 @@ async fn a_warm_burst_pays_no_tlsa_lookup() {
     })
     .await;
 }
+
+/// Insecure answers mean no DANE (RFC 7672 §2.2): an MX answer from an unsigned zone (proven
+/// insecure by its signed parent's delegation without DS), and a signed MX answer whose host
+/// lives in that unsigned zone, are both delivered without DANE, though TLSA records that
+/// match nothing are published for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_mx_or_host_means_no_dane() {
+    bounded(async {
+        let net = 109;
+        let ports = free_ports(net);
+        let cert = pki(&["mx.plain.test"]);
+        let other = pki(&["mx.plain.test"]);
+        let s = sink(ip(net, 1), ports, &cert.identity, |_| {}).await;
+        let mut parent = ZoneBuilder::new("test.").dnssec();
+        parent.mx("a109.test", 10, "mx.plain.test");
+        let mut child = ZoneBuilder::new("plain.test.");
+        child.mx("b109.plain.test", 10, "mx.plain.test").a("mx.plain.test", ip(net, 1));
+        tlsa(&mut child, "_25._tcp.mx.plain.test", &record(&other.identity.chain[0], 3, 1, 1));
+        let dns = DnsServer::start(vec![parent, child], std::net::SocketAddr::from((ip(net, 53), 0))).await.unwrap();
+
+        let (o, _) = deliver(dane_config(&dns, ports), vec![msg("m1", &["x@a109.test"]), msg("m2", &["y@b109.plain.test"])]).await;
+        let x = one(&o, "x@a109.test");
+        assert_eq!((x.status, x.policy.as_deref(), x.dnssec), (Status::Delivered, Some("opportunistic"), true), "{x:#?}");
+        let y = one(&o, "y@b109.plain.test");
+        assert_eq!((y.status, y.policy.as_deref(), y.dnssec), (Status::Delivered, Some("opportunistic"), false), "{y:#?}");
+        assert_eq!(sink_stats(s).await.messages, 2);
+        dns.shutdown().await;
+    })
+    .await;
+}
+
+/// A TLSA answer whose signatures do not verify (bogus) is not "no DANE": the host is not
+/// used and the message is deferred with the reason, nothing sent (RFC 7672 §2.2). The same
+/// host without the bogus RRset, for another domain, is delivered under DANE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bogus_tlsa_defers() {
+    bounded(async {
+        let net = 110;
+        let ports = free_ports(net);
+        let cert = pki(&["mx.a110.test", "mx.b110.test"]);
+        let s = sink(ip(net, 1), ports, &cert.identity, |_| {}).await;
+        let mut z = ZoneBuilder::new("test.").dnssec();
+        z.mx("a110.test", 10, "mx.a110.test").a("mx.a110.test", ip(net, 1));
+        z.mx("b110.test", 10, "mx.b110.test").a("mx.b110.test", ip(net, 1));
+        let good = record(&cert.identity.chain[0], 3, 1, 1);
+        tlsa(&mut z, "_25._tcp.mx.a110.test", &good);
+        tlsa(&mut z, "_25._tcp.mx.b110.test", &good);
+        z.bogus("_25._tcp.mx.a110.test", hickory_proto::rr::RecordType::TLSA);
+        let dns = dns(net, z).await;
+
+        let (o, _) = deliver(dane_config(&dns, ports), vec![msg("m1", &["x@a110.test"]), msg("m2", &["y@b110.test"])]).await;
+        let x = one(&o, "x@a110.test");
+        assert_eq!(x.status, Status::Deferred, "{x:#?}");
+        assert!(x.reply.contains("TLSA") && x.reply.contains("DNSSEC"), "{}", x.reply);
+        let y = one(&o, "y@b110.test");
+        assert_eq!((y.status, y.policy.as_deref()), (Status::Delivered, Some("dane")), "{y:#?}");
+        assert_eq!(sink_stats(s).await.messages, 1);
+        dns.shutdown().await;
+    })
+    .await;
+}
