@@ -73,6 +73,20 @@ impl ReporterConfig {
     }
 }
 
+/// How the engine `e` would reach an HTTPS host (as its MTA-STS fetches do): the Mozilla roots
+/// plus `e.extra_roots`, `e.kx`, HTTP/1.1 by ALPN, the mapped HTTPS port and the MTA-STS timeout.
+pub fn https_for(e: &crate::engine::EngineConfig) -> Result<FetchConfig, String> {
+    use crate::tls::{ClientOptions, ClientResumption, Verify};
+    let verify = Verify::webpki_plus(&e.extra_roots).map_err(|err| err.to_string())?;
+    let opts = ClientOptions { verify, kx: e.kx, resumption: ClientResumption::Off, tls12_only: false };
+    let mut tls = Arc::unwrap_or_clone(crate::tls::client_config(&opts, None).map_err(|err| err.to_string())?);
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut f = FetchConfig::new(Arc::new(tls));
+    f.port = e.port_map.https;
+    f.timeout = e.policy.mta_sts_timeout;
+    Ok(f)
+}
+
 /// What one run of [`Reporter::run_once`] did with the due days.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RunSummary {

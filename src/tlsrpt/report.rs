@@ -243,6 +243,35 @@ pub fn mail_message(agg: &DayAggregate, meta: &ReportMeta, gz: &[u8], from: &str
     m.into_bytes()
 }
 
+/// What `mxpipe tlsrpt show` prints for `domain`'s pending days: one block per day, one line
+/// per policy, one indented line per failure-detail group.
+pub fn describe_pending(domain: &str, days: &[super::DayReport]) -> String {
+    if days.is_empty() {
+        return format!("{domain}: no TLS-RPT counts pending (nothing counted since the last report, or TLS-RPT is new)");
+    }
+    let mut out = String::new();
+    for d in days {
+        out.push_str(&format!("{domain} {} to {}:\n", d.date_range.start, d.date_range.end));
+        for p in &d.policies {
+            let mut what = serde_json::to_value(p.policy.policy_type).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            if !p.policy.policy_string.is_empty() {
+                what.push_str(&format!(" [{}]", p.policy.policy_string.join("; ")));
+            }
+            out.push_str(&format!("  {what}: {} successful, {} failed\n", p.summary.successful, p.summary.failed));
+            for f in &p.failure_details {
+                let mx = f.receiving_mx_hostname.as_deref().unwrap_or("?");
+                let ip = f.receiving_ip.map_or_else(|| "?".to_string(), |i| i.to_string());
+                out.push_str(&format!("    {} x{} to {mx} ({ip})\n", f.result_type.name(), f.failed_session_count));
+            }
+        }
+        if d.sessions_not_counted > 0 {
+            out.push_str(&format!("  ({} sessions not counted: too many policies that day)\n", d.sessions_not_counted));
+        }
+    }
+    out.pop();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
