@@ -854,8 +854,8 @@ fn run_tlsrpt(a: TlsRptArgs) -> Result<(), String> {
         None => {
             let target = api_target(&a.api)?;
             let (code, body) = ctl::request(&target, "GET", &format!("/v1/tlsrpt/{name}"), "")?;
-            let v: serde_json::Value =
-                serde_json::from_str(&body).map_err(|_| format!("{}: HTTP {code} with a body that is not JSON: {body:.200}", target.addr))?;
+            let v: serde_json::Value = serde_json::from_str(&body)
+                .map_err(|_| format!("{}: HTTP {code} with a body that is not JSON: {body:.200}", target.addr))?;
             if code != 200 {
                 let msg = v["error"].as_str().unwrap_or(&body);
                 let hint = if code == 401 || code == 403 { " (this needs an admin token: --token-file or MXPIPE_API_TOKEN)" } else { "" };

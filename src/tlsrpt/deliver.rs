@@ -168,13 +168,14 @@ impl Reporter {
                 Rua::Https(url) => self.post(url, &gz).await,
                 Rua::Mailto(to) => self.mail(agg, &meta, &gz, to, now).await,
             };
-            let dest = match rua {
-                Rua::Https(u) | Rua::Mailto(u) => u.as_str(),
+            let (dest, done) = match rua {
+                Rua::Https(u) => (u.as_str(), "TLS-RPT report posted"),
+                Rua::Mailto(u) => (u.as_str(), "TLS-RPT report queued for mail"),
             };
             match result {
                 Ok(()) => {
                     any = true;
-                    tracing::info!(domain = %agg.domain, day = %day_name(agg), to = dest, report_id = %meta.report_id, bytes = gz.len(), "TLS-RPT report sent");
+                    tracing::info!(domain = %agg.domain, day = %day_name(agg), to = dest, report_id = %meta.report_id, bytes = gz.len(), "{done}");
                 }
                 Err(e) => tracing::warn!(domain = %agg.domain, day = %day_name(agg), to = dest, error = %e, "TLS-RPT report not sent"),
             }

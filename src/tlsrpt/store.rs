@@ -384,7 +384,8 @@ mod tests {
 
     #[test]
     fn bounds_count_overflow_instead_of_growing() {
-        let limits = Limits { max_domains_per_day: 2, max_policies_per_domain: 1, max_failure_groups: 1, max_string: 5, max_policy_strings: 1 };
+        let limits =
+            Limits { max_domains_per_day: 2, max_policies_per_domain: 1, max_failure_groups: 1, max_string: 5, max_policy_strings: 1 };
         let s = TlsRpt::open(None, limits).unwrap();
         let p = PolicyDesc::none();
         for d in ["a.test", "b.test", "c.test", "d.test"] {
