@@ -162,6 +162,8 @@ pub struct Config {
     pub log: LogSection,
     /// `[policy]`: how the composed TLS policy reaches and what it remembers.
     pub policy: PolicySection,
+    /// `[tlsrpt]`: SMTP TLS Reporting (RFC 8460), daily reports to the domains that ask.
+    pub tlsrpt: TlsRptSection,
     /// Per-destination overrides, in file order (`[[domain]]` in the file).
     #[serde(rename = "domain")]
     pub domains: Vec<DomainOverride>,
@@ -228,6 +230,51 @@ impl Default for PolicySection {
         let o = crate::policy::PolicyOptions::default();
         let s = crate::policy::state::StateOptions::default();
         PolicySection { scope: o.scope, pin_ttl: s.pin_ttl, dane: EngineConfig::default().dane }
+    }
+}
+
+/// `[tlsrpt]`: SMTP TLS Reporting (RFC 8460). The outcome of every TLS session is counted per
+/// receiving domain and UTC day (file `tlsrpt.json` beside the spool); after each day, domains
+/// that publish a `_smtp._tls` TXT record get a report by HTTPS or mail (`mxpipe tlsrpt show`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsRptSection {
+    /// Count sessions and send reports. Default `true`.
+    pub enabled: bool,
+    /// `organization-name` in reports. Default: `[engine] ehlo_name`.
+    pub organization_name: Option<String>,
+    /// `contact-info` in reports (an address or URL). Default: the sender.
+    pub contact_info: Option<String>,
+    /// Sender (envelope and `From`) of mailed reports. Default `"tlsrpt-noreply@<ehlo_name>"`.
+    pub sender: Option<String>,
+    /// Reports go at a random moment within this time after 00:00 UTC (and after a start),
+    /// so that senders do not all report at once; at most 1d. Default `"1h"`.
+    #[serde(deserialize_with = "crate::value::duration::deserialize")]
+    pub max_delay: Duration,
+}
+
+impl Default for TlsRptSection {
+    fn default() -> Self {
+        TlsRptSection {
+            enabled: true,
+            organization_name: None,
+            contact_info: None,
+            sender: None,
+            max_delay: crate::tlsrpt::deliver::DEFAULT_MAX_DELAY,
+        }
+    }
+}
+
+impl TlsRptSection {
+    /// The settings checked, with the defaults that derive from `ehlo_name` filled in:
+    /// (organization name, contact info, sender).
+    pub fn resolved(&self, ehlo_name: &str) -> Result<(String, String, String), ConfigError> {
+        in_range("tlsrpt.max_delay", self.max_delay, Duration::ZERO, Duration::from_secs(86_400))?;
+        let sender = self.sender.clone().unwrap_or_else(|| format!("tlsrpt-noreply@{ehlo_name}"));
+        crate::address::Mailbox::parse(&sender).map_err(|e| ConfigError::invalid("tlsrpt.sender", e.to_string()))?;
+        let org = self.organization_name.clone().unwrap_or_else(|| ehlo_name.to_string());
+        let contact = self.contact_info.clone().unwrap_or_else(|| sender.clone());
+        Ok((org, contact, sender))
     }
 }
 

@@ -55,6 +55,8 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let state_opts = StateOptions { pin_ttl: cfg.policy.pin_ttl, ..StateOptions::default() };
     let state = Arc::new(PolicyState::open(&cfg.spool.dir, state_opts).map_err(|e| e.to_string())?);
     engine_cfg.state = Some(state.clone());
+    let tlsrpt = tlsrpt_setup(&cfg, &engine_cfg)?;
+    engine_cfg.tlsrpt = tlsrpt.as_ref().map(|t| t.store.clone());
     let (engine, outcomes) = crate::engine::Engine::start(engine_cfg).map_err(|e| e.to_string())?;
 
     let (acc_tx, acc_rx) = crossbeam_channel::unbounded();
@@ -80,6 +82,9 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let intake = Intake::new(spool.clone(), acc_tx, board.clone());
     let sink = crate::inject::smtp::start(smtp_cfg, intake.clone()).await?;
     board.set_injection_stats(sink.stats_reader());
+    let reporter = tlsrpt.map(|t| t.start(intake.clone())).transpose()?;
+    let mut api_cfg = api_cfg;
+    api_cfg.tlsrpt = reporter.as_ref().map(|(store, _)| store.clone());
     let api = crate::inject::http::start(api_cfg, intake, ctl_tx, state)
         .await
         .map_err(|e| format!("cannot start the HTTP API on {}: {e}", cfg.inject.http.listen))?;
@@ -98,10 +103,49 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     tracing::info!("stopping: no new messages; finishing those in flight");
     let injected = sink.shutdown(Duration::from_secs(10)).await.stats.messages;
     api.shutdown().await;
+    // Before the manager stops: a report being mailed goes through the spool.
+    if let Some((_, task)) = reporter {
+        task.shutdown().await;
+    }
     let _ = stop_tx.send(());
     let report = tokio::task::spawn_blocking(move || manager.join())
         .await
         .map_err(|e| e.to_string())?
         .map_err(|_| "the queue manager panicked; the spool keeps every unfinished message".to_string())?;
     Ok(ServeReport { injected_messages: injected, manager: report })
+}
+
+/// TLS-RPT (RFC 8460) for the daemon: the counters the engine feeds, kept in
+/// [`crate::tlsrpt::store::FILE_NAME`] beside the spool and the policy state, and the settings
+/// of the task that reports them.
+struct TlsRptSetup {
+    store: Arc<crate::tlsrpt::TlsRpt>,
+    reporter: crate::tlsrpt::ReporterConfig,
+    resolver: crate::resolve::ResolverConfig,
+}
+
+/// `[tlsrpt]` read and the counters opened; `None` when it is disabled.
+fn tlsrpt_setup(cfg: &Config, engine: &crate::engine::EngineConfig) -> Result<Option<TlsRptSetup>, String> {
+    if !cfg.tlsrpt.enabled {
+        return Ok(None);
+    }
+    let (org, contact, sender) = cfg.tlsrpt.resolved(&cfg.engine.ehlo_name).map_err(|e| e.to_string())?;
+    let path = cfg.spool.dir.join(crate::tlsrpt::store::FILE_NAME);
+    let store = Arc::new(crate::tlsrpt::TlsRpt::open(Some(path), crate::tlsrpt::Limits::default())?);
+    let https = crate::tlsrpt::deliver::https_for(engine).map_err(|e| format!("tlsrpt: {e}"))?;
+    let mut reporter = crate::tlsrpt::ReporterConfig::new(&cfg.engine.ehlo_name, https);
+    reporter.organization_name = org;
+    reporter.contact_info = contact;
+    reporter.sender = sender;
+    reporter.max_delay = cfg.tlsrpt.max_delay;
+    Ok(Some(TlsRptSetup { store, reporter, resolver: engine.resolver.clone() }))
+}
+
+impl TlsRptSetup {
+    /// Start the reporter, mailing reports through `intake`.
+    fn start(self, intake: Intake) -> Result<(Arc<crate::tlsrpt::TlsRpt>, crate::tlsrpt::deliver::ReporterTask), String> {
+        let resolver = crate::resolve::MxResolver::new(self.resolver).map_err(|e| format!("tlsrpt: {e}"))?;
+        let task = crate::tlsrpt::Reporter::new(self.store.clone(), resolver, Some(intake), self.reporter).spawn();
+        Ok((self.store, task))
+    }
 }

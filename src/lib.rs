@@ -19,6 +19,7 @@
 //! - [`policy`]: the MX-prefix TLS policy, a pure function of resolved facts, and what was learned.
 //! - [`reply`]: SMTP reply and EHLO-capability parsing (pure, shared by every client).
 //! - [`tls`]: rustls configuration, certificates, the client session store.
+//! - [`tlsrpt`]: SMTP TLS Reporting (RFC 8460): session counters, daily reports, their delivery.
 //! - [`smtp_server`]: the SMTP server core (listener, limits, STARTTLS, AUTH, DATA/BDAT).
 //! - [`sink`]: the server core's presets for tests and capacity benchmarks (faults, mail dir).
 //! - [`sys`]: small operating-system helpers (file-descriptor limit, CPU time).
@@ -49,4 +50,5 @@ pub mod sink;
 pub mod smtp_server;
 pub mod sys;
 pub mod tls;
+pub mod tlsrpt;
 pub mod value;

@@ -47,6 +47,9 @@ enum Cmd {
     /// Show or forget what the TLS policy remembers of a domain (its pin and cached MTA-STS
     /// policy), in a running `serve` (through its API, admin token) or in a `send --state-dir`.
     Policy(PolicyArgs),
+    /// Show the TLS-RPT (RFC 8460) counts of a domain not yet reported, per UTC day, from a
+    /// running `serve` (through its API, admin token) or from its spool directory.
+    Tlsrpt(TlsRptArgs),
     /// Make a bearer token for the HTTP API (`[inject.http] tokens_file`). The token is
     /// printed once, on standard output, for the client; it cannot be shown again (only a
     /// salted SHA-256 of it is kept). The tokens-file line is appended to --tokens-file
@@ -138,6 +141,24 @@ enum PolicySub {
     Show { domain: String },
     /// Forget a domain's pin and cached MTA-STS policy (until seen or fetched again).
     Forget { domain: String },
+}
+
+#[derive(Args)]
+struct TlsRptArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Read the counters file (tlsrpt.json) in this directory (a `serve`'s spool directory)
+    /// instead of asking the daemon; it shows what the daemon last saved (every 30 s).
+    #[arg(long, value_name = "DIR", global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: TlsRptSub,
+}
+
+#[derive(Subcommand)]
+enum TlsRptSub {
+    /// The pending counts of DOMAIN: per day and policy, successes, failures and their details.
+    Show { domain: String },
 }
 
 #[derive(Args)]
@@ -427,6 +448,7 @@ fn main() -> ExitCode {
         Cmd::Serve(args) => run_serve(args),
         Cmd::Queue(args) => run_queue(args),
         Cmd::Policy(args) => run_policy(args),
+        Cmd::Tlsrpt(args) => run_tlsrpt(args),
         Cmd::Token { name, scope, tokens_file } => run_token(&name, scope, tokens_file.as_deref()),
         Cmd::Passwd { user, iterations } => mxpipe::auth::passwd(&user, iterations, std::io::stdin().lock()).map(|line| println!("{line}")),
     };
@@ -849,6 +871,40 @@ fn run_policy(a: PolicyArgs) -> Result<(), String> {
         } else {
             println!("{}", ctl::describe_policy(&view));
         }
+    }
+    Ok(())
+}
+
+fn run_tlsrpt(a: TlsRptArgs) -> Result<(), String> {
+    use mxpipe::queue::ctl;
+    use mxpipe::tlsrpt::{store::FILE_NAME, DayReport, Limits, TlsRpt};
+    let TlsRptSub::Show { domain } = &a.cmd;
+    let name = ctl::path_segment(domain)?;
+    let days: Vec<DayReport> = match &a.state_dir {
+        Some(dir) => {
+            let path = dir.join(FILE_NAME);
+            if !path.exists() {
+                return Err(format!("--state-dir {}: no {FILE_NAME} there (is it a `serve` spool directory?)", dir.display()));
+            }
+            TlsRpt::open(Some(path), Limits::default())?.pending(name.as_str())
+        }
+        None => {
+            let target = api_target(&a.api)?;
+            let (code, body) = ctl::request(&target, "GET", &format!("/v1/tlsrpt/{name}"), "")?;
+            let v: serde_json::Value = serde_json::from_str(&body)
+                .map_err(|_| format!("{}: HTTP {code} with a body that is not JSON: {body:.200}", target.addr))?;
+            if code != 200 {
+                let msg = v["error"].as_str().unwrap_or(&body);
+                let hint = if code == 401 || code == 403 { " (this needs an admin token: --token-file or MXPIPE_API_TOKEN)" } else { "" };
+                return Err(format!("the daemon refused: HTTP {code}: {msg}{hint}"));
+            }
+            serde_json::from_value(v["days"].clone()).map_err(|e| format!("{}: unexpected answer: {e}", target.addr))?
+        }
+    };
+    if a.api.json {
+        println!("{}", serde_json::json!({ "domain": name.as_str(), "days": days }));
+    } else {
+        println!("{}", mxpipe::tlsrpt::report::describe_pending(name.as_str(), &days));
     }
     Ok(())
 }

@@ -110,6 +110,10 @@ pub struct EngineConfig {
     /// What the policy keeps across restarts (pins, MTA-STS policies): shared with whoever shows or edits it
     /// (the daemon's API). `None`: the engine keeps an in-memory one with default settings.
     pub state: Option<Arc<PolicyState>>,
+    /// Where TLS-RPT (RFC 8460) counts each TLS session's outcome, one `success` or `failure`
+    /// per session attempted; shared with the daemon, which reports and shows the counts.
+    /// `None`: nothing is counted. MX-prefix failures follow [`crate::tlsrpt`]'s convention.
+    pub tlsrpt: Option<Arc<crate::tlsrpt::TlsRpt>>,
     /// Per-domain TLS floors set by the operator (the strictest of floor and MX prefix wins).
     pub floors: HashMap<String, Floor>,
     /// TLS floors by MX host pattern (`mx.example.net` or `*.example.net`); an MX host takes
@@ -146,6 +150,7 @@ impl Default for EngineConfig {
             ehlo_name: "mxpipe.localhost".into(),
             policy: PolicyOptions::default(),
             state: None,
+            tlsrpt: None,
             floors: HashMap::new(),
             mx_floors: Vec::new(),
             limits: Vec::new(),

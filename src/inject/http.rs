@@ -52,6 +52,8 @@ struct Api {
     control: crossbeam_channel::Sender<Control>,
     /// The engine's policy memory (pins, MTA-STS policies), for `mxpipe policy show|forget`.
     policy: Arc<PolicyState>,
+    /// TLS-RPT counters, for `mxpipe tlsrpt show`.
+    tlsrpt: Option<Arc<crate::tlsrpt::TlsRpt>>,
 }
 
 /// One message to inject: the envelope and the RFC 5322 content.
@@ -232,6 +234,16 @@ async fn policy_forget(State(api): State<Api>, Path(domain): Path<String>) -> Re
     }
 }
 
+/// `GET /v1/tlsrpt/{domain}`: the TLS-RPT counts of a domain not yet reported, one entry per
+/// UTC day, as the reports will hold them.
+async fn tlsrpt_show(State(api): State<Api>, Path(domain): Path<String>) -> Response {
+    let Some(tlsrpt) = &api.tlsrpt else { return error(StatusCode::NOT_FOUND, "TLS-RPT is off ([tlsrpt] enabled = false)") };
+    match crate::queue::ctl::path_segment(&domain) {
+        Ok(name) => Json(serde_json::json!({ "domain": name.as_str(), "days": tlsrpt.pending(name.as_str()) })).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
 async fn metrics(State(api): State<Api>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.intake.board().metrics()).into_response()
 }
@@ -261,6 +273,9 @@ pub struct ApiConfig {
     pub max_conns: usize,
     /// Requests on one connection, at least 1; the last is answered with `Connection: close`.
     pub max_requests_per_conn: u32,
+    /// The TLS-RPT counters shown by `GET /v1/tlsrpt/{domain}`; `None` (as [`ApiConfig::load`]
+    /// leaves it): TLS-RPT is off, the route answers 404.
+    pub tlsrpt: Option<Arc<crate::tlsrpt::TlsRpt>>,
 }
 
 impl ApiConfig {
@@ -293,6 +308,7 @@ impl ApiConfig {
             body_timeout: c.body_timeout,
             max_conns: c.max_conns.max(1),
             max_requests_per_conn: c.max_requests_per_conn.max(1),
+            tlsrpt: None,
         })
     }
 }
@@ -471,7 +487,8 @@ fn router(api: Api, g: Guard) -> Router {
     let admin = Router::new()
         .route("/v1/queues", get(queues))
         .route("/v1/queues/{domain}/{action}", post(queue_command))
-        .route("/v1/policy/{domain}", get(policy_show).delete(policy_forget));
+        .route("/v1/policy/{domain}", get(policy_show).delete(policy_forget))
+        .route("/v1/tlsrpt/{domain}", get(tlsrpt_show));
     let metrics = Router::new().route("/metrics", get(metrics));
     Router::new()
         .merge(scoped(inject, Scope::Inject))
@@ -550,7 +567,7 @@ pub async fn start(
     policy: Arc<PolicyState>,
 ) -> std::io::Result<ApiServer> {
     let guard = Guard { tokens: cfg.tokens.clone(), allowed_hosts: cfg.allowed_hosts.clone().into(), body_timeout: cfg.body_timeout };
-    let app = router(Api { intake, control, policy }, guard);
+    let app = router(Api { intake, control, policy, tlsrpt: cfg.tlsrpt.clone() }, guard);
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();

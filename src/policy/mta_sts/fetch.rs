@@ -7,6 +7,10 @@
 //! and does not decide what a failure means for delivery; [`FetchError::kind`] gives the
 //! TLS-RPT (RFC 8460) result type so that the caller can report it.
 //!
+//! The same bounded exchange also carries TLS-RPT's report upload ([`post`], RFC 8460 §5.4):
+//! one POST to a host name the caller resolved, verified the same way, so that the engine has
+//! one HTTPS client, not two. Errors then name the report host instead of `mta-sts.<domain>`.
+//!
 //! Why hyper's connection-level client rather than a full HTTP client: the RFC wants exactly
 //! one request to exactly one name with no redirects, no proxies and no connection reuse, so
 //! the pieces a full client adds would all have to be turned off again.
@@ -77,13 +81,13 @@ pub enum FetchError {
         reason: String,
     },
     /// No address to connect to (the policy host has no A/AAAA records).
-    #[error("MTA-STS policy host {host} has no address to connect to")]
+    #[error("HTTPS host {host} has no address to connect to")]
     NoAddress {
         /// `mta-sts.<domain>`.
         host: String,
     },
     /// TCP connect failed (refused, unreachable, reset).
-    #[error("MTA-STS policy host {host} at {addr}: cannot connect: {source}")]
+    #[error("HTTPS host {host} at {addr}: cannot connect: {source}")]
     Connect {
         /// `mta-sts.<domain>`.
         host: String,
@@ -94,7 +98,7 @@ pub enum FetchError {
     },
     /// The TLS handshake failed. `certificate` says whether the server's certificate was the
     /// reason (untrusted, expired, wrong name), which TLS-RPT reports differently.
-    #[error("MTA-STS policy host {host} at {addr}: TLS handshake failed: {reason}")]
+    #[error("HTTPS host {host} at {addr}: TLS handshake failed: {reason}")]
     Tls {
         /// `mta-sts.<domain>`.
         host: String,
@@ -106,7 +110,7 @@ pub enum FetchError {
         certificate: bool,
     },
     /// The HTTP exchange broke (malformed response, connection closed early, headers too long).
-    #[error("MTA-STS policy host {host} at {addr}: HTTP error: {reason}")]
+    #[error("HTTPS host {host} at {addr}: HTTP error: {reason}")]
     Http {
         /// `mta-sts.<domain>`.
         host: String,
@@ -117,7 +121,7 @@ pub enum FetchError {
     },
     /// The server answered with a redirect, which RFC 8461 §3.3 forbids following.
     #[error(
-        "MTA-STS policy host {host} at {addr}: answered {status} redirect to {location:?}; redirects are not followed (RFC 8461 §3.3)"
+        "HTTPS host {host} at {addr}: answered {status} redirect to {location:?}; redirects are not followed (RFC 8461 §3.3, RFC 8460 §5.4)"
     )]
     Redirect {
         /// `mta-sts.<domain>`.
@@ -130,7 +134,7 @@ pub enum FetchError {
         location: Option<String>,
     },
     /// Any status but 200 and the 3xx above.
-    #[error("MTA-STS policy host {host} at {addr}: answered HTTP {status} for {WELL_KNOWN_PATH}, not 200")]
+    #[error("HTTPS host {host} at {addr}: answered HTTP {status}, not 200 (a policy) or 2xx (a report)")]
     Status {
         /// `mta-sts.<domain>`.
         host: String,
@@ -141,7 +145,7 @@ pub enum FetchError {
     },
     /// The body is not served as `text/plain` (RFC 8461 §3.2), which guards against hosts that
     /// let users put arbitrary files at arbitrary paths.
-    #[error("MTA-STS policy host {host} at {addr}: Content-Type is {content_type:?}, not text/plain")]
+    #[error("HTTPS host {host} at {addr}: Content-Type is {content_type:?}, not text/plain")]
     ContentType {
         /// `mta-sts.<domain>`.
         host: String,
@@ -151,7 +155,7 @@ pub enum FetchError {
         content_type: Option<String>,
     },
     /// The body is longer than [`FetchConfig::max_bytes`]; reading stopped there.
-    #[error("MTA-STS policy host {host} at {addr}: policy is larger than the limit of {limit} bytes")]
+    #[error("HTTPS host {host} at {addr}: policy is larger than the limit of {limit} bytes")]
     TooLarge {
         /// `mta-sts.<domain>`.
         host: String,
@@ -161,7 +165,7 @@ pub enum FetchError {
         limit: usize,
     },
     /// [`FetchConfig::timeout`] ran out.
-    #[error("MTA-STS policy host {host}: no policy within {after:?}{}", match .addr { Some(a) => format!(" (waiting for {a})"), None => String::new() })]
+    #[error("HTTPS host {host}: no answer within {after:?}{}", match .addr { Some(a) => format!(" (waiting for {a})"), None => String::new() })]
     Timeout {
         /// `mta-sts.<domain>`.
         host: String,
@@ -217,29 +221,92 @@ pub async fn fetch_policy(domain: &str, addrs: &[IpAddr], cfg: &FetchConfig) -> 
     if !matches!(server_name, ServerName::DnsName(_)) {
         return Err(FetchError::InvalidDomain { domain: domain.to_owned(), reason: "an address is not a domain".into() });
     }
-    if addrs.is_empty() {
-        return Err(FetchError::NoAddress { host });
-    }
+    over_addrs(&host, addrs, cfg.port, cfg.timeout, |addr| fetch_from(&host, &server_name, addr, cfg)).await
+}
 
+/// Try `one` on each of `addrs` (on `port`) in order until one answers, all within `timeout`:
+/// a failure to connect, to complete TLS or to get an HTTP response moves on to the next
+/// address, and the last such failure is returned; any other result ends the loop.
+async fn over_addrs<T, F, Fut>(host: &str, addrs: &[IpAddr], port: u16, timeout: Duration, mut one: F) -> Result<T, FetchError>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: Future<Output = Result<T, FetchError>>,
+{
+    if addrs.is_empty() {
+        return Err(FetchError::NoAddress { host: host.to_owned() });
+    }
     let mut current = None;
     let attempts = async {
         let mut last = None;
         for &ip in addrs {
-            let addr = SocketAddr::new(ip, cfg.port);
+            let addr = SocketAddr::new(ip, port);
             current = Some(addr);
-            match fetch_from(&host, &server_name, addr, cfg).await {
-                Ok(policy) => return Ok(policy),
+            match one(addr).await {
+                Ok(v) => return Ok(v),
                 Err(e) if e.try_next_address() => last = Some(e),
                 Err(e) => return Err(e),
             }
         }
         // addrs is not empty, so the loop ran and set `last`.
-        Err(last.unwrap_or_else(|| FetchError::NoAddress { host: host.clone() }))
+        Err(last.unwrap_or_else(|| FetchError::NoAddress { host: host.to_owned() }))
     };
-    match tokio::time::timeout(cfg.timeout, attempts).await {
+    match tokio::time::timeout(timeout, attempts).await {
         Ok(result) => result,
-        Err(_) => Err(FetchError::Timeout { host: host.clone(), addr: current, after: cfg.timeout }),
+        Err(_) => Err(FetchError::Timeout { host: host.to_owned(), addr: current, after: timeout }),
     }
+}
+
+/// One POST of TLS-RPT (RFC 8460 §5.4): `body` to `https://host[:port]path`.
+#[derive(Debug, Clone)]
+pub struct Post<'a> {
+    /// The host name, also the certificate's name, SNI and `Host`.
+    pub host: &'a str,
+    /// The URL's explicit port; without one, [`FetchConfig::port`] (443, or the test's).
+    pub port: Option<u16>,
+    /// Path and query, starting with `/`.
+    pub path: &'a str,
+    /// `Content-Type` of the body, e.g. `application/tlsrpt+gzip`.
+    pub content_type: &'a str,
+    /// The body.
+    pub body: hyper::body::Bytes,
+}
+
+/// POST `req` to the first of `addrs` that answers, bounded by [`FetchConfig::timeout`] as
+/// [`fetch_policy`] is, with the certificate checked for `req.host`; redirects are not
+/// followed (RFC 8460 §5.4). The status on a 2xx answer; any other is [`FetchError::Status`]
+/// (or [`FetchError::Redirect`]). The answer's body is not read.
+pub async fn post(req: &Post<'_>, addrs: &[IpAddr], cfg: &FetchConfig) -> Result<u16, FetchError> {
+    let invalid = |reason: String| FetchError::InvalidDomain { domain: req.host.to_owned(), reason };
+    let server_name = ServerName::try_from(req.host.to_owned()).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(server_name, ServerName::DnsName(_)) {
+        return Err(invalid("an address is not a host name".into()));
+    }
+    let port = req.port.unwrap_or(cfg.port);
+    let server_name = &server_name;
+    over_addrs(req.host, addrs, port, cfg.timeout, |addr| async move {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(req.path)
+            .header(CONTENT_TYPE, req.content_type)
+            .body(http_body_util::Full::new(req.body.clone()))
+            .map_err(|e| FetchError::Http { host: req.host.to_owned(), addr, reason: e.to_string() })?;
+        let (response, _conn) = send(req.host, server_name, addr, cfg, request).await?;
+        if response.status().is_success() {
+            return Ok(response.status().as_u16());
+        }
+        Err(not_ok(req.host, addr, &response))
+    })
+    .await
+}
+
+/// The error for an answer that is not the one wanted: a redirect, or another status.
+fn not_ok<B>(host: &str, addr: SocketAddr, response: &hyper::Response<B>) -> FetchError {
+    let status = response.status();
+    if status.is_redirection() {
+        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        return FetchError::Redirect { host: host.to_owned(), addr, status: status.as_u16(), location };
+    }
+    FetchError::Status { host: host.to_owned(), addr, status: status.as_u16() }
 }
 
 /// `mta-sts.` and the domain, lowercased, without a trailing dot.
@@ -262,40 +329,16 @@ fn policy_host(domain: &str) -> Result<String, FetchError> {
 /// One address: connect, verify, request, check the answer, read the body within the limit.
 async fn fetch_from(host: &str, server_name: &ServerName<'static>, addr: SocketAddr, cfg: &FetchConfig) -> Result<StsPolicy, FetchError> {
     let host_s = || host.to_owned();
-    let tcp = TcpStream::connect(addr).await.map_err(|source| FetchError::Connect { host: host_s(), addr, source })?;
-    // One small request and response: do not let Nagle hold the request back.
-    let _ = tcp.set_nodelay(true);
-    let tls = tokio_rustls::TlsConnector::from(cfg.tls.clone()).connect(server_name.clone(), tcp).await.map_err(|e| {
-        let certificate = matches!(crate::tls::rustls_error(&e), Some(rustls::Error::InvalidCertificate(_)));
-        FetchError::Tls { host: host_s(), addr, reason: e.to_string(), certificate }
-    })?;
-
-    let http = |e: hyper::Error| FetchError::Http { host: host_s(), addr, reason: e.to_string() };
-    let mut builder = hyper::client::conn::http1::Builder::new();
-    builder.max_buf_size(MAX_HEAD_BYTES);
-    let (mut sender, conn) = builder.handshake(TokioIo::new(tls)).await.map_err(http)?;
-    // The connection is driven by its own task, which must not outlive this fetch (a timeout
-    // drops this future): the guard aborts it.
-    let _conn = AbortOnDrop(tokio::spawn(conn));
-
-    let host_header = HeaderValue::from_str(host).map_err(|e| FetchError::InvalidDomain { domain: host_s(), reason: e.to_string() })?;
     let request = Request::builder()
         .method(Method::GET)
         .uri(WELL_KNOWN_PATH)
-        .header(HOST, host_header)
-        .header(USER_AGENT, concat!("mxpipe/", env!("CARGO_PKG_VERSION")))
-        .header(CONNECTION, "close")
         .body(http_body_util::Empty::<hyper::body::Bytes>::new())
         .map_err(|e| FetchError::Http { host: host_s(), addr, reason: e.to_string() })?;
-    let response = sender.send_request(request).await.map_err(http)?;
+    let (response, _conn) = send(host, server_name, addr, cfg, request).await?;
+    let http = |e: hyper::Error| FetchError::Http { host: host_s(), addr, reason: e.to_string() };
 
-    let status = response.status();
-    if status.is_redirection() {
-        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        return Err(FetchError::Redirect { host: host_s(), addr, status: status.as_u16(), location });
-    }
-    if status != StatusCode::OK {
-        return Err(FetchError::Status { host: host_s(), addr, status: status.as_u16() });
+    if response.status() != StatusCode::OK {
+        return Err(not_ok(host, addr, &response));
     }
     let content_type = response.headers().get(CONTENT_TYPE);
     if !content_type.is_some_and(is_text_plain) {
@@ -323,6 +366,47 @@ async fn fetch_from(host: &str, server_name: &ServerName<'static>, addr: SocketA
         }
     }
     parse_policy(&buf).map_err(|source| FetchError::Invalid { host: host_s(), addr, source })
+}
+
+/// Connect to `addr`, verify the certificate for `server_name`, send `request` (with `Host`,
+/// `User-Agent` and `Connection: close` set) and return the response head, with the guard of
+/// the task driving the connection: keep it while reading the body.
+async fn send<B>(
+    host: &str,
+    server_name: &ServerName<'static>,
+    addr: SocketAddr,
+    cfg: &FetchConfig,
+    mut request: Request<B>,
+) -> Result<(hyper::Response<hyper::body::Incoming>, AbortOnDrop<Result<(), hyper::Error>>), FetchError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let host_s = || host.to_owned();
+    let tcp = TcpStream::connect(addr).await.map_err(|source| FetchError::Connect { host: host_s(), addr, source })?;
+    // One small request and response: do not let Nagle hold the request back.
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio_rustls::TlsConnector::from(cfg.tls.clone()).connect(server_name.clone(), tcp).await.map_err(|e| {
+        let certificate = matches!(crate::tls::rustls_error(&e), Some(rustls::Error::InvalidCertificate(_)));
+        FetchError::Tls { host: host_s(), addr, reason: e.to_string(), certificate }
+    })?;
+
+    let http = |e: hyper::Error| FetchError::Http { host: host_s(), addr, reason: e.to_string() };
+    let mut builder = hyper::client::conn::http1::Builder::new();
+    builder.max_buf_size(MAX_HEAD_BYTES);
+    let (mut sender, conn) = builder.handshake(TokioIo::new(tls)).await.map_err(http)?;
+    // The connection is driven by its own task, which must not outlive this exchange (a
+    // timeout drops the caller's future): the guard aborts it.
+    let conn = AbortOnDrop(tokio::spawn(conn));
+
+    let host_header = HeaderValue::from_str(host).map_err(|e| FetchError::InvalidDomain { domain: host_s(), reason: e.to_string() })?;
+    let headers = request.headers_mut();
+    headers.insert(HOST, host_header);
+    headers.insert(USER_AGENT, HeaderValue::from_static(concat!("mxpipe/", env!("CARGO_PKG_VERSION"))));
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    let response = sender.send_request(request).await.map_err(http)?;
+    Ok((response, conn))
 }
 
 /// `text/plain`, in any case, with or without parameters (RFC 8461 §3.2: "Additional
