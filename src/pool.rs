@@ -28,6 +28,7 @@ use crate::outcome::TlsUse;
 use crate::policy::{Security, TlsStart};
 use crate::session::{ClientSession, Event, Message, MessageOutcome, SessionConfig, SessionError, TlsMode};
 use crate::tls::TlsFacts;
+use crate::tlsrpt::ResultType;
 
 /// A plain or TLS stream. (`Gone` only exists for the instant of the STARTTLS upgrade.)
 pub enum Stream {
@@ -209,6 +210,8 @@ pub enum ConnectError {
         host: String,
         /// What failed: STARTTLS not offered, the certificate, or the handshake.
         reason: String,
+        /// The failure as TLS-RPT names it (RFC 8460 §4.3).
+        result: ResultType,
     },
     /// Opportunistic TLS failed in the handshake: the same host may be retried in clear.
     #[error("opportunistic TLS handshake with {host} failed: {reason}")]
@@ -469,7 +472,9 @@ fn event_name(e: &Event) -> &'static str {
 fn session_error_to_connect(target: &Target, e: SessionError) -> ConnectError {
     let host = target.host.clone();
     match e {
-        SessionError::StartTlsUnavailable(reason) => ConnectError::Policy { host, reason: format!("STARTTLS required: {reason}") },
+        SessionError::StartTlsUnavailable(reason) => {
+            ConnectError::Policy { host, reason: format!("STARTTLS required: {reason}"), result: ResultType::StarttlsNotSupported }
+        }
         SessionError::Greeting(r) | SessionError::Ehlo(r) => ConnectError::Smtp { host, reason: r.one_line() },
         other => ConnectError::Smtp { host, reason: other.to_string() },
     }
@@ -478,12 +483,17 @@ fn session_error_to_connect(target: &Target, e: SessionError) -> ConnectError {
 /// TLS handshake over `stream` as the target's security asks.
 async fn handshake(stream: Stream, target: &Target, tls: &TlsClients, timeouts: Timeouts) -> Result<(Stream, TlsFacts), ConnectError> {
     let Stream::Plain(tcp) = stream else {
-        return Err(ConnectError::Policy { host: target.host.clone(), reason: "TLS requested twice".into() });
+        return Err(ConnectError::Policy {
+            host: target.host.clone(),
+            reason: "TLS requested twice".into(),
+            result: ResultType::ValidationFailure,
+        });
     };
-    let fail = |reason: String| match target.security {
+    let fail_as = |reason: String, result: ResultType| match target.security {
         Security::Opportunistic => ConnectError::OpportunisticTls { host: target.host.clone(), reason },
-        _ => ConnectError::Policy { host: target.host.clone(), reason },
+        _ => ConnectError::Policy { host: target.host.clone(), reason, result },
     };
+    let fail = |reason: String| fail_as(reason, ResultType::ValidationFailure);
     let (cfg, name) = match target.security {
         Security::RequireVerified => (tls.verifying.clone(), target.verify_name.as_str()),
         // SNI is the TLSA base domain, the MX host name (RFC 7672 §8.1).
@@ -500,13 +510,32 @@ async fn handshake(stream: Stream, target: &Target, tls: &TlsClients, timeouts: 
             let facts = TlsFacts::of(s.get_ref().1);
             Ok((Stream::Tls(Box::new(s)), facts))
         }
-        Ok(Err(e)) => Err(fail(describe_tls_error(&e))),
+        Ok(Err(e)) => Err(fail_as(describe_tls_error(&e), tls_result_type(&e))),
         // On the implicit-TLS port a silent handshake means the port is not really served:
         // like a refused connect, the host's STARTTLS step on 25 is next (and mandatory).
         Err(_) if target.start == TlsStart::Implicit => {
             Err(ConnectError::Unreachable { addr: target.addr, reason: "TLS handshake on the implicit-TLS port timed out".into() })
         }
         Err(_) => Err(fail("TLS handshake timed out".into())),
+    }
+}
+
+/// What TLS-RPT calls a failed handshake (RFC 8460 §4.3): the certificate's own faults by
+/// name, a DANE verdict as the DANE verifier classified it, anything else a validation failure.
+pub fn tls_result_type(e: &io::Error) -> ResultType {
+    use rustls::CertificateError as C;
+    match crate::tls::rustls_error(e) {
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            C::NotValidForName | C::NotValidForNameContext { .. } => ResultType::CertificateHostMismatch,
+            C::Expired | C::ExpiredContext { .. } => ResultType::CertificateExpired,
+            C::UnknownIssuer => ResultType::CertificateNotTrusted,
+            C::Other(_) => crate::tls::rustls_error(e)
+                .and_then(crate::tls::dane::dane_error_of)
+                .and_then(|d| ResultType::parse(d.result_type()))
+                .unwrap_or(ResultType::ValidationFailure),
+            _ => ResultType::ValidationFailure,
+        },
+        _ => ResultType::ValidationFailure,
     }
 }
 

@@ -65,6 +65,14 @@ impl PortDane {
         }
     }
 
+    /// The usable records, when there are some.
+    pub(crate) fn records(&self) -> Option<&[Tlsa]> {
+        match self {
+            PortDane::Usable(c) => Some(c.auth.records()),
+            _ => None,
+        }
+    }
+
     /// The verifying client config, when the records are usable.
     pub(crate) fn config(&self) -> Option<crate::pool::DaneConfig> {
         match self {
@@ -86,7 +94,6 @@ pub(crate) struct HostDane {
 /// The usable TLSA records of one host port and the client config that checks them.
 pub(crate) struct DaneClient {
     /// The records (usable ones, as the verifier holds them).
-    #[allow(dead_code)] // read by TLS-RPT (issue 10), being wired
     pub auth: Arc<DaneAuth>,
     /// rustls config with the DANE verifier and its own session store.
     pub config: Arc<rustls::ClientConfig>,

@@ -16,19 +16,20 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
 use super::limits::{Limits, MxBudget};
 use super::{Counters, EngineConfig, MessageTls, NOT_ATTEMPTED, WITHDRAWN};
 use crate::outcome::{Outcome, Status, TlsUse};
-use crate::policy::mta_sts::{fetch::FetchConfig, Mode};
+use crate::policy::mta_sts::{fetch::FetchConfig, Mode, StsPolicy};
 use crate::policy::{self, DomainFacts, Floor, HostFacts, HostPlan, LogicalPort, PolicyCache, Security, Sts};
 use crate::pool::{Conn, ConnectError, DeliverError, Pool, Target, Timeouts, TlsClients};
 use crate::resolve::MxResolver;
 use crate::session::{Message, MessageOutcome, RcptStatus};
 use crate::tls::{self, ClientOptions, ClientResumption, TicketStore, Verify};
+use crate::tlsrpt::{Failure, PolicyDesc, PolicyType, ResultType};
 
 /// Queued parts per open connection of a destination before another connection is opened.
 const BACKLOG_PER_CONNECTION: usize = 16;
@@ -635,10 +636,20 @@ async fn work(shard: &Rc<Shard>, key: &str) {
                     Some(e) if plan.steps.is_empty() => format!("{why}: {e}"),
                     _ => why.clone(),
                 };
+                if let (Some(t), Some(e)) = (&shard.cfg.tlsrpt, lookup) {
+                    let policy = PolicyDesc { policy_type: PolicyType::Tlsa, policy_string: Vec::new(), mx_host: vec![host.name.clone()] };
+                    let f = Failure {
+                        receiving_mx_hostname: Some(host.name.clone()),
+                        failure_reason_code: Some(bounded_reason(e)),
+                        ..Failure::new(ResultType::DnssecInvalid)
+                    };
+                    t.failure(domain, &policy, &f, SystemTime::now());
+                }
                 note(HostFailure { reason, transient: lookup.is_some() });
                 continue;
             }
-            match try_host(shard, key, &dane, host, &plan).await {
+            let rpt = Rpt { domain, sts: sts_policy.as_ref(), strictest: facts.strictest_prefix, dane: &dane };
+            match try_host(shard, key, &rpt, host, &plan).await {
                 Ok(ConnEnd::QueueEmpty) => return,
                 Ok(ConnEnd::Recycle) => continue 'again,
                 Ok(ConnEnd::Wait(until)) => {
@@ -695,10 +706,11 @@ async fn work(shard: &Rc<Shard>, key: &str) {
 async fn try_host(
     shard: &Rc<Shard>,
     key: &str,
-    dane: &super::dane::HostDane,
+    rpt: &Rpt<'_>,
     host: &crate::resolve::MxHost,
     plan: &HostPlan,
 ) -> Result<ConnEnd, HostFailure> {
+    let dane = rpt.dane;
     let requiretls = split_key(key).1 == MessageTls::RequireTls;
     let mut last = HostFailure::transient(String::new());
     for step in &plan.steps {
@@ -730,12 +742,13 @@ async fn try_host(
             };
             match open(shard, target.clone()).await {
                 Ok(conn) => {
+                    let report = sts_testing_check(shard, &conn, plan);
+                    rpt.session(shard, &conn, plan, step, report.as_deref());
                     if requiretls && !conn.session.server_requiretls_pending_merge() {
                         // Usable for the domain's other mail: keep it.
                         park(shard, conn).await;
                         return Err(HostFailure::policy(format!("{}: REQUIRETLS: the next hop does not advertise REQUIRETLS", host.name)));
                     }
-                    let report = sts_testing_check(shard, &conn, plan);
                     return Ok(deliver_all(shard, key, conn, plan, report).await);
                 }
                 Err(ConnectError::Unreachable { addr, reason }) => {
@@ -745,6 +758,7 @@ async fn try_host(
                 }
                 Err(ConnectError::OpportunisticTls { host: h, reason }) => {
                     // Opportunistic: remember, and retry this address in clear at once.
+                    rpt.failed(shard, plan, step, ip, ResultType::ValidationFailure, &reason);
                     shard.policy.borrow_mut().tls_failed(&h, Instant::now());
                     let clear = Target { security: Security::Clear, ..target };
                     match open(shard, clear).await {
@@ -758,6 +772,9 @@ async fn try_host(
                 Err(e @ ConnectError::Policy { .. }) => {
                     // A policy failure may be an attack: never clear text, try the next host
                     // (from port 26, this host's port 25 first). Kept for the report.
+                    if let ConnectError::Policy { result, reason, .. } = &e {
+                        rpt.failed(shard, plan, step, ip, *result, reason);
+                    }
                     shard.policy.borrow_mut().failure(&host.name, &e.to_string(), Instant::now());
                     if !implicit {
                         return Err(HostFailure::policy(format!("{e} (required by {})", plan.source)));
@@ -780,6 +797,99 @@ async fn try_host(
         last.reason = format!("{}: no policy step usable", host.name);
     }
     Err(last)
+}
+
+/// What TLS-RPT (RFC 8460) is told about the sessions a worker opens for one destination: the
+/// policy domain and what its policies were.
+struct Rpt<'a> {
+    domain: &'a str,
+    sts: Option<&'a StsPolicy>,
+    strictest: policy::Prefix,
+    dane: &'a super::dane::HostDane,
+}
+
+impl Rpt<'_> {
+    /// Count a new connection: a TLS session that a reporting-only policy would not have
+    /// refused is a success; one it would have refused is that policy's failure. Reused
+    /// connections are no new session, and clear text is no TLS session.
+    fn session(&self, shard: &Shard, conn: &Conn, plan: &HostPlan, step: &policy::Step, report: Option<&str>) {
+        let Some(t) = &shard.cfg.tlsrpt else { return };
+        if conn.reused || (conn.facts.tls == TlsUse::None && report.is_none()) {
+            return;
+        }
+        let policy = self.policy(plan, step);
+        match report {
+            None => t.success(self.domain, &policy, SystemTime::now()),
+            Some(why) => {
+                let f = Failure {
+                    receiving_mx_hostname: Some(plan.host.clone()),
+                    receiving_ip: Some(conn.facts.addr),
+                    failure_reason_code: Some(bounded_reason(why)),
+                    ..Failure::new(if conn.facts.tls == TlsUse::None {
+                        ResultType::StarttlsNotSupported
+                    } else {
+                        ResultType::ValidationFailure
+                    })
+                };
+                t.failure(self.domain, &policy, &f, SystemTime::now());
+            }
+        }
+    }
+
+    /// Count a session to `ip` that failed its TLS requirement.
+    fn failed(&self, shard: &Shard, plan: &HostPlan, step: &policy::Step, ip: std::net::IpAddr, result: ResultType, why: &str) {
+        let Some(t) = &shard.cfg.tlsrpt else { return };
+        let f = Failure {
+            receiving_mx_hostname: Some(plan.host.clone()),
+            receiving_ip: Some(ip),
+            failure_reason_code: Some(bounded_reason(why)),
+            ..Failure::new(result)
+        };
+        t.failure(self.domain, &self.policy(plan, step), &f, SystemTime::now());
+    }
+
+    /// The policy a session under `step` of `plan` was checked against, as TLS-RPT names it:
+    /// the TLSA records when DANE decided, the MTA-STS policy when one applied, the MX prefix
+    /// by the convention of [`crate::tlsrpt`] (a pin as `mx-prefix: pinned`), else none.
+    fn policy(&self, plan: &HostPlan, step: &policy::Step) -> PolicyDesc {
+        use policy::Source;
+        if step.security == Security::RequireDane {
+            let port = if step.port == LogicalPort::Smtps { &self.dane.smtps } else { &self.dane.smtp };
+            if let Some(records) = port.records() {
+                return PolicyDesc {
+                    policy_type: PolicyType::Tlsa,
+                    policy_string: records.iter().map(|r| r.to_string()).collect(),
+                    mx_host: vec![plan.host.clone()],
+                };
+            }
+        }
+        let has = |s: Source| plan.sources.contains(&s);
+        if let Some(p) = self.sts.filter(|_| has(Source::MtaSts) || has(Source::MtaStsTesting)) {
+            let mut lines = vec!["version: STSv1".to_string(), format!("mode: {}", p.mode)];
+            lines.extend(p.mx.iter().map(|m| format!("mx: {m}")));
+            lines.push(format!("max_age: {}", p.max_age));
+            return PolicyDesc { policy_type: PolicyType::Sts, policy_string: lines, mx_host: p.mx.clone() };
+        }
+        let prefix = |p: policy::Prefix| format!("{p}-");
+        if has(Source::StartTlsPrefix) || has(Source::SmtpsPrefix) {
+            PolicyDesc::mx_prefix(&prefix(plan.prefix), &plan.host)
+        } else if has(Source::DomainScope) {
+            PolicyDesc::mx_prefix(&prefix(self.strictest), &plan.host)
+        } else if has(Source::Pin) {
+            PolicyDesc::mx_prefix("pinned", &plan.host)
+        } else {
+            PolicyDesc::none()
+        }
+    }
+}
+
+/// A reason as a report carries it: at most 256 bytes (server text can be anything).
+fn bounded_reason(why: &str) -> String {
+    let mut end = why.len().min(256);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    why[..end].to_string()
 }
 
 /// A connection to `target`: an idle one from the pool, or a new one.
