@@ -40,6 +40,7 @@ use super::tokens::{Scope, Tokens};
 use super::Intake;
 use crate::config::HttpInjectSection;
 use crate::queue::manager::{Control, ControlReply};
+use crate::queue::spool::Incoming;
 
 /// Largest request body (a batch of messages).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -62,8 +63,15 @@ pub struct NewMessage {
     pub from: String,
     /// Envelope recipients, at least one.
     pub to: Vec<String>,
-    /// The message (RFC 5322 text), at most [`MAX_MESSAGE`] bytes, without NUL bytes.
+    /// The message (RFC 5322 text), at most [`MAX_MESSAGE`] bytes, without NUL bytes. A
+    /// `TLS-Required: No` header field in it (RFC 8689 §3) asks that receivers' TLS policies
+    /// be ignored for it, unless `requiretls` is set.
     pub data: String,
+    /// REQUIRETLS (RFC 8689), as `MAIL FROM:<..> REQUIRETLS` on the SMTP listener: deliver
+    /// only over verified TLS to next hops that advertise REQUIRETLS, else bounce (5.7.30).
+    /// Default false.
+    #[serde(default)]
+    pub requiretls: bool,
 }
 
 /// A batch: `{"messages": [...]}`.
@@ -137,7 +145,8 @@ async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
         if m.data.contains('\0') {
             return error(StatusCode::BAD_REQUEST, format!("message {i}: NUL bytes in data"));
         }
-        batch.push((from, to, Arc::<[u8]>::from(m.data.into_bytes())));
+        let tls = crate::requiretls::message_tls(m.requiretls, m.data.as_bytes());
+        batch.push(Incoming { from, rcpts: to, data: Arc::<[u8]>::from(m.data.into_bytes()), tls });
     }
     // All or nothing: one spool frame, one fsync.
     let ids = match api.intake.accept(batch).await {
