@@ -185,6 +185,44 @@ async fn http_api_requiretls_field_and_tls_required_header() {
     assert_eq!(got, [Some(MessageTls::RequireTls), Some(MessageTls::RequireTls), Some(MessageTls::Optional), Some(MessageTls::Default)]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dsn_for_a_requiretls_message_is_spooled_with_requiretls() {
+    let dir = tmpdir("reqtls-dsn");
+    let setup = Setup::new(&dir, dead_dns(), free_port("127.0.0.1"));
+    let d = start_daemon(&setup.write(&dir), setup.inject);
+    let api = setup.http;
+    // Both destinations held, so nothing is tried: the operator's bounce makes the DSNs, and
+    // they wait in the spool.
+    for domain in ["held.t.test", "src.t.test"] {
+        let (code, body) = http_async(api, "POST", format!("/v1/queues/{domain}/suspend"), r#"{"for":"1h"}"#.into()).await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let msg = |to: &str, requiretls: bool| serde_json::json!({"from": "app@src.t.test", "to": [to], "data": "Subject: s\r\n\r\nsecret body", "requiretls": requiretls});
+    let batch = serde_json::json!({"messages": [msg("a@held.t.test", true), msg("b@held.t.test", false)]});
+    let (code, body) = http_async(api, "POST", "/v1/messages".into(), batch.to_string()).await;
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = http_async(api, "POST", "/v1/queues/held.t.test/bounce".into(), String::new()).await;
+    assert_eq!(code, 200, "{body}");
+    wait_for("two DSNs queued", Duration::from_secs(10), || {
+        let (_, out) = http(api, "GET", "/v1/queues", "");
+        out.contains("src.t.test")
+    })
+    .await;
+    assert!(terminate(d));
+
+    let stored = spooled(&setup.spool);
+    let dsns: Vec<&Stored> = stored.iter().filter(|s| s.from.is_empty()).collect();
+    assert_eq!(dsns.len(), 2, "{stored:?}");
+    let about =
+        |rcpt: &str| dsns.iter().find(|s| String::from_utf8_lossy(&s.data).contains(rcpt)).unwrap_or_else(|| panic!("no DSN about {rcpt}"));
+    // RFC 8689 §5: the report on a REQUIRETLS message goes with REQUIRETLS, and holds the
+    // original's header only.
+    let dsn = about("a@held.t.test");
+    assert_eq!(dsn.tls, MessageTls::RequireTls);
+    assert!(!String::from_utf8_lossy(&dsn.data).contains("secret body"));
+    assert_eq!(about("b@held.t.test").tls, MessageTls::Default);
+}
+
 /// `mxpipe sink` with `args`, on ephemeral ports: the child and its STARTTLS and implicit-TLS
 /// addresses.
 fn spawn_sink(args: &[&str]) -> (std::process::Child, SocketAddr, SocketAddr) {
