@@ -2,6 +2,10 @@
 //! (`GET /v1/messages/{id}`, `GET /v1/queues`, `GET /metrics`) and the operator's commands on
 //! a destination (`POST /v1/queues/{domain}/suspend|resume|bounce`, used by `mxpipe queue`).
 //!
+//! A message may ask for REQUIRETLS (RFC 8689) with `"requiretls": true` ([`NewMessage`]); a
+//! `TLS-Required: No` header field in its data is read as on the SMTP listener
+//! ([`crate::requiretls`]).
+//!
 //! A message is answered 202 only once the spool has it on disk; a full disk answers 507 and
 //! another spool error 503, so the client retries and nothing is half-accepted. Bodies are
 //! JSON; errors are `{"error": "..."}` with a status a client can act on.
