@@ -38,6 +38,7 @@ fn envelope(c: &mut Criterion) {
         from: "bounces+12345@sender.example.com".into(),
         rcpts: vec!["alice@example.org".into(), "bob@example.org".into(), "carol@example.org".into()],
         data: Arc::from(&b"Subject: hi\r\n\r\nhello\r\n"[..]),
+        requiretls: false,
     };
     c.bench_function("pipelined MAIL + RCPT x3 + DATA group", |b| {
         b.iter_batched(

@@ -397,6 +397,11 @@ pub struct SmtpInjectSection {
     /// Commands that carry no mail (NOOP, VRFY, RSET, HELP, unknown verbs) allowed per
     /// connection; the next gets 421 4.7.0 and the connection is closed. Default 100.
     pub max_idle_commands: u32,
+    /// Offer REQUIRETLS (RFC 8689) once STARTTLS is done: a client may then send
+    /// `MAIL FROM:<..> REQUIRETLS`, and the message is delivered only over verified TLS to
+    /// next hops that offer it too, or bounced. In clear the parameter gets 530 5.7.10.
+    /// Default true.
+    pub requiretls: bool,
     /// `[inject.smtp.auth]`: AUTH PLAIN for clients outside `allowed_networks`. Default: not
     /// offered (no users file).
     pub auth: SmtpAuthSection,
@@ -416,6 +421,7 @@ impl Default for SmtpInjectSection {
             session_timeout: crate::smtp_server::SESSION_TIMEOUT,
             auth_timeout: crate::smtp_server::AUTH_TIMEOUT,
             max_idle_commands: crate::smtp_server::MAX_IDLE_COMMANDS,
+            requiretls: true,
             auth: SmtpAuthSection::default(),
             tls: SmtpInjectTlsSection::default(),
         }

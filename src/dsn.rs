@@ -786,6 +786,30 @@ Message-ID: <m1@sender.test>\r\n\r\nHi Bob.\r\n";
     }
 
     #[test]
+    fn requiretls_bounce_states_code_and_reason() {
+        // What a REQUIRETLS message's bounce carries (RFC 8689 §5, 5.7.30 "REQUIRETLS
+        // support required"): a local reason, or the session's refusal to send it.
+        for (diag, typed) in [
+            ("mxpipe: REQUIRETLS: no MX host offers REQUIRETLS over verified TLS", "X-mxpipe; mxpipe: REQUIRETLS: no MX host"),
+            ("local: next hop does not advertise REQUIRETLS, not sent", "local: next hop does not advertise REQUIRETLS"),
+        ] {
+            let r = FailedRcpt { status: "5.7.30".into(), diagnostic: Some(diag.into()), ..bob() };
+            let d = build(&input(vec![r]));
+            let (_, parts) = split(&d.data);
+            let groups = status_groups(&parts[1]);
+            let f = |n: &str| groups[1].iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            assert_eq!(f("Status").unwrap(), "5.7.30");
+            let code = f("Diagnostic-Code").unwrap();
+            assert!(code.contains(typed), "{code}");
+            let text = parts[0].text();
+            assert!(text.contains("<bob@rcpt.test>: ") && text.contains("REQUIRETLS"), "the reason is in the human part too: {text}");
+            // Headers only, never the body (RFC 8689 §5: as if RET=HDRS).
+            assert_eq!(parts[2].get("Content-Type").unwrap(), "text/rfc822-headers");
+            assert!(!parts[2].text().contains("Hi Bob."));
+        }
+    }
+
+    #[test]
     fn no_dsn_for_null_sender_or_nothing_to_report() {
         let mut i = input(vec![bob()]);
         i.envelope_from = "";

@@ -17,6 +17,7 @@
 //! - [`queue`]: (daemon) the durable spool: a segment log with group commit and crash recovery.
 //! - [`schedule`]: retry backoff, reply classification, destination suspension, timers.
 //! - [`policy`]: the MX-prefix TLS policy, a pure function of resolved facts, and what was learned.
+//! - [`requiretls`]: what a message asks of TLS (RFC 8689: REQUIRETLS, `TLS-Required: No`).
 //! - [`reply`]: SMTP reply and EHLO-capability parsing (pure, shared by every client).
 //! - [`tls`]: rustls configuration, certificates, the client session store.
 //! - [`tlsrpt`]: SMTP TLS Reporting (RFC 8460): session counters, daily reports, their delivery.
@@ -43,6 +44,7 @@ pub mod policy;
 pub mod pool;
 pub mod queue;
 pub mod reply;
+pub mod requiretls;
 pub mod resolve;
 pub mod schedule;
 pub mod session;

@@ -387,6 +387,10 @@ struct SinkArgs {
     /// On the STARTTLS port, refuse mail commands before TLS with 530.
     #[arg(long)]
     require_tls: bool,
+    /// Offer REQUIRETLS (RFC 8689) once TLS is active and take MAIL FROM:<..> REQUIRETLS;
+    /// such messages are counted, and marked `X-Mxpipe-Requiretls: yes` in --mail-dir files.
+    #[arg(long)]
+    requiretls: bool,
     /// Probability of answering a RCPT with 451 4.3.0.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = rate)]
     temp_fail_rate: f64,
@@ -497,6 +501,7 @@ fn run_sink(a: SinkArgs) -> Result<(), String> {
     cfg.hostname = a.hostname.clone();
     cfg.starttls = !a.no_starttls;
     cfg.require_tls = a.require_tls;
+    cfg.requiretls = a.requiretls;
     cfg.faults = Faults {
         temp_fail_rate: a.temp_fail_rate,
         perm_fail_rate: a.perm_fail_rate,
@@ -668,7 +673,7 @@ fn run_send(a: SendArgs) -> Result<(), String> {
         while engine.pending() > MAX_PENDING_RECIPIENTS {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let parsed = match mxpipe::engine::input::parse_line(line) {
+        let mut parsed = match mxpipe::engine::input::parse_line(line) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("mxpipe: input line {n} rejected: {e}");
@@ -676,7 +681,7 @@ fn run_send(a: SendArgs) -> Result<(), String> {
                 continue;
             }
         };
-        let data = match (parsed.data, parsed.data_file) {
+        let data = match (parsed.data.take(), parsed.data_file.take()) {
             (Some(d), None) => d.into_bytes(),
             (None, Some(f)) => match std::fs::read(&f) {
                 Ok(d) => d,
@@ -692,7 +697,7 @@ fn run_send(a: SendArgs) -> Result<(), String> {
                 continue;
             }
         };
-        if let Err(e) = engine.submit(mxpipe::engine::Submission::new(parsed.id, parsed.from, parsed.to, data)) {
+        if let Err(e) = engine.submit(parsed.into_submission(data)) {
             eprintln!("mxpipe: input line {n} rejected: {e}");
             rejected += 1;
         }

@@ -204,6 +204,9 @@ pub struct Capabilities {
     pub smtputf8: bool,
     /// `SIZE n`: the most the server accepts; `Some(0)` means announced without a limit.
     pub size: Option<u64>,
+    /// `REQUIRETLS` (RFC 8689): the server takes `MAIL FROM:<..> REQUIRETLS` and promises to
+    /// relay such a message only the same way. Servers offer it only once TLS is active.
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -220,6 +223,7 @@ impl Capabilities {
                 "CHUNKING" => caps.chunking = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 _ => {}
             }

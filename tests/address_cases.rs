@@ -68,7 +68,13 @@ fn client_session_agrees_with_the_table() {
     let data: Arc<[u8]> = Arc::from(&b"x\n"[..]);
     for c in cases::all() {
         let mut s = ready_session();
-        let msg = Message { id: 1, from: "s@x.test".into(), rcpts: vec![c.input.clone(), "ok@x.test".into()], data: data.clone() };
+        let msg = Message {
+            id: 1,
+            from: "s@x.test".into(),
+            rcpts: vec![c.input.clone(), "ok@x.test".into()],
+            data: data.clone(),
+            requiretls: false,
+        };
         s.send_message(msg).unwrap();
         let ev = events(&mut s);
         let Some(Event::Send(wire)) = ev.first() else { panic!("{:?}: {ev:?}", c.input) };
@@ -92,7 +98,8 @@ fn client_session_agrees_with_the_table() {
         }
         // As the sender.
         let mut s = ready_session();
-        s.send_message(Message { id: 2, from: c.input.clone(), rcpts: vec!["ok@x.test".into()], data: data.clone() }).unwrap();
+        s.send_message(Message { id: 2, from: c.input.clone(), rcpts: vec!["ok@x.test".into()], data: data.clone(), requiretls: false })
+            .unwrap();
         let ev = events(&mut s);
         match (&c.accepted, ev.first()) {
             (Some(a), Some(Event::Send(wire))) => {

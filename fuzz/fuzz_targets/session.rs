@@ -14,6 +14,8 @@ fn message(id: u64) -> Message {
         from: "a@x.test".into(),
         rcpts: vec!["b@y.test".into(), "c@y.test".into()],
         data: Arc::from(&b"Subject: fuzz\n\n.dot\r\nbody\r"[..]),
+        // Some messages ask for REQUIRETLS: refused locally or sent with it, still Done.
+        requiretls: id % 3 == 0,
     }
 }
 

@@ -27,6 +27,20 @@ pub struct InputLine {
     pub data: Option<String>,
     /// A file holding the message (RFC 5322 bytes), instead of `data`.
     pub data_file: Option<PathBuf>,
+    /// REQUIRETLS (RFC 8689): deliver only over verified TLS to next hops that advertise
+    /// REQUIRETLS, else bounce with 5.7.30. Default false; without it, a `TLS-Required: No`
+    /// header field in the message asks for opportunistic TLS only.
+    #[serde(default)]
+    pub requiretls: bool,
+}
+
+impl InputLine {
+    /// The submission for this line, with `data` read from `data` or `data_file`, and its TLS
+    /// requirement from `requiretls` or the message's header ([`crate::requiretls`]).
+    pub fn into_submission(self, data: Vec<u8>) -> super::Submission {
+        let tls = crate::requiretls::message_tls(self.requiretls, &data);
+        super::Submission { tls, ..super::Submission::new(self.id, self.from, self.to, data) }
+    }
 }
 
 /// Parse and check one line (JSON, then the addresses); the error is the reason to print.
@@ -56,5 +70,20 @@ mod tests {
         assert!(e.starts_with("\"from\": "), "{e}");
         assert!(parse_line(r#"{"id":"m1","from":"","to":[],"data":"x"}"#).unwrap_err().contains("no recipients"));
         assert!(parse_line("not json").is_err());
+    }
+
+    #[test]
+    fn requiretls_field_and_header() {
+        use crate::engine::MessageTls;
+        let sub = |line: &str| {
+            let l = parse_line(line).unwrap();
+            let data = l.data.clone().unwrap().into_bytes();
+            l.into_submission(data).tls
+        };
+        assert_eq!(sub(r#"{"id":"m","from":"","to":["a@x.test"],"data":"x"}"#), MessageTls::Default);
+        assert_eq!(sub(r#"{"id":"m","from":"","to":["a@x.test"],"data":"x","requiretls":true}"#), MessageTls::RequireTls);
+        let no = r#"{"id":"m","from":"","to":["a@x.test"],"data":"TLS-Required: No\r\n\r\nx""#;
+        assert_eq!(sub(&format!("{no}}}")), MessageTls::Optional);
+        assert_eq!(sub(&format!("{no},\"requiretls\":true}}")), MessageTls::RequireTls, "the field wins over the header");
     }
 }

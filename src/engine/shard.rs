@@ -237,7 +237,13 @@ struct Job {
 
 impl Job {
     fn message(&self) -> Message {
-        Message { id: self.seq, from: self.part.from.to_string(), rcpts: self.part.rcpts.clone(), data: self.part.data.clone() }
+        Message {
+            id: self.seq,
+            from: self.part.from.to_string(),
+            rcpts: self.part.rcpts.clone(),
+            data: self.part.data.clone(),
+            requiretls: false,
+        }
     }
 }
 

@@ -2,6 +2,10 @@
 //! (`GET /v1/messages/{id}`, `GET /v1/queues`, `GET /metrics`) and the operator's commands on
 //! a destination (`POST /v1/queues/{domain}/suspend|resume|bounce`, used by `mxpipe queue`).
 //!
+//! A message may ask for REQUIRETLS (RFC 8689) with `"requiretls": true` ([`NewMessage`]); a
+//! `TLS-Required: No` header field in its data is read as on the SMTP listener
+//! ([`crate::requiretls`]).
+//!
 //! A message is answered 202 only once the spool has it on disk; a full disk answers 507 and
 //! another spool error 503, so the client retries and nothing is half-accepted. Bodies are
 //! JSON; errors are `{"error": "..."}` with a status a client can act on.
@@ -40,6 +44,7 @@ use super::tokens::{Scope, Tokens};
 use super::Intake;
 use crate::config::HttpInjectSection;
 use crate::queue::manager::{Control, ControlReply};
+use crate::queue::spool::Incoming;
 
 /// Largest request body (a batch of messages).
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
@@ -64,8 +69,15 @@ pub struct NewMessage {
     pub from: String,
     /// Envelope recipients, at least one.
     pub to: Vec<String>,
-    /// The message (RFC 5322 text), at most [`MAX_MESSAGE`] bytes, without NUL bytes.
+    /// The message (RFC 5322 text), at most [`MAX_MESSAGE`] bytes, without NUL bytes. A
+    /// `TLS-Required: No` header field in it (RFC 8689 §3) asks that receivers' TLS policies
+    /// be ignored for it, unless `requiretls` is set.
     pub data: String,
+    /// REQUIRETLS (RFC 8689), as `MAIL FROM:<..> REQUIRETLS` on the SMTP listener: deliver
+    /// only over verified TLS to next hops that advertise REQUIRETLS, else bounce (5.7.30).
+    /// Default false.
+    #[serde(default)]
+    pub requiretls: bool,
 }
 
 /// A batch: `{"messages": [...]}`.
@@ -139,7 +151,8 @@ async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
         if m.data.contains('\0') {
             return error(StatusCode::BAD_REQUEST, format!("message {i}: NUL bytes in data"));
         }
-        batch.push((from, to, Arc::<[u8]>::from(m.data.into_bytes())));
+        let tls = crate::requiretls::message_tls(m.requiretls, m.data.as_bytes());
+        batch.push(Incoming { from, rcpts: to, data: Arc::<[u8]>::from(m.data.into_bytes()), tls });
     }
     // All or nothing: one spool frame, one fsync.
     let ids = match api.intake.accept(batch).await {

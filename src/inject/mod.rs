@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use crate::queue::board::Board;
 use crate::queue::manager::Accepted;
-use crate::queue::spool::{MsgId, Spool, SpoolError};
+use crate::queue::spool::{Incoming, MsgId, Spool, SpoolError};
 
 /// Where injection (SMTP and HTTP alike) hands messages in.
 #[derive(Clone)]
@@ -32,15 +32,16 @@ impl Intake {
         Intake { spool, to_manager, board }
     }
 
-    /// Store `msgs` (sender, recipients, content) in one spool commit, all or nothing, and
-    /// return their ids once they are durable: the caller acknowledges only then. They are on
-    /// the board before this returns, so a lookup right after the acknowledgement finds them,
-    /// and handed to the manager (if it is gone, the spool delivers them after a restart).
-    pub async fn accept(&self, msgs: Vec<(String, Vec<String>, Arc<[u8]>)>) -> Result<Vec<MsgId>, SpoolError> {
+    /// Store `msgs` (sender, recipients, content, TLS requirement) in one spool commit, all or
+    /// nothing, and return their ids once they are durable: the caller acknowledges only then.
+    /// They are on the board before this returns, so a lookup right after the acknowledgement
+    /// finds them, and handed to the manager (if it is gone, the spool delivers them after a
+    /// restart).
+    pub async fn accept(&self, msgs: Vec<Incoming>) -> Result<Vec<MsgId>, SpoolError> {
         let ids = self.spool.accept_many_async(msgs.clone()).await?;
-        for (&id, (from, rcpts, data)) in ids.iter().zip(msgs) {
-            self.board.queued(id, &from, &rcpts, SystemTime::now());
-            let _ = self.to_manager.send(Accepted { id, from, rcpts, data });
+        for (&id, m) in ids.iter().zip(msgs) {
+            self.board.queued(id, &m.from, &m.rcpts, SystemTime::now());
+            let _ = self.to_manager.send(Accepted { id, from: m.from, rcpts: m.rcpts, data: m.data, tls: m.tls });
         }
         Ok(ids)
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::Intake;
 use crate::config::Config;
+use crate::queue::spool::Incoming;
 use crate::smtp_server::{self, Acceptor, AcceptorRef, Refused, Server};
 use crate::tls;
 
@@ -22,15 +23,18 @@ impl Acceptor for SpoolAcceptor {
         from: Vec<u8>,
         rcpts: Vec<Vec<u8>>,
         data: Vec<u8>,
+        requiretls: bool,
     ) -> Pin<Box<dyn Future<Output = Result<String, Refused>> + Send + '_>> {
         Box::pin(async move {
             let refused = |text: String| Refused { code: "452 4.3.1", text: format!("Message not accepted: {text}") };
             let from = String::from_utf8(from).map_err(|_| refused("sender is not UTF-8".into()))?;
             let rcpts: Vec<String> =
                 rcpts.into_iter().map(String::from_utf8).collect::<Result<_, _>>().map_err(|_| refused("recipient is not UTF-8".into()))?;
+            // REQUIRETLS on MAIL, else a `TLS-Required: No` header field (RFC 8689).
+            let tls = crate::requiretls::message_tls(requiretls, &data);
             let ids = self
                 .0
-                .accept(vec![(from, rcpts, data.into())])
+                .accept(vec![Incoming { from, rcpts, data: data.into(), tls }])
                 .await
                 .map_err(|e| refused(if e.is_disk_full() { "spool disk full".to_string() } else { format!("spool error: {e}") }))?;
             // One message in, one id out.
@@ -76,6 +80,7 @@ pub fn server_config(cfg: &Config) -> Result<smtp_server::Config, String> {
     sc.session_timeout = inject.session_timeout;
     sc.auth_timeout = inject.auth_timeout;
     sc.max_idle_commands = inject.max_idle_commands;
+    sc.requiretls = inject.requiretls;
     Ok(sc)
 }
 

@@ -23,7 +23,7 @@ use super::board::{unix_at, Board};
 pub use super::report::{ClassCounts, ManagerReport};
 use super::spool::{Attempt, FinalStatus, MsgId, Spool, Stored};
 use crate::dsn::{build_dsn, Action, DsnInput, FailedRcpt, ReturnContent};
-use crate::engine::{Engine, Submission};
+use crate::engine::{Engine, MessageTls, Submission};
 use crate::outcome::{Outcome, Status};
 use crate::schedule::{classify, Decision, DestinationOptions, Destinations, ReplyClass, RetryPolicy, TimerId, Timers};
 
@@ -59,6 +59,8 @@ pub struct Accepted {
     pub rcpts: Vec<String>,
     /// The message as received (RFC 5322 bytes).
     pub data: Arc<[u8]>,
+    /// What the sender asked of TLS (RFC 8689), as spooled.
+    pub tls: MessageTls,
 }
 
 /// An operator's command about one destination domain (`mxpipe queue`, the HTTP API).
@@ -106,6 +108,8 @@ pub struct ControlReply {
 struct Entry {
     from: String,
     data: Arc<[u8]>,
+    /// The message's TLS requirement (RFC 8689), handed to the engine with every round.
+    tls: MessageTls,
     /// Recipients without a final outcome.
     pending: Vec<String>,
     /// Of `pending`, those with the engine in the round in progress.
@@ -321,7 +325,7 @@ impl Manager {
         let last = deferred.iter().map(|a| a.at).max();
         self.board.queued(s.id, &s.from, &pending, s.received_at);
         let last_reply = deferred.iter().map(|a| (a.rcpt.clone(), (a.reply.clone(), None, None))).collect();
-        let mut entry = Entry::new(s.from, s.data, pending, rounds, first, s.received_at);
+        let mut entry = Entry::new(s.from, s.data, s.tls, pending, rounds, first, s.received_at);
         entry.last_reply = last_reply;
         self.entries.insert(s.id, entry);
         let due = last.and_then(|at| {
@@ -342,7 +346,7 @@ impl Manager {
     fn accept(&mut self, a: Accepted) {
         self.report.accepted += 1;
         // The injection side has already put it on the board (before acknowledging it).
-        self.entries.insert(a.id, Entry::new(a.from, a.data, a.rcpts, 0, Instant::now(), SystemTime::now()));
+        self.entries.insert(a.id, Entry::new(a.from, a.data, a.tls, a.rcpts, 0, Instant::now(), SystemTime::now()));
         self.submit(a.id);
     }
 
@@ -385,8 +389,7 @@ impl Manager {
         e.round_deferred = false;
         self.report.in_flight += to.len() as u64;
         e.sent.clone_from(&to);
-        let sub =
-            Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone(), tls: crate::engine::MessageTls::Default };
+        let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone(), tls: e.tls };
         if let Some(engine) = &self.engine {
             // On error every recipient has already been given a (deferred) outcome.
             let _ = engine.submit(sub);
@@ -766,11 +769,14 @@ impl Manager {
         };
         let Some(dsn) = build_dsn(&input) else { return };
         let data: Arc<[u8]> = dsn.data.into();
-        match self.spool.accept(&dsn.from, std::slice::from_ref(&dsn.to), data.clone()) {
+        // RFC 8689 §5: a non-delivery report for a REQUIRETLS message is sent with REQUIRETLS
+        // too (it holds the original header, returned as RET=HDRS, which ours always is).
+        let tls = if e.tls == MessageTls::RequireTls { MessageTls::RequireTls } else { MessageTls::Default };
+        match self.spool.accept_tls(&dsn.from, std::slice::from_ref(&dsn.to), data.clone(), tls) {
             Ok(dsn_id) => {
                 self.report.dsns += 1;
                 self.board.queued(dsn_id, &dsn.from, std::slice::from_ref(&dsn.to), SystemTime::now());
-                self.entries.insert(dsn_id, Entry::new(dsn.from, data, vec![dsn.to], 0, Instant::now(), SystemTime::now()));
+                self.entries.insert(dsn_id, Entry::new(dsn.from, data, tls, vec![dsn.to], 0, Instant::now(), SystemTime::now()));
                 self.submit(dsn_id);
             }
             Err(_) => self.report.spool_errors += 1,
@@ -779,10 +785,19 @@ impl Manager {
 }
 
 impl Entry {
-    fn new(from: String, data: Arc<[u8]>, pending: Vec<String>, rounds: u32, first: Instant, received_at: SystemTime) -> Entry {
+    fn new(
+        from: String,
+        data: Arc<[u8]>,
+        tls: MessageTls,
+        pending: Vec<String>,
+        rounds: u32,
+        first: Instant,
+        received_at: SystemTime,
+    ) -> Entry {
         Entry {
             from,
             data,
+            tls,
             pending,
             sent: Vec::new(),
             round_deferred: false,

@@ -63,6 +63,8 @@ use std::time::{Duration, SystemTime};
 use crossbeam_channel::{bounded, Sender};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::MessageTls;
+
 /// The record codec, for the `spool_record` fuzz target only (not an API).
 #[doc(hidden)]
 pub use format::{fuzz_reencode, fuzz_seal};
@@ -159,10 +161,39 @@ pub struct Stored {
     pub rcpts: Vec<RcptState>,
     /// The message as received (RFC 5322 bytes).
     pub data: Arc<[u8]>,
+    /// What the sender asked of TLS (RFC 8689); [`MessageTls::Default`] for a record written
+    /// before the spool kept it.
+    pub tls: MessageTls,
     /// When the spool first acknowledged the message (wall clock).
     pub received_at: SystemTime,
     /// Every attempt recorded, oldest first.
     pub attempts: Vec<Attempt>,
+}
+
+/// A message to store: the envelope, the content and its TLS requirement. A
+/// `(from, rcpts, data)` tuple converts to one without a requirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// Envelope sender; empty for the null sender.
+    pub from: String,
+    /// Envelope recipients, at least one.
+    pub rcpts: Vec<String>,
+    /// The message (RFC 5322 bytes).
+    pub data: Arc<[u8]>,
+    /// What the sender asked of TLS (RFC 8689), kept with the message across restarts.
+    pub tls: MessageTls,
+}
+
+impl From<(String, Vec<String>, Arc<[u8]>)> for Incoming {
+    fn from((from, rcpts, data): (String, Vec<String>, Arc<[u8]>)) -> Incoming {
+        Incoming { from, rcpts, data, tls: MessageTls::Default }
+    }
+}
+
+impl From<(String, Vec<String>, Arc<[u8]>, MessageTls)> for Incoming {
+    fn from((from, rcpts, data, tls): (String, Vec<String>, Arc<[u8]>, MessageTls)) -> Incoming {
+        Incoming { from, rcpts, data, tls }
+    }
 }
 
 /// Why the spool could not do what was asked.
@@ -312,8 +343,13 @@ impl Spool {
 
     /// Stores one message; returns once it is durable (its frame is fsynced).
     pub fn accept(&self, from: &str, rcpts: &[String], data: Arc<[u8]>) -> Result<MsgId, SpoolError> {
+        self.accept_tls(from, rcpts, data, MessageTls::Default)
+    }
+
+    /// [`Spool::accept`] for a message with a TLS requirement (RFC 8689).
+    pub fn accept_tls(&self, from: &str, rcpts: &[String], data: Arc<[u8]>, tls: MessageTls) -> Result<MsgId, SpoolError> {
         let now = SystemTime::now();
-        let msg = self.encode(from, rcpts, &data, now)?;
+        let msg = self.encode(from, rcpts, &data, tls, now)?;
         let id = msg.id;
         self.send_and_wait(vec![msg])?;
         Ok(id)
@@ -321,13 +357,14 @@ impl Spool {
 
     /// [`Spool::accept_many`] for async callers: the wait for the group commit holds no
     /// thread. Must be called within a tokio runtime.
-    pub async fn accept_many_async(self: &Arc<Self>, msgs: Vec<(String, Vec<String>, Arc<[u8]>)>) -> Result<Vec<MsgId>, SpoolError> {
-        if msgs.iter().map(|(_, _, d)| d.len()).sum::<usize>() > ASYNC_ENCODE_MAX {
+    pub async fn accept_many_async<M: Into<Incoming>>(self: &Arc<Self>, msgs: Vec<M>) -> Result<Vec<MsgId>, SpoolError> {
+        let msgs: Vec<Incoming> = msgs.into_iter().map(Into::into).collect();
+        if msgs.iter().map(|m| m.data.len()).sum::<usize>() > ASYNC_ENCODE_MAX {
             let spool = self.clone();
             return tokio::task::spawn_blocking(move || spool.accept_many(msgs)).await.map_err(|_| SpoolError::Closed)?;
         }
         let now = SystemTime::now();
-        let enc = msgs.iter().map(|(f, r, d)| self.encode(f, r, d, now)).collect::<Result<Vec<_>, _>>()?;
+        let enc = msgs.iter().map(|m| self.encode(&m.from, &m.rcpts, &m.data, m.tls, now)).collect::<Result<Vec<_>, _>>()?;
         let ids = enc.iter().map(|m| m.id).collect();
         if !enc.is_empty() {
             self.send_and_await(enc).await?;
@@ -337,9 +374,15 @@ impl Spool {
 
     /// Stores several messages, all in one frame when they fit; returns once all are durable.
     /// All or nothing: on error none of the ids is acknowledged.
-    pub fn accept_many(&self, msgs: Vec<(String, Vec<String>, Arc<[u8]>)>) -> Result<Vec<MsgId>, SpoolError> {
+    pub fn accept_many<M: Into<Incoming>>(&self, msgs: Vec<M>) -> Result<Vec<MsgId>, SpoolError> {
         let now = SystemTime::now();
-        let enc = msgs.iter().map(|(f, r, d)| self.encode(f, r, d, now)).collect::<Result<Vec<_>, _>>()?;
+        let enc = msgs
+            .into_iter()
+            .map(|m| {
+                let m = m.into();
+                self.encode(&m.from, &m.rcpts, &m.data, m.tls, now)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let ids = enc.iter().map(|m| m.id).collect();
         if !enc.is_empty() {
             self.send_and_wait(enc)?;
@@ -407,7 +450,7 @@ impl Spool {
         self.tx.as_ref().ok_or(SpoolError::Closed)
     }
 
-    fn encode(&self, from: &str, rcpts: &[String], data: &[u8], now: SystemTime) -> Result<NewMsg, SpoolError> {
+    fn encode(&self, from: &str, rcpts: &[String], data: &[u8], tls: MessageTls, now: SystemTime) -> Result<NewMsg, SpoolError> {
         if rcpts.is_empty() {
             return Err(SpoolError::Invalid("no recipients".into()));
         }
@@ -416,7 +459,7 @@ impl Spool {
             return Err(SpoolError::Invalid(format!("{size} bytes is larger than a spool record can hold")));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let rec = format::encode_accept(id, now, from, rcpts, data);
+        let rec = format::encode_accept(id, now, from, rcpts, data, tls);
         Ok(NewMsg { id, rcpts: rcpts.to_vec(), rec })
     }
 

@@ -1,5 +1,6 @@
 //! The SMTP client session as a sans-I/O state machine (RFC 5321, with RFC 2920 PIPELINING,
-//! RFC 3030 CHUNKING, RFC 1870 SIZE, RFC 6152 8BITMIME and RFC 3207 STARTTLS).
+//! RFC 3030 CHUNKING, RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 3207 STARTTLS and RFC 8689
+//! REQUIRETLS).
 //!
 //! No sockets, no async, no clock: the driver feeds the bytes it read to
 //! [`ClientSession::receive`], drains [`ClientSession::poll_event`] and acts on each event
@@ -105,6 +106,11 @@ pub struct Message {
     pub rcpts: Vec<String>,
     /// The RFC 5322 message, with any line endings (they are sent as CRLF).
     pub data: Arc<[u8]>,
+    /// Send `MAIL FROM:<..> REQUIRETLS` (RFC 8689 §4.2.1). The session never sends such a
+    /// message without it: over a connection in clear, or to a server that did not advertise
+    /// REQUIRETLS, every recipient is bounced locally with 5.7.30 instead. Whether this next
+    /// hop was acceptable at all (verified TLS, an MX found securely) is the caller's decision.
+    pub requiretls: bool,
 }
 
 /// What became of one recipient.
@@ -486,6 +492,13 @@ impl ClientSession {
         self.caps.as_ref()
     }
 
+    /// Whether the server's last EHLO advertised REQUIRETLS (RFC 8689 §2). Read again from the
+    /// EHLO after STARTTLS, so a keyword seen only in clear does not count; false before any
+    /// EHLO reply and after a HELO fallback.
+    pub fn server_requiretls(&self) -> bool {
+        self.caps.as_ref().is_some_and(|c| c.requiretls)
+    }
+
     /// Whether the stream is (now) encrypted: implicit TLS, or after `tls_ready()`.
     pub fn is_tls(&self) -> bool {
         self.tls_active
@@ -732,6 +745,10 @@ impl ClientSession {
         let from = ReversePath::parse(&msg.from);
         let refuse = if let Err(e) = &from {
             Some(("5.1.7", format!("invalid sender address, not sent: {}", e.kind)))
+        } else if msg.requiretls && !self.tls_active {
+            Some(("5.7.30", "REQUIRETLS message and the connection is not encrypted, not sent".to_string()))
+        } else if msg.requiretls && !caps.requiretls {
+            Some(("5.7.30", "next hop does not advertise REQUIRETLS, not sent".to_string()))
         } else if matches!(caps.size, Some(limit) if limit > 0 && size as u64 > limit) {
             let limit = caps.size.unwrap_or(0);
             Some(("5.3.4", format!("message size {size} exceeds the server's limit of {limit}, not sent")))
@@ -801,6 +818,10 @@ impl ClientSession {
         // mail most servers take anyway.
         if caps.is_some_and(|c| c.eightbitmime) && !txn.msg.data.is_ascii() {
             out.extend_from_slice(b" BODY=8BITMIME");
+        }
+        // `start` refused the message unless the server advertised REQUIRETLS over TLS.
+        if txn.msg.requiretls {
+            out.extend_from_slice(b" REQUIRETLS");
         }
         out.extend_from_slice(b"\r\n");
     }

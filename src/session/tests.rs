@@ -76,7 +76,7 @@ fn send(b: &[u8]) -> Event {
 }
 
 fn msg(id: u64, from: &str, rcpts: &[&str], data: &[u8]) -> Message {
-    Message { id, from: from.into(), rcpts: rcpts.iter().map(|r| r.to_string()).collect(), data: data.into() }
+    Message { id, from: from.into(), rcpts: rcpts.iter().map(|r| r.to_string()).collect(), data: data.into(), requiretls: false }
 }
 
 fn out(rcpt: &str, status: RcptStatus, reply: &str) -> RcptOutcome {
@@ -315,6 +315,74 @@ fn implicit_tls_never_starttls() {
     let mut t = T::new(SessionConfig { tls: TlsMode::Implicit, ..cfg() }, Feed::Whole);
     assert!(t.s.is_tls());
     t.open(EHLO_TLS);
+}
+
+// ----- REQUIRETLS (RFC 8689) -----
+
+/// The EHLO reply over TLS of a server that offers REQUIRETLS.
+const EHLO_REQUIRETLS: &[u8] =
+    b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-ENHANCEDSTATUSCODES\r\n250 REQUIRETLS\r\n";
+
+fn requiretls_msg(id: u64) -> Message {
+    Message { requiretls: true, ..msg(id, "a@x", &["b@y", "c@y"], b"x\n") }
+}
+
+#[test]
+fn requiretls_is_read_from_the_ehlo_after_starttls_and_sent_on_mail() {
+    let mut t = T::new(tls_cfg(true), Feed::Whole);
+    assert!(!t.s.server_requiretls(), "nothing known before EHLO");
+    t.server(GREETING);
+    // A server that (wrongly) offers it in clear: it is forgotten with the rest at STARTTLS.
+    let clear = b"250-mx.example.test\r\n250-STARTTLS\r\n250 REQUIRETLS\r\n";
+    assert_eq!(t.server(clear), vec![send(b"STARTTLS\r\n")]);
+    assert!(t.s.server_requiretls(), "read from the clear EHLO");
+    assert_eq!(t.server(b"220 2.0.0 Ready to start TLS\r\n"), vec![Event::StartTls]);
+    t.s.tls_ready();
+    assert!(!t.s.server_requiretls(), "forgotten until the EHLO over TLS is answered");
+    assert_eq!(t.events(), vec![send(b"EHLO client.test\r\n")]);
+    assert_eq!(t.server(EHLO_REQUIRETLS), vec![Event::Ready]);
+    assert!(t.s.server_requiretls());
+    assert_eq!(t.submit(requiretls_msg(1)), vec![send(b"MAIL FROM:<a@x> SIZE=3 REQUIRETLS\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nDATA\r\n")]);
+    // A message that does not ask for it is sent without it on the same connection.
+    let mut t = T::new(SessionConfig { tls: TlsMode::Implicit, ..cfg() }, Feed::Whole);
+    t.open(EHLO_REQUIRETLS);
+    assert_eq!(t.submit(msg(2, "a@x", &["b@y"], b"x\n")), vec![send(b"MAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<b@y>\r\nDATA\r\n")]);
+}
+
+#[test]
+fn requiretls_message_is_never_sent_to_a_server_that_does_not_advertise_it() {
+    let why = "local: next hop does not advertise REQUIRETLS, not sent";
+    let mut t = T::new(SessionConfig { tls: TlsMode::Implicit, ..cfg() }, Feed::Whole);
+    t.open(EHLO_FULL);
+    assert!(!t.s.server_requiretls());
+    let ev = t.submit(requiretls_msg(3));
+    let bounced = |r: &str| RcptOutcome { rcpt: r.into(), status: Bounced, reply: why.into(), enhanced: Some("5.7.30".into()) };
+    assert_eq!(ev, vec![done(3, vec![bounced("b@y"), bounced("c@y")]), Event::Ready], "nothing written");
+    assert_eq!(t.s.stats().commands, 1, "only the EHLO went out");
+    // The connection stays usable for other messages.
+    assert_eq!(t.submit(msg(4, "a@x", &["b@y"], b"x\n")), vec![send(b"MAIL FROM:<a@x> SIZE=3\r\nRCPT TO:<b@y>\r\nBDAT 3 LAST\r\nx\r\n")]);
+}
+
+#[test]
+fn requiretls_message_is_never_sent_in_clear_even_if_advertised() {
+    let mut t = T::new(cfg(), Feed::Whole);
+    t.open(EHLO_REQUIRETLS);
+    let ev = t.submit(requiretls_msg(5));
+    let Some(Event::Done(o)) = ev.first() else { panic!("{ev:?}") };
+    assert!(o.rcpts.iter().all(|r| r.status == Bounced && r.enhanced.as_deref() == Some("5.7.30")), "{o:?}");
+    assert!(o.rcpts[0].reply.contains("not encrypted"), "{o:?}");
+    assert_eq!(t.s.stats().commands, 1, "only the EHLO went out");
+}
+
+#[test]
+fn requiretls_after_a_helo_fallback_is_refused_locally() {
+    let mut t = T::new(SessionConfig { tls: TlsMode::Implicit, ..cfg() }, Feed::Whole);
+    assert_eq!(t.server(GREETING), vec![send(b"EHLO client.test\r\n")]);
+    assert_eq!(t.server(b"502 5.5.1 EHLO not supported\r\n"), vec![send(b"HELO client.test\r\n")]);
+    assert_eq!(t.server(b"250 mx\r\n"), vec![Event::Ready]);
+    assert!(!t.s.server_requiretls());
+    let ev = t.submit(requiretls_msg(6));
+    assert!(matches!(ev.as_slice(), [Event::Done(o), Event::Ready] if o.rcpts.iter().all(|r| r.status == Bounced)), "{ev:?}");
 }
 
 // ----- refusals -----
@@ -701,7 +769,7 @@ fn drive(rng: &mut Lcg, chunks: &[Vec<u8>]) -> usize {
         next_id += 1;
         let n = rng.below(4);
         let rcpts: Vec<String> = (0..n).map(|i| format!("r{i}@y")).collect();
-        Message { id: next_id, from: "a@x".into(), rcpts, data: b"Subject: x\n\n.dot\nbody".as_slice().into() }
+        Message { id: next_id, from: "a@x".into(), rcpts, data: b"Subject: x\n\n.dot\nbody".as_slice().into(), requiretls: false }
     };
     let m = new_msg(rng);
     submitted.push(m.clone());

@@ -39,7 +39,9 @@ pub type SinkConfig = crate::smtp_server::Config;
 pub type Sink = crate::smtp_server::Server;
 
 /// Write each accepted message to a directory as `<id>.eml`, the envelope first as
-/// `X-Mxpipe-Mail-From:` / `X-Mxpipe-Rcpt-To:` header lines. Written to a temporary name and
+/// `X-Mxpipe-Mail-From:` / `X-Mxpipe-Rcpt-To:` header lines, then, for a message sent with
+/// `MAIL FROM:<..> REQUIRETLS` (RFC 8689), `X-Mxpipe-Requiretls: yes` (absent otherwise, so
+/// files of other messages are as they always were). Written to a temporary name and
 /// renamed, so a reader never sees half a message; a failed write answers 451 4.3.0 and the
 /// client keeps the message.
 #[derive(Debug)]
@@ -54,7 +56,7 @@ impl MailDir {
         cfg.acceptor = Some(AcceptorRef(Arc::new(MailDir { dir: dir.into(), seq: AtomicU64::new(1) })));
     }
 
-    async fn store(&self, from: &[u8], rcpts: &[Vec<u8>], content: &[u8]) -> std::io::Result<u64> {
+    async fn store(&self, from: &[u8], rcpts: &[Vec<u8>], content: &[u8], requiretls: bool) -> std::io::Result<u64> {
         let id = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut out = Vec::with_capacity(content.len() + 128);
         out.extend_from_slice(b"X-Mxpipe-Mail-From: <");
@@ -64,6 +66,9 @@ impl MailDir {
             out.extend_from_slice(b"X-Mxpipe-Rcpt-To: <");
             out.extend_from_slice(r);
             out.extend_from_slice(b">\r\n");
+        }
+        if requiretls {
+            out.extend_from_slice(b"X-Mxpipe-Requiretls: yes\r\n");
         }
         out.extend_from_slice(content);
         let tmp = self.dir.join(format!(".{id:016X}.{}.tmp", std::process::id()));
@@ -84,9 +89,10 @@ impl Acceptor for MailDir {
         from: Vec<u8>,
         rcpts: Vec<Vec<u8>>,
         data: Vec<u8>,
+        requiretls: bool,
     ) -> Pin<Box<dyn Future<Output = Result<String, Refused>> + Send + '_>> {
         Box::pin(async move {
-            match self.store(&from, &rcpts, &data).await {
+            match self.store(&from, &rcpts, &data, requiretls).await {
                 Ok(id) => Ok(format!("{id:X}")),
                 Err(e) => Err(Refused { code: "451 4.3.0", text: format!("Cannot store message: {e}") }),
             }

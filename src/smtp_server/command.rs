@@ -14,12 +14,16 @@ pub enum Command<'a> {
     Helo(&'a [u8]),
     /// `STARTTLS` (RFC 3207).
     StartTls,
-    /// `MAIL FROM:<path> [SIZE=n] [other parameters]`; `path` is empty for the null sender.
+    /// `MAIL FROM:<path> [SIZE=n] [REQUIRETLS] [other parameters]`; `path` is empty for the
+    /// null sender.
     Mail {
         /// The reverse path without its brackets.
         path: &'a [u8],
         /// The declared `SIZE=` (RFC 1870), if given.
         size: Option<u64>,
+        /// The `REQUIRETLS` parameter (RFC 8689) was given; whether it is allowed here is
+        /// the session's question.
+        requiretls: bool,
     },
     /// `RCPT TO:<path> [parameters]`; `path` is never empty.
     Rcpt {
@@ -121,16 +125,18 @@ pub fn parse(line: &[u8]) -> Command<'_> {
     }
     if is(b"MAIL") {
         let Some((path, params)) = parse_path(arg, b"FROM:") else { return Command::Invalid(Syntax::Mail) };
-        let mut size = None;
+        let (mut size, mut requiretls) = (None, false);
         for p in params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
-            if p.len() > 5 && p[..5].eq_ignore_ascii_case(b"SIZE=") {
+            if p.eq_ignore_ascii_case(b"REQUIRETLS") {
+                requiretls = true;
+            } else if p.len() > 5 && p[..5].eq_ignore_ascii_case(b"SIZE=") {
                 match std::str::from_utf8(&p[5..]).ok().and_then(|s| s.parse::<u64>().ok()) {
                     Some(n) => size = Some(n),
                     None => return Command::Invalid(Syntax::MailSize),
                 }
             }
         }
-        return Command::Mail { path, size };
+        return Command::Mail { path, size, requiretls };
     }
     if is(b"RCPT") {
         return match parse_path(arg, b"TO:") {
@@ -245,9 +251,12 @@ mod tests {
 
     #[test]
     fn mail_and_rcpt_paths() {
-        assert_eq!(parse(b"MAIL FROM:<a@b>"), Command::Mail { path: b"a@b", size: None });
-        assert_eq!(parse(b"mail from: <a@b> SIZE=10 BODY=8BITMIME"), Command::Mail { path: b"a@b", size: Some(10) });
-        assert_eq!(parse(b"MAIL FROM:<>"), Command::Mail { path: b"", size: None });
+        assert_eq!(parse(b"MAIL FROM:<a@b>"), Command::Mail { path: b"a@b", size: None, requiretls: false });
+        assert_eq!(parse(b"mail from: <a@b> SIZE=10 BODY=8BITMIME"), Command::Mail { path: b"a@b", size: Some(10), requiretls: false });
+        assert_eq!(parse(b"MAIL FROM:<>"), Command::Mail { path: b"", size: None, requiretls: false });
+        assert_eq!(parse(b"MAIL FROM:<a@b> SIZE=3 requiretls"), Command::Mail { path: b"a@b", size: Some(3), requiretls: true });
+        // Only the bare keyword (RFC 8689 gives it no value).
+        assert_eq!(parse(b"MAIL FROM:<a@b> REQUIRETLS=YES"), Command::Mail { path: b"a@b", size: None, requiretls: false });
         assert_eq!(parse(b"MAIL FROM:<a@b> SIZE=ten"), Command::Invalid(Syntax::MailSize));
         assert_eq!(parse(b"MAIL FROM:a@b"), Command::Invalid(Syntax::Mail));
         assert_eq!(parse(b"MAIL FROM:<a@b"), Command::Invalid(Syntax::Mail));

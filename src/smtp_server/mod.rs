@@ -3,7 +3,7 @@
 //!
 //! It owns listening on a STARTTLS port and an implicit-TLS port, the connection limits, the
 //! TLS upgrade, graceful shutdown and the session itself (its `session` module: DATA and BDAT, SIZE,
-//! PIPELINING, STARTTLS, AUTH PLAIN, allowed networks, per-session limits), whose command
+//! PIPELINING, STARTTLS, REQUIRETLS, AUTH PLAIN, allowed networks, per-session limits), whose command
 //! lines are parsed by a pure function ([`command`]). Where an accepted message goes is the
 //! [`Acceptor`]'s business (the spool, a mail directory); without one, messages are counted
 //! and discarded. [`Faults`] are off unless a preset (the sink) turns them on. It knows
@@ -90,12 +90,15 @@ pub struct Faults {
 /// carries the queue id for the 250 reply, given only once the message is safe; `Err` the
 /// reply to give instead (the client retries a 4xx).
 pub trait Acceptor: Send + Sync + 'static {
-    /// Take one message: envelope as received (already checked) and content (unstuffed).
+    /// Take one message: envelope as received (already checked), content (unstuffed), and
+    /// whether the client gave `MAIL FROM:<..> REQUIRETLS` (RFC 8689; only possible over TLS
+    /// on a listener with [`Config::requiretls`]): the acceptor must keep that with the message.
     fn accept(
         &self,
         from: Vec<u8>,
         rcpts: Vec<Vec<u8>>,
         data: Vec<u8>,
+        requiretls: bool,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, Refused>> + Send + '_>>;
 }
 
@@ -135,6 +138,10 @@ pub struct Config {
     pub starttls: bool,
     /// Refuse mail commands in clear on the STARTTLS port with 530.
     pub require_tls: bool,
+    /// Offer REQUIRETLS (RFC 8689): advertise it in the EHLO reply once TLS is active
+    /// (after STARTTLS, or on the implicit-TLS port) and take `MAIL FROM:<..> REQUIRETLS`
+    /// there. Off: the parameter gets 555 5.5.4 like any unknown one.
+    pub requiretls: bool,
     /// Failures to inject on purpose (all off by default).
     pub faults: Faults,
     /// Advertised SIZE; larger messages get 552.
@@ -226,6 +233,7 @@ impl Config {
             hostname: "mxpipe-sink.localhost".into(),
             starttls: true,
             require_tls: false,
+            requiretls: false,
             faults: Faults::default(),
             max_message_size: 50 * 1024 * 1024,
             max_rcpts: 1000,

@@ -78,6 +78,8 @@ struct Txn {
     rcpts: Vec<Vec<u8>>,
     /// Chosen at MAIL: this transaction ends with the connection dropped (a fault).
     drop: bool,
+    /// `MAIL FROM:<..> REQUIRETLS` (RFC 8689), taken only over TLS where it is offered.
+    requiretls: bool,
     /// BDAT chunks received so far (a transaction uses DATA or BDAT, not both).
     bdat: Option<Body>,
 }
@@ -380,7 +382,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 self.rpos = 0;
                 return Some(Exit::StartTls);
             }
-            Command::Mail { path, size } => return self.mail(path, size).await,
+            Command::Mail { path, size, requiretls } => return self.mail(path, size, requiretls).await,
             Command::Rcpt { path } => return self.rcpt(path).await,
             Command::Data => return self.data().await,
             Command::Bdat { size, last } => return self.bdat(size, last).await,
@@ -417,6 +419,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         if cfg.auth.as_ref().is_some_and(|a| self.tls || !a.require_tls) {
             lines.push("AUTH PLAIN".to_string());
         }
+        // RFC 8689 §2: only where the session is protected by TLS.
+        if cfg.requiretls && self.tls {
+            lines.push("REQUIRETLS".to_string());
+        }
         let mut s = String::with_capacity(160);
         for (i, l) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
@@ -428,7 +434,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         s
     }
 
-    async fn mail(&mut self, path: &[u8], size: Option<u64>) -> Option<Exit> {
+    async fn mail(&mut self, path: &[u8], size: Option<u64>, requiretls: bool) -> Option<Exit> {
         if !self.helo {
             return self.bad_command("503 5.5.1 Send EHLO or HELO first\r\n").await;
         }
@@ -437,6 +443,16 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         }
         if self.gate.required && !self.authenticated {
             return self.bad_command("530 5.7.0 Authentication required\r\n").await;
+        }
+        if requiretls && !self.ctx.cfg.requiretls {
+            // Not an extension of this listener (RFC 5321 §4.1.1.11: 555 for a parameter not
+            // recognised or not implemented).
+            return self.bad_command("555 5.5.4 MAIL parameter REQUIRETLS not implemented\r\n").await;
+        }
+        if requiretls && !self.tls {
+            // Not advertised in clear (RFC 8689 §2); 530 as for commands that need STARTTLS
+            // first (RFC 3207 §4), 5.7.10 Encryption Needed (RFC 5248's registry).
+            return self.bad_command("530 5.7.10 REQUIRETLS requires TLS: issue STARTTLS first\r\n").await;
         }
         let from = match mailbox(path, true) {
             Ok(from) => from,
@@ -447,7 +463,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             return None;
         }
         let drop = self.roll(self.ctx.cfg.faults.drop_rate);
-        self.txn = Some(Txn { from, rcpts: Vec::new(), drop, bdat: None });
+        self.txn = Some(Txn { from, rcpts: Vec::new(), drop, requiretls, bdat: None });
         self.reply("250 2.1.0 Ok\r\n").await;
         None
     }
@@ -717,10 +733,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             let bytes = body.bytes;
             let nrcpts = txn.rcpts.len() as u64;
             let content = body.content.unwrap_or_default();
-            return match acceptor.0.accept(txn.from, txn.rcpts, content).await {
+            return match acceptor.0.accept(txn.from, txn.rcpts, content, txn.requiretls).await {
                 Ok(id) => {
                     let stats = &self.ctx.stats;
                     inc(&stats.messages);
+                    if txn.requiretls {
+                        inc(&stats.requiretls_messages);
+                    }
                     stats.recipients.fetch_add(nrcpts, Ordering::Relaxed);
                     stats.bytes.fetch_add(bytes, Ordering::Relaxed);
                     self.reply(&format!("250 2.0.0 Ok: queued as {}\r\n", one_line(&id))).await;
@@ -737,6 +756,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         let id = MESSAGE_SEQ.fetch_add(1, Ordering::Relaxed);
         let stats = &self.ctx.stats;
         inc(&stats.messages);
+        if txn.requiretls {
+            inc(&stats.requiretls_messages);
+        }
         stats.recipients.fetch_add(txn.rcpts.len() as u64, Ordering::Relaxed);
         stats.bytes.fetch_add(body.bytes, Ordering::Relaxed);
         self.reply(&format!("250 2.0.0 Ok: queued as {id:X}\r\n")).await;

@@ -21,6 +21,7 @@ pub(crate) struct PortCounters {
 pub(crate) struct Stats {
     pub ports: [PortCounters; 2],
     pub messages: AtomicU64,
+    pub requiretls_messages: AtomicU64,
     pub recipients: AtomicU64,
     pub bytes: AtomicU64,
     pub fault_temp: AtomicU64,
@@ -58,6 +59,7 @@ impl Stats {
             starttls: port(&self.ports[PortKind::StartTls as usize]),
             implicit: port(&self.ports[PortKind::Implicit as usize]),
             messages: l(&self.messages),
+            requiretls_messages: l(&self.requiretls_messages),
             recipients: l(&self.recipients),
             bytes: l(&self.bytes),
             faults: FaultStats {
@@ -128,6 +130,8 @@ pub struct StatsSnapshot {
     pub implicit: PortStats,
     /// Messages accepted (final 250 after DATA or BDAT LAST).
     pub messages: u64,
+    /// Of those, messages sent with `MAIL FROM:<..> REQUIRETLS` (RFC 8689).
+    pub requiretls_messages: u64,
     /// Recipients of accepted messages.
     pub recipients: u64,
     /// Message bytes accepted (after dot-unstuffing).
@@ -183,10 +187,11 @@ impl StatsSnapshot {
             ));
         }
         s.push_str(&format!(
-            "messages {}  recipients {}  bytes {}\n\
+            "messages {}  requiretls {}  recipients {}  bytes {}\n\
              faults: temp-fail {}  perm-fail {}  dropped {}\n\
              refused-busy {}  refused-per-client {}  timeouts {}  bad-commands {}  store-errors {}  aborted-sessions {}\n",
             self.messages,
+            self.requiretls_messages,
             self.recipients,
             self.bytes,
             self.faults.temp_fail,

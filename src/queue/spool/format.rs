@@ -7,9 +7,17 @@
 //!            hcrc = crc32c(salt ++ first 20 header bytes)
 //! record   = len:u32 crc:u32 payload[len]                                  crc = crc32c(payload)
 //! payload  = 1 id:u64 received_ns:u64 from:str nrcpt:u32 rcpt:str* data:bytes      (accept)
+//!          | 3 id:u64 received_ns:u64 from:str nrcpt:u32 rcpt:str* data:bytes tls:u8
+//!                                                   (accept with a TLS requirement, RFC 8689)
 //!          | 2 id:u64 at_ns:u64 final:u8 rcpt:str status:str reply:str              (attempt)
+//! tls      = 1 REQUIRETLS | 2 TLS-Required: No
 //! str, bytes = len:u32 then the bytes; all integers little-endian
 //! ```
+//!
+//! The record kind is the version: kind 1 is the accept record from before RFC 8689 support,
+//! still written for a message without a TLS requirement (nearly all of them) so that an
+//! older binary can read a spool of such messages; it reads as [`MessageTls::Default`]. Kind 3
+//! adds the requirement. An older binary drops a kind-3 record as one it cannot parse.
 //!
 //! A frame is the unit of durability: the writer appends one frame and then fdatasyncs, so
 //! after a crash only the last frame of the last segment can be incomplete. The per-segment
@@ -20,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Attempt, FinalStatus, MsgId};
+use crate::engine::MessageTls;
 
 pub(crate) const SEG_MAGIC: &[u8; 8] = b"MXSPOOL1";
 pub(crate) const SEG_HDR: usize = 32;
@@ -29,6 +38,7 @@ pub(crate) const REC_HDR: usize = 8;
 
 const KIND_ACCEPT: u8 = 1;
 const KIND_ATTEMPT: u8 = 2;
+const KIND_ACCEPT_TLS: u8 = 3;
 
 /// The fixed header at the start of every segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +104,7 @@ impl FrameHeader {
 /// A decoded record payload.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Record {
-    Accept { id: MsgId, received_at: SystemTime, from: String, rcpts: Vec<String>, data: Arc<[u8]> },
+    Accept { id: MsgId, received_at: SystemTime, from: String, rcpts: Vec<String>, data: Arc<[u8]>, tls: MessageTls },
     Attempt { id: MsgId, attempt: Attempt, final_status: Option<FinalStatus> },
 }
 
@@ -109,11 +119,16 @@ pub(crate) enum RecError {
 }
 
 /// Encodes an accept record (header included).
-pub(crate) fn encode_accept(id: MsgId, received_at: SystemTime, from: &str, rcpts: &[String], data: &[u8]) -> Vec<u8> {
+pub(crate) fn encode_accept(id: MsgId, received_at: SystemTime, from: &str, rcpts: &[String], data: &[u8], tls: MessageTls) -> Vec<u8> {
     let strs: usize = from.len() + rcpts.iter().map(|r| r.len() + 4).sum::<usize>();
-    let mut p = Vec::with_capacity(REC_HDR + 1 + 8 + 8 + 4 + strs + 4 + 4 + data.len());
+    let mut p = Vec::with_capacity(REC_HDR + 1 + 8 + 8 + 4 + strs + 4 + 4 + data.len() + 1);
     p.extend_from_slice(&[0u8; REC_HDR]);
-    p.push(KIND_ACCEPT);
+    let tls_byte = match tls {
+        MessageTls::Default => None,
+        MessageTls::RequireTls => Some(1),
+        MessageTls::Optional => Some(2),
+    };
+    p.push(if tls_byte.is_some() { KIND_ACCEPT_TLS } else { KIND_ACCEPT });
     p.extend_from_slice(&id.to_le_bytes());
     p.extend_from_slice(&nanos(received_at).to_le_bytes());
     put_bytes(&mut p, from.as_bytes());
@@ -122,6 +137,7 @@ pub(crate) fn encode_accept(id: MsgId, received_at: SystemTime, from: &str, rcpt
         put_bytes(&mut p, r.as_bytes());
     }
     put_bytes(&mut p, data);
+    p.extend(tls_byte);
     seal(p)
 }
 
@@ -172,7 +188,7 @@ pub(crate) fn check_record(b: &[u8]) -> Result<usize, RecError> {
 pub(crate) fn decode_record(rec: &[u8]) -> Option<Record> {
     let mut r = Reader(rec.get(REC_HDR..)?);
     match r.u8()? {
-        KIND_ACCEPT => {
+        kind @ (KIND_ACCEPT | KIND_ACCEPT_TLS) => {
             let id = r.u64()?;
             let received_at = time(r.u64()?);
             let from = r.string()?;
@@ -182,7 +198,15 @@ pub(crate) fn decode_record(rec: &[u8]) -> Option<Record> {
                 rcpts.push(r.string()?);
             }
             let data: Arc<[u8]> = r.bytes()?.into();
-            r.0.is_empty().then_some(Record::Accept { id, received_at, from, rcpts, data })
+            let tls = match kind {
+                KIND_ACCEPT => MessageTls::Default,
+                _ => match r.u8()? {
+                    1 => MessageTls::RequireTls,
+                    2 => MessageTls::Optional,
+                    _ => return None,
+                },
+            };
+            r.0.is_empty().then_some(Record::Accept { id, received_at, from, rcpts, data, tls })
         }
         KIND_ATTEMPT => {
             let id = r.u64()?;
@@ -210,7 +234,7 @@ pub(crate) fn decode_record(rec: &[u8]) -> Option<Record> {
 pub fn fuzz_reencode(b: &[u8]) -> Option<(usize, Option<Vec<u8>>)> {
     let len = check_record(b).ok()?;
     let again = decode_record(&b[..len]).map(|r| match r {
-        Record::Accept { id, received_at, from, rcpts, data } => encode_accept(id, received_at, &from, &rcpts, &data),
+        Record::Accept { id, received_at, from, rcpts, data, tls } => encode_accept(id, received_at, &from, &rcpts, &data, tls),
         Record::Attempt { id, attempt, final_status } => encode_attempt(id, &attempt, final_status),
     });
     Some((len, again))
@@ -351,11 +375,11 @@ mod tests {
     fn records_round_trip() {
         let t = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
         let rcpts = vec!["a@x.example".to_string(), "b@y.example".to_string()];
-        let rec = encode_accept(42, t, "s@z.example", &rcpts, b"Subject: x\r\n\r\nbody");
+        let rec = encode_accept(42, t, "s@z.example", &rcpts, b"Subject: x\r\n\r\nbody", MessageTls::Default);
         assert_eq!(check_record(&rec), Ok(rec.len()));
         assert_eq!(record_id(&rec), Some(42));
         match decode_record(&rec) {
-            Some(Record::Accept { id, received_at, from, rcpts: r, data }) => {
+            Some(Record::Accept { id, received_at, from, rcpts: r, data, tls: MessageTls::Default }) => {
                 assert_eq!((id, received_at, from.as_str(), r, &data[..]), (42, t, "s@z.example", rcpts, &b"Subject: x\r\n\r\nbody"[..]));
             }
             other => panic!("{other:?}"),
@@ -367,7 +391,7 @@ mod tests {
 
     #[test]
     fn damage_is_detected_never_panics() {
-        let rec = encode_accept(1, UNIX_EPOCH, "", &["r@x".into()], b"data");
+        let rec = encode_accept(1, UNIX_EPOCH, "", &["r@x".into()], b"data", MessageTls::RequireTls);
         for i in 0..rec.len() {
             let mut bad = rec.clone();
             bad[i] ^= 0x40;
@@ -380,6 +404,46 @@ mod tests {
         let junk = seal([vec![0u8; REC_HDR], vec![1, 2, 3, 0xff, 0xff, 0xff, 0xff]].concat());
         assert_eq!(check_record(&junk), Ok(junk.len()));
         assert_eq!(decode_record(&junk), None);
+    }
+
+    #[test]
+    fn a_tls_requirement_round_trips_and_old_records_read_as_default() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let rcpts = vec!["a@x.example".to_string()];
+        for tls in [MessageTls::Default, MessageTls::RequireTls, MessageTls::Optional] {
+            let rec = encode_accept(9, t, "s@z.example", &rcpts, b"x", tls);
+            assert_eq!(rec[REC_HDR], if tls == MessageTls::Default { KIND_ACCEPT } else { KIND_ACCEPT_TLS }, "{tls:?}");
+            assert!(matches!(decode_record(&rec), Some(Record::Accept { tls: got, .. }) if got == tls), "{tls:?}");
+        }
+        // A record as written before RFC 8689 support, byte for byte (kind 1, no tls byte).
+        let mut old = vec![0u8; REC_HDR];
+        old.push(1);
+        old.extend_from_slice(&9u64.to_le_bytes());
+        old.extend_from_slice(&1_700_000_000_000_000_000u64.to_le_bytes());
+        let put = |p: &mut Vec<u8>, s: &[u8]| {
+            p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            p.extend_from_slice(s);
+        };
+        put(&mut old, b"s@z.example");
+        old.extend_from_slice(&1u32.to_le_bytes());
+        put(&mut old, b"a@x.example");
+        put(&mut old, b"x");
+        let old = seal(old);
+        assert_eq!(
+            decode_record(&old),
+            Some(Record::Accept {
+                id: 9,
+                received_at: t,
+                from: "s@z.example".into(),
+                rcpts,
+                data: b"x"[..].into(),
+                tls: MessageTls::Default
+            })
+        );
+        // An unknown requirement byte is not guessed at.
+        let mut bad = encode_accept(9, t, "", &["a@x".into()], b"x", MessageTls::Optional)[REC_HDR..].to_vec();
+        *bad.last_mut().unwrap() = 7;
+        assert_eq!(decode_record(&fuzz_seal(&bad)), None);
     }
 
     #[test]
