@@ -242,7 +242,7 @@ impl Job {
             from: self.part.from.to_string(),
             rcpts: self.part.rcpts.clone(),
             data: self.part.data.clone(),
-            requiretls: false,
+            requiretls: self.part.tls == MessageTls::RequireTls,
         }
     }
 }
@@ -750,7 +750,7 @@ async fn try_host(
                 Ok(conn) => {
                     let report = sts_testing_check(shard, &conn, plan);
                     rpt.session(shard, &conn, plan, step, report.as_deref());
-                    if requiretls && !conn.session.server_requiretls_pending_merge() {
+                    if requiretls && !conn.session.server_requiretls() {
                         // Usable for the domain's other mail: keep it.
                         park(shard, conn).await;
                         return Err(HostFailure::policy(format!("{}: REQUIRETLS: the next hop does not advertise REQUIRETLS", host.name)));
@@ -1148,12 +1148,3 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
     end
 }
 
-// TEMPORARY until h/reqtls lands (ClientSession::server_requiretls).
-trait PendingMerge {
-    fn server_requiretls_pending_merge(&self) -> bool;
-}
-impl PendingMerge for crate::session::ClientSession {
-    fn server_requiretls_pending_merge(&self) -> bool {
-        false
-    }
-}

@@ -200,7 +200,8 @@ impl Reporter {
         let Some(intake) = &self.intake else { return Err("no spool to mail reports through".into()) };
         let c = &self.cfg;
         let data = mail_message(agg, meta, gz, &c.sender, to, &c.submitter, now);
-        intake.accept(vec![(c.sender.clone(), vec![to.to_string()], data.into())]).await.map(|_| ()).map_err(|e| e.to_string())
+        let incoming: crate::queue::spool::Incoming = (c.sender.clone(), vec![to.to_string()], std::sync::Arc::<[u8]>::from(data)).into();
+        intake.accept(vec![incoming]).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Run in the background: a first run after a random part of [`ReporterConfig::max_delay`],
