@@ -6,6 +6,7 @@
 //! each caller states them explicitly and a report can name them.
 
 pub mod certs;
+pub mod dane;
 pub mod resume;
 
 use std::fmt;
