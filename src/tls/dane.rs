@@ -506,9 +506,11 @@ impl ServerCertVerifier for DaneVerifier {
 /// A client config (aws-lc-rs provider restricted to `kx` via crate::tls::provider, TLS 1.3 + 1.2) whose verifier is DaneVerifier;
 /// resumption through `store` (crate::tls::TicketStore) when given, else disabled.
 ///
-/// A resumed session is not re-verified by rustls: it was authenticated when its ticket was
-/// issued, possibly under other TLSA records. A caller that shares `store` across RRsets
-/// should check [`verify_session`] after a resumed handshake.
+/// rustls resumes a session only under the config's own verifier (`Arc::ptr_eq`), so a
+/// resumed session was authenticated against these same records; a new `DaneAuth` (records
+/// changed) never resumes a session verified under the old one. The flip side: to resume at
+/// all, keep one config per TLSA RRset and reuse it, rather than building one per connection
+/// (a ticket offered to an incompatible config is taken from `store` and wasted).
 pub fn client_config(auth: Arc<DaneAuth>, kx: Kx, store: Option<Arc<TicketStore>>) -> Result<Arc<ClientConfig>, TlsError> {
     let prov = super::provider(kx);
     let mut cfg = ClientConfig::builder_with_provider(prov.clone())
@@ -524,7 +526,7 @@ pub fn client_config(auth: Arc<DaneAuth>, kx: Kx, store: Option<Arc<TicketStore>
 }
 
 /// Check an established session's peer chain against `auth`: what matched, for the outcome
-/// record, or why it does not (which for a resumed session means the records changed since).
+/// record. A resumed session keeps the chain it was verified with, so this works for it too.
 pub fn verify_session(auth: &DaneAuth, conn: &rustls::CommonState, now: UnixTime) -> Result<DaneMatch, DaneError> {
     match conn.peer_certificates() {
         Some([ee, rest @ ..]) => auth.verify(ee, rest, now),
