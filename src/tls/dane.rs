@@ -23,8 +23,11 @@
 //!   the SHA2-256 ones are dropped. Full(0) records are not digests and are always kept.
 //!
 //! Every input is bounded: at most [`MAX_RECORDS`] usable records are kept, at most
-//! [`MAX_CHAIN`] presented certificates are looked at, and a Full(0) record longer than
-//! [`MAX_FULL_LEN`] is unusable. Path building itself is bounded by rustls-webpki's budget.
+//! [`MAX_CHAIN`] presented certificates are looked at, a Full(0) record longer than
+//! [`MAX_FULL_LEN`] is unusable, and at most [`MAX_BARE_KEY_ANCHORS`] anchors are made from
+//! bare keys. So one verification computes at most `MAX_RECORDS × MAX_CHAIN` digests and
+//! builds at most `MAX_CHAIN - 1 + MAX_BARE_KEY_ANCHORS` paths, each bounded by rustls-webpki's
+//! own budget (signature checks and path-building calls).
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use std::sync::Arc;
 use aws_lc_rs::digest;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, Tls12Resumption};
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, SignatureScheme};
 use rustls_pki_types::{CertificateDer, Der, ServerName, TrustAnchor, UnixTime};
 
@@ -42,6 +45,9 @@ use super::{Kx, TicketStore, TlsError};
 pub const MAX_RECORDS: usize = 32;
 /// Presented certificates looked at, end entity included; a longer chain is truncated.
 pub const MAX_CHAIN: usize = 8;
+/// Anchors made from bare `2 1 0` keys absent from the chain (one per key and issuer name
+/// presented) tried per verification; each costs a path build with a signature check.
+pub const MAX_BARE_KEY_ANCHORS: usize = 16;
 /// The longest Full(0) record data accepted (a whole certificate or key, not a digest).
 pub const MAX_FULL_LEN: usize = 16 * 1024;
 
@@ -150,12 +156,18 @@ pub struct DaneAuth {
     /// The DNS names a DANE-TA chain's end entity may be valid for: the TLSA base domain and
     /// the nexthop domain, those that are syntactically valid.
     names: Vec<ServerName<'static>>,
+    /// The signature algorithms DANE-TA chains are verified with: aws-lc-rs's, as rustls uses
+    /// them (static tables, copied here so `verify` does not build a provider per call).
+    algs: WebPkiSupportedAlgorithms,
 }
 
 impl DaneAuth {
     /// `None` when no record is usable (the caller then requires TLS without authentication, RFC 7672 §2.2).
     /// `tlsa_base` is the TLSA base domain (the MX host name), also the SNI name; `nexthop` the recipient domain,
     /// also accepted as a name for DANE-TA chains (RFC 7672 §3.2.2).
+    ///
+    /// Names are DNS names in A-label form (IDNA); a trailing dot is ignored and a name that
+    /// is not a valid DNS name is not used for DANE-TA matching (DANE-EE needs no name).
     ///
     /// Unusable records are dropped, duplicates removed, digest agility applied (per usage and
     /// selector only the strongest digest is kept), then at most [`MAX_RECORDS`] are kept.
@@ -181,7 +193,8 @@ impl DaneAuth {
                 }
             }
         }
-        Some(DaneAuth { records: usable, tlsa_base: tlsa_base.trim_end_matches('.').to_string(), names })
+        let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+        Some(DaneAuth { records: usable, tlsa_base: tlsa_base.trim_end_matches('.').to_string(), names, algs })
     }
 
     /// The TLSA base domain, without a trailing dot: the name to connect (SNI) with.
@@ -237,11 +250,13 @@ impl DaneAuth {
                 }
             }
         }
-        let mut issuer_names: Vec<Vec<u8>> = vec![ee.issuer().to_vec()];
-        for c in intermediates {
+        // (issuer name, depth of the anchor that would have that name): each distinct issuer
+        // of a presented certificate, the first occurrence counting.
+        let mut issuer_names: Vec<(Vec<u8>, usize)> = vec![(ee.issuer().to_vec(), 1)];
+        for (i, c) in intermediates.iter().enumerate() {
             if let Ok(c) = webpki::EndEntityCert::try_from(c) {
-                if !issuer_names.iter().any(|n| n.as_slice() == c.issuer()) {
-                    issuer_names.push(c.issuer().to_vec());
+                if !issuer_names.iter().any(|(n, _)| n.as_slice() == c.issuer()) {
+                    issuer_names.push((c.issuer().to_vec(), i + 2));
                 }
             }
         }
@@ -250,23 +265,22 @@ impl DaneAuth {
             .filter(|r| r.selector == 1 && r.matching == 0 && !found_keys.contains(r))
             .filter_map(|r| der_sequence_contents(&r.data).map(|contents| (*r, contents)))
             .collect();
-        for (rec, spki) in &bare_keys {
-            for (depth, subject) in issuer_names.iter().enumerate() {
+        let synthesized = bare_keys.iter().flat_map(|(rec, spki)| {
+            issuer_names.iter().map(move |(subject, depth)| {
                 let anchor = TrustAnchor {
                     subject: Der::from_slice(subject),
                     subject_public_key_info: Der::from_slice(spki),
                     name_constraints: None,
                 };
-                candidates.push((anchor, rec, depth + 1));
-            }
-        }
+                (anchor, *rec, *depth)
+            })
+        });
+        candidates.extend(synthesized.take(MAX_BARE_KEY_ANCHORS));
 
-        let algs = aws_lc_rs_sig_algs();
         let mut best: Option<DaneError> = None;
         for (anchor, rec, depth) in &candidates {
             let anchors = std::slice::from_ref(anchor);
-            let result =
-                ee.verify_for_usage(algs.all, anchors, intermediates, now, webpki::KeyUsage::server_auth(), None, None);
+            let result = ee.verify_for_usage(self.algs.all, anchors, intermediates, now, webpki::KeyUsage::server_auth(), None, None);
             let err = match result {
                 Ok(_) if self.names.iter().any(|n| ee.verify_is_valid_for_subject_name(n).is_ok()) => {
                     return Ok(DaneMatch::Ta { selector: rec.selector, matching: rec.matching, depth: *depth });
@@ -291,11 +305,6 @@ impl DaneAuth {
             names.join(" or ")
         }
     }
-}
-
-/// The signature algorithms chains are verified with: those of the aws-lc-rs provider.
-fn aws_lc_rs_sig_algs() -> rustls::crypto::WebPkiSupportedAlgorithms {
-    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
 }
 
 /// The contents of a DER SEQUENCE that spans all of `der` (a SubjectPublicKeyInfo without its
@@ -422,10 +431,9 @@ impl DaneError {
             DaneError::HostMismatch { .. } => "certificate-host-mismatch",
             DaneError::Expired { .. } => "certificate-expired",
             DaneError::Unusable { .. } => "tlsa-invalid",
-            DaneError::NoMatch { .. }
-            | DaneError::NotYetValid { .. }
-            | DaneError::ChainInvalid { .. }
-            | DaneError::BadCertificate(_) => "validation-failure",
+            DaneError::NoMatch { .. } | DaneError::NotYetValid { .. } | DaneError::ChainInvalid { .. } | DaneError::BadCertificate(_) => {
+                "validation-failure"
+            }
         }
     }
 
@@ -823,8 +831,7 @@ mod tests {
     #[test]
     fn inputs_are_capped_and_deduplicated() {
         let p = pki(MX, false);
-        let many: Vec<Tlsa> =
-            (0..100u8).map(|i| Tlsa { usage: 3, selector: 1, matching: 1, data: vec![i; 32] }).collect();
+        let many: Vec<Tlsa> = (0..100u8).map(|i| Tlsa { usage: 3, selector: 1, matching: 1, data: vec![i; 32] }).collect();
         assert_eq!(DaneAuth::new(&many, MX, None).unwrap().records().len(), MAX_RECORDS);
         let dup = rec(&p.leaf, 3, 1, 1);
         assert_eq!(auth(&[dup.clone(), dup.clone(), dup]).records().len(), 1);
@@ -836,6 +843,14 @@ mod tests {
         assert_eq!(verify(&ta, &p.leaf, &chain), Err(DaneError::NoMatch { ee: 0, ta: 1, certs: MAX_CHAIN }));
         chain.drain(..2);
         assert!(verify(&ta, &p.leaf, &chain).is_ok(), "within the cap it is found");
+
+        // Bare keys absent from the chain: anchors beyond MAX_BARE_KEY_ANCHORS are not tried.
+        let decoys: Vec<Tlsa> = (0..MAX_BARE_KEY_ANCHORS).map(|i| rec(ca(&format!("decoy {i}"), None).der(), 2, 1, 0)).collect();
+        let mut keys = decoys.clone();
+        keys.push(rec(p.root.der(), 2, 1, 0));
+        assert!(verify(&auth(&keys), &p.leaf, &[p.inter.der().clone()]).is_err(), "the real key is past the cap");
+        keys.drain(..MAX_BARE_KEY_ANCHORS / 2 + 1);
+        assert!(verify(&auth(&keys), &p.leaf, &[p.inter.der().clone()]).is_ok(), "within the cap it is found");
     }
 
     #[test]
