@@ -731,38 +731,38 @@ mod tests {
     fn dane_ta_on_the_intermediate() {
         let p = pki(MX, false);
         let chain = [p.inter.der().clone()];
-        let ta = rec(p.inter.der(), 2, 0, 1);
+        let ta = [rec(p.inter.der(), 2, 0, 1)];
         let ok = Ok(DaneMatch::Ta { selector: 0, matching: 1, depth: 1 });
-        assert_eq!(verify(&auth(&[ta.clone()]), &p.leaf, &chain), ok);
+        assert_eq!(verify(&auth(&ta), &p.leaf, &chain), ok);
         // With the (unneeded) root presented too.
-        assert_eq!(verify(&auth(&[ta.clone()]), &p.leaf, &[p.inter.der().clone(), p.root.der().clone()]), ok);
+        assert_eq!(verify(&auth(&ta), &p.leaf, &[p.inter.der().clone(), p.root.der().clone()]), ok);
         // SPKI selector, SHA2-512.
         let ta512 = rec(p.inter.der(), 2, 1, 2);
         assert_eq!(verify(&auth(&[ta512]), &p.leaf, &chain), Ok(DaneMatch::Ta { selector: 1, matching: 2, depth: 1 }));
 
         // Wrong name: the chain verifies, the name does not.
         let wrong = leaf("other.example.org", &p.inter, false).0;
-        let err = verify(&auth(&[ta.clone()]), &wrong, &chain).unwrap_err();
+        let err = verify(&auth(&ta), &wrong, &chain).unwrap_err();
         assert!(matches!(err, DaneError::HostMismatch { depth: 1, .. }), "{err:?}");
         assert_eq!(err.result_type(), "certificate-host-mismatch");
 
         // The nexthop domain is a reference identifier too.
         let nexthop = leaf("example.test", &p.inter, false).0;
-        assert_eq!(verify(&auth(&[ta.clone()]), &nexthop, &chain), ok);
-        assert!(DaneAuth::new(&[ta.clone()], MX, None).unwrap().verify(&nexthop, &chain, UnixTime::now()).is_err());
+        assert_eq!(verify(&auth(&ta), &nexthop, &chain), ok);
+        assert!(DaneAuth::new(&ta, MX, None).unwrap().verify(&nexthop, &chain, UnixTime::now()).is_err());
 
         // A chain without the TA.
         let other = pki(MX, false);
-        let err = verify(&auth(&[ta.clone()]), &other.leaf, &[other.inter.der().clone(), other.root.der().clone()]).unwrap_err();
+        let err = verify(&auth(&ta), &other.leaf, &[other.inter.der().clone(), other.root.der().clone()]).unwrap_err();
         assert_eq!(err, DaneError::NoMatch { ee: 0, ta: 1, certs: 3 });
 
         // The TA presented, but the leaf was not issued by it: the chain does not verify.
-        let err = verify(&auth(&[ta.clone()]), &other.leaf, &[p.inter.der().clone(), other.inter.der().clone()]).unwrap_err();
+        let err = verify(&auth(&ta), &other.leaf, &[p.inter.der().clone(), other.inter.der().clone()]).unwrap_err();
         assert!(matches!(err, DaneError::ChainInvalid { depth: 1, .. }), "{err:?}");
 
         // An expired leaf under the TA.
         let expired = leaf(MX, &p.inter, true).0;
-        let err = verify(&auth(&[ta]), &expired, &chain).unwrap_err();
+        let err = verify(&auth(&ta), &expired, &chain).unwrap_err();
         assert_eq!(err, DaneError::Expired { depth: 1 });
         assert_eq!(err.result_type(), "certificate-expired");
     }
@@ -814,7 +814,7 @@ mod tests {
         let good256 = rec(&p.leaf, 3, 1, 1);
         let bad512 = other_record(3, 1, 2);
         let a = auth(&[good256.clone(), bad512.clone()]);
-        assert_eq!(a.records(), &[bad512.clone()]);
+        assert_eq!(a.records(), std::slice::from_ref(&bad512));
         assert!(matches!(verify(&a, &p.leaf, &[]), Err(DaneError::NoMatch { .. })));
         // Per usage and selector: a 512 record for selector 0 leaves selector 1's 256 alone,
         // and Full(0) records are kept beside digests.
@@ -856,8 +856,8 @@ mod tests {
     #[test]
     fn names_are_normalised() {
         let p = pki(MX, false);
-        let ta = rec(p.inter.der(), 2, 0, 1);
-        let a = DaneAuth::new(&[ta.clone()], "MX1.Example.Test.", Some("not a name!")).unwrap();
+        let ta = [rec(p.inter.der(), 2, 0, 1)];
+        let a = DaneAuth::new(&ta, "MX1.Example.Test.", Some("not a name!")).unwrap();
         assert_eq!(a.tlsa_base(), "MX1.Example.Test");
         assert!(a.verify(&p.leaf, &[p.inter.der().clone()], UnixTime::now()).is_ok());
     }
