@@ -16,7 +16,9 @@
 //!   becomes the only trust anchor (no WebPKI root is involved, it need not be self-signed),
 //!   the chain from the end entity up to it must verify with dates checked, and the end
 //!   entity must be valid for the TLSA base domain or the nexthop domain (RFC 7672 §3.1.2,
-//!   §3.2.2). A full-key `2 1 0` record whose key is not in the chain is still usable: the
+//!   §3.2.2). Names are matched against the subjectAltName DNS names as rustls-webpki does
+//!   (wildcards included, the subject CN not consulted); the anchor's own dates are not
+//!   checked, as for any trust anchor. A full-key `2 1 0` record whose key is not in the chain is still usable: the
 //!   published key is made the anchor under the issuer name of a presented certificate, so
 //!   only a chain actually signed by that key verifies (RFC 7671 §5.2.3 allows such records).
 //! - Digest agility (RFC 7671 §9): for each usage and selector, when SHA2-512 records exist
@@ -250,21 +252,24 @@ impl DaneAuth {
                 }
             }
         }
-        // (issuer name, depth of the anchor that would have that name): each distinct issuer
-        // of a presented certificate, the first occurrence counting.
-        let mut issuer_names: Vec<(Vec<u8>, usize)> = vec![(ee.issuer().to_vec(), 1)];
-        for (i, c) in intermediates.iter().enumerate() {
-            if let Ok(c) = webpki::EndEntityCert::try_from(c) {
-                if !issuer_names.iter().any(|(n, _)| n.as_slice() == c.issuer()) {
-                    issuer_names.push((c.issuer().to_vec(), i + 2));
-                }
-            }
-        }
         let bare_keys: Vec<(&Tlsa, &[u8])> = ta_records
             .iter()
             .filter(|r| r.selector == 1 && r.matching == 0 && !found_keys.contains(r))
             .filter_map(|r| der_sequence_contents(&r.data).map(|contents| (*r, contents)))
             .collect();
+        // A bare key gets the subject of whichever presented certificate's issuer it may be:
+        // (issuer name, depth of such an anchor), each distinct name once, the lowest depth kept.
+        let mut issuer_names: Vec<(Vec<u8>, usize)> = Vec::new();
+        if !bare_keys.is_empty() {
+            issuer_names.push((ee.issuer().to_vec(), 1));
+            for (i, c) in intermediates.iter().enumerate() {
+                if let Ok(c) = webpki::EndEntityCert::try_from(c) {
+                    if !issuer_names.iter().any(|(n, _)| n.as_slice() == c.issuer()) {
+                        issuer_names.push((c.issuer().to_vec(), i + 2));
+                    }
+                }
+            }
+        }
         let synthesized = bare_keys.iter().flat_map(|(rec, spki)| {
             issuer_names.iter().map(move |(subject, depth)| {
                 let anchor = TrustAnchor {
