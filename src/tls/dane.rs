@@ -16,15 +16,20 @@
 //!   becomes the only trust anchor (no WebPKI root is involved, it need not be self-signed),
 //!   the chain from the end entity up to it must verify with dates checked, and the end
 //!   entity must be valid for the TLSA base domain or the nexthop domain (RFC 7672 §3.1.2,
-//!   §3.2.2). A full-key `2 1 0` record whose key is not in the chain is still usable: the
+//!   §3.2.2). Names are matched against the subjectAltName DNS names as rustls-webpki does
+//!   (wildcards included, the subject CN not consulted); the anchor's own dates are not
+//!   checked, as for any trust anchor. A full-key `2 1 0` record whose key is not in the chain is still usable: the
 //!   published key is made the anchor under the issuer name of a presented certificate, so
 //!   only a chain actually signed by that key verifies (RFC 7671 §5.2.3 allows such records).
 //! - Digest agility (RFC 7671 §9): for each usage and selector, when SHA2-512 records exist
 //!   the SHA2-256 ones are dropped. Full(0) records are not digests and are always kept.
 //!
 //! Every input is bounded: at most [`MAX_RECORDS`] usable records are kept, at most
-//! [`MAX_CHAIN`] presented certificates are looked at, and a Full(0) record longer than
-//! [`MAX_FULL_LEN`] is unusable. Path building itself is bounded by rustls-webpki's budget.
+//! [`MAX_CHAIN`] presented certificates are looked at, a Full(0) record longer than
+//! [`MAX_FULL_LEN`] is unusable, and at most [`MAX_BARE_KEY_ANCHORS`] anchors are made from
+//! bare keys. So one verification computes at most `MAX_RECORDS × MAX_CHAIN` digests and
+//! builds at most `MAX_CHAIN - 1 + MAX_BARE_KEY_ANCHORS` paths, each bounded by rustls-webpki's
+//! own budget (signature checks and path-building calls).
 
 use std::fmt;
 use std::sync::Arc;
@@ -32,7 +37,7 @@ use std::sync::Arc;
 use aws_lc_rs::digest;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, Tls12Resumption};
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, OtherError, SignatureScheme};
 use rustls_pki_types::{CertificateDer, Der, ServerName, TrustAnchor, UnixTime};
 
@@ -42,6 +47,9 @@ use super::{Kx, TicketStore, TlsError};
 pub const MAX_RECORDS: usize = 32;
 /// Presented certificates looked at, end entity included; a longer chain is truncated.
 pub const MAX_CHAIN: usize = 8;
+/// Anchors made from bare `2 1 0` keys absent from the chain (one per key and issuer name
+/// presented) tried per verification; each costs a path build with a signature check.
+pub const MAX_BARE_KEY_ANCHORS: usize = 16;
 /// The longest Full(0) record data accepted (a whole certificate or key, not a digest).
 pub const MAX_FULL_LEN: usize = 16 * 1024;
 
@@ -150,12 +158,18 @@ pub struct DaneAuth {
     /// The DNS names a DANE-TA chain's end entity may be valid for: the TLSA base domain and
     /// the nexthop domain, those that are syntactically valid.
     names: Vec<ServerName<'static>>,
+    /// The signature algorithms DANE-TA chains are verified with: aws-lc-rs's, as rustls uses
+    /// them (static tables, copied here so `verify` does not build a provider per call).
+    algs: WebPkiSupportedAlgorithms,
 }
 
 impl DaneAuth {
     /// `None` when no record is usable (the caller then requires TLS without authentication, RFC 7672 §2.2).
     /// `tlsa_base` is the TLSA base domain (the MX host name), also the SNI name; `nexthop` the recipient domain,
     /// also accepted as a name for DANE-TA chains (RFC 7672 §3.2.2).
+    ///
+    /// Names are DNS names in A-label form (IDNA); a trailing dot is ignored and a name that
+    /// is not a valid DNS name is not used for DANE-TA matching (DANE-EE needs no name).
     ///
     /// Unusable records are dropped, duplicates removed, digest agility applied (per usage and
     /// selector only the strongest digest is kept), then at most [`MAX_RECORDS`] are kept.
@@ -181,7 +195,8 @@ impl DaneAuth {
                 }
             }
         }
-        Some(DaneAuth { records: usable, tlsa_base: tlsa_base.trim_end_matches('.').to_string(), names })
+        let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+        Some(DaneAuth { records: usable, tlsa_base: tlsa_base.trim_end_matches('.').to_string(), names, algs })
     }
 
     /// The TLSA base domain, without a trailing dot: the name to connect (SNI) with.
@@ -237,35 +252,40 @@ impl DaneAuth {
                 }
             }
         }
-        let mut issuer_names: Vec<Vec<u8>> = vec![ee.issuer().to_vec()];
-        for c in intermediates {
-            if let Ok(c) = webpki::EndEntityCert::try_from(c) {
-                if !issuer_names.iter().any(|n| n.as_slice() == c.issuer()) {
-                    issuer_names.push(c.issuer().to_vec());
-                }
-            }
-        }
         let bare_keys: Vec<(&Tlsa, &[u8])> = ta_records
             .iter()
             .filter(|r| r.selector == 1 && r.matching == 0 && !found_keys.contains(r))
             .filter_map(|r| der_sequence_contents(&r.data).map(|contents| (*r, contents)))
             .collect();
-        for (rec, spki) in &bare_keys {
-            for (depth, subject) in issuer_names.iter().enumerate() {
+        // A bare key gets the subject of whichever presented certificate's issuer it may be:
+        // (issuer name, depth of such an anchor), each distinct name once, the lowest depth kept.
+        let mut issuer_names: Vec<(Vec<u8>, usize)> = Vec::new();
+        if !bare_keys.is_empty() {
+            issuer_names.push((ee.issuer().to_vec(), 1));
+            for (i, c) in intermediates.iter().enumerate() {
+                if let Ok(c) = webpki::EndEntityCert::try_from(c) {
+                    if !issuer_names.iter().any(|(n, _)| n.as_slice() == c.issuer()) {
+                        issuer_names.push((c.issuer().to_vec(), i + 2));
+                    }
+                }
+            }
+        }
+        let synthesized = bare_keys.iter().flat_map(|(rec, spki)| {
+            issuer_names.iter().map(move |(subject, depth)| {
                 let anchor = TrustAnchor {
                     subject: Der::from_slice(subject),
                     subject_public_key_info: Der::from_slice(spki),
                     name_constraints: None,
                 };
-                candidates.push((anchor, rec, depth + 1));
-            }
-        }
+                (anchor, *rec, *depth)
+            })
+        });
+        candidates.extend(synthesized.take(MAX_BARE_KEY_ANCHORS));
 
-        let algs = aws_lc_rs_sig_algs();
         let mut best: Option<DaneError> = None;
         for (anchor, rec, depth) in &candidates {
             let anchors = std::slice::from_ref(anchor);
-            let result = ee.verify_for_usage(algs.all, anchors, intermediates, now, webpki::KeyUsage::server_auth(), None, None);
+            let result = ee.verify_for_usage(self.algs.all, anchors, intermediates, now, webpki::KeyUsage::server_auth(), None, None);
             let err = match result {
                 Ok(_) if self.names.iter().any(|n| ee.verify_is_valid_for_subject_name(n).is_ok()) => {
                     return Ok(DaneMatch::Ta { selector: rec.selector, matching: rec.matching, depth: *depth });
@@ -290,11 +310,6 @@ impl DaneAuth {
             names.join(" or ")
         }
     }
-}
-
-/// The signature algorithms chains are verified with: those of the aws-lc-rs provider.
-fn aws_lc_rs_sig_algs() -> rustls::crypto::WebPkiSupportedAlgorithms {
-    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
 }
 
 /// The contents of a DER SEQUENCE that spans all of `der` (a SubjectPublicKeyInfo without its
@@ -504,9 +519,11 @@ impl ServerCertVerifier for DaneVerifier {
 /// A client config (aws-lc-rs provider restricted to `kx` via crate::tls::provider, TLS 1.3 + 1.2) whose verifier is DaneVerifier;
 /// resumption through `store` (crate::tls::TicketStore) when given, else disabled.
 ///
-/// A resumed session is not re-verified by rustls: it was authenticated when its ticket was
-/// issued, possibly under other TLSA records. A caller that shares `store` across RRsets
-/// should check [`verify_session`] after a resumed handshake.
+/// rustls resumes a session only under the config's own verifier (`Arc::ptr_eq`), so a
+/// resumed session was authenticated against these same records; a new `DaneAuth` (records
+/// changed) never resumes a session verified under the old one. The flip side: to resume at
+/// all, keep one config per TLSA RRset and reuse it, rather than building one per connection
+/// (a ticket offered to an incompatible config is taken from `store` and wasted).
 pub fn client_config(auth: Arc<DaneAuth>, kx: Kx, store: Option<Arc<TicketStore>>) -> Result<Arc<ClientConfig>, TlsError> {
     let prov = super::provider(kx);
     let mut cfg = ClientConfig::builder_with_provider(prov.clone())
@@ -522,7 +539,7 @@ pub fn client_config(auth: Arc<DaneAuth>, kx: Kx, store: Option<Arc<TicketStore>
 }
 
 /// Check an established session's peer chain against `auth`: what matched, for the outcome
-/// record, or why it does not (which for a resumed session means the records changed since).
+/// record. A resumed session keeps the chain it was verified with, so this works for it too.
 pub fn verify_session(auth: &DaneAuth, conn: &rustls::CommonState, now: UnixTime) -> Result<DaneMatch, DaneError> {
     match conn.peer_certificates() {
         Some([ee, rest @ ..]) => auth.verify(ee, rest, now),
@@ -535,5 +552,336 @@ pub fn dane_error_of(e: &rustls::Error) -> Option<&DaneError> {
     match e {
         rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => inner.downcast_ref::<DaneError>(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, PublicKeyData,
+    };
+
+    type Ca = CertifiedIssuer<'static, KeyPair>;
+
+    const MX: &str = "mx1.example.test";
+
+    fn ca(cn: &str, parent: Option<&Ca>) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        match parent {
+            None => CertifiedIssuer::self_signed(p, key).unwrap(),
+            Some(parent) => CertifiedIssuer::signed_by(p, key, parent).unwrap(),
+        }
+    }
+
+    fn leaf(name: &str, issuer: &Ca, expired: bool) -> (CertificateDer<'static>, KeyPair) {
+        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        (p.signed_by(&key, issuer).unwrap().der().clone(), key)
+    }
+
+    /// root → intermediate → leaf for MX.
+    struct Pki {
+        root: Ca,
+        inter: Ca,
+        leaf: CertificateDer<'static>,
+        leaf_key: KeyPair,
+    }
+
+    fn pki(name: &str, expired: bool) -> Pki {
+        let root = ca("test root", None);
+        let inter = ca("test intermediate", Some(&root));
+        let (leaf, leaf_key) = leaf(name, &inter, expired);
+        Pki { root, inter, leaf, leaf_key }
+    }
+
+    fn rec(cert: &CertificateDer<'_>, usage: u8, selector: u8, matching: u8) -> Tlsa {
+        Tlsa::for_cert(cert, usage, selector, matching).unwrap()
+    }
+
+    fn auth(records: &[Tlsa]) -> DaneAuth {
+        DaneAuth::new(records, MX, Some("example.test")).expect("usable records")
+    }
+
+    fn verify(a: &DaneAuth, ee: &CertificateDer<'_>, rest: &[CertificateDer<'_>]) -> Result<DaneMatch, DaneError> {
+        a.verify(ee, rest, UnixTime::now())
+    }
+
+    fn other_record(usage: u8, selector: u8, matching: u8) -> Tlsa {
+        let len = [1, 32, 64][matching as usize];
+        Tlsa { usage, selector, matching, data: vec![0xab; len] }
+    }
+
+    #[test]
+    fn usability_follows_rfc7672() {
+        assert!(other_record(3, 1, 1).is_usable());
+        assert!(other_record(2, 0, 2).is_usable());
+        assert!(other_record(3, 0, 0).is_usable());
+        for (u, s, m) in [(0, 0, 1), (1, 1, 1), (3, 2, 1), (2, 0, 3), (4, 1, 1), (255, 1, 1)] {
+            let r = Tlsa { usage: u, selector: s, matching: m, data: vec![0; 32] };
+            assert!(!r.is_usable(), "{u} {s} {m}");
+        }
+        // Digest lengths must fit the matching type; Full(0) must hold something, not too much.
+        assert!(!Tlsa { usage: 3, selector: 1, matching: 1, data: vec![0; 31] }.is_usable());
+        assert!(!Tlsa { usage: 3, selector: 1, matching: 1, data: vec![0; 64] }.is_usable());
+        assert!(!Tlsa { usage: 3, selector: 1, matching: 2, data: vec![0; 32] }.is_usable());
+        assert!(!Tlsa { usage: 3, selector: 1, matching: 0, data: vec![] }.is_usable());
+        assert!(!Tlsa { usage: 3, selector: 1, matching: 0, data: vec![1; MAX_FULL_LEN + 1] }.is_usable());
+        let unusable = [
+            Tlsa { usage: 0, selector: 0, matching: 1, data: vec![0; 32] },
+            Tlsa { usage: 1, selector: 1, matching: 1, data: vec![0; 32] },
+            Tlsa { usage: 3, selector: 2, matching: 1, data: vec![0; 32] },
+            Tlsa { usage: 3, selector: 1, matching: 9, data: vec![0; 32] },
+            Tlsa { usage: 3, selector: 1, matching: 2, data: vec![0; 32] },
+        ];
+        assert!(DaneAuth::new(&unusable, MX, None).is_none());
+        let mut with_one = unusable.to_vec();
+        with_one.push(other_record(3, 1, 1));
+        assert_eq!(DaneAuth::new(&with_one, MX, None).unwrap().records(), &[other_record(3, 1, 1)]);
+        assert_eq!(Tlsa::for_cert(&pki(MX, false).leaf, 1, 1, 1), Err(DaneError::Unusable { usage: 1, selector: 1, matching: 1 }));
+    }
+
+    #[test]
+    fn spki_digests_match_an_independent_computation() {
+        let p = pki(MX, false);
+        // rcgen's own encoding of the keys' SubjectPublicKeyInfo, not webpki's.
+        let leaf_spki = p.leaf_key.subject_public_key_info();
+        let inter_spki = p.inter.key().subject_public_key_info();
+        assert_eq!(rec(&p.leaf, 3, 1, 0).data, leaf_spki);
+        assert_eq!(rec(&p.leaf, 3, 1, 1).data, digest::digest(&digest::SHA256, &leaf_spki).as_ref());
+        assert_eq!(rec(p.inter.der(), 2, 1, 1).data, digest::digest(&digest::SHA256, &inter_spki).as_ref());
+        assert_eq!(rec(p.inter.der(), 2, 1, 2).data, digest::digest(&digest::SHA512, &inter_spki).as_ref());
+        assert_eq!(rec(p.inter.der(), 2, 0, 0).data, p.inter.der().as_ref());
+        // The anchor form lacks the outer SEQUENCE; webpki's re-wrapping gives the same bytes.
+        let anchor = webpki::anchor_from_trusted_cert(p.inter.der()).unwrap();
+        assert_eq!(webpki::spki_for_anchor(&anchor).as_ref(), inter_spki.as_slice());
+        assert_eq!(der_sequence_contents(&inter_spki), Some(anchor.subject_public_key_info.as_ref()));
+    }
+
+    #[test]
+    fn spki_digest_matches_openssl_when_installed() {
+        let p = pki(MX, false);
+        let dir = std::env::temp_dir().join(format!("mxpipe-dane-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("inter.pem");
+        std::fs::write(&pem, p.inter.pem()).unwrap();
+        let x509 = std::process::Command::new("openssl").args(["x509", "-in"]).arg(&pem).args(["-noout", "-pubkey"]).output();
+        let Ok(out) = x509 else {
+            eprintln!("openssl not installed; skipped (the rcgen comparison still runs)");
+            return;
+        };
+        assert!(out.status.success());
+        std::fs::write(dir.join("pub.pem"), &out.stdout).unwrap();
+        let der = std::process::Command::new("openssl")
+            .args(["pkey", "-pubin", "-outform", "DER", "-in"])
+            .arg(dir.join("pub.pem"))
+            .output()
+            .unwrap();
+        assert!(der.status.success());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(rec(p.inter.der(), 2, 1, 1).data, digest::digest(&digest::SHA256, &der.stdout).as_ref());
+    }
+
+    #[test]
+    fn der_sequence_header() {
+        assert_eq!(der_sequence_contents(&[0x30, 0x02, 1, 2]), Some(&[1u8, 2][..]));
+        assert_eq!(der_sequence_contents(&[0x30, 0x02, 1]), None);
+        assert_eq!(der_sequence_contents(&[0x30, 0x01, 1, 2]), None);
+        assert_eq!(der_sequence_contents(&[0x31, 0x01, 1]), None);
+        assert_eq!(der_sequence_contents(&[0x30, 0x81, 0x01, 1]), None, "non-minimal length");
+        assert_eq!(der_sequence_contents(&[0x30, 0x80]), None, "indefinite length");
+        let mut long = vec![0x30, 0x81, 0x80];
+        long.extend([7u8; 0x80]);
+        assert_eq!(der_sequence_contents(&long).map(<[u8]>::len), Some(0x80));
+        assert_eq!(der_sequence_contents(&[]), None);
+    }
+
+    #[test]
+    fn dane_ee_matches_by_each_selector_and_matching_type() {
+        let p = pki(MX, false);
+        for (s, m) in [(1, 1), (0, 1), (1, 2), (0, 0), (1, 0), (0, 2)] {
+            let a = auth(&[rec(&p.leaf, 3, s, m)]);
+            assert_eq!(verify(&a, &p.leaf, &[]), Ok(DaneMatch::Ee { selector: s, matching: m }), "3 {s} {m}");
+        }
+        let other = pki(MX, false);
+        let a = auth(&[rec(&other.leaf, 3, 1, 1), rec(&other.leaf, 3, 0, 1)]);
+        let err = verify(&a, &p.leaf, &[p.inter.der().clone()]).unwrap_err();
+        assert_eq!(err, DaneError::NoMatch { ee: 2, ta: 0, certs: 2 });
+        assert_eq!(err.result_type(), "validation-failure");
+    }
+
+    #[test]
+    fn dane_ee_ignores_names_dates_and_issuer() {
+        let p = pki("wrong.example.org", true);
+        let a = auth(&[rec(&p.leaf, 3, 1, 1)]);
+        // No intermediates, an expired leaf for another name: still authenticated.
+        assert_eq!(verify(&a, &p.leaf, &[]), Ok(DaneMatch::Ee { selector: 1, matching: 1 }));
+    }
+
+    #[test]
+    fn dane_ta_on_the_intermediate() {
+        let p = pki(MX, false);
+        let chain = [p.inter.der().clone()];
+        let ta = [rec(p.inter.der(), 2, 0, 1)];
+        let ok = Ok(DaneMatch::Ta { selector: 0, matching: 1, depth: 1 });
+        assert_eq!(verify(&auth(&ta), &p.leaf, &chain), ok);
+        // With the (unneeded) root presented too.
+        assert_eq!(verify(&auth(&ta), &p.leaf, &[p.inter.der().clone(), p.root.der().clone()]), ok);
+        // SPKI selector, SHA2-512.
+        let ta512 = rec(p.inter.der(), 2, 1, 2);
+        assert_eq!(verify(&auth(&[ta512]), &p.leaf, &chain), Ok(DaneMatch::Ta { selector: 1, matching: 2, depth: 1 }));
+
+        // Wrong name: the chain verifies, the name does not.
+        let wrong = leaf("other.example.org", &p.inter, false).0;
+        let err = verify(&auth(&ta), &wrong, &chain).unwrap_err();
+        assert!(matches!(err, DaneError::HostMismatch { depth: 1, .. }), "{err:?}");
+        assert_eq!(err.result_type(), "certificate-host-mismatch");
+
+        // The nexthop domain is a reference identifier too.
+        let nexthop = leaf("example.test", &p.inter, false).0;
+        assert_eq!(verify(&auth(&ta), &nexthop, &chain), ok);
+        assert!(DaneAuth::new(&ta, MX, None).unwrap().verify(&nexthop, &chain, UnixTime::now()).is_err());
+
+        // A chain without the TA.
+        let other = pki(MX, false);
+        let err = verify(&auth(&ta), &other.leaf, &[other.inter.der().clone(), other.root.der().clone()]).unwrap_err();
+        assert_eq!(err, DaneError::NoMatch { ee: 0, ta: 1, certs: 3 });
+
+        // The TA presented, but the leaf was not issued by it: the chain does not verify.
+        let err = verify(&auth(&ta), &other.leaf, &[p.inter.der().clone(), other.inter.der().clone()]).unwrap_err();
+        assert!(matches!(err, DaneError::ChainInvalid { depth: 1, .. }), "{err:?}");
+
+        // An expired leaf under the TA.
+        let expired = leaf(MX, &p.inter, true).0;
+        let err = verify(&auth(&ta), &expired, &chain).unwrap_err();
+        assert_eq!(err, DaneError::Expired { depth: 1 });
+        assert_eq!(err.result_type(), "certificate-expired");
+    }
+
+    #[test]
+    fn dane_ta_on_a_private_root_and_not_on_the_leaf() {
+        let p = pki(MX, false);
+        let chain = [p.inter.der().clone(), p.root.der().clone()];
+        let a = auth(&[rec(p.root.der(), 2, 1, 1)]);
+        assert_eq!(verify(&a, &p.leaf, &chain), Ok(DaneMatch::Ta { selector: 1, matching: 1, depth: 2 }));
+        // A DANE-TA record matching the end entity itself is not a trust anchor.
+        let a = auth(&[rec(&p.leaf, 2, 0, 1)]);
+        assert!(matches!(verify(&a, &p.leaf, &chain), Err(DaneError::NoMatch { .. })));
+    }
+
+    #[test]
+    fn dane_ta_bare_key_absent_from_the_chain() {
+        let p = pki(MX, false);
+        // 2 1 0 with the root's key; the root is not presented.
+        let a = auth(&[rec(p.root.der(), 2, 1, 0)]);
+        assert_eq!(verify(&a, &p.leaf, &[p.inter.der().clone()]), Ok(DaneMatch::Ta { selector: 1, matching: 0, depth: 2 }));
+        // The intermediate's key, with only the leaf presented.
+        let a = auth(&[rec(p.inter.der(), 2, 1, 0)]);
+        assert_eq!(verify(&a, &p.leaf, &[]), Ok(DaneMatch::Ta { selector: 1, matching: 0, depth: 1 }));
+        // An unrelated key under the same names: the signatures do not verify.
+        let impostor = ca("test root", None);
+        let a = auth(&[rec(impostor.der(), 2, 1, 0)]);
+        assert!(matches!(verify(&a, &p.leaf, &[p.inter.der().clone()]), Err(DaneError::ChainInvalid { .. })));
+    }
+
+    #[test]
+    fn either_kind_of_record_suffices() {
+        let p = pki(MX, false);
+        let other = pki(MX, false);
+        let chain = [p.inter.der().clone()];
+        let ee_bad_ta_good = auth(&[rec(&other.leaf, 3, 1, 1), rec(p.inter.der(), 2, 0, 1)]);
+        assert_eq!(verify(&ee_bad_ta_good, &p.leaf, &chain), Ok(DaneMatch::Ta { selector: 0, matching: 1, depth: 1 }));
+        let ee_good_ta_bad = auth(&[rec(&p.leaf, 3, 1, 1), rec(other.inter.der(), 2, 0, 1)]);
+        assert_eq!(verify(&ee_good_ta_bad, &p.leaf, &chain), Ok(DaneMatch::Ee { selector: 1, matching: 1 }));
+        // A matching DANE-EE record wins even when the DANE-TA chain would fail on the name.
+        let wrong = leaf("other.example.org", &p.inter, false).0;
+        let both = auth(&[rec(p.inter.der(), 2, 0, 1), rec(&wrong, 3, 0, 1)]);
+        assert_eq!(verify(&both, &wrong, &chain), Ok(DaneMatch::Ee { selector: 0, matching: 1 }));
+    }
+
+    #[test]
+    fn digest_agility_uses_only_the_strongest() {
+        let p = pki(MX, false);
+        let good256 = rec(&p.leaf, 3, 1, 1);
+        let bad512 = other_record(3, 1, 2);
+        let a = auth(&[good256.clone(), bad512.clone()]);
+        assert_eq!(a.records(), std::slice::from_ref(&bad512));
+        assert!(matches!(verify(&a, &p.leaf, &[]), Err(DaneError::NoMatch { .. })));
+        // Per usage and selector: a 512 record for selector 0 leaves selector 1's 256 alone,
+        // and Full(0) records are kept beside digests.
+        let other_sel = other_record(3, 0, 2);
+        let full = rec(&p.leaf, 3, 0, 0);
+        let a = auth(&[good256.clone(), other_sel.clone(), full.clone()]);
+        assert_eq!(a.records(), &[good256.clone(), other_sel, full]);
+        assert_eq!(verify(&a, &p.leaf, &[]), Ok(DaneMatch::Ee { selector: 1, matching: 1 }));
+        // The same for DANE-TA.
+        let a = auth(&[rec(p.inter.der(), 2, 0, 1), other_record(2, 0, 2)]);
+        assert!(verify(&a, &p.leaf, &[p.inter.der().clone()]).is_err());
+    }
+
+    #[test]
+    fn inputs_are_capped_and_deduplicated() {
+        let p = pki(MX, false);
+        let many: Vec<Tlsa> = (0..100u8).map(|i| Tlsa { usage: 3, selector: 1, matching: 1, data: vec![i; 32] }).collect();
+        assert_eq!(DaneAuth::new(&many, MX, None).unwrap().records().len(), MAX_RECORDS);
+        let dup = rec(&p.leaf, 3, 1, 1);
+        assert_eq!(auth(&[dup.clone(), dup.clone(), dup]).records().len(), 1);
+
+        // The TA beyond the first MAX_CHAIN certificates is not looked at.
+        let ta = auth(&[rec(p.inter.der(), 2, 0, 1)]);
+        let mut chain: Vec<CertificateDer<'static>> = (0..MAX_CHAIN).map(|_| p.root.der().clone()).collect();
+        chain.push(p.inter.der().clone());
+        assert_eq!(verify(&ta, &p.leaf, &chain), Err(DaneError::NoMatch { ee: 0, ta: 1, certs: MAX_CHAIN }));
+        chain.drain(..2);
+        assert!(verify(&ta, &p.leaf, &chain).is_ok(), "within the cap it is found");
+
+        // Bare keys absent from the chain: anchors beyond MAX_BARE_KEY_ANCHORS are not tried.
+        let decoys: Vec<Tlsa> = (0..MAX_BARE_KEY_ANCHORS).map(|i| rec(ca(&format!("decoy {i}"), None).der(), 2, 1, 0)).collect();
+        let mut keys = decoys.clone();
+        keys.push(rec(p.root.der(), 2, 1, 0));
+        assert!(verify(&auth(&keys), &p.leaf, &[p.inter.der().clone()]).is_err(), "the real key is past the cap");
+        keys.drain(..MAX_BARE_KEY_ANCHORS / 2 + 1);
+        assert!(verify(&auth(&keys), &p.leaf, &[p.inter.der().clone()]).is_ok(), "within the cap it is found");
+    }
+
+    #[test]
+    fn names_are_normalised() {
+        let p = pki(MX, false);
+        let ta = [rec(p.inter.der(), 2, 0, 1)];
+        let a = DaneAuth::new(&ta, "MX1.Example.Test.", Some("not a name!")).unwrap();
+        assert_eq!(a.tlsa_base(), "MX1.Example.Test");
+        assert!(a.verify(&p.leaf, &[p.inter.der().clone()], UnixTime::now()).is_ok());
+    }
+
+    #[test]
+    fn display_and_error_transport() {
+        assert_eq!(DaneMatch::Ee { selector: 1, matching: 1 }.to_string(), "dane-ee 3 1 1");
+        assert_eq!(DaneMatch::Ta { selector: 0, matching: 1, depth: 1 }.to_string(), "dane-ta 2 0 1 depth 1");
+        assert_eq!(Tlsa { usage: 3, selector: 1, matching: 1, data: vec![0xab, 0x01] }.to_string(), "3 1 1 ab01");
+        let e = rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(DaneError::Expired { depth: 2 }))));
+        assert_eq!(dane_error_of(&e), Some(&DaneError::Expired { depth: 2 }));
+        assert_eq!(dane_error_of(&rustls::Error::InvalidCertificate(CertificateError::Expired)), None);
+    }
+
+    #[test]
+    fn client_config_builds() {
+        let p = pki(MX, false);
+        let a = Arc::new(auth(&[rec(&p.leaf, 3, 1, 1)]));
+        client_config(a.clone(), Kx::X25519, None).unwrap();
+        client_config(a, Kx::Default, Some(Arc::new(TicketStore::new(10, 2, 1)))).unwrap();
     }
 }
