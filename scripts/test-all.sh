@@ -3,7 +3,8 @@
 # (STARTTLS 127.0.0.1:2525, implicit TLS 127.0.0.1:2526, a generated CA; a relay port
 # 127.0.0.1:2527 whose mail for relay.mxpipe.test goes to an `mxpipe serve` under test on
 # $MXPIPE_POSTFIX_RELAY_TO, default 127.0.0.1:2590), then runs every test of the workspace, the
-# Postfix interop tests included. `.ci/run` calls this script.
+# Postfix interop tests included, and installs unbound for tests/dnssec_unbound.rs (which starts
+# its own instance on a loopback port). `.ci/run` calls this script.
 # Before the tests, the checks CI enforces (each fails the run): rustfmt, clippy with
 # warnings as errors, rustdoc with warnings as errors, the benchmarks compile, and every fuzz
 # target runs 20 s without a crash (scripts/fuzz.sh; MXPIPE_FUZZ_SECONDS changes the time).
@@ -34,11 +35,24 @@ need=()
 command -v postfix >/dev/null || need+=(postfix)
 command -v openssl >/dev/null || need+=(openssl)
 command -v ss >/dev/null || need+=(iproute2)
+# unbound: the independent DNSSEC validator tests/dnssec_unbound.rs starts on a loopback port.
+[ -x /usr/sbin/unbound ] || need+=(unbound)
 if ((${#need[@]})); then
   echo "== installing ${need[*]}"
   echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+  # No package may start its service system-wide (unbound would take port 53): policy-rc.d
+  # exiting 101 tells invoke-rc.d not to. The tests start their own instances.
+  made_policy_rc=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    made_policy_rc=1
+  fi
+  rc=0
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" || rc=$?
+  if [ -n "$made_policy_rc" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+  [ "$rc" = 0 ] || exit "$rc"
 fi
 
 echo "== starting the Postfix peer"

@@ -1227,6 +1227,13 @@ mod tests {
     }
 
     #[test]
+    fn dns_trust_anchors_is_a_list_of_paths() {
+        let c = Config::from_toml_str("[dns]\ntrust_anchors = [\"/etc/mxpipe/a.key\", \"b.ds\"]\n").unwrap();
+        assert_eq!(c.dns.trust_anchors, [std::path::PathBuf::from("/etc/mxpipe/a.key"), "b.ds".into()]);
+        assert!(Config::from_toml_str("[dns]\ntrust_anchors = \"one.key\"\n").is_err(), "a list, not a string");
+    }
+
+    #[test]
     fn engine_config_reads_ca_files() {
         let dir = std::env::temp_dir().join(format!("mxpipe-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

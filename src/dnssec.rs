@@ -114,8 +114,8 @@ pub enum AnchorError {
         path: PathBuf,
         /// Line number, from 1.
         line: usize,
-        /// The zone the DS is for.
-        owner: Name,
+        /// The zone the DS is for (absolute, lowercase).
+        owner: String,
         /// What went wrong.
         why: String,
     },
@@ -267,7 +267,7 @@ pub async fn add_from_files(anchors: &mut TrustAnchors, files: &[PathBuf], names
                     anchors.insert_with_name(key.public_key(), LowerName::new(&rec.owner));
                 }
                 AnchorData::Ds(ds) => {
-                    let ds_err = |why: String| AnchorError::Ds { path: path.clone(), line: rec.line, owner: rec.owner.clone(), why };
+                    let ds_err = |why: String| AnchorError::Ds { path: path.clone(), line: rec.line, owner: rec.owner.to_string(), why };
                     if resolver.is_none() {
                         resolver = Some(plain_resolver(nameserver).map_err(ds_err)?);
                     }

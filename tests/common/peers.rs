@@ -91,15 +91,18 @@ pub fn smtp_source() -> PathBuf {
         .expect("the Postfix peer is set up but smtp-source (package postfix) is not found; set MXPIPE_SMTP_SOURCE")
 }
 
-/// The `unbound` binary (Debian's package, `/usr/sbin/unbound`), or `None` after a SKIPPED
-/// banner. The tests start their own instance on a loopback port; with
-/// `MXPIPE_REQUIRE_PEERS` set a missing binary fails, as for Postfix.
+/// The `unbound` binary (`$MXPIPE_UNBOUND` if set, else Debian's `/usr/sbin/unbound` or one
+/// on `PATH`), or `None` after a SKIPPED banner. The tests start their own instance on a
+/// loopback port; with `MXPIPE_REQUIRE_PEERS` set a missing binary fails, as for Postfix.
 pub fn unbound(test: &str) -> Option<PathBuf> {
-    let found = ["/usr/sbin/unbound", "/usr/local/sbin/unbound"]
-        .iter()
-        .map(PathBuf::from)
-        .chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|d| d.join("unbound")))
-        .find(|p| p.is_file());
+    let found = match var("MXPIPE_UNBOUND") {
+        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
+        None => ["/usr/sbin/unbound", "/usr/local/sbin/unbound"]
+            .iter()
+            .map(PathBuf::from)
+            .chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|d| d.join("unbound")))
+            .find(|p| p.is_file()),
+    };
     if found.is_none() {
         if var("MXPIPE_REQUIRE_PEERS").is_some() {
             panic!("{test}: MXPIPE_REQUIRE_PEERS is set but unbound is not installed");
