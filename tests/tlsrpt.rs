@@ -258,9 +258,7 @@ async fn https_report_is_posted() {
             .a("broken.fail.test", Ipv4Addr::LOCALHOST)
             .txt("_smtp._tls.other.test", "v=spf1 -all");
         let dns = DnsServer::start(vec![zone], SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
-        let mut rc = ResolverConfig::default();
-        rc.nameserver = Some(dns.addr());
-        let resolver = MxResolver::new(rc).unwrap();
+        let resolver = MxResolver::new(ResolverConfig { nameserver: Some(dns.addr()), ..Default::default() }).unwrap();
 
         let opts = ClientOptions {
             verify: Verify::webpki_plus(std::slice::from_ref(&pki.ca_der)).unwrap(),
