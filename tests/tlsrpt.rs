@@ -198,6 +198,24 @@ fn txt_record_per_section_3() {
     }
 }
 
+/// `[tlsrpt]`: defaults derived from the EHLO name, and the checks.
+#[test]
+fn config_section() {
+    let c = mxpipe::config::Config::from_toml_str("").unwrap();
+    assert!(c.tlsrpt.enabled);
+    let (org, contact, sender) = c.tlsrpt.resolved("mta.sender.test").unwrap();
+    assert_eq!(
+        (org.as_str(), contact.as_str(), sender.as_str()),
+        ("mta.sender.test", "tlsrpt-noreply@mta.sender.test", "tlsrpt-noreply@mta.sender.test")
+    );
+    let c = mxpipe::config::Config::from_toml_str("[tlsrpt]\nmax_delay = \"2d\"\n").unwrap();
+    let err = c.tlsrpt.resolved("h.test").unwrap_err().to_string();
+    assert!(err.contains("tlsrpt.max_delay"), "{err}");
+    let c = mxpipe::config::Config::from_toml_str("[tlsrpt]\nsender = \"no at sign\"\n").unwrap();
+    assert!(c.tlsrpt.resolved("h.test").unwrap_err().to_string().contains("tlsrpt.sender"));
+    assert!(mxpipe::config::Config::from_toml_str("[tlsrpt]\nbogus = 1\n").is_err(), "unknown keys are refused");
+}
+
 /// A CA and a certificate for `names`.
 fn pki(names: &[&str]) -> GeneratedPki {
     tls::certs::generate(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap()
@@ -258,9 +276,7 @@ async fn https_report_is_posted() {
             .a("broken.fail.test", Ipv4Addr::LOCALHOST)
             .txt("_smtp._tls.other.test", "v=spf1 -all");
         let dns = DnsServer::start(vec![zone], SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
-        let mut rc = ResolverConfig::default();
-        rc.nameserver = Some(dns.addr());
-        let resolver = MxResolver::new(rc).unwrap();
+        let resolver = MxResolver::new(ResolverConfig { nameserver: Some(dns.addr()), ..Default::default() }).unwrap();
 
         let opts = ClientOptions {
             verify: Verify::webpki_plus(std::slice::from_ref(&pki.ca_der)).unwrap(),

@@ -25,6 +25,10 @@ use crate::inject::Intake;
 use crate::policy::mta_sts::fetch::{post, FetchConfig, Post};
 use crate::resolve::MxResolver;
 
+/// Destinations of one record that get a report; the rest of a longer `rua` list are ignored,
+/// so that one record cannot make the daemon send without bound.
+pub const MAX_DESTINATIONS: usize = 8;
+
 /// Default for [`ReporterConfig::max_delay`].
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(3600);
 
@@ -163,7 +167,7 @@ impl Reporter {
         let meta = ReportMeta::new(&self.cfg.organization_name, &self.cfg.contact_info, agg, &self.cfg.submitter);
         let gz = gzip(&report_json(agg, &meta));
         let mut any = false;
-        for rua in &record.rua {
+        for rua in record.rua.iter().take(MAX_DESTINATIONS) {
             let result = match rua {
                 Rua::Https(url) => self.post(url, &gz).await,
                 Rua::Mailto(to) => self.mail(agg, &meta, &gz, to, now).await,
@@ -223,7 +227,11 @@ impl Reporter {
                     _ = stopped.changed() => return,
                 }
                 let now = SystemTime::now();
-                let sum = self.run_once(now).await;
+                // A stop cuts a run short: what it has not marked sent is offered again later.
+                let sum = tokio::select! {
+                    sum = self.run_once(now) => sum,
+                    _ = stopped.changed() => return,
+                };
                 if sum != RunSummary::default() {
                     tracing::info!(sent = sum.sent, no_record = sum.no_record, failed = sum.failed, dropped = sum.dropped, "TLS-RPT run");
                 }

@@ -228,7 +228,7 @@ pub fn mail_message(agg: &DayAggregate, meta: &ReportMeta, gz: &[u8], from: &str
     m.push_str(&format!("\r\n--{boundary}\r\n"));
     m.push_str("Content-Type: text/plain; charset=\"us-ascii\"\r\nContent-Transfer-Encoding: 7bit\r\n\r\n");
     m.push_str(&format!(
-        "This is an aggregate TLS report (RFC 8460) from {submitter} for {domain}, {}.\r\n",
+        "This is an aggregate TLS report (RFC 8460)\r\nfrom {submitter}\r\nfor {domain}, {}.\r\n",
         &DateRange::of(agg).start[..10]
     ));
     m.push_str(&format!("\r\n--{boundary}\r\n"));
@@ -275,6 +275,22 @@ pub fn describe_pending(domain: &str, days: &[super::DayReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mail_lines_are_crlf_and_short() {
+        let agg = DayAggregate { domain: "rcpt.test".into(), day: 20_423, policies: Vec::new(), sessions_not_counted: 0 };
+        let meta = ReportMeta::new("Org", "c@s.test", &agg, "s.test");
+        let gz = gzip(&report_json(&agg, &meta));
+        let m = mail_message(&agg, &meta, &gz, "f@s.test", "t@rcpt.test", "s.test", std::time::UNIX_EPOCH);
+        let text = String::from_utf8(m).unwrap();
+        assert!(text.ends_with("--\r\n"));
+        for line in text.split_inclusive('\n') {
+            assert!(line.ends_with("\r\n") && !line[..line.len() - 2].contains('\r'), "{line:?}");
+            assert!(line.len() <= 80, "{line:?}");
+        }
+        assert!(text.contains("filename=\"s.test!rcpt.test!1764547200!1764633599.json.gz\""), "{text}");
+        assert!(meta.report_id.starts_with("20251201.rcpt.test.") && meta.report_id.ends_with("@s.test"));
+    }
 
     #[test]
     fn rfc3339_at_day_boundaries() {

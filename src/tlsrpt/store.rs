@@ -11,6 +11,7 @@
 //! It does not send anything: [`super::Reporter`] takes the days that ended
 //! ([`TlsRpt::take_due`]) and removes each once it is sent ([`TlsRpt::sent`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -233,22 +234,34 @@ impl TlsRpt {
         self.count(domain, policy, Some(f), now);
     }
 
-    fn clamp_policy(&self, p: &PolicyDesc) -> PolicyDesc {
+    /// `p` within the string limits: borrowed when it already is (the usual case, so the hot
+    /// path does not copy the policy), cut otherwise.
+    fn clamp_policy<'a>(&self, p: &'a PolicyDesc) -> Cow<'a, PolicyDesc> {
         let l = &self.limits;
+        let fits = |v: &[String]| v.len() <= l.max_policy_strings && v.iter().all(|s| s.len() <= l.max_string);
+        if fits(&p.policy_string) && fits(&p.mx_host) {
+            return Cow::Borrowed(p);
+        }
         let strings = |v: &[String]| v.iter().take(l.max_policy_strings).map(|s| cut(s, l.max_string)).collect();
-        PolicyDesc { policy_type: p.policy_type, policy_string: strings(&p.policy_string), mx_host: strings(&p.mx_host) }
+        Cow::Owned(PolicyDesc { policy_type: p.policy_type, policy_string: strings(&p.policy_string), mx_host: strings(&p.mx_host) })
     }
 
-    fn clamp_failure(&self, f: &Failure) -> Failure {
-        let c = |s: &Option<String>| s.as_deref().map(|s| cut(s, self.limits.max_string));
-        Failure {
+    /// `f` within the string limits, borrowed when it already is.
+    fn clamp_failure<'a>(&self, f: &'a Failure) -> Cow<'a, Failure> {
+        let max = self.limits.max_string;
+        let fits = |s: &Option<String>| s.as_ref().is_none_or(|s| s.len() <= max);
+        if fits(&f.receiving_mx_hostname) && fits(&f.additional_information) && fits(&f.failure_reason_code) {
+            return Cow::Borrowed(f);
+        }
+        let c = |s: &Option<String>| s.as_deref().map(|s| cut(s, max));
+        Cow::Owned(Failure {
             result: f.result,
             sending_mta_ip: f.sending_mta_ip,
             receiving_mx_hostname: c(&f.receiving_mx_hostname),
             receiving_ip: f.receiving_ip,
             additional_information: c(&f.additional_information),
             failure_reason_code: c(&f.failure_reason_code),
-        }
+        })
     }
 
     fn count(&self, domain: &str, policy: &PolicyDesc, failure: Option<&Failure>, now: SystemTime) {
@@ -270,10 +283,16 @@ impl TlsRpt {
             g.days.insert(key.clone(), agg);
         }
         let Some(agg) = g.days.get_mut(&key) else { return };
-        let i = match agg.policies.iter().position(|p| p.policy == policy) {
+        let i = match agg.policies.iter().position(|p| p.policy == *policy) {
             Some(i) => i,
             None if agg.policies.len() < limits.max_policies_per_domain => {
-                agg.policies.push(PolicyCounts { policy, successes: 0, failures: 0, details: Vec::new(), details_not_counted: 0 });
+                agg.policies.push(PolicyCounts {
+                    policy: policy.into_owned(),
+                    successes: 0,
+                    failures: 0,
+                    details: Vec::new(),
+                    details_not_counted: 0,
+                });
                 agg.policies.len() - 1
             }
             None => {
@@ -287,9 +306,11 @@ impl TlsRpt {
             return;
         };
         counts.failures += 1;
-        match counts.details.iter().position(|d| d.failure == failure) {
+        match counts.details.iter().position(|d| d.failure == *failure) {
             Some(i) => counts.details[i].count += 1,
-            None if counts.details.len() < limits.max_failure_groups => counts.details.push(DetailCount { failure, count: 1 }),
+            None if counts.details.len() < limits.max_failure_groups => {
+                counts.details.push(DetailCount { failure: failure.into_owned(), count: 1 })
+            }
             None => counts.details_not_counted += 1,
         }
     }
