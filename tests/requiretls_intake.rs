@@ -108,6 +108,15 @@ async fn smtp_injection_offers_requiretls_only_over_tls_and_the_spool_keeps_it_a
     let content = "Subject: plain\r\n\r\nTLS-Required: No\r\n";
     assert_eq!(mail(&mut c, "MAIL FROM:<app@src.t.test>", "d@held.t.test", content).await.code, 250);
     let _ = c.cmd("QUIT").await;
+    let (code, metrics) = http_async(setup.http, "GET", "/metrics".into(), String::new()).await;
+    assert_eq!(code, 200);
+    let line = |name: &str| metrics.lines().find(|l| l.starts_with(&format!("{name} "))).map(str::to_string);
+    assert_eq!(line("mxpipe_injection_messages_total").as_deref(), Some("mxpipe_injection_messages_total 4"), "{metrics}");
+    assert_eq!(
+        line("mxpipe_injection_requiretls_messages_total").as_deref(),
+        Some("mxpipe_injection_requiretls_messages_total 2"),
+        "{metrics}"
+    );
     assert!(terminate(d), "serve did not stop cleanly");
 
     let expect = [

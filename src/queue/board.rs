@@ -316,6 +316,13 @@ impl Board {
             );
             metric(
                 &mut s,
+                "mxpipe_injection_requiretls_messages_total",
+                "counter",
+                "Of those, messages sent with MAIL FROM REQUIRETLS (RFC 8689).",
+                i.requiretls_messages,
+            );
+            metric(
+                &mut s,
                 "mxpipe_injection_refused_total",
                 "counter",
                 "Messages SMTP injection answered with a temporary failure because the spool refused them.",
