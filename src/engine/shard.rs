@@ -1147,4 +1147,3 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
     set_connected(shard, domain, -1);
     end
 }
-
