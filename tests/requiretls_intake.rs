@@ -1,7 +1,8 @@
 //! REQUIRETLS (RFC 8689) on the way in, over real sockets: `mxpipe serve`'s SMTP listener
 //! (advertised only after STARTTLS, refused in clear), the spool keeping a message's TLS
 //! requirement across a restart, the HTTP API's `requiretls` field and the `TLS-Required: No`
-//! header field, and `mxpipe sink --requiretls` recording what it received.
+//! header field, `mxpipe sink --requiretls` recording what it received, and the library's
+//! client session sending REQUIRETLS over a real TLS socket only to a sink that offers it.
 //!
 //! The daemons here resolve through a DNS address where nothing answers, so every message
 //! stays queued (deferred) whatever the engine would do with its requirement: what is checked
@@ -322,4 +323,66 @@ async fn sink_without_the_flag_does_not_offer_requiretls() {
     assert_eq!(c.cmd("MAIL FROM:<a@x.test> REQUIRETLS").await, 555);
     let _ = c.cmd("QUIT").await;
     stop_sink(child);
+}
+
+/// Deliver `msg` with the library's client session over implicit TLS to `addr`, moving bytes
+/// only (what the engine's driver does): the outcome, and whether the server advertised
+/// REQUIRETLS.
+async fn deliver_with_session(addr: SocketAddr, msg: mxpipe::session::Message) -> (mxpipe::session::MessageOutcome, bool) {
+    use mxpipe::session::{ClientSession, Event, SessionConfig, TlsMode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut io = tokio_rustls::TlsConnector::from(client_tls_unverified()).connect(name, tcp).await.unwrap();
+    let mut s = ClientSession::new(SessionConfig { tls: TlsMode::Implicit, ..SessionConfig::new("client.test") });
+    s.send_message(msg).unwrap();
+    let (mut outcome, mut advertised) = (None, false);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                Event::Send(b) => io.write_all(&b).await.unwrap(),
+                Event::Done(o) => {
+                    advertised = s.server_requiretls();
+                    outcome = Some(o);
+                    s.quit();
+                }
+                Event::Ready => s.quit(),
+                Event::Closed => return (outcome.expect("a Done before Closed"), advertised),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf)).await.unwrap().unwrap();
+        if n == 0 {
+            s.receive_eof();
+        } else {
+            s.receive(&buf[..n]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_session_sends_requiretls_only_to_a_server_that_offers_it() {
+    use mxpipe::session::{Message, RcptStatus};
+    let msg = || Message {
+        id: 1,
+        from: "a@x.test".into(),
+        rcpts: vec!["b@y.test".into()],
+        data: b"Subject: s\r\n\r\nx\r\n"[..].into(),
+        requiretls: true,
+    };
+    // A sink that offers it: the parameter goes on MAIL and the sink counts it.
+    let (sink, _) = common::start_sink(|c| c.requiretls = true).await;
+    let (o, advertised) = deliver_with_session(sink.addr(mxpipe::sink::PortKind::Implicit).unwrap(), msg()).await;
+    assert!(advertised);
+    assert_eq!(o.rcpts[0].status, RcptStatus::Delivered, "{o:?}");
+    assert_eq!((sink.stats().messages, sink.stats().requiretls_messages), (1, 1));
+    // One that does not: nothing is sent, the recipient bounces with 5.7.30.
+    let (plain, _) = common::start_sink(|_| {}).await;
+    let (o, advertised) = deliver_with_session(plain.addr(mxpipe::sink::PortKind::Implicit).unwrap(), msg()).await;
+    assert!(!advertised);
+    assert_eq!(o.rcpts[0].status, RcptStatus::Bounced, "{o:?}");
+    assert_eq!(o.rcpts[0].enhanced.as_deref(), Some("5.7.30"));
+    assert!(o.rcpts[0].reply.contains("next hop does not advertise REQUIRETLS"), "{o:?}");
+    assert_eq!(plain.stats().messages, 0, "the message was not sent without REQUIRETLS");
 }
