@@ -589,6 +589,12 @@ fn print_summary(stats: &mxpipe::engine::EngineStats, tally: &mxpipe::outcome::T
             stats.mta_sts_fetches, stats.mta_sts_fetch_failures, tally.policy_reports
         );
     }
+    if stats.tlsa_lookups > 0 {
+        println!(
+            "DANE: {} TLSA lookups ({} failed or bogus), {} verifying configs built",
+            stats.tlsa_lookups, stats.tlsa_failures, stats.dane_configs
+        );
+    }
     println!("recipients by TLS: {}; over resumed sessions {}", join(&tally.by_tls), tally.resumed);
     println!("recipients with a DNSSEC-authenticated MX answer: {}", tally.dnssec);
 }

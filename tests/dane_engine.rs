@@ -269,6 +269,7 @@ async fn without_validation_tlsa_is_not_used() {
         let x = one(&o, "x@a107.test");
         assert_eq!((x.status, x.policy.as_deref(), x.dnssec), (Status::Delivered, Some("opportunistic"), false), "{x:#?}");
         assert_eq!(stats.dns_queries, 4, "MX, A, AAAA and the _mta-sts TXT, no TLSA: {stats:?}");
+        assert_eq!(stats.tlsa_lookups, 0);
         assert_eq!(sink_stats(s).await.messages, 1);
         dns.shutdown().await;
     })
@@ -311,6 +312,7 @@ async fn a_warm_burst_pays_no_tlsa_lookup() {
         assert_eq!(warm, 0, "nothing asked on the warm burst");
         assert!(second[0].resumed, "the second connection resumed the DANE-verified session: {:#?}", second[0]);
         assert_eq!((stats.tls_full_handshakes, stats.tls_resumed_handshakes), (1, 1), "{stats:?}");
+        assert_eq!((stats.tlsa_lookups, stats.dane_configs), (1, 1), "one lookup and one config for both bursts: {stats:?}");
         assert_eq!(sink_stats(s).await.messages, 2);
         std::sync::Arc::try_unwrap(dns).ok().unwrap().shutdown().await;
     })
@@ -366,7 +368,8 @@ async fn bogus_tlsa_defers() {
         z.bogus("_25._tcp.mx.a110.test", hickory_proto::rr::RecordType::TLSA);
         let dns = dns(net, z).await;
 
-        let (o, _) = deliver(dane_config(&dns, ports), vec![msg("m1", &["x@a110.test"]), msg("m2", &["y@b110.test"])]).await;
+        let (o, stats) = deliver(dane_config(&dns, ports), vec![msg("m1", &["x@a110.test"]), msg("m2", &["y@b110.test"])]).await;
+        assert_eq!((stats.tlsa_lookups, stats.tlsa_failures), (2, 1), "{stats:?}");
         let x = one(&o, "x@a110.test");
         assert_eq!(x.status, Status::Deferred, "{x:#?}");
         assert!(x.reply.contains("TLSA") && x.reply.contains("DNSSEC"), "{}", x.reply);

@@ -153,6 +153,7 @@ async fn lookup(shard: &Rc<Shard>, key: (String, u16)) -> PortDane {
     shard.dane.inflight.borrow_mut().insert(key.clone(), rx);
     // Removes the in-flight mark however this ends (also if the worker is dropped).
     let _guard = Inflight { shard, key: &key };
+    shard.counters.tlsa_lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let answer = shard.resolver.tlsa(&key.0, key.1).await;
     let cfg = &shard.cfg.resolver;
     let clamp = |ttl: u32| Duration::from_secs(u64::from(ttl)).clamp(cfg.min_ttl, cfg.max_ttl);
@@ -180,6 +181,7 @@ async fn lookup(shard: &Rc<Shard>, key: (String, u16)) -> PortDane {
         },
         TlsaAnswer::SecureNone | TlsaAnswer::Insecure => PortDane::None,
         TlsaAnswer::Failed(why) => {
+            shard.counters.tlsa_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(host = %key.0, port = key.1, error = %why, "TLSA lookup failed: the host port is not used until it succeeds");
             PortDane::Failed(why)
         }
@@ -207,7 +209,10 @@ fn build(shard: &Shard, host: &str, records: &[Tlsa]) -> PortDane {
     let auth = Arc::new(auth);
     let store = Arc::new(TicketStore::new(1, shard.cfg.tickets_per_host.max(shard.cfg.max_conns_per_dest), 1));
     match crate::tls::dane::client_config(auth.clone(), shard.cfg.kx, Some(store)) {
-        Ok(config) => PortDane::Usable(Arc::new(DaneClient { auth, config })),
+        Ok(config) => {
+            shard.counters.dane_configs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            PortDane::Usable(Arc::new(DaneClient { auth, config }))
+        }
         Err(e) => PortDane::Failed(format!("cannot build the DANE client for {host}: {e}")),
     }
 }

@@ -235,6 +235,9 @@ pub(crate) struct Counters {
     pub sts_fetches: AtomicU64,
     pub sts_fetch_failures: AtomicU64,
     pub sts_testing_failures: AtomicU64,
+    pub tlsa_lookups: AtomicU64,
+    pub tlsa_failures: AtomicU64,
+    pub dane_configs: AtomicU64,
 }
 
 /// A summary of the engine's work so far.
@@ -279,6 +282,12 @@ pub struct EngineStats {
     /// Connections to a domain whose MTA-STS policy is in `testing` mode that would have
     /// failed under `enforce` (an unlisted MX host, no TLS, an unverified certificate).
     pub mta_sts_testing_failures: u64,
+    /// TLSA lookups sent (DANE; one per MX host port and TTL).
+    pub tlsa_lookups: u64,
+    /// TLSA lookups that failed or were DNSSEC-bogus (the host port was not used).
+    pub tlsa_failures: u64,
+    /// DANE client configs built from usable TLSA records (one per record set).
+    pub dane_configs: u64,
     /// Seconds since [`Engine::start`].
     pub elapsed_s: f64,
     /// Messages submitted per second of [`EngineStats::elapsed_s`].
@@ -477,6 +486,9 @@ impl Engine {
             mta_sts_fetches: l(&c.sts_fetches),
             mta_sts_fetch_failures: l(&c.sts_fetch_failures),
             mta_sts_testing_failures: l(&c.sts_testing_failures),
+            tlsa_lookups: l(&c.tlsa_lookups),
+            tlsa_failures: l(&c.tlsa_failures),
+            dane_configs: l(&c.dane_configs),
             elapsed_s: elapsed,
             messages_per_s: if elapsed > 0.0 { l(&c.messages) as f64 / elapsed } else { 0.0 },
             cpu_s: crate::sys::CpuTime::now().since(&self.cpu_start).total_secs(),

@@ -294,6 +294,8 @@ impl Board {
         metric(&mut s, "mxpipe_transactions_total", "counter", "Message transactions sent over connections.", e.transactions);
         metric(&mut s, "mxpipe_mta_sts_fetches_total", "counter", "MTA-STS policy fetches started.", e.mta_sts_fetches);
         metric(&mut s, "mxpipe_mta_sts_fetch_failures_total", "counter", "MTA-STS policy fetches that failed.", e.mta_sts_fetch_failures);
+        metric(&mut s, "mxpipe_dane_tlsa_lookups_total", "counter", "TLSA lookups sent for DANE.", e.tlsa_lookups);
+        metric(&mut s, "mxpipe_dane_tlsa_failures_total", "counter", "TLSA lookups that failed or were DNSSEC-bogus.", e.tlsa_failures);
         metric(
             &mut s,
             "mxpipe_mta_sts_testing_failures_total",
