@@ -12,7 +12,6 @@
 //! seconds, because they must survive a restart. Bounded by [`StateOptions::max_domains`].
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -332,21 +331,7 @@ impl PolicyState {
             serde_json::to_vec(&file).unwrap_or_default()
         };
         let io = |source| StateError::Io { path: path.clone(), source };
-        let tmp = path.with_extension("json.tmp");
-        let written = (|| {
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
+        let written = crate::sys::write_private_atomic(path, &bytes);
         if let Err(e) = written {
             // Try again at the next flush.
             self.lock().dirty = true;

@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -370,21 +370,7 @@ impl TlsRpt {
             days.sort_by(|a, b| (a.day, &a.domain).cmp(&(b.day, &b.domain)));
             serde_json::to_vec(&File { version: VERSION, days, overflow: g.overflow }).map_err(io::Error::other)?
         };
-        let tmp = path.with_extension("json.tmp");
-        let written: io::Result<()> = (|| {
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
+        let written = crate::sys::write_private_atomic(path, &bytes);
         if let Err(e) = written {
             // Try again at the next flush.
             self.lock().dirty = true;
