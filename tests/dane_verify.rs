@@ -6,11 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mxpipe::tls::dane::{self, DaneAuth, DaneError, DaneMatch, Tlsa};
-use mxpipe::tls::{self, Kx, TicketStore};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
+use mxpipe::tls::{self, GeneratedChain, Kx, TicketStore};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedProtocolVersion};
@@ -23,59 +19,14 @@ const NEXTHOP: &str = "example.test";
 const TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 const TLS12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
 
-type Ca = CertifiedIssuer<'static, KeyPair>;
-
-fn ca(cn: &str, parent: Option<&Ca>) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    p.distinguished_name = dn;
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let key = KeyPair::generate().unwrap();
-    match parent {
-        None => CertifiedIssuer::self_signed(p, key).unwrap(),
-        Some(parent) => CertifiedIssuer::signed_by(p, key, parent).unwrap(),
-    }
-}
-
-fn leaf(name: &str, issuer: &Ca, expired: bool) -> (CertificateDer<'static>, KeyPair) {
-    let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2000, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2001, 1, 1);
-    }
-    let key = KeyPair::generate().unwrap();
-    (p.signed_by(&key, issuer).unwrap().der().clone(), key)
-}
-
 /// A private PKI: root → intermediate, and a leaf for `name` under the intermediate.
-struct Pki {
-    root: Ca,
-    inter: Ca,
-    leaf: CertificateDer<'static>,
-    key: KeyPair,
+fn pki(name: &str, expired: bool) -> GeneratedChain {
+    tls::certs::generate_chain(&[name.to_string()], expired).unwrap()
 }
 
-impl Pki {
-    fn new(name: &str, expired: bool) -> Pki {
-        let root = ca("dane test root", None);
-        let inter = ca("dane test intermediate", Some(&root));
-        let (leaf, key) = leaf(name, &inter, expired);
-        Pki { root, inter, leaf, key }
-    }
-
-    /// What a typical server presents: leaf and intermediate.
-    fn chain(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.leaf.clone(), self.inter.der().clone()]
-    }
-
-    fn full_chain(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.leaf.clone(), self.inter.der().clone(), self.root.der().clone()]
-    }
+/// Another leaf for `name` under `p`'s intermediate, and its key.
+fn leaf(name: &str, p: &GeneratedChain, expired: bool) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    p.issue_leaf(&[name.to_string()], expired).unwrap()
 }
 
 fn rec(cert: &CertificateDer<'_>, usage: u8, selector: u8, matching: u8) -> Tlsa {
@@ -106,10 +57,13 @@ impl Drop for Server {
     }
 }
 
-async fn serve(chain: Vec<CertificateDer<'static>>, key: &KeyPair, versions: &[&'static SupportedProtocolVersion]) -> Server {
+async fn serve(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'static>,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Server {
     let prov = tls::provider(Kx::Default);
-    let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    let signer = prov.key_provider.load_private_key(key).unwrap();
+    let signer = prov.key_provider.load_private_key(key.clone_key()).unwrap();
     let certified = Arc::new(CertifiedKey::new(chain, signer));
     let mut cfg = ServerConfig::builder_with_provider(prov)
         .with_protocol_versions(versions)
@@ -170,7 +124,7 @@ fn auth(records: &[Tlsa]) -> Arc<DaneAuth> {
 /// Handshake against a server presenting `chain` with `key`; the DANE match or the DaneError.
 async fn run(
     chain: Vec<CertificateDer<'static>>,
-    key: &KeyPair,
+    key: &PrivateKeyDer<'static>,
     versions: &[&'static SupportedProtocolVersion],
     records: &[Tlsa],
 ) -> Result<String, DaneError> {
@@ -186,82 +140,82 @@ async fn run(
 
 #[tokio::test]
 async fn dane_ee_records_match_by_each_selector_and_matching_type() {
-    let p = Pki::new(MX, false);
+    let p = pki(MX, false);
     for (s, m) in [(1, 1), (0, 1), (1, 2), (0, 0)] {
-        let got = run(p.chain(), &p.key, TLS13, &[rec(&p.leaf, 3, s, m)]).await;
+        let got = run(p.chain(), &p.leaf_key, TLS13, &[rec(&p.leaf, 3, s, m)]).await;
         assert_eq!(got, Ok(format!("dane-ee 3 {s} {m}")));
     }
     // TLS 1.2 too (its handshake signature path is separate).
-    assert_eq!(run(p.chain(), &p.key, TLS12, &[rec(&p.leaf, 3, 1, 1)]).await, Ok("dane-ee 3 1 1".into()));
+    assert_eq!(run(p.chain(), &p.leaf_key, TLS12, &[rec(&p.leaf, 3, 1, 1)]).await, Ok("dane-ee 3 1 1".into()));
 }
 
 #[tokio::test]
 async fn dane_ee_mismatch_fails() {
-    let p = Pki::new(MX, false);
-    let other = Pki::new(MX, false);
-    let err = run(p.chain(), &p.key, TLS13, &[rec(&other.leaf, 3, 1, 1)]).await.unwrap_err();
+    let p = pki(MX, false);
+    let other = pki(MX, false);
+    let err = run(p.chain(), &p.leaf_key, TLS13, &[rec(&other.leaf, 3, 1, 1)]).await.unwrap_err();
     assert!(matches!(err, DaneError::NoMatch { ee: 1, ta: 0, certs: 2 }), "{err:?}");
     assert_eq!(err.result_type(), "validation-failure");
 }
 
 #[tokio::test]
 async fn dane_ee_ignores_a_wrong_name_and_expiry() {
-    let p = Pki::new("wrong.example.org", true);
-    assert_eq!(run(p.chain(), &p.key, TLS13, &[rec(&p.leaf, 3, 1, 1)]).await, Ok("dane-ee 3 1 1".into()));
+    let p = pki("wrong.example.org", true);
+    assert_eq!(run(p.chain(), &p.leaf_key, TLS13, &[rec(&p.leaf, 3, 1, 1)]).await, Ok("dane-ee 3 1 1".into()));
 }
 
 #[tokio::test]
 async fn dane_ta_on_the_intermediate() {
-    let p = Pki::new(MX, false);
-    let ta = [rec(p.inter.der(), 2, 0, 1)];
-    assert_eq!(run(p.chain(), &p.key, TLS13, &ta).await, Ok("dane-ta 2 0 1 depth 1".into()));
-    assert_eq!(run(p.chain(), &p.key, TLS12, &ta).await, Ok("dane-ta 2 0 1 depth 1".into()));
+    let p = pki(MX, false);
+    let ta = [rec(&p.intermediate, 2, 0, 1)];
+    assert_eq!(run(p.chain(), &p.leaf_key, TLS13, &ta).await, Ok("dane-ta 2 0 1 depth 1".into()));
+    assert_eq!(run(p.chain(), &p.leaf_key, TLS12, &ta).await, Ok("dane-ta 2 0 1 depth 1".into()));
 
     // Wrong name under the TA.
-    let (wrong, wrong_key) = leaf("other.example.org", &p.inter, false);
-    let err = run(vec![wrong, p.inter.der().clone()], &wrong_key, TLS13, &ta).await.unwrap_err();
+    let (wrong, wrong_key) = leaf("other.example.org", &p, false);
+    let err = run(vec![wrong, p.intermediate.clone()], &wrong_key, TLS13, &ta).await.unwrap_err();
     assert_eq!(err.result_type(), "certificate-host-mismatch", "{err:?}");
 
     // The nexthop (recipient) domain is accepted as well.
-    let (nh, nh_key) = leaf(NEXTHOP, &p.inter, false);
-    assert_eq!(run(vec![nh, p.inter.der().clone()], &nh_key, TLS13, &ta).await, Ok("dane-ta 2 0 1 depth 1".into()));
+    let (nh, nh_key) = leaf(NEXTHOP, &p, false);
+    assert_eq!(run(vec![nh, p.intermediate.clone()], &nh_key, TLS13, &ta).await, Ok("dane-ta 2 0 1 depth 1".into()));
 
     // A chain not containing the TA.
-    let other = Pki::new(MX, false);
-    let err = run(other.full_chain(), &other.key, TLS13, &ta).await.unwrap_err();
+    let other = pki(MX, false);
+    let err = run(other.full_chain(), &other.leaf_key, TLS13, &ta).await.unwrap_err();
     assert_eq!(err, DaneError::NoMatch { ee: 0, ta: 1, certs: 3 });
     assert_eq!(err.result_type(), "validation-failure");
 
     // An expired leaf under the TA.
-    let (old, old_key) = leaf(MX, &p.inter, true);
-    let err = run(vec![old, p.inter.der().clone()], &old_key, TLS13, &ta).await.unwrap_err();
+    let (old, old_key) = leaf(MX, &p, true);
+    let err = run(vec![old, p.intermediate.clone()], &old_key, TLS13, &ta).await.unwrap_err();
     assert_eq!(err, DaneError::Expired { depth: 1 });
     assert_eq!(err.result_type(), "certificate-expired");
 }
 
 #[tokio::test]
 async fn dane_ta_on_a_private_root_needs_no_webpki_root() {
-    let p = Pki::new(MX, false);
-    let got = run(p.full_chain(), &p.key, TLS13, &[rec(p.root.der(), 2, 1, 1)]).await;
+    let p = pki(MX, false);
+    let got = run(p.full_chain(), &p.leaf_key, TLS13, &[rec(&p.root, 2, 1, 1)]).await;
     assert_eq!(got, Ok("dane-ta 2 1 1 depth 2".into()));
     // A 2 1 0 record with the root's key, the root not presented.
-    let got = run(p.chain(), &p.key, TLS13, &[rec(p.root.der(), 2, 1, 0)]).await;
+    let got = run(p.chain(), &p.leaf_key, TLS13, &[rec(&p.root, 2, 1, 0)]).await;
     assert_eq!(got, Ok("dane-ta 2 1 0 depth 2".into()));
 }
 
 #[tokio::test]
 async fn one_matching_record_of_either_kind_suffices() {
-    let p = Pki::new(MX, false);
-    let other = Pki::new(MX, false);
-    let ee_bad_ta_good = [rec(&other.leaf, 3, 1, 1), rec(p.inter.der(), 2, 0, 1)];
-    assert_eq!(run(p.chain(), &p.key, TLS13, &ee_bad_ta_good).await, Ok("dane-ta 2 0 1 depth 1".into()));
-    let ee_good_ta_bad = [rec(&p.leaf, 3, 1, 1), rec(other.inter.der(), 2, 0, 1)];
-    assert_eq!(run(p.chain(), &p.key, TLS13, &ee_good_ta_bad).await, Ok("dane-ee 3 1 1".into()));
+    let p = pki(MX, false);
+    let other = pki(MX, false);
+    let ee_bad_ta_good = [rec(&other.leaf, 3, 1, 1), rec(&p.intermediate, 2, 0, 1)];
+    assert_eq!(run(p.chain(), &p.leaf_key, TLS13, &ee_bad_ta_good).await, Ok("dane-ta 2 0 1 depth 1".into()));
+    let ee_good_ta_bad = [rec(&p.leaf, 3, 1, 1), rec(&other.intermediate, 2, 0, 1)];
+    assert_eq!(run(p.chain(), &p.leaf_key, TLS13, &ee_good_ta_bad).await, Ok("dane-ee 3 1 1".into()));
 }
 
 #[test]
 fn only_unusable_records_give_no_dane_auth() {
-    let p = Pki::new(MX, false);
+    let p = pki(MX, false);
     let mut spki = rec(&p.leaf, 3, 1, 1);
     let unusable = [
         Tlsa { usage: 0, ..spki.clone() },
@@ -277,17 +231,18 @@ fn only_unusable_records_give_no_dane_auth() {
 
 #[tokio::test]
 async fn digest_agility_ignores_a_matching_weaker_digest() {
-    let p = Pki::new(MX, false);
-    let other = Pki::new(MX, false);
+    let p = pki(MX, false);
+    let other = pki(MX, false);
     let records = [rec(&p.leaf, 3, 1, 1), rec(&other.leaf, 3, 1, 2)];
-    let err = run(p.chain(), &p.key, TLS13, &records).await.unwrap_err();
+    let err = run(p.chain(), &p.leaf_key, TLS13, &records).await.unwrap_err();
     assert!(matches!(err, DaneError::NoMatch { ee: 1, .. }), "{err:?}");
 }
 
 #[tokio::test]
 async fn the_handshake_signature_is_checked() {
-    let p = Pki::new(MX, false);
-    let impostor_key = KeyPair::generate().unwrap();
+    let p = pki(MX, false);
+    // Another chain's leaf key: a fresh key unrelated to p's leaf.
+    let impostor_key = pki(MX, false).leaf_key;
     let records = [rec(&p.leaf, 3, 1, 1)];
     for versions in [TLS13, TLS12] {
         // The right certificate, signed for with another key: the record matches, the
@@ -301,15 +256,15 @@ async fn the_handshake_signature_is_checked() {
             "{versions:?}: {rustls_err:?}"
         );
         // Control: the same server with the right key succeeds.
-        let server = serve(p.chain(), &p.key, versions).await;
+        let server = serve(p.chain(), &p.leaf_key, versions).await;
         assert!(connect(server.addr, auth(&records), None).await.is_ok());
     }
 }
 
 #[tokio::test]
 async fn resumption_needs_the_same_config_and_keeps_the_match() {
-    let p = Pki::new(MX, false);
-    let server = serve(p.chain(), &p.key, TLS13).await;
+    let p = pki(MX, false);
+    let server = serve(p.chain(), &p.leaf_key, TLS13).await;
     let store = Arc::new(TicketStore::new(16, 4, 1));
     let good = auth(&[rec(&p.leaf, 3, 1, 1)]);
     let cfg = dane::client_config(good.clone(), Kx::X25519, Some(store.clone())).unwrap();
@@ -321,7 +276,7 @@ async fn resumption_needs_the_same_config_and_keeps_the_match() {
     assert_eq!(second.matched.unwrap().to_string(), "dane-ee 3 1 1");
     // Records changed (a rollover gone wrong): a new config, sharing the store, does not
     // resume (rustls resumes only under the same verifier) and the full handshake fails.
-    let other = Pki::new(MX, false);
+    let other = pki(MX, false);
     let changed = auth(&[rec(&other.leaf, 3, 1, 1)]);
     let err = connect(server.addr, changed, Some(store)).await.unwrap_err();
     let rustls_err = tls::rustls_error(&err).expect("a TLS error");

@@ -3,6 +3,8 @@
 //! CA), and `_mta-sts` TXT records served by `mxpipe::dnsserver` and read with
 //! `MxResolver::txt`. Each test names the check it covers; each fails if that check is removed.
 
+mod common;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,6 +31,9 @@ const DOMAIN: &str = "good.test";
 const POLICY_HOST: &str = "mta-sts.good.test";
 const POLICY: &str = "version: STSv1\r\nmode: enforce\r\nmx: mx1.good.test\r\nmx: *.backup.good.test\r\nmax_age: 86400\r\n";
 
+/// How long a test's HTTPS server runs at most.
+const SERVER_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Every test body runs under this bound, so a fetch that does not end fails the test.
 async fn bounded<F: Future<Output = ()>>(secs: u64, body: F) {
     tokio::time::timeout(Duration::from_secs(secs), body).await.expect("test timed out");
@@ -53,26 +58,11 @@ fn fetch_config(trusted: &GeneratedPki, port: u16) -> FetchConfig {
     cfg
 }
 
-/// Serve `app` over HTTPS with `identity` on 127.0.0.1, one task per connection, until the
-/// test ends (the runtime drops the tasks).
+/// Serve `app` over HTTPS with `identity` on 127.0.0.1 until the test ends (every test is
+/// bounded well within [`SERVER_LIFETIME`]). Handshake failures are what some tests are
+/// about; the client reports them.
 async fn serve_https(identity: Identity, app: Router) -> SocketAddr {
-    let server = tls::server_config(identity, tls::ServerResumption::default()).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(server);
-    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
-                // Handshake failures are what some tests are about; the client reports them.
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let svc = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
-            });
-        }
-    });
-    addr
+    common::https::serve_https((LOCALHOST, 0).into(), identity, app, SERVER_LIFETIME).await.0
 }
 
 /// An app answering the policy path with `respond`, for any Host.

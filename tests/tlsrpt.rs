@@ -26,7 +26,6 @@ use mxpipe::tlsrpt::{
     gzip, parse_record, report_json, Failure, Limits, PolicyDesc, PolicyType, ReportMeta, Reporter, ReporterConfig, ResultType, Rua, TlsRpt,
 };
 use serde_json::Value;
-use tokio::net::TcpListener;
 
 const DAY: u64 = 86_400;
 /// 2025-12-01: a fixed day makes the expected dates exact.
@@ -221,24 +220,10 @@ fn pki(names: &[&str]) -> GeneratedPki {
     tls::certs::generate(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap()
 }
 
-/// Serve `app` over HTTPS with `identity` on 127.0.0.1 (as tests/mta_sts_fetch.rs does).
+/// Serve `app` over HTTPS with `identity` on 127.0.0.1 for at most a minute (the test is
+/// bounded at 30 s).
 async fn serve_https(identity: Identity, app: Router) -> SocketAddr {
-    let server = tls::server_config(identity, tls::ServerResumption::default()).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(server);
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let svc = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
-            });
-        }
-    });
-    addr
+    common::https::serve_https((Ipv4Addr::LOCALHOST, 0).into(), identity, app, Duration::from_secs(60)).await.0
 }
 
 type Seen = Arc<Mutex<Vec<(Method, String, Option<String>, Vec<u8>)>>>;

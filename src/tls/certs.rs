@@ -48,39 +48,125 @@ impl GeneratedPki {
 
 /// Generate a CA and a leaf certificate valid for `names` (DNS names or IP addresses).
 pub fn generate(names: &[String]) -> Result<GeneratedPki, TlsError> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let gen = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    check_names(names)?;
+    let ca = ca_issuer("mxpipe test CA", None)?;
+    let (leaf, key) = issue_leaf(names, &ca, false)?;
+    Ok(GeneratedPki { ca_pem: ca.pem(), ca_der: ca.der().clone(), identity: Identity { chain: vec![leaf, ca.der().clone()], key } })
+}
+
+/// A generated private PKI of three levels: a self-signed root, an intermediate CA signed by
+/// the root, and a leaf (server) certificate signed by the intermediate. Made by
+/// [`generate_chain`]; [`GeneratedChain::issue_leaf`] signs more leaves under the same
+/// intermediate.
+#[derive(Debug)]
+pub struct GeneratedChain {
+    /// The self-signed root certificate ("mxpipe test root"), not presented by [`GeneratedChain::chain`].
+    pub root: CertificateDer<'static>,
+    /// The intermediate CA certificate ("mxpipe test intermediate"), signed by the root.
+    pub intermediate: CertificateDer<'static>,
+    /// The intermediate's private key (PKCS#8).
+    pub intermediate_key: PrivateKeyDer<'static>,
+    /// The leaf certificate, signed by the intermediate.
+    pub leaf: CertificateDer<'static>,
+    /// The leaf's private key (PKCS#8).
+    pub leaf_key: PrivateKeyDer<'static>,
+    /// The intermediate as an rcgen issuer, to sign further leaves.
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl GeneratedChain {
+    /// What a typical server presents: the leaf, then the intermediate.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.leaf.clone(), self.intermediate.clone()]
+    }
+
+    /// The leaf, the intermediate and the root.
+    pub fn full_chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.leaf.clone(), self.intermediate.clone(), self.root.clone()]
+    }
+
+    /// The server identity of [`GeneratedChain::chain`] with the leaf's key.
+    pub fn identity(&self) -> Identity {
+        Identity { chain: self.chain(), key: self.leaf_key.clone_key() }
+    }
+
+    /// Sign another leaf certificate for `names` under the same intermediate, with a fresh
+    /// key; `expired` makes it valid only during the year 2000.
+    pub fn issue_leaf(&self, names: &[String], expired: bool) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
+        check_names(names)?;
+        issue_leaf(names, &self.issuer, expired)
+    }
+}
+
+/// Generate a root → intermediate → leaf chain, the leaf valid for `names` (DNS names or IP
+/// addresses) and, if `expired_leaf`, only during the year 2000. Every call makes fresh keys
+/// under the same subject names, so two chains are unrelated PKIs that look alike.
+pub fn generate_chain(names: &[String], expired_leaf: bool) -> Result<GeneratedChain, TlsError> {
+    check_names(names)?;
+    let root = ca_issuer("mxpipe test root", None)?;
+    let issuer = ca_issuer("mxpipe test intermediate", Some(&root))?;
+    let (leaf, leaf_key) = issue_leaf(names, &issuer, expired_leaf)?;
+    let intermediate_key = private_key(issuer.key())?;
+    Ok(GeneratedChain { root: root.der().clone(), intermediate: issuer.der().clone(), intermediate_key, leaf, leaf_key, issuer })
+}
+
+fn gen_err(e: impl std::fmt::Display) -> TlsError {
+    TlsError::Generate(e.to_string())
+}
+
+fn check_names(names: &[String]) -> Result<(), TlsError> {
     if names.is_empty() {
         return Err(TlsError::Generate("no certificate names given".into()));
     }
+    Ok(())
+}
 
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
+fn private_key(key: &rcgen::KeyPair) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::try_from(key.serialize_der()).map_err(gen_err)
+}
+
+/// A CA named `cn` with a fresh key: self-signed, or signed by `parent`.
+fn ca_issuer(
+    cn: &str,
+    parent: Option<&rcgen::CertifiedIssuer<'static, rcgen::KeyPair>>,
+) -> Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "mxpipe test CA");
-    ca_params.distinguished_name = dn;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(gen)?).map_err(gen)?;
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = KeyPair::generate().map_err(gen_err)?;
+    match parent {
+        None => CertifiedIssuer::self_signed(params, key),
+        Some(parent) => CertifiedIssuer::signed_by(params, key, parent),
+    }
+    .map_err(gen_err)
+}
 
-    let mut leaf_params = CertificateParams::new(names.to_vec()).map_err(gen)?;
+/// A server certificate for `names` (the first also its common name) with a fresh key,
+/// signed by `issuer`; `expired` makes it valid only during the year 2000.
+fn issue_leaf(
+    names: &[String],
+    issuer: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    expired: bool,
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+    let mut params = CertificateParams::new(names.to_vec()).map_err(gen_err)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, names[0].as_str());
-    leaf_params.distinguished_name = dn;
-    leaf_params.is_ca = IsCa::ExplicitNoCa;
-    leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_key = KeyPair::generate().map_err(gen)?;
-    let leaf = leaf_params.signed_by(&leaf_key, &ca).map_err(gen)?;
-
-    let key = PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| TlsError::Generate(e.to_string()))?;
-    Ok(GeneratedPki {
-        ca_pem: ca.pem(),
-        ca_der: ca.der().clone(),
-        identity: Identity { chain: vec![leaf.der().clone(), ca.der().clone()], key },
-    })
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    }
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let cert = params.signed_by(&key, issuer).map_err(gen_err)?;
+    Ok((cert.der().clone(), private_key(&key)?))
 }
 
 /// Load a certificate chain and a private key from PEM files.

@@ -558,55 +558,25 @@ pub fn dane_error_of(e: &rustls::Error) -> Option<&DaneError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose, PublicKeyData,
-    };
-
-    type Ca = CertifiedIssuer<'static, KeyPair>;
+    use crate::tls::certs::{generate_chain, GeneratedChain};
+    use rcgen::{KeyPair, PublicKeyData};
+    use rustls_pki_types::PrivateKeyDer;
 
     const MX: &str = "mx1.example.test";
 
-    fn ca(cn: &str, parent: Option<&Ca>) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, cn);
-        p.distinguished_name = dn;
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        match parent {
-            None => CertifiedIssuer::self_signed(p, key).unwrap(),
-            Some(parent) => CertifiedIssuer::signed_by(p, key, parent).unwrap(),
-        }
+    /// root → intermediate → leaf for `name`.
+    fn pki(name: &str, expired: bool) -> GeneratedChain {
+        generate_chain(&[name.to_string()], expired).unwrap()
     }
 
-    fn leaf(name: &str, issuer: &Ca, expired: bool) -> (CertificateDer<'static>, KeyPair) {
-        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        if expired {
-            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
-        }
-        let key = KeyPair::generate().unwrap();
-        (p.signed_by(&key, issuer).unwrap().der().clone(), key)
+    /// Another leaf for `name` under `p`'s intermediate.
+    fn leaf(name: &str, p: &GeneratedChain, expired: bool) -> CertificateDer<'static> {
+        p.issue_leaf(&[name.to_string()], expired).unwrap().0
     }
 
-    /// root → intermediate → leaf for MX.
-    struct Pki {
-        root: Ca,
-        inter: Ca,
-        leaf: CertificateDer<'static>,
-        leaf_key: KeyPair,
-    }
-
-    fn pki(name: &str, expired: bool) -> Pki {
-        let root = ca("test root", None);
-        let inter = ca("test intermediate", Some(&root));
-        let (leaf, leaf_key) = leaf(name, &inter, expired);
-        Pki { root, inter, leaf, leaf_key }
+    /// The SubjectPublicKeyInfo of a generated key, as rcgen encodes it.
+    fn spki_of(key: &PrivateKeyDer<'_>) -> Vec<u8> {
+        KeyPair::try_from(key).unwrap().subject_public_key_info()
     }
 
     fn rec(cert: &CertificateDer<'_>, usage: u8, selector: u8, matching: u8) -> Tlsa {
@@ -659,15 +629,15 @@ mod tests {
     fn spki_digests_match_an_independent_computation() {
         let p = pki(MX, false);
         // rcgen's own encoding of the keys' SubjectPublicKeyInfo, not webpki's.
-        let leaf_spki = p.leaf_key.subject_public_key_info();
-        let inter_spki = p.inter.key().subject_public_key_info();
+        let leaf_spki = spki_of(&p.leaf_key);
+        let inter_spki = spki_of(&p.intermediate_key);
         assert_eq!(rec(&p.leaf, 3, 1, 0).data, leaf_spki);
         assert_eq!(rec(&p.leaf, 3, 1, 1).data, digest::digest(&digest::SHA256, &leaf_spki).as_ref());
-        assert_eq!(rec(p.inter.der(), 2, 1, 1).data, digest::digest(&digest::SHA256, &inter_spki).as_ref());
-        assert_eq!(rec(p.inter.der(), 2, 1, 2).data, digest::digest(&digest::SHA512, &inter_spki).as_ref());
-        assert_eq!(rec(p.inter.der(), 2, 0, 0).data, p.inter.der().as_ref());
+        assert_eq!(rec(&p.intermediate, 2, 1, 1).data, digest::digest(&digest::SHA256, &inter_spki).as_ref());
+        assert_eq!(rec(&p.intermediate, 2, 1, 2).data, digest::digest(&digest::SHA512, &inter_spki).as_ref());
+        assert_eq!(rec(&p.intermediate, 2, 0, 0).data, p.intermediate.as_ref());
         // The anchor form lacks the outer SEQUENCE; webpki's re-wrapping gives the same bytes.
-        let anchor = webpki::anchor_from_trusted_cert(p.inter.der()).unwrap();
+        let anchor = webpki::anchor_from_trusted_cert(&p.intermediate).unwrap();
         assert_eq!(webpki::spki_for_anchor(&anchor).as_ref(), inter_spki.as_slice());
         assert_eq!(der_sequence_contents(&inter_spki), Some(anchor.subject_public_key_info.as_ref()));
     }
@@ -677,9 +647,10 @@ mod tests {
         let p = pki(MX, false);
         let dir = std::env::temp_dir().join(format!("mxpipe-dane-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let pem = dir.join("inter.pem");
-        std::fs::write(&pem, p.inter.pem()).unwrap();
-        let x509 = std::process::Command::new("openssl").args(["x509", "-in"]).arg(&pem).args(["-noout", "-pubkey"]).output();
+        let cert = dir.join("inter.der");
+        std::fs::write(&cert, &p.intermediate).unwrap();
+        let x509 =
+            std::process::Command::new("openssl").args(["x509", "-inform", "DER", "-in"]).arg(&cert).args(["-noout", "-pubkey"]).output();
         let Ok(out) = x509 else {
             eprintln!("openssl not installed; skipped (the rcgen comparison still runs)");
             return;
@@ -693,7 +664,7 @@ mod tests {
             .unwrap();
         assert!(der.status.success());
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(rec(p.inter.der(), 2, 1, 1).data, digest::digest(&digest::SHA256, &der.stdout).as_ref());
+        assert_eq!(rec(&p.intermediate, 2, 1, 1).data, digest::digest(&digest::SHA256, &der.stdout).as_ref());
     }
 
     #[test]
@@ -719,7 +690,7 @@ mod tests {
         }
         let other = pki(MX, false);
         let a = auth(&[rec(&other.leaf, 3, 1, 1), rec(&other.leaf, 3, 0, 1)]);
-        let err = verify(&a, &p.leaf, &[p.inter.der().clone()]).unwrap_err();
+        let err = verify(&a, &p.leaf, std::slice::from_ref(&p.intermediate)).unwrap_err();
         assert_eq!(err, DaneError::NoMatch { ee: 2, ta: 0, certs: 2 });
         assert_eq!(err.result_type(), "validation-failure");
     }
@@ -735,38 +706,38 @@ mod tests {
     #[test]
     fn dane_ta_on_the_intermediate() {
         let p = pki(MX, false);
-        let chain = [p.inter.der().clone()];
-        let ta = [rec(p.inter.der(), 2, 0, 1)];
+        let chain = [p.intermediate.clone()];
+        let ta = [rec(&p.intermediate, 2, 0, 1)];
         let ok = Ok(DaneMatch::Ta { selector: 0, matching: 1, depth: 1 });
         assert_eq!(verify(&auth(&ta), &p.leaf, &chain), ok);
         // With the (unneeded) root presented too.
-        assert_eq!(verify(&auth(&ta), &p.leaf, &[p.inter.der().clone(), p.root.der().clone()]), ok);
+        assert_eq!(verify(&auth(&ta), &p.leaf, &[p.intermediate.clone(), p.root.clone()]), ok);
         // SPKI selector, SHA2-512.
-        let ta512 = rec(p.inter.der(), 2, 1, 2);
+        let ta512 = rec(&p.intermediate, 2, 1, 2);
         assert_eq!(verify(&auth(&[ta512]), &p.leaf, &chain), Ok(DaneMatch::Ta { selector: 1, matching: 2, depth: 1 }));
 
         // Wrong name: the chain verifies, the name does not.
-        let wrong = leaf("other.example.org", &p.inter, false).0;
+        let wrong = leaf("other.example.org", &p, false);
         let err = verify(&auth(&ta), &wrong, &chain).unwrap_err();
         assert!(matches!(err, DaneError::HostMismatch { depth: 1, .. }), "{err:?}");
         assert_eq!(err.result_type(), "certificate-host-mismatch");
 
         // The nexthop domain is a reference identifier too.
-        let nexthop = leaf("example.test", &p.inter, false).0;
+        let nexthop = leaf("example.test", &p, false);
         assert_eq!(verify(&auth(&ta), &nexthop, &chain), ok);
         assert!(DaneAuth::new(&ta, MX, None).unwrap().verify(&nexthop, &chain, UnixTime::now()).is_err());
 
         // A chain without the TA.
         let other = pki(MX, false);
-        let err = verify(&auth(&ta), &other.leaf, &[other.inter.der().clone(), other.root.der().clone()]).unwrap_err();
+        let err = verify(&auth(&ta), &other.leaf, &[other.intermediate.clone(), other.root.clone()]).unwrap_err();
         assert_eq!(err, DaneError::NoMatch { ee: 0, ta: 1, certs: 3 });
 
         // The TA presented, but the leaf was not issued by it: the chain does not verify.
-        let err = verify(&auth(&ta), &other.leaf, &[p.inter.der().clone(), other.inter.der().clone()]).unwrap_err();
+        let err = verify(&auth(&ta), &other.leaf, &[p.intermediate.clone(), other.intermediate.clone()]).unwrap_err();
         assert!(matches!(err, DaneError::ChainInvalid { depth: 1, .. }), "{err:?}");
 
         // An expired leaf under the TA.
-        let expired = leaf(MX, &p.inter, true).0;
+        let expired = leaf(MX, &p, true);
         let err = verify(&auth(&ta), &expired, &chain).unwrap_err();
         assert_eq!(err, DaneError::Expired { depth: 1 });
         assert_eq!(err.result_type(), "certificate-expired");
@@ -775,8 +746,8 @@ mod tests {
     #[test]
     fn dane_ta_on_a_private_root_and_not_on_the_leaf() {
         let p = pki(MX, false);
-        let chain = [p.inter.der().clone(), p.root.der().clone()];
-        let a = auth(&[rec(p.root.der(), 2, 1, 1)]);
+        let chain = [p.intermediate.clone(), p.root.clone()];
+        let a = auth(&[rec(&p.root, 2, 1, 1)]);
         assert_eq!(verify(&a, &p.leaf, &chain), Ok(DaneMatch::Ta { selector: 1, matching: 1, depth: 2 }));
         // A DANE-TA record matching the end entity itself is not a trust anchor.
         let a = auth(&[rec(&p.leaf, 2, 0, 1)]);
@@ -787,29 +758,29 @@ mod tests {
     fn dane_ta_bare_key_absent_from_the_chain() {
         let p = pki(MX, false);
         // 2 1 0 with the root's key; the root is not presented.
-        let a = auth(&[rec(p.root.der(), 2, 1, 0)]);
-        assert_eq!(verify(&a, &p.leaf, &[p.inter.der().clone()]), Ok(DaneMatch::Ta { selector: 1, matching: 0, depth: 2 }));
+        let a = auth(&[rec(&p.root, 2, 1, 0)]);
+        assert_eq!(verify(&a, &p.leaf, std::slice::from_ref(&p.intermediate)), Ok(DaneMatch::Ta { selector: 1, matching: 0, depth: 2 }));
         // The intermediate's key, with only the leaf presented.
-        let a = auth(&[rec(p.inter.der(), 2, 1, 0)]);
+        let a = auth(&[rec(&p.intermediate, 2, 1, 0)]);
         assert_eq!(verify(&a, &p.leaf, &[]), Ok(DaneMatch::Ta { selector: 1, matching: 0, depth: 1 }));
         // An unrelated key under the same names: the signatures do not verify.
-        let impostor = ca("test root", None);
-        let a = auth(&[rec(impostor.der(), 2, 1, 0)]);
-        assert!(matches!(verify(&a, &p.leaf, &[p.inter.der().clone()]), Err(DaneError::ChainInvalid { .. })));
+        let impostor = pki(MX, false);
+        let a = auth(&[rec(&impostor.root, 2, 1, 0)]);
+        assert!(matches!(verify(&a, &p.leaf, std::slice::from_ref(&p.intermediate)), Err(DaneError::ChainInvalid { .. })));
     }
 
     #[test]
     fn either_kind_of_record_suffices() {
         let p = pki(MX, false);
         let other = pki(MX, false);
-        let chain = [p.inter.der().clone()];
-        let ee_bad_ta_good = auth(&[rec(&other.leaf, 3, 1, 1), rec(p.inter.der(), 2, 0, 1)]);
+        let chain = [p.intermediate.clone()];
+        let ee_bad_ta_good = auth(&[rec(&other.leaf, 3, 1, 1), rec(&p.intermediate, 2, 0, 1)]);
         assert_eq!(verify(&ee_bad_ta_good, &p.leaf, &chain), Ok(DaneMatch::Ta { selector: 0, matching: 1, depth: 1 }));
-        let ee_good_ta_bad = auth(&[rec(&p.leaf, 3, 1, 1), rec(other.inter.der(), 2, 0, 1)]);
+        let ee_good_ta_bad = auth(&[rec(&p.leaf, 3, 1, 1), rec(&other.intermediate, 2, 0, 1)]);
         assert_eq!(verify(&ee_good_ta_bad, &p.leaf, &chain), Ok(DaneMatch::Ee { selector: 1, matching: 1 }));
         // A matching DANE-EE record wins even when the DANE-TA chain would fail on the name.
-        let wrong = leaf("other.example.org", &p.inter, false).0;
-        let both = auth(&[rec(p.inter.der(), 2, 0, 1), rec(&wrong, 3, 0, 1)]);
+        let wrong = leaf("other.example.org", &p, false);
+        let both = auth(&[rec(&p.intermediate, 2, 0, 1), rec(&wrong, 3, 0, 1)]);
         assert_eq!(verify(&both, &wrong, &chain), Ok(DaneMatch::Ee { selector: 0, matching: 1 }));
     }
 
@@ -829,8 +800,8 @@ mod tests {
         assert_eq!(a.records(), &[good256.clone(), other_sel, full]);
         assert_eq!(verify(&a, &p.leaf, &[]), Ok(DaneMatch::Ee { selector: 1, matching: 1 }));
         // The same for DANE-TA.
-        let a = auth(&[rec(p.inter.der(), 2, 0, 1), other_record(2, 0, 2)]);
-        assert!(verify(&a, &p.leaf, &[p.inter.der().clone()]).is_err());
+        let a = auth(&[rec(&p.intermediate, 2, 0, 1), other_record(2, 0, 2)]);
+        assert!(verify(&a, &p.leaf, std::slice::from_ref(&p.intermediate)).is_err());
     }
 
     #[test]
@@ -842,29 +813,30 @@ mod tests {
         assert_eq!(auth(&[dup.clone(), dup.clone(), dup]).records().len(), 1);
 
         // The TA beyond the first MAX_CHAIN certificates is not looked at.
-        let ta = auth(&[rec(p.inter.der(), 2, 0, 1)]);
-        let mut chain: Vec<CertificateDer<'static>> = (0..MAX_CHAIN).map(|_| p.root.der().clone()).collect();
-        chain.push(p.inter.der().clone());
+        let ta = auth(&[rec(&p.intermediate, 2, 0, 1)]);
+        let mut chain: Vec<CertificateDer<'static>> = (0..MAX_CHAIN).map(|_| p.root.clone()).collect();
+        chain.push(p.intermediate.clone());
         assert_eq!(verify(&ta, &p.leaf, &chain), Err(DaneError::NoMatch { ee: 0, ta: 1, certs: MAX_CHAIN }));
         chain.drain(..2);
         assert!(verify(&ta, &p.leaf, &chain).is_ok(), "within the cap it is found");
 
         // Bare keys absent from the chain: anchors beyond MAX_BARE_KEY_ANCHORS are not tried.
-        let decoys: Vec<Tlsa> = (0..MAX_BARE_KEY_ANCHORS).map(|i| rec(ca(&format!("decoy {i}"), None).der(), 2, 1, 0)).collect();
+        let decoys: Vec<Tlsa> =
+            (0..MAX_BARE_KEY_ANCHORS).map(|i| rec(&pki(&format!("decoy{i}.example.test"), false).root, 2, 1, 0)).collect();
         let mut keys = decoys.clone();
-        keys.push(rec(p.root.der(), 2, 1, 0));
-        assert!(verify(&auth(&keys), &p.leaf, &[p.inter.der().clone()]).is_err(), "the real key is past the cap");
+        keys.push(rec(&p.root, 2, 1, 0));
+        assert!(verify(&auth(&keys), &p.leaf, std::slice::from_ref(&p.intermediate)).is_err(), "the real key is past the cap");
         keys.drain(..MAX_BARE_KEY_ANCHORS / 2 + 1);
-        assert!(verify(&auth(&keys), &p.leaf, &[p.inter.der().clone()]).is_ok(), "within the cap it is found");
+        assert!(verify(&auth(&keys), &p.leaf, std::slice::from_ref(&p.intermediate)).is_ok(), "within the cap it is found");
     }
 
     #[test]
     fn names_are_normalised() {
         let p = pki(MX, false);
-        let ta = [rec(p.inter.der(), 2, 0, 1)];
+        let ta = [rec(&p.intermediate, 2, 0, 1)];
         let a = DaneAuth::new(&ta, "MX1.Example.Test.", Some("not a name!")).unwrap();
         assert_eq!(a.tlsa_base(), "MX1.Example.Test");
-        assert!(a.verify(&p.leaf, &[p.inter.der().clone()], UnixTime::now()).is_ok());
+        assert!(a.verify(&p.leaf, std::slice::from_ref(&p.intermediate), UnixTime::now()).is_ok());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-pub use certs::{GeneratedPki, Identity};
+pub use certs::{GeneratedChain, GeneratedPki, Identity};
 pub use resume::{StoreStats, TicketStore};
 
 /// Errors building TLS configuration. Handshake errors are not here: they belong to the

@@ -22,7 +22,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 
 /// Bound on each test body, and on waiting for an engine.
 pub const T: Duration = Duration::from_secs(60);
@@ -125,24 +124,8 @@ impl PolicyServer {
                 }
             }),
         );
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(identity, ServerResumption::default()).unwrap());
-        let listener = TcpListener::bind(bind).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let serve = async {
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else { return };
-                    let (acceptor, app) = (acceptor.clone(), app.clone());
-                    tokio::spawn(tokio::time::timeout(Duration::from_secs(10), async move {
-                        // A failed handshake is what some tests are about; the engine reports it.
-                        let Ok(tls) = acceptor.accept(tcp).await else { return };
-                        let svc = hyper_util::service::TowerToHyperService::new(app);
-                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
-                    }));
-                }
-            };
-            let _ = tokio::time::timeout(SERVER_LIFETIME, serve).await;
-        });
+        // A failed handshake is what some tests are about; the engine reports it.
+        let (addr, task) = super::https::serve_https(bind, identity, app, SERVER_LIFETIME).await;
         PolicyServer { addr, requests, task }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod engine;
+pub mod https;
 pub mod tmpfs;
 
 use std::sync::Arc;
