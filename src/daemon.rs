@@ -62,6 +62,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let (acc_tx, acc_rx) = crossbeam_channel::unbounded();
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<()>(1);
     let mcfg = ManagerConfig {
         retry: cfg.retry.clone(),
         reporting_mta: cfg.engine.ehlo_name.clone(),
@@ -74,10 +75,16 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let manager = std::thread::Builder::new()
         .name("mxpipe-queue".into())
         .spawn(move || {
-            let inputs = manager::Inputs { outcomes, accepted: acc_rx, control: ctl_rx, stop: stop_rx };
+            let inputs = manager::Inputs { outcomes, accepted: acc_rx, control: ctl_rx, stop: stop_rx, ready: Some(ready_tx) };
             manager::run(mcfg, mspool, engine, recovered, inputs, mboard)
         })
         .map_err(|e| format!("cannot start the queue manager: {e}"))?;
+    // Nothing is served before the manager has its state back (saved suspensions, recovered
+    // messages): `GET /v1/queues` right after a restart must not show an empty queue.
+    let ready = tokio::task::spawn_blocking(move || ready_rx.recv()).await;
+    if !matches!(ready, Ok(Ok(()))) {
+        return Err("the queue manager stopped while starting".into());
+    }
 
     let intake = Intake::new(spool.clone(), acc_tx, board.clone());
     let sink = crate::inject::smtp::start(smtp_cfg, intake.clone()).await?;

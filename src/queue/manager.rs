@@ -140,11 +140,14 @@ pub struct Inputs {
     pub control: Receiver<Control>,
     /// Stop: the manager drains the engine and returns (also when the sender is dropped).
     pub stop: Receiver<()>,
+    /// Told once the saved suspensions and the recovered messages are in (and on the board),
+    /// so the daemon serves nothing that would show a queue state from before its restart.
+    pub ready: Option<crossbeam_channel::Sender<()>>,
 }
 
 /// The manager's loop, on the caller's thread. Returns the counters, [`ManagerReport::unfinished`] included.
 pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec<Stored>, inputs: Inputs, board: Board) -> ManagerReport {
-    let Inputs { outcomes, accepted, control, stop } = inputs;
+    let Inputs { outcomes, accepted, control, stop, ready } = inputs;
     let log = match &cfg.delivery_log {
         Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
             Ok(f) => Some(std::io::BufWriter::new(f)),
@@ -173,6 +176,9 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
     m.report.recovered = recovered.len() as u64;
     for s in recovered {
         m.recover(s);
+    }
+    if let Some(ready) = ready {
+        let _ = ready.send(());
     }
     loop {
         // At most a second, so the engine's counters on the board stay fresh when idle.
