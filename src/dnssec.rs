@@ -30,12 +30,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig as HickoryConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::config::ResolveHosts;
 use hickory_resolver::proto::dnssec::rdata::{DNSSECRData, DNSKEY, DS};
 use hickory_resolver::proto::dnssec::{Algorithm, PublicKey, PublicKeyBuf, Verifier};
 use hickory_resolver::proto::rr::{LowerName, Name, RData, RecordType};
-use hickory_resolver::{Resolver, TokioResolver};
+use hickory_resolver::TokioResolver;
 
 use crate::resolve::{ResolverConfig, TrustAnchors};
 
@@ -308,16 +307,7 @@ pub async fn configure(cfg: &mut ResolverConfig, files: &[PathBuf]) -> Result<()
 
 /// A resolver that does not validate, with no cache, for the DNSKEY lookups.
 fn plain_resolver(nameserver: Option<SocketAddr>) -> Result<TokioResolver, String> {
-    let mut builder = match nameserver {
-        Some(addr) => {
-            let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-            for conn in &mut ns.connections {
-                conn.port = addr.port();
-            }
-            Resolver::builder_with_config(HickoryConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default())
-        }
-        None => TokioResolver::builder_tokio().map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
-    };
+    let mut builder = crate::resolve::hickory_builder(nameserver)?;
     let opts = builder.options_mut();
     opts.timeout = Duration::from_secs(3);
     opts.attempts = 2;

@@ -26,7 +26,7 @@ use hickory_resolver::proto::op::ResponseCode;
 /// TLSA record data as hickory parses it, re-exported for [`TlsaAnswer`].
 pub use hickory_resolver::proto::rr::rdata::TLSA;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
-use hickory_resolver::{Resolver, TokioResolver};
+use hickory_resolver::{Resolver, ResolverBuilder, TokioResolver};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -218,6 +218,22 @@ pub struct ResolverStats {
     pub queries: u64,
 }
 
+/// A hickory resolver builder asking `nameserver` (UDP and TCP on its port; hickory 0.26 keeps
+/// the port per connection), or the system's resolvers (`/etc/resolv.conf`) when `None`. The
+/// caller sets the options; [`MxResolver::new`] and the trust-anchor loader build on it.
+pub fn hickory_builder(nameserver: Option<SocketAddr>) -> Result<ResolverBuilder<TokioRuntimeProvider>, String> {
+    match nameserver {
+        Some(addr) => {
+            let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+            for conn in &mut ns.connections {
+                conn.port = addr.port();
+            }
+            Ok(Resolver::builder_with_config(HickoryConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default()))
+        }
+        None => TokioResolver::builder_tokio().map_err(|e| format!("cannot read the system resolver configuration: {e}")),
+    }
+}
+
 /// What a lookup ended in, as cached and as shared with coalesced callers.
 type Outcome = Result<Arc<Resolved>, ResolveError>;
 
@@ -315,17 +331,7 @@ impl MxResolver {
         cfg.attempts = cfg.attempts.max(1);
         cfg.max_ttl = cfg.max_ttl.max(cfg.min_ttl);
 
-        let mut builder = match cfg.nameserver {
-            Some(addr) => {
-                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                for conn in &mut ns.connections {
-                    conn.port = addr.port();
-                }
-                Resolver::builder_with_config(HickoryConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default())
-            }
-            None => TokioResolver::builder_tokio()
-                .map_err(|e| ResolveError::Temporary(format!("cannot read the system resolver configuration: {e}")))?,
-        };
+        let mut builder = hickory_builder(cfg.nameserver).map_err(ResolveError::Temporary)?;
         let opts = builder.options_mut();
         opts.timeout = cfg.timeout;
         opts.attempts = cfg.attempts;

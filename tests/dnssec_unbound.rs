@@ -27,10 +27,9 @@ use std::time::{Duration, Instant};
 use hickory_proto::dnssec::Proof;
 use hickory_proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig as HickoryConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::config::ResolveHosts;
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::{Resolver, TokioResolver};
+use hickory_resolver::TokioResolver;
 use mxpipe::dnsserver::{AnchorFormat, DnsServer, ZoneBuilder};
 use mxpipe::resolve::{MxResolver, ResolveError, ResolverConfig, TrustAnchors};
 
@@ -179,11 +178,7 @@ async fn unbound_verdict(unbound: SocketAddr, name: &str, rtype: RecordType) -> 
 
 /// hickory's validating resolver, as `MxResolver` builds it, asking `nameserver`.
 fn hickory(nameserver: SocketAddr, anchors: Arc<TrustAnchors>) -> TokioResolver {
-    let mut ns = NameServerConfig::udp_and_tcp(nameserver.ip());
-    for conn in &mut ns.connections {
-        conn.port = nameserver.port();
-    }
-    let mut b = Resolver::builder_with_config(HickoryConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default());
+    let mut b = mxpipe::resolve::hickory_builder(Some(nameserver)).unwrap();
     let opts = b.options_mut();
     opts.timeout = Duration::from_secs(3);
     opts.attempts = 1;
