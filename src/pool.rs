@@ -524,17 +524,14 @@ async fn handshake(stream: Stream, target: &Target, tls: &TlsClients, timeouts: 
 /// name, a DANE verdict as the DANE verifier classified it, anything else a validation failure.
 pub fn tls_result_type(e: &io::Error) -> ResultType {
     use rustls::CertificateError as C;
-    match crate::tls::rustls_error(e) {
-        Some(rustls::Error::InvalidCertificate(c)) => match c {
-            C::NotValidForName | C::NotValidForNameContext { .. } => ResultType::CertificateHostMismatch,
-            C::Expired | C::ExpiredContext { .. } => ResultType::CertificateExpired,
-            C::UnknownIssuer => ResultType::CertificateNotTrusted,
-            C::Other(_) => crate::tls::rustls_error(e)
-                .and_then(crate::tls::dane::dane_error_of)
-                .and_then(|d| ResultType::parse(d.result_type()))
-                .unwrap_or(ResultType::ValidationFailure),
-            _ => ResultType::ValidationFailure,
-        },
+    let Some(err @ rustls::Error::InvalidCertificate(c)) = crate::tls::rustls_error(e) else { return ResultType::ValidationFailure };
+    match c {
+        C::NotValidForName | C::NotValidForNameContext { .. } => ResultType::CertificateHostMismatch,
+        C::Expired | C::ExpiredContext { .. } => ResultType::CertificateExpired,
+        C::UnknownIssuer => ResultType::CertificateNotTrusted,
+        C::Other(_) => {
+            crate::tls::dane::dane_error_of(err).and_then(|d| ResultType::parse(d.result_type())).unwrap_or(ResultType::ValidationFailure)
+        }
         _ => ResultType::ValidationFailure,
     }
 }

@@ -646,7 +646,7 @@ async fn work(shard: &Rc<Shard>, key: &str) {
                     let policy = PolicyDesc { policy_type: PolicyType::Tlsa, policy_string: Vec::new(), mx_host: vec![host.name.clone()] };
                     let f = Failure {
                         receiving_mx_hostname: Some(host.name.clone()),
-                        failure_reason_code: Some(bounded_reason(e)),
+                        failure_reason_code: Some(e.to_string()),
                         ..Failure::new(ResultType::DnssecInvalid)
                     };
                     t.failure(domain, &policy, &f, SystemTime::now());
@@ -830,7 +830,7 @@ impl Rpt<'_> {
                 let f = Failure {
                     receiving_mx_hostname: Some(plan.host.clone()),
                     receiving_ip: Some(conn.facts.addr),
-                    failure_reason_code: Some(bounded_reason(why)),
+                    failure_reason_code: Some(why.to_string()),
                     ..Failure::new(if conn.facts.tls == TlsUse::None {
                         ResultType::StarttlsNotSupported
                     } else {
@@ -848,7 +848,7 @@ impl Rpt<'_> {
         let f = Failure {
             receiving_mx_hostname: Some(plan.host.clone()),
             receiving_ip: Some(ip),
-            failure_reason_code: Some(bounded_reason(why)),
+            failure_reason_code: Some(why.to_string()),
             ..Failure::new(result)
         };
         t.failure(self.domain, &self.policy(plan, step), &f, SystemTime::now());
@@ -887,15 +887,6 @@ impl Rpt<'_> {
             PolicyDesc::none()
         }
     }
-}
-
-/// A reason as a report carries it: at most 256 bytes (server text can be anything).
-fn bounded_reason(why: &str) -> String {
-    let mut end = why.len().min(256);
-    while !why.is_char_boundary(end) {
-        end -= 1;
-    }
-    why[..end].to_string()
 }
 
 /// A connection to `target`: an idle one from the pool, or a new one.

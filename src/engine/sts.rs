@@ -164,11 +164,7 @@ async fn fetch(shard: &Rc<Shard>, domain: &str, id: String, tx: tokio::sync::wat
                 use crate::tlsrpt::{Failure, PolicyDesc, PolicyType, ResultType};
                 let kind = why.split(':').next().and_then(ResultType::parse).unwrap_or(ResultType::StsPolicyFetchError);
                 let policy = PolicyDesc { policy_type: PolicyType::Sts, policy_string: Vec::new(), mx_host: Vec::new() };
-                let f = Failure {
-                    receiving_mx_hostname: None,
-                    failure_reason_code: Some(why.chars().take(256).collect()),
-                    ..Failure::new(kind)
-                };
+                let f = Failure { receiving_mx_hostname: None, failure_reason_code: Some(why.clone()), ..Failure::new(kind) };
                 t.failure(domain, &policy, &f, std::time::SystemTime::now());
             }
             tracing::warn!(domain, error = %why, "MTA-STS policy fetch failed; a cached policy, if any, stays in force");

@@ -208,7 +208,7 @@ impl PolicyCache {
 }
 
 /// At most `max` bytes of `s`, cut on a character boundary.
-pub(super) fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -172,11 +172,7 @@ fn domain_key(domain: &str) -> String {
 }
 
 fn cut(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    crate::policy::learned::truncate(s, max).to_string()
 }
 
 impl TlsRpt {
