@@ -175,6 +175,9 @@ pub struct Submission {
     /// What the sender asked of TLS for this message (RFC 8689): nothing special,
     /// REQUIRETLS, or `TLS-Required: No`.
     pub tls: MessageTls,
+    /// The egress pool chosen for this message; `None`: the engine's rules by sender domain,
+    /// then its default pool.
+    pub pool: Option<String>,
 }
 
 /// A message's own TLS requirement (RFC 8689), on top of what the receiving domain asks.
@@ -196,7 +199,7 @@ pub enum MessageTls {
 impl Submission {
     /// A submission from its parts; `data` can be a `Vec<u8>` or an existing `Arc<[u8]>`.
     pub fn new(id: impl Into<String>, from: impl Into<String>, to: Vec<String>, data: impl Into<Arc<[u8]>>) -> Submission {
-        Submission { id: id.into(), from: from.into(), to, data: data.into(), tls: MessageTls::Default }
+        Submission { id: id.into(), from: from.into(), to, data: data.into(), tls: MessageTls::Default, pool: None }
     }
 }
 

@@ -152,7 +152,7 @@ async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
             return error(StatusCode::BAD_REQUEST, format!("message {i}: NUL bytes in data"));
         }
         let tls = crate::requiretls::message_tls(m.requiretls, m.data.as_bytes());
-        batch.push(Incoming { from, rcpts: to, data: Arc::<[u8]>::from(m.data.into_bytes()), tls });
+        batch.push(Incoming { from, rcpts: to, data: Arc::<[u8]>::from(m.data.into_bytes()), tls, pool: None });
     }
     // All or nothing: one spool frame, one fsync.
     let ids = match api.intake.accept(batch).await {

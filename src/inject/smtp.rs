@@ -34,7 +34,7 @@ impl Acceptor for SpoolAcceptor {
             let tls = crate::requiretls::message_tls(requiretls, &data);
             let ids = self
                 .0
-                .accept(vec![Incoming { from, rcpts, data: data.into(), tls }])
+                .accept(vec![Incoming { from, rcpts, data: data.into(), tls, pool: None }])
                 .await
                 .map_err(|e| refused(if e.is_disk_full() { "spool disk full".to_string() } else { format!("spool error: {e}") }))?;
             // One message in, one id out.

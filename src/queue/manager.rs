@@ -395,7 +395,7 @@ impl Manager {
         e.round_deferred = false;
         self.report.in_flight += to.len() as u64;
         e.sent.clone_from(&to);
-        let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone(), tls: e.tls };
+        let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone(), tls: e.tls, pool: None };
         if let Some(engine) = &self.engine {
             // On error every recipient has already been given a (deferred) outcome.
             let _ = engine.submit(sub);

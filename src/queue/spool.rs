@@ -182,17 +182,20 @@ pub struct Incoming {
     pub data: Arc<[u8]>,
     /// What the sender asked of TLS (RFC 8689), kept with the message across restarts.
     pub tls: MessageTls,
+    /// The egress pool the sender chose (HTTP `"pool"`, SMTP `X-Mxpipe-Pool:`); `None`: the
+    /// rules by sender domain, then the default pool, decide at delivery.
+    pub pool: Option<String>,
 }
 
 impl From<(String, Vec<String>, Arc<[u8]>)> for Incoming {
     fn from((from, rcpts, data): (String, Vec<String>, Arc<[u8]>)) -> Incoming {
-        Incoming { from, rcpts, data, tls: MessageTls::Default }
+        Incoming { from, rcpts, data, tls: MessageTls::Default, pool: None }
     }
 }
 
 impl From<(String, Vec<String>, Arc<[u8]>, MessageTls)> for Incoming {
     fn from((from, rcpts, data, tls): (String, Vec<String>, Arc<[u8]>, MessageTls)) -> Incoming {
-        Incoming { from, rcpts, data, tls }
+        Incoming { from, rcpts, data, tls, pool: None }
     }
 }
 
