@@ -37,6 +37,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v ss >/dev/null || need+=(iproute2)
 # unbound: the independent DNSSEC validator tests/dnssec_unbound.rs starts on a loopback port.
 [ -x /usr/sbin/unbound ] || need+=(unbound)
+# dkimpy: the independent DKIM verifier tests/dkim_serve.rs checks signatures with.
+/usr/bin/python3 -c "import dkim, dns.resolver" 2>/dev/null || need+=(python3-dkim python3-dnspython)
 if ((${#need[@]})); then
   echo "== installing ${need[*]}"
   echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections

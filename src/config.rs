@@ -167,6 +167,13 @@ pub struct Config {
     /// Per-destination overrides, in file order (`[[domain]]` in the file).
     #[serde(rename = "domain")]
     pub domains: Vec<DomainOverride>,
+    /// DKIM signing keys (`[[dkim]]` in the file), used at intake: see [`crate::dkim`]. Reloaded
+    /// on SIGHUP.
+    pub dkim: Vec<crate::dkim::KeyConfig>,
+    /// The file this configuration was read from (set by [`Config::load`]; a SIGHUP reads it
+    /// again for the DKIM keys).
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// `[engine]`: how deliveries are made. Same meaning and defaults as the `mxpipe send` flags
@@ -627,7 +634,9 @@ impl Config {
     /// Read, parse and check the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-        Config::from_toml_str(&text).map_err(|e| e.in_file(path))
+        let mut cfg = Config::from_toml_str(&text).map_err(|e| e.in_file(path))?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     /// The engine's settings: `[engine]`, `[dns]`, `[ports]`, `[tls]` (whose CA files are read

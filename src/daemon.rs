@@ -43,6 +43,8 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     // Before anything starts: a bad users file or certificate stops the daemon, naming it.
     let smtp_cfg = crate::inject::smtp::server_config(&cfg)?;
     let api_cfg = crate::inject::http::ApiConfig::load(&cfg.inject.http)?;
+    // Before anything starts: a DKIM key file that cannot be used stops the daemon, naming it.
+    let dkim = dkim_setup(&cfg)?;
     let spool_cfg = cfg.spool.clone();
     let dir = cfg.spool.dir.display().to_string();
     let (spool, recovered) = tokio::task::spawn_blocking(move || Spool::open(spool_cfg))
@@ -86,7 +88,10 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
         return Err("the queue manager stopped while starting".into());
     }
 
-    let intake = Intake::new(spool.clone(), acc_tx, board.clone());
+    let mut intake = Intake::new(spool.clone(), acc_tx, board.clone());
+    // Always a signer, with no keys when none is configured: a SIGHUP can then add some.
+    let reload = cfg.source.clone().map(|path| spawn_dkim_reload(path, dkim.dkim.clone())).transpose()?;
+    intake = intake.with_signer(dkim);
     let sink = crate::inject::smtp::start(smtp_cfg, intake.clone()).await?;
     board.set_injection_stats(sink.stats_reader());
     let reporter = tlsrpt.map(|t| t.start(intake.clone())).transpose()?;
@@ -107,6 +112,9 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     );
 
     stop.await;
+    if let Some(task) = reload {
+        task.abort();
+    }
     tracing::info!("stopping: no new messages; finishing those in flight");
     let injected = sink.shutdown(Duration::from_secs(10)).await.stats.messages;
     api.shutdown().await;
@@ -120,6 +128,47 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
         .map_err(|e| e.to_string())?
         .map_err(|_| "the queue manager panicked; the spool keeps every unfinished message".to_string())?;
     Ok(ServeReport { injected_messages: injected, manager: report })
+}
+
+/// The DKIM keys of `[[dkim]]` (perhaps none) and their signing threads.
+fn dkim_setup(cfg: &Config) -> Result<crate::inject::Signer, String> {
+    let dkim = Arc::new(crate::dkim::Dkim::load(&cfg.dkim)?);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = crate::dkim::workers::Workers::new(threads)?;
+    if !dkim.is_empty() {
+        tracing::info!(keys = dkim.len(), threads, "DKIM signing at intake");
+    }
+    Ok(crate::inject::Signer { dkim, workers })
+}
+
+/// On each SIGHUP, the `[[dkim]]` entries of the configuration file are read again and their
+/// keys loaded, all or nothing: a file that does not parse or a key that cannot be used is
+/// logged, naming it, and the keys in use stay. Other settings need a restart.
+fn spawn_dkim_reload(path: std::path::PathBuf, dkim: Arc<crate::dkim::Dkim>) -> Result<tokio::task::JoinHandle<()>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let p = path.clone();
+            let d = dkim.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let cfg = Config::load(&p).map_err(|e| e.to_string())?;
+                d.reload(&cfg.dkim)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            match r {
+                Ok(n) => {
+                    tracing::info!(keys = n, file = %path.display(), "SIGHUP: DKIM keys reloaded (other settings need a restart)");
+                    println!("mxpipe serve: DKIM keys reloaded: {n}");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: DKIM keys NOT reloaded; the keys in use stay");
+                    eprintln!("mxpipe serve: DKIM keys not reloaded (the keys in use stay): {e}");
+                }
+            }
+        }
+    }))
 }
 
 /// TLS-RPT (RFC 8460) for the daemon: the counters the engine feeds, kept in

@@ -33,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod dkim;
 pub mod dnssec;
 pub mod dnsserver;
 pub mod dsn;

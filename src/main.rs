@@ -42,6 +42,12 @@ enum Cmd {
         #[arg(long, value_name = "N", default_value_t = mxpipe::auth::DEFAULT_ITERATIONS)]
         iterations: u32,
     },
+    /// DKIM keys: `mxpipe dkim keygen --domain D --selector S [--algorithm ed25519|rsa]` writes a
+    /// new private key and prints the DNS TXT record to publish and the `[[dkim]]` entry.
+    Dkim {
+        #[command(subcommand)]
+        cmd: DkimSub,
+    },
     /// Show and steer a running `serve`'s queues: list, suspend, resume, bounce a destination.
     Queue(QueueArgs),
     /// Show or forget what the TLS policy remembers of a domain (its pin and cached MTA-STS
@@ -159,6 +165,30 @@ struct TlsRptArgs {
 enum TlsRptSub {
     /// The pending counts of DOMAIN: per day and policy, successes, failures and their details.
     Show { domain: String },
+}
+
+#[derive(Subcommand)]
+enum DkimSub {
+    /// Make a new signing key: the private key goes to --out (default SELECTOR.DOMAIN.key,
+    /// readable by its owner only, never overwritten); the TXT record to publish at
+    /// SELECTOR._domainkey.DOMAIN and the `[[dkim]]` entry are printed.
+    Keygen {
+        /// The signing domain (d=), usually the From domain or its parent.
+        #[arg(long)]
+        domain: String,
+        /// The selector (s=), e.g. a date: `2026-12`.
+        #[arg(long)]
+        selector: String,
+        /// ed25519 (RFC 8463; small and fast) or rsa (RFC 6376; verified everywhere).
+        #[arg(long, default_value = "ed25519")]
+        algorithm: mxpipe::dkim::Algorithm,
+        /// RSA modulus size: 2048, 3072, 4096 or 8192.
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+        /// Where to write the private key (PKCS#8 PEM).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -450,6 +480,10 @@ fn main() -> ExitCode {
         Cmd::Send(args) => run_send(args),
         Cmd::Demo(args) => run_demo(args),
         Cmd::Serve(args) => run_serve(args),
+        Cmd::Dkim { cmd: DkimSub::Keygen { domain, selector, algorithm, bits, out } } => {
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{selector}.{domain}.key")));
+            mxpipe::dkim::keys::keygen(&domain, &selector, algorithm, bits, &out).map(|text| print!("{text}"))
+        }
         Cmd::Queue(args) => run_queue(args),
         Cmd::Policy(args) => run_policy(args),
         Cmd::Tlsrpt(args) => run_tlsrpt(args),

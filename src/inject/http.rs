@@ -78,6 +78,16 @@ pub struct NewMessage {
     /// Default false.
     #[serde(default)]
     pub requiretls: bool,
+    /// The egress pool to send from (`[[egress.pool]]` name); default: the rules by sender
+    /// domain, then the default pool. Same as an `X-Mxpipe-Pool:` header field, which it
+    /// overrides.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// The DKIM keys to sign with, each a `[[dkim]]` entry's `name` or signing domain;
+    /// default: the keys aligned with the From domain. The `always` keys sign as well. Same as
+    /// an `X-Mxpipe-Dkim:` header field, which it overrides.
+    #[serde(default)]
+    pub dkim: Option<Vec<String>>,
 }
 
 /// A batch: `{"messages": [...]}`.
@@ -152,11 +162,13 @@ async fn inject(State(api): State<Api>, body: axum::body::Bytes) -> Response {
             return error(StatusCode::BAD_REQUEST, format!("message {i}: NUL bytes in data"));
         }
         let tls = crate::requiretls::message_tls(m.requiretls, m.data.as_bytes());
-        batch.push(Incoming { from, rcpts: to, data: Arc::<[u8]>::from(m.data.into_bytes()), tls, pool: None });
+        batch.push((Incoming { from, rcpts: to, data: Arc::<[u8]>::from(m.data.into_bytes()), tls, pool: m.pool }, m.dkim));
     }
     // All or nothing: one spool frame, one fsync.
-    let ids = match api.intake.accept(batch).await {
+    let ids = match api.intake.accept_chosen(batch).await {
         Ok(ids) => ids,
+        Err(super::IntakeError::Refused(e)) => return error(StatusCode::BAD_REQUEST, e),
+        Err(super::IntakeError::Unavailable(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}: retry later")),
         Err(e) if e.is_disk_full() => return error(StatusCode::INSUFFICIENT_STORAGE, "spool disk full: retry later"),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("spool error: {e}: retry later")),
     };
@@ -258,7 +270,11 @@ async fn tlsrpt_show(State(api): State<Api>, Path(domain): Path<String>) -> Resp
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.intake.board().metrics()).into_response()
+    let mut text = api.intake.board().metrics();
+    if let Some(s) = api.intake.dkim_stats() {
+        text.push_str(&crate::dkim::metrics(&s));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// How long [`ApiServer::shutdown`] lets requests in progress finish before it cuts them.

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::Intake;
+use super::{Intake, IntakeError};
 use crate::config::Config;
 use crate::queue::spool::Incoming;
 use crate::smtp_server::{self, Acceptor, AcceptorRef, Refused, Server};
@@ -32,11 +32,12 @@ impl Acceptor for SpoolAcceptor {
                 rcpts.into_iter().map(String::from_utf8).collect::<Result<_, _>>().map_err(|_| refused("recipient is not UTF-8".into()))?;
             // REQUIRETLS on MAIL, else a `TLS-Required: No` header field (RFC 8689).
             let tls = crate::requiretls::message_tls(requiretls, &data);
-            let ids = self
-                .0
-                .accept(vec![Incoming { from, rcpts, data: data.into(), tls, pool: None }])
-                .await
-                .map_err(|e| refused(if e.is_disk_full() { "spool disk full".to_string() } else { format!("spool error: {e}") }))?;
+            let ids = self.0.accept(vec![Incoming { from, rcpts, data: data.into(), tls, pool: None }]).await.map_err(|e| match e {
+                IntakeError::Refused(text) => Refused { code: "550 5.7.0", text: format!("Message refused: {text}") },
+                IntakeError::Unavailable(text) => Refused { code: "451 4.3.0", text: format!("Message not accepted: {text}") },
+                e if e.is_disk_full() => refused("spool disk full".to_string()),
+                e => refused(format!("spool error: {e}")),
+            })?;
             // One message in, one id out.
             ids.first().map(|id| format!("{id:X}")).ok_or_else(|| refused("spool returned no id".into()))
         })
