@@ -186,6 +186,30 @@ impl Dkim {
         })
     }
 
+    /// One key given as PEM bytes instead of a file (`entry.key` is then only its name in
+    /// errors): for `mxpipe demo`, which makes its key in memory.
+    pub fn with_pem(entry: &KeyConfig, pem: &[u8]) -> Result<Dkim, String> {
+        let set = build_set(std::slice::from_ref(entry), |_| keys::parse_pem(pem))?;
+        let d = Dkim::load(&[])?;
+        *d.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        Ok(d)
+    }
+
+    /// A `[[dkim]]` entry with the defaults, for a key of `domain` and `selector` in `key`.
+    pub fn entry(domain: &str, selector: &str, key: impl Into<PathBuf>) -> KeyConfig {
+        KeyConfig {
+            name: None,
+            domain: domain.into(),
+            selector: selector.into(),
+            key: key.into(),
+            algorithm: None,
+            headers: None,
+            oversign: default_oversign(),
+            expiry: None,
+            always: false,
+        }
+    }
+
     /// Loads `entries` and puts them in place of the current keys, all or nothing: on an error
     /// (which names the file) the current keys stay.
     pub fn reload(&self, entries: &[KeyConfig]) -> Result<usize, String> {
@@ -396,6 +420,10 @@ pub fn normalise(data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 }
 
 fn load_set(entries: &[KeyConfig]) -> Result<KeySet, String> {
+    build_set(entries, |e| keys::load(&e.key))
+}
+
+fn build_set(entries: &[KeyConfig], load: impl Fn(&KeyConfig) -> Result<keys::LoadedKey, String>) -> Result<KeySet, String> {
     if entries.len() > MAX_KEYS {
         return Err(format!("dkim: {} keys configured, at most {MAX_KEYS}", entries.len()));
     }
@@ -412,7 +440,7 @@ fn load_set(entries: &[KeyConfig]) -> Result<KeySet, String> {
         {
             return Err(format!("{}: selector {:?} is not a DNS label", at(), e.selector));
         }
-        let loaded = keys::load(&e.key).map_err(|err| format!("{}: key file {}: {err}", at(), e.key.display()))?;
+        let loaded = load(e).map_err(|err| format!("{}: key file {}: {err}", at(), e.key.display()))?;
         if let Some(want) = e.algorithm {
             if want != loaded.algorithm {
                 return Err(format!(
