@@ -1060,18 +1060,34 @@ mod tests {
         assert_eq!(c.inject.smtp.auth.require_starttls, auth.require_tls, "inject.smtp.auth.require_starttls vs smtp_server::Auth::new()");
     }
 
-    /// The shipped example parses, and equals the defaults except for its `[[domain]]`
-    /// entries, which it shows on purpose (the only deliberate difference); and the runtime
+    /// The shipped example parses, and equals the defaults except for its `[[domain]]` and
+    /// `[[dkim]]` entries, which it shows on purpose (the only deliberate difference); and the runtime
     /// types built from it are their own defaults, so a default defined twice and drifted
     /// fails here.
+    #[test]
+    fn dkim_entries_refuse_unknown_settings_and_missing_keys() {
+        let e = Config::from_toml_str("[[dkim]]\ndomain = \"a.example\"\nselector = \"s\"\nkey = \"k\"\nsign_everything = true\n").unwrap_err();
+        assert!(e.to_string().contains("sign_everything"), "{e}");
+        let e = Config::from_toml_str("[[dkim]]\ndomain = \"a.example\"\nselector = \"s\"\n").unwrap_err();
+        assert!(e.to_string().contains("key"), "{e}");
+        let e = Config::from_toml_str("[[dkim]]\ndomain = \"a.example\"\nselector = \"s\"\nkey = \"k\"\nalgorithm = \"dsa\"\n").unwrap_err();
+        assert!(e.to_string().contains("dsa"), "{e}");
+    }
+
     #[test]
     fn example_file_is_the_defaults_plus_domain_examples() {
         let c = Config::from_toml_str(include_str!("../mxpipe.example.toml")).unwrap();
         assert_runtime_types_are_their_defaults(&c);
         let mut without_domains = c.clone();
         without_domains.domains.clear();
+        without_domains.dkim.clear();
         assert_eq!(without_domains, Config::default());
         assert_eq!(c.domains.len(), 2);
+        assert_eq!(c.dkim.len(), 2);
+        assert_eq!(c.dkim[1].name.as_deref(), Some("esp"));
+        assert_eq!(c.dkim[1].expiry, Some(std::time::Duration::from_secs(7 * 86400)));
+        assert!(c.dkim[1].always && !c.dkim[0].always);
+        assert_eq!(c.dkim[0].oversign, ["From"]);
         let e = c.engine_config().unwrap();
         assert_eq!(e.floors.len(), 1);
         assert_eq!(e.floors.get("example.com"), Some(&Floor::Verified));
