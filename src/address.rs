@@ -716,6 +716,14 @@ mod tests {
             assert_eq!(Mailbox::parse(&m.to_string()).unwrap(), m, "{s}");
         }
         assert!(ReversePath::parse("jörg@bücher.example").unwrap().mailbox().unwrap().needs_smtputf8());
+        // The fuzz target's invariants (fuzz/fuzz_targets/address.rs), over the table.
+        for c in cases::all().into_iter().filter(|c| c.accepted.is_some()) {
+            let m = Mailbox::parse(&c.input).unwrap();
+            let written = m.to_string();
+            assert_eq!(Mailbox::parse(&written).as_ref(), Ok(&m), "{written:?} parses back");
+            assert_eq!(m.needs_smtputf8(), !written.is_ascii(), "{written:?}");
+            assert_eq!(m.to_ascii().is_ok(), !m.needs_smtputf8(), "{written:?}");
+        }
     }
 
     #[test]
