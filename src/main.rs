@@ -264,6 +264,8 @@ impl EngineArgs {
 #[derive(Args)]
 struct SendArgs {
     /// Messages, one JSON object per line: {"id","from","to":[..],"data"} or "data_file".
+    /// Addresses may have UTF-8 local parts: sent with SMTPUTF8 where the MX offers it, else
+    /// bounced with 5.6.7.
     #[arg(long, value_name = "FILE.jsonl")]
     input: PathBuf,
     /// Where to write one outcome per recipient (JSON lines); default: discard.

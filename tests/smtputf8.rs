@@ -241,3 +241,31 @@ fn the_inject_smtp_flag_is_read_from_the_config() {
     assert!(!off.inject.smtp.smtputf8);
     assert!(!mxpipe::inject::smtp::server_config(&off).unwrap().smtputf8);
 }
+
+/// `mxpipe sink` advertises SMTPUTF8 unless given `--no-smtputf8`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_binary_offers_smtputf8_unless_told_not_to() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    for (extra, offered) in [(&[][..], true), (&["--no-smtputf8"][..], false)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mxpipe"))
+            .args(["sink", "--starttls-port", "0", "--implicit-port", "off", "--duration", "60"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next().expect("the sink prints its listener").unwrap();
+        let addr: std::net::SocketAddr = line.strip_prefix("mxpipe sink: starttls on ").expect(&line).parse().unwrap();
+        std::thread::spawn(move || for _ in lines {});
+        let mut c = common::Client::connect(addr).await;
+        assert_eq!(c.reply().await.code, 220);
+        c.send("EHLO client.test\r\n").await;
+        assert_eq!(mxpipe::reply::Capabilities::from_ehlo(&c.reply().await).smtputf8, offered, "{extra:?}");
+        let want = if offered { 250 } else { 555 };
+        assert_eq!(c.cmd("MAIL FROM:<jörg@x.test> SMTPUTF8").await, want, "{extra:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
