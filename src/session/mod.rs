@@ -253,7 +253,7 @@ struct Txn {
     msg: Message,
     /// The sender as sent ([`crate::address::ReversePath`]'s normal form).
     from_path: String,
-    /// Per recipient, the address as sent (A-label domain); empty for one refused locally.
+    /// Per recipient, the address as sent (its normal form); empty for one refused locally.
     paths: Vec<String>,
     slots: Vec<Slot>,
     /// Indices into `slots` of the recipients put on the wire, in order.
@@ -737,7 +737,8 @@ impl ClientSession {
     fn start(&mut self, msg: Message, rset: bool) -> State {
         let caps = self.caps.clone().unwrap_or_default();
         // The one address check (the injection doors use it too); what it accepts cannot
-        // change the command it is put in, and is sent with its domain as A-labels.
+        // change the command it is put in, and is sent in its normal form (an ASCII local part
+        // with A-labels, a UTF-8 one with U-labels and only under SMTPUTF8).
         let rcpts: Vec<_> = msg.rcpts.iter().map(|r| Mailbox::parse(r)).collect();
         let from = ReversePath::parse(&msg.from);
         let utf8_from = from.as_ref().ok().and_then(ReversePath::mailbox).is_some_and(Mailbox::needs_smtputf8);
