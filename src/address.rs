@@ -16,9 +16,15 @@
 //! - Address literals (`[192.0.2.1]`, `[IPv6:…]`) are refused: mxpipe routes by MX lookup of a
 //!   domain name and has no way to deliver to a literal, so accepting one would only bounce
 //!   it later.
-//! - Local parts are ASCII, a dot-string or a quoted string, kept as given (case matters to
-//!   the receiving host). Non-ASCII needs SMTPUTF8 (RFC 6531), which mxpipe does not offer yet.
+//! - Local parts are a dot-string or a quoted string, kept as given (case matters to the
+//!   receiving host). They may hold UTF-8 (RFC 6531 §3.3: `atext` and `qtextSMTP` take
+//!   `UTF8-non-ascii`); such an address needs SMTPUTF8 ([`Mailbox::needs_smtputf8`]) and is
+//!   written with its domain in U-labels (`jörg@bücher.example`), while an ASCII local part is
+//!   written with A-labels and can go to any server. Unicode spaces and invisible format
+//!   characters (zero-width, bidi controls) are refused: nobody can read such an address back.
 //!   `<`, `>` are refused everywhere, even quoted: they frame the path on the wire.
+//! - Every bound is in octets of the form sent: 64 for the local part (UTF-8 octets), 254 for
+//!   the mailbox in both its A-label and its UTF-8 form.
 //! - The null sender is [`ReversePath::Null`], written `""`; a [`Mailbox`] is never empty.
 //!
 //! The module owns syntax only: it must not resolve names or decide routing.
@@ -64,9 +70,15 @@ pub enum ErrorKind {
     /// A second unquoted `@`, after the one that starts the domain.
     #[error("more than one @ outside quotes: an @ in the local part must be quoted, as in \"a@b\"@example.com")]
     TwoAt,
-    /// A non-ASCII character in the local part, quoted or not.
-    #[error("the local part is not ASCII: that needs SMTPUTF8 (RFC 6531), which mxpipe does not offer yet; give an ASCII address")]
+    /// A non-ASCII local part where only ASCII will do ([`Mailbox::to_ascii`]: a server
+    /// without SMTPUTF8). The parser accepts UTF-8 local parts and never returns this.
+    #[error("the local part is not ASCII: it can only be sent with SMTPUTF8 (RFC 6531), and there is no ASCII form of it")]
     NonAsciiLocal,
+    /// A Unicode space (no-break space, ideographic space, ...) or an invisible format
+    /// character (zero-width, bidi control, byte-order mark): refused, as nobody can read or
+    /// type the address back.
+    #[error("contains the invisible or space character U+{0:04X}: remove it")]
+    Invisible(u32),
     /// A control character anywhere; checked first, as a CR or LF would inject a command.
     #[error("contains a control character (CR, LF, TAB, NUL, DEL, ...)")]
     Control,
@@ -85,8 +97,9 @@ pub enum ErrorKind {
     /// A quoted local part without its closing quote, or followed by something other than `@`.
     #[error("the quoted local part is not closed, or is not followed by @")]
     Unquoted,
-    /// A character a quoted local part may not hold (not printable ASCII), bare or after a backslash.
-    #[error("{0:?} is not allowed in a quoted local part (only printable ASCII, and \\ before another)")]
+    /// A character a quoted local part may not hold (not printable ASCII or UTF-8), bare, or
+    /// after a backslash (which takes printable ASCII only).
+    #[error("{0:?} is not allowed in a quoted local part (only printable ASCII or UTF-8, and \\ before printable ASCII)")]
     QuotedChar(char),
     /// The local part's length in octets, over [`MAX_LOCAL`].
     #[error("the local part is {0} octets, over the limit of 64 (RFC 5321)")]
@@ -145,6 +158,26 @@ impl Domain {
     pub fn into_string(self) -> String {
         self.0
     }
+
+    /// Whether the domain has an IDN label (`xn--`): its U-label form differs from the
+    /// A-label one, so a server without SMTPUTF8 must be given the A-label form.
+    pub fn is_idn(&self) -> bool {
+        self.0.split('.').any(|l| l.starts_with("xn--"))
+    }
+
+    /// The U-label form (`bücher.example`), for an address sent with SMTPUTF8 and for people.
+    /// Borrows when there is no IDN label; falls back to the A-label form if UTS 46 would not
+    /// give back the same A-labels (it always should: the A-label was checked at parse).
+    pub fn to_unicode(&self) -> Cow<'_, str> {
+        if !self.is_idn() {
+            return Cow::Borrowed(&self.0);
+        }
+        let (u, r) = idna::domain_to_unicode(&self.0);
+        match r {
+            Ok(()) if normalise_domain(&u).is_ok_and(|a| a == self.0) => Cow::Owned(u),
+            _ => Cow::Borrowed(&self.0),
+        }
+    }
 }
 
 impl fmt::Display for Domain {
@@ -177,6 +210,9 @@ impl From<Domain> for String {
 pub struct Mailbox {
     local: String,
     domain: Domain,
+    /// The domain's U-label form, kept only when the local part is UTF-8 and the domain has
+    /// an IDN label: the written form is then all UTF-8.
+    unicode_domain: Option<Box<str>>,
 }
 
 impl Mailbox {
@@ -200,12 +236,31 @@ impl Mailbox {
     pub fn into_domain(self) -> Domain {
         self.domain
     }
+
+    /// Whether the address can only be sent with SMTPUTF8 (RFC 6531): its local part is
+    /// UTF-8. An ASCII local part with an IDN domain does not: it goes with A-labels.
+    pub fn needs_smtputf8(&self) -> bool {
+        !self.local.is_ascii()
+    }
+
+    /// The all-ASCII form for a server without SMTPUTF8: the local part and the domain in
+    /// A-labels, or [`ErrorKind::NonAsciiLocal`] when the local part is UTF-8 (it has no
+    /// ASCII form; the recipient bounces with 5.6.7).
+    pub fn to_ascii(&self) -> Result<String, AddressError> {
+        if self.needs_smtputf8() {
+            return Err(AddressError::new(&self.to_string(), ErrorKind::NonAsciiLocal));
+        }
+        Ok(format!("{}@{}", self.local, self.domain))
+    }
 }
 
 impl fmt::Display for Mailbox {
-    /// The form sent on the wire: the local part as given, `@`, the normalised domain.
+    /// The normal form, as spooled and sent: an ASCII local part with the A-label domain
+    /// (sendable to any server), a UTF-8 one with the U-label domain (all UTF-8, as the
+    /// person wrote it; sent only with SMTPUTF8).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.local, self.domain)
+        let domain = self.unicode_domain.as_deref().unwrap_or(self.domain.as_str());
+        write!(f, "{}@{domain}", self.local)
     }
 }
 
@@ -298,6 +353,9 @@ fn parse_mailbox(s: &str) -> Result<Mailbox, ErrorKind> {
     if s.contains(['<', '>']) {
         return Err(ErrorKind::AngleBracket);
     }
+    if let Some(c) = s.chars().find(|&c| invisible(c)) {
+        return Err(ErrorKind::Invisible(c as u32));
+    }
     let (local, domain) = if s.starts_with('"') {
         let end = quoted_end(s)?;
         match s[end..].strip_prefix('@') {
@@ -318,21 +376,31 @@ fn parse_mailbox(s: &str) -> Result<Mailbox, ErrorKind> {
     if local.len() > MAX_LOCAL {
         return Err(ErrorKind::LocalTooLong(local.len()));
     }
-    let domain = normalise_domain(domain).map_err(|k| if k == ErrorKind::Empty { ErrorKind::EmptyDomain } else { k })?;
-    let total = local.len() + 1 + domain.len();
+    let domain = Domain(normalise_domain(domain).map_err(|k| if k == ErrorKind::Empty { ErrorKind::EmptyDomain } else { k })?.into_owned());
+    let unicode_domain = (!local.is_ascii() && domain.is_idn()).then(|| Box::<str>::from(domain.to_unicode()));
+    // Both forms must fit: the A-label one is sent without SMTPUTF8, the UTF-8 one with it.
+    let longest = domain.as_str().len().max(unicode_domain.as_deref().map_or(0, str::len));
+    let total = local.len() + 1 + longest;
     if total > MAX_MAILBOX {
         return Err(ErrorKind::TooLong(total));
     }
-    Ok(Mailbox { local: local.to_string(), domain: Domain(domain.into_owned()) })
+    Ok(Mailbox { local: local.to_string(), domain, unicode_domain })
+}
+
+/// A Unicode space or an invisible format character, which RFC 6531's grammar lets through
+/// but no person can read back: refused in local parts (UTS 46 refuses them in domains).
+fn invisible(c: char) -> bool {
+    !c.is_ascii()
+        && (c.is_whitespace()
+            || matches!(c, '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{180e}' | '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+                | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}'))
 }
 
 /// RFC 5321 `Dot-string`: atoms of `atext` joined by single dots.
 fn check_dot_string(local: &str) -> Result<(), ErrorKind> {
     if local.is_empty() {
         return Err(ErrorKind::EmptyLocal);
-    }
-    if !local.is_ascii() {
-        return Err(ErrorKind::NonAsciiLocal);
     }
     if let Some(c) = local.chars().find(|&c| c != '.' && !is_atext(c)) {
         return Err(ErrorKind::LocalChar(c));
@@ -343,8 +411,10 @@ fn check_dot_string(local: &str) -> Result<(), ErrorKind> {
     Ok(())
 }
 
+/// RFC 5321 `atext`, with RFC 6531 §3.3's `UTF8-non-ascii` (controls and invisible
+/// characters were refused before).
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c)
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
 }
 
 /// The end (one past the closing quote) of the RFC 5321 `Quoted-string` that `s` starts with.
@@ -355,13 +425,13 @@ fn quoted_end(s: &str) -> Result<usize, ErrorKind> {
             '"' if i == 1 => return Err(ErrorKind::EmptyLocal),
             '"' => return Ok(i + 1),
             '\\' => match chars.next() {
+                // RFC 6531 §3.3 extends `qtextSMTP`, not `quoted-pairSMTP`: an escape is ASCII.
                 Some((_, c)) if (' '..='~').contains(&c) => {}
-                Some((_, c)) if !c.is_ascii() => return Err(ErrorKind::NonAsciiLocal),
                 Some((_, c)) => return Err(ErrorKind::QuotedChar(c)),
                 None => return Err(ErrorKind::Unquoted),
             },
-            c if !c.is_ascii() => return Err(ErrorKind::NonAsciiLocal),
             ' '..='~' => {}
+            c if !c.is_ascii() && !c.is_control() => {}
             c => return Err(ErrorKind::QuotedChar(c)),
         }
     }
@@ -463,8 +533,34 @@ pub mod cases {
             same("\"first last\"@example.test"),
             same("\"a@b\"@example.test"),
             same("\"q\\\"uote\"@example.test"),
-            no("jörg@example.test"),
-            no("\"jörg\"@example.test"),
+            // SMTPUTF8 (RFC 6531): a UTF-8 local part is written with the domain in U-labels.
+            same("jörg@example.test"),
+            same("\"jörg\"@example.test"),
+            same("\"jörg müller\"@example.test"),
+            same("Jörg.Müller@bücher.example"),
+            to("jörg@BÜCHER.example", "jörg@bücher.example"),
+            to("jörg@xn--bcher-kva.example", "jörg@bücher.example"),
+            to("jörg@bücher.example.", "jörg@bücher.example"),
+            same("用户@例子.广告"),
+            same("δοκιμή@παράδειγμα.δοκιμή"),
+            to("user@例子.广告", "user@xn--fsqu00a.xn--4rr70v"),
+            to("user@παράδειγμα.δοκιμή", "user@xn--hxajbheg2az3al.xn--jxalpdlp"),
+            same(&format!("{}@example.test", "ü".repeat(32))),
+            no(&format!("{}x@example.test", "ü".repeat(32))),
+            // Its A-label form fits (179 octets) but its UTF-8 form (308) does not.
+            no(&format!("jörg@{0}.{0}.{0}.test", "ä".repeat(50))),
+            no("jö rg@example.test"),
+            no("jö\u{a0}rg@example.test"),
+            no("\"jö\u{3000}rg\"@example.test"),
+            no("jö\u{200b}rg@example.test"),
+            no("\"jö\u{202e}rg\"@example.test"),
+            no("jörg\u{feff}@example.test"),
+            no("jö\u{85}rg@example.test"),
+            no("\"a\\ü\"@example.test"),
+            no("jörg@under_score.example"),
+            no("jörg@[192.0.2.1]"),
+            no("jörg@"),
+            no("ö@@example.test"),
             no(""),
             no("nodomain"),
             no("@example.test"),
@@ -555,8 +651,15 @@ mod tests {
     #[test]
     fn errors_say_what_to_do() {
         let kind = |s: &str| Mailbox::parse(s).unwrap_err().kind;
-        assert_eq!(kind("jörg@example.test"), ErrorKind::NonAsciiLocal);
-        assert!(Mailbox::parse("jörg@example.test").unwrap_err().to_string().contains("SMTPUTF8"));
+        assert_eq!(kind("jö\u{200b}rg@example.test"), ErrorKind::Invisible(0x200b));
+        assert!(Mailbox::parse("jö\u{200b}rg@example.test").unwrap_err().to_string().contains("U+200B"));
+        assert_eq!(kind("jö rg@example.test"), ErrorKind::Space);
+        assert_eq!(kind("\"a\\ü\"@example.test"), ErrorKind::QuotedChar('ü'));
+        assert_eq!(kind(&format!("{}@c.test", "ü".repeat(33))), ErrorKind::LocalTooLong(66));
+        assert_eq!(kind(&format!("jörg@{0}.{0}.{0}.test", "ä".repeat(50))), ErrorKind::TooLong(5 + 1 + 3 * 100 + 3 + 4));
+        let e = Mailbox::parse("jörg@bücher.example").unwrap().to_ascii().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NonAsciiLocal);
+        assert!(e.to_string().contains("SMTPUTF8"), "{e}");
         assert_eq!(kind("user@[192.0.2.1]"), ErrorKind::Literal);
         assert_eq!(kind("a@b@c.test"), ErrorKind::TwoAt);
         assert_eq!(kind("@c.test"), ErrorKind::EmptyLocal);
@@ -588,6 +691,39 @@ mod tests {
         assert!(Mailbox::parse("").is_err(), "a recipient is never the null sender");
         // Already normal: no copy.
         assert!(matches!(normalise_domain("example.test"), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn utf8_addresses() {
+        let m = Mailbox::parse("Jörg@BÜCHER.example").unwrap();
+        assert!(m.needs_smtputf8());
+        assert_eq!(m.domain().as_str(), "xn--bcher-kva.example", "routed and resolved by its A-label");
+        assert!(m.domain().is_idn());
+        assert_eq!(m.domain().to_unicode(), "bücher.example");
+        assert_eq!(m.to_string(), "Jörg@bücher.example");
+        // An ASCII local part needs no SMTPUTF8: only its domain is converted.
+        let a = Mailbox::parse("fred@bücher.example").unwrap();
+        assert!(!a.needs_smtputf8());
+        assert!(a.domain().is_idn());
+        assert_eq!(a.to_ascii().unwrap(), "fred@xn--bcher-kva.example");
+        assert_eq!(a.to_string(), "fred@xn--bcher-kva.example");
+        let plain = Mailbox::parse("jörg@example.test").unwrap();
+        assert!(!plain.domain().is_idn());
+        assert!(matches!(plain.domain().to_unicode(), Cow::Borrowed("example.test")));
+        // The written form parses back to the same address.
+        for s in ["Jörg@bücher.example", "\"jörg müller\"@例子.广告", "δοκιμή@παράδειγμα.δοκιμή"] {
+            let m = Mailbox::parse(s).unwrap();
+            assert_eq!(Mailbox::parse(&m.to_string()).unwrap(), m, "{s}");
+        }
+        assert!(ReversePath::parse("jörg@bücher.example").unwrap().mailbox().unwrap().needs_smtputf8());
+        // The fuzz target's invariants (fuzz/fuzz_targets/address.rs), over the table.
+        for c in cases::all().into_iter().filter(|c| c.accepted.is_some()) {
+            let m = Mailbox::parse(&c.input).unwrap();
+            let written = m.to_string();
+            assert_eq!(Mailbox::parse(&written).as_ref(), Ok(&m), "{written:?} parses back");
+            assert_eq!(m.needs_smtputf8(), !written.is_ascii(), "{written:?}");
+            assert_eq!(m.to_ascii().is_ok(), !m.needs_smtputf8(), "{written:?}");
+        }
     }
 
     #[test]

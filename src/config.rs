@@ -409,6 +409,11 @@ pub struct SmtpInjectSection {
     /// next hops that offer it too, or bounced. In clear the parameter gets 530 5.7.10.
     /// Default true.
     pub requiretls: bool,
+    /// Offer SMTPUTF8 (RFC 6531): a client may send `MAIL FROM:<..> SMTPUTF8` and then
+    /// addresses with UTF-8 local parts (without the parameter they get 553 5.6.7); they are
+    /// delivered with SMTPUTF8, or bounced with 5.6.7 where the next hop does not offer it.
+    /// Off: the parameter gets 555 5.5.4. Default true.
+    pub smtputf8: bool,
     /// `[inject.smtp.auth]`: AUTH PLAIN for clients outside `allowed_networks`. Default: not
     /// offered (no users file).
     pub auth: SmtpAuthSection,
@@ -429,6 +434,7 @@ impl Default for SmtpInjectSection {
             auth_timeout: crate::smtp_server::AUTH_TIMEOUT,
             max_idle_commands: crate::smtp_server::MAX_IDLE_COMMANDS,
             requiretls: true,
+            smtputf8: true,
             auth: SmtpAuthSection::default(),
             tls: SmtpInjectTlsSection::default(),
         }

@@ -294,6 +294,8 @@ impl EngineArgs {
 #[derive(Args)]
 struct SendArgs {
     /// Messages, one JSON object per line: {"id","from","to":[..],"data"} or "data_file".
+    /// Addresses may have UTF-8 local parts: sent with SMTPUTF8 where the MX offers it, else
+    /// bounced with 5.6.7.
     #[arg(long, value_name = "FILE.jsonl")]
     input: PathBuf,
     /// Where to write one outcome per recipient (JSON lines); default: discard.
@@ -436,6 +438,11 @@ struct SinkArgs {
     /// such messages are counted, and marked `X-Mxpipe-Requiretls: yes` in --mail-dir files.
     #[arg(long)]
     requiretls: bool,
+    /// Do not offer SMTPUTF8 (RFC 6531; offered by default, and such messages are counted and
+    /// marked `X-Mxpipe-Smtputf8: yes` in --mail-dir files): a server that takes ASCII
+    /// addresses only, to which UTF-8 local parts must bounce 5.6.7.
+    #[arg(long)]
+    no_smtputf8: bool,
     /// Probability of answering a RCPT with 451 4.3.0.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = rate)]
     temp_fail_rate: f64,
@@ -551,6 +558,7 @@ fn run_sink(a: SinkArgs) -> Result<(), String> {
     cfg.starttls = !a.no_starttls;
     cfg.require_tls = a.require_tls;
     cfg.requiretls = a.requiretls;
+    cfg.smtputf8 = !a.no_smtputf8;
     cfg.faults = Faults {
         temp_fail_rate: a.temp_fail_rate,
         perm_fail_rate: a.perm_fail_rate,

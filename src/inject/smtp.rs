@@ -82,6 +82,7 @@ pub fn server_config(cfg: &Config) -> Result<smtp_server::Config, String> {
     sc.auth_timeout = inject.auth_timeout;
     sc.max_idle_commands = inject.max_idle_commands;
     sc.requiretls = inject.requiretls;
+    sc.smtputf8 = inject.smtputf8;
     Ok(sc)
 }
 

@@ -1,6 +1,16 @@
 //! The SMTP client session as a sans-I/O state machine (RFC 5321, with RFC 2920 PIPELINING,
-//! RFC 3030 CHUNKING, RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 3207 STARTTLS and RFC 8689
-//! REQUIRETLS).
+//! RFC 3030 CHUNKING, RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 3207 STARTTLS, RFC 8689
+//! REQUIRETLS and RFC 6531 SMTPUTF8).
+//!
+//! SMTPUTF8: a message needs it when its envelope has an address with a UTF-8 local part
+//! ([`Mailbox::needs_smtputf8`]), the sender's or any recipient's. To a server that advertises
+//! it, `MAIL FROM:<..> SMTPUTF8` and the addresses in their normal form. To one that does not,
+//! an address with an ASCII local part goes in its all-ASCII form (domain in A-labels); a
+//! recipient with a UTF-8 local part is bounced locally with 5.6.7, and a sender with one
+//! bounces every recipient of the message with 5.6.7 (there is no ASCII form to give). UTF-8
+//! only in the header section (RFC 6532) does not make a message need SMTPUTF8: it is sent as
+//! it is, like other 8-bit content (the MAIL parameter is about the envelope, and a refusal
+//! would bounce mail most servers take).
 //!
 //! No sockets, no async, no clock: the driver feeds the bytes it read to
 //! [`ClientSession::receive`], drains [`ClientSession::poll_event`] and acts on each event
@@ -243,7 +253,7 @@ struct Txn {
     msg: Message,
     /// The sender as sent ([`crate::address::ReversePath`]'s normal form).
     from_path: String,
-    /// Per recipient, the address as sent (A-label domain); empty for one refused locally.
+    /// Per recipient, the address as sent (its normal form); empty for one refused locally.
     paths: Vec<String>,
     slots: Vec<Slot>,
     /// Indices into `slots` of the recipients put on the wire, in order.
@@ -251,6 +261,8 @@ struct Txn {
     phase: Phase,
     pipelined: bool,
     bdat: bool,
+    /// Send `MAIL FROM:<..> SMTPUTF8`: an envelope address needs it and the server offers it.
+    smtputf8: bool,
     mail_ok: bool,
     accepted: usize,
 }
@@ -725,12 +737,22 @@ impl ClientSession {
     fn start(&mut self, msg: Message, rset: bool) -> State {
         let caps = self.caps.clone().unwrap_or_default();
         // The one address check (the injection doors use it too); what it accepts cannot
-        // change the command it is put in, and is sent with its domain as A-labels.
+        // change the command it is put in, and is sent in its normal form (an ASCII local part
+        // with A-labels, a UTF-8 one with U-labels and only under SMTPUTF8).
+        let rcpts: Vec<_> = msg.rcpts.iter().map(|r| Mailbox::parse(r)).collect();
+        let from = ReversePath::parse(&msg.from);
+        let utf8_from = from.as_ref().ok().and_then(ReversePath::mailbox).is_some_and(Mailbox::needs_smtputf8);
+        let wants_utf8 = utf8_from || rcpts.iter().any(|r| r.as_ref().is_ok_and(Mailbox::needs_smtputf8));
+        let smtputf8 = wants_utf8 && caps.smtputf8;
         let mut paths = Vec::with_capacity(msg.rcpts.len());
-        let mut slots: Vec<Slot> = msg
-            .rcpts
-            .iter()
-            .map(|r| match Mailbox::parse(r) {
+        let mut slots: Vec<Slot> = rcpts
+            .into_iter()
+            .zip(&msg.rcpts)
+            .map(|(parsed, r)| match parsed {
+                Ok(m) if m.needs_smtputf8() && !smtputf8 => {
+                    paths.push(String::new());
+                    Slot::Settled(local(r, "5.6.7", NO_SMTPUTF8_RCPT))
+                }
                 Ok(m) => {
                     paths.push(m.to_string());
                     Slot::Open
@@ -742,9 +764,10 @@ impl ClientSession {
             })
             .collect();
         let size = normalised_len(&msg.data);
-        let from = ReversePath::parse(&msg.from);
         let refuse = if let Err(e) = &from {
             Some(("5.1.7", format!("invalid sender address, not sent: {}", e.kind)))
+        } else if utf8_from && !smtputf8 {
+            Some(("5.6.7", NO_SMTPUTF8_SENDER.to_string()))
         } else if msg.requiretls && !self.tls_active {
             Some(("5.7.30", "REQUIRETLS message and the connection is not encrypted, not sent".to_string()))
         } else if msg.requiretls && !caps.requiretls {
@@ -772,6 +795,7 @@ impl ClientSession {
             phase: if rset { Phase::Rset } else { Phase::Mail },
             pipelined: self.cfg.pipelining && caps.pipelining,
             bdat: self.cfg.prefer_bdat && caps.chunking,
+            smtputf8,
             mail_ok: false,
             accepted: 0,
         });
@@ -822,6 +846,10 @@ impl ClientSession {
         // `start` refused the message unless the server advertised REQUIRETLS over TLS.
         if txn.msg.requiretls {
             out.extend_from_slice(b" REQUIRETLS");
+        }
+        // `start` set it only where the server advertised SMTPUTF8 and an address needs it.
+        if txn.smtputf8 {
+            out.extend_from_slice(b" SMTPUTF8");
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -918,6 +946,13 @@ impl RcptOutcome {
         self
     }
 }
+
+/// Why a recipient with a UTF-8 local part is bounced (5.6.7, RFC 6531 §3.5).
+const NO_SMTPUTF8_RCPT: &str =
+    "the recipient's local part is not ASCII and the receiving server does not offer SMTPUTF8 (RFC 6531); there is no ASCII form of the address, not sent";
+/// Why every recipient is bounced when the sender has a UTF-8 local part (5.6.7).
+const NO_SMTPUTF8_SENDER: &str =
+    "the sender's local part is not ASCII and the receiving server does not offer SMTPUTF8 (RFC 6531); there is no ASCII form of the sender, not sent";
 
 /// The outcome a server reply gives a recipient (only 4xx and 5xx reach here before data).
 fn from_reply(rcpt: &str, reply: &Reply) -> RcptOutcome {

@@ -880,3 +880,96 @@ fn random_plausible_replies_never_panic() {
     }
     assert!(done > 40, "only {done} messages got through: the input does not reach the data states");
 }
+
+// ----- SMTPUTF8 (RFC 6531) -----
+
+const EHLO_UTF8: &[u8] = b"250-mx.example.test greets you\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n";
+
+fn local_5_6_7(rcpt: &str, whose: &str) -> RcptOutcome {
+    let reply = format!(
+        "local: the {whose}'s local part is not ASCII and the receiving server does not offer SMTPUTF8 (RFC 6531); there is no ASCII form of the {}, not sent",
+        if whose == "sender" { "sender" } else { "address" }
+    );
+    RcptOutcome { rcpt: rcpt.into(), status: Bounced, reply, enhanced: Some("5.6.7".into()) }
+}
+
+#[test]
+fn smtputf8_is_sent_with_utf8_addresses_where_advertised() {
+    let mut t = T::new(cfg(), Feed::Whole);
+    t.open(EHLO_UTF8);
+    assert!(t.s.capabilities().unwrap().smtputf8);
+    // A UTF-8 recipient: the parameter, and each address in its normal form (a UTF-8 local
+    // part with U-labels, an ASCII one with A-labels).
+    let m = msg(1, "a@x.test", &["jörg@BÜCHER.example", "fred@bücher.example"], b"x\n");
+    assert_eq!(
+        t.submit(m),
+        vec![send(
+            "MAIL FROM:<a@x.test> SMTPUTF8\r\nRCPT TO:<jörg@bücher.example>\r\nRCPT TO:<fred@xn--bcher-kva.example>\r\nDATA\r\n".as_bytes()
+        )]
+    );
+    t.server(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    let ev = t.server(b"250 2.0.0 queued\r\n");
+    assert_eq!(
+        ev,
+        vec![
+            done(
+                1,
+                vec![out("jörg@BÜCHER.example", Delivered, "250 2.0.0 queued"), out("fred@bücher.example", Delivered, "250 2.0.0 queued")]
+            ),
+            Event::Ready
+        ]
+    );
+    // A UTF-8 sender alone needs it too; an all-ASCII envelope (IDN domains included) does not.
+    assert_eq!(
+        t.submit(msg(2, "jörg@x.test", &["b@y.test"], b"x\n")),
+        vec![send("MAIL FROM:<jörg@x.test> SMTPUTF8\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".as_bytes())]
+    );
+    t.server(b"250 ok\r\n250 ok\r\n354 go\r\n");
+    t.server(b"250 ok\r\n");
+    assert_eq!(
+        t.submit(msg(3, "a@bücher.example", &["b@y.test"], "Subject: grüße\n".as_bytes())),
+        vec![send(b"MAIL FROM:<a@xn--bcher-kva.example> BODY=8BITMIME\r\nRCPT TO:<b@y.test>\r\nDATA\r\n")]
+    );
+}
+
+#[test]
+fn without_smtputf8_ascii_local_parts_go_as_a_labels_and_utf8_ones_bounce_5_6_7() {
+    let mut t = T::new(cfg(), Feed::Whole);
+    t.open(EHLO_PIPE);
+    let m = msg(1, "app@bücher.example", &["jörg@bücher.example", "fred@BÜCHER.example"], b"x\n");
+    assert_eq!(
+        t.submit(m),
+        vec![send(b"MAIL FROM:<app@xn--bcher-kva.example> SIZE=3\r\nRCPT TO:<fred@xn--bcher-kva.example>\r\nDATA\r\n")]
+    );
+    t.server(b"250 ok\r\n250 ok\r\n354 go\r\n");
+    assert_eq!(
+        t.server(b"250 2.0.0 queued\r\n"),
+        vec![
+            done(1, vec![local_5_6_7("jörg@bücher.example", "recipient"), out("fred@BÜCHER.example", Delivered, "250 2.0.0 queued")]),
+            Event::Ready
+        ]
+    );
+    // Only UTF-8 recipients: nothing is sent.
+    assert_eq!(
+        t.submit(msg(2, "a@x.test", &["用户@例子.广告"], b"x\n")),
+        vec![done(2, vec![local_5_6_7("用户@例子.广告", "recipient")]), Event::Ready]
+    );
+    // A UTF-8 sender: every recipient bounces, nothing is sent.
+    assert_eq!(
+        t.submit(msg(3, "jörg@x.test", &["a@y.test", "b@y.test"], b"x\n")),
+        vec![done(3, vec![local_5_6_7("a@y.test", "sender"), local_5_6_7("b@y.test", "sender")]), Event::Ready]
+    );
+    assert_eq!(t.s.stats().commands, 4, "EHLO, and MAIL, RCPT, DATA of the first message only");
+}
+
+#[test]
+fn smtputf8_after_a_helo_fallback_is_not_assumed() {
+    let mut t = T::new(cfg(), Feed::Whole);
+    t.server(GREETING);
+    assert_eq!(t.server(b"502 5.5.1 no EHLO\r\n"), vec![send(b"HELO client.test\r\n")]);
+    assert_eq!(t.server(b"250 mx.example.test\r\n"), vec![Event::Ready]);
+    assert_eq!(
+        t.submit(msg(1, "a@x.test", &["jörg@y.test"], b"x\n")),
+        vec![done(1, vec![local_5_6_7("jörg@y.test", "recipient")]), Event::Ready]
+    );
+}

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use crate::smtp_server::{
-    Acceptor, AcceptorRef, Error as SinkError, FaultStats, Faults, ListenerInfo, PortKind, PortStats, Refused, ShutdownReport,
+    Acceptor, AcceptorRef, Error as SinkError, FaultStats, Faults, ListenerInfo, MailParams, PortKind, PortStats, Refused, ShutdownReport,
     StatsSnapshot, IDLE_TIMEOUT, MAX_COMMAND_LINE,
 };
 
@@ -40,7 +40,8 @@ pub type Sink = crate::smtp_server::Server;
 
 /// Write each accepted message to a directory as `<id>.eml`, the envelope first as
 /// `X-Mxpipe-Mail-From:` / `X-Mxpipe-Rcpt-To:` header lines, then, for a message sent with
-/// `MAIL FROM:<..> REQUIRETLS` (RFC 8689), `X-Mxpipe-Requiretls: yes` (absent otherwise, so
+/// `MAIL FROM:<..> REQUIRETLS` (RFC 8689), `X-Mxpipe-Requiretls: yes`, and for one sent with
+/// `MAIL FROM:<..> SMTPUTF8` (RFC 6531), `X-Mxpipe-Smtputf8: yes` (each absent otherwise, so
 /// files of other messages are as they always were). Written to a temporary name and
 /// renamed, so a reader never sees half a message; a failed write answers 451 4.3.0 and the
 /// client keeps the message.
@@ -56,7 +57,7 @@ impl MailDir {
         cfg.acceptor = Some(AcceptorRef(Arc::new(MailDir { dir: dir.into(), seq: AtomicU64::new(1) })));
     }
 
-    async fn store(&self, from: &[u8], rcpts: &[Vec<u8>], content: &[u8], requiretls: bool) -> std::io::Result<u64> {
+    async fn store(&self, from: &[u8], rcpts: &[Vec<u8>], content: &[u8], params: MailParams) -> std::io::Result<u64> {
         let id = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut out = Vec::with_capacity(content.len() + 128);
         out.extend_from_slice(b"X-Mxpipe-Mail-From: <");
@@ -67,8 +68,11 @@ impl MailDir {
             out.extend_from_slice(r);
             out.extend_from_slice(b">\r\n");
         }
-        if requiretls {
+        if params.requiretls {
             out.extend_from_slice(b"X-Mxpipe-Requiretls: yes\r\n");
+        }
+        if params.smtputf8 {
+            out.extend_from_slice(b"X-Mxpipe-Smtputf8: yes\r\n");
         }
         out.extend_from_slice(content);
         let tmp = self.dir.join(format!(".{id:016X}.{}.tmp", std::process::id()));
@@ -91,8 +95,18 @@ impl Acceptor for MailDir {
         data: Vec<u8>,
         requiretls: bool,
     ) -> Pin<Box<dyn Future<Output = Result<String, Refused>> + Send + '_>> {
+        self.accept_with(from, rcpts, data, MailParams { requiretls, smtputf8: false })
+    }
+
+    fn accept_with(
+        &self,
+        from: Vec<u8>,
+        rcpts: Vec<Vec<u8>>,
+        data: Vec<u8>,
+        params: MailParams,
+    ) -> Pin<Box<dyn Future<Output = Result<String, Refused>> + Send + '_>> {
         Box::pin(async move {
-            match self.store(&from, &rcpts, &data, requiretls).await {
+            match self.store(&from, &rcpts, &data, params).await {
                 Ok(id) => Ok(format!("{id:X}")),
                 Err(e) => Err(Refused { code: "451 4.3.0", text: format!("Cannot store message: {e}") }),
             }

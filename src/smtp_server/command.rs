@@ -14,8 +14,8 @@ pub enum Command<'a> {
     Helo(&'a [u8]),
     /// `STARTTLS` (RFC 3207).
     StartTls,
-    /// `MAIL FROM:<path> [SIZE=n] [REQUIRETLS] [other parameters]`; `path` is empty for the
-    /// null sender.
+    /// `MAIL FROM:<path> [SIZE=n] [REQUIRETLS] [SMTPUTF8] [other parameters]`; `path` is
+    /// empty for the null sender.
     Mail {
         /// The reverse path without its brackets.
         path: &'a [u8],
@@ -24,6 +24,9 @@ pub enum Command<'a> {
         /// The `REQUIRETLS` parameter (RFC 8689) was given; whether it is allowed here is
         /// the session's question.
         requiretls: bool,
+        /// The `SMTPUTF8` parameter (RFC 6531 §3.4) was given: the envelope may hold UTF-8
+        /// addresses. Whether it is allowed here is the session's question.
+        smtputf8: bool,
     },
     /// `RCPT TO:<path> [parameters]`; `path` is never empty.
     Rcpt {
@@ -125,10 +128,12 @@ pub fn parse(line: &[u8]) -> Command<'_> {
     }
     if is(b"MAIL") {
         let Some((path, params)) = parse_path(arg, b"FROM:") else { return Command::Invalid(Syntax::Mail) };
-        let (mut size, mut requiretls) = (None, false);
+        let (mut size, mut requiretls, mut smtputf8) = (None, false, false);
         for p in params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
             if p.eq_ignore_ascii_case(b"REQUIRETLS") {
                 requiretls = true;
+            } else if p.eq_ignore_ascii_case(b"SMTPUTF8") {
+                smtputf8 = true;
             } else if p.len() > 5 && p[..5].eq_ignore_ascii_case(b"SIZE=") {
                 match std::str::from_utf8(&p[5..]).ok().and_then(|s| s.parse::<u64>().ok()) {
                     Some(n) => size = Some(n),
@@ -136,7 +141,7 @@ pub fn parse(line: &[u8]) -> Command<'_> {
                 }
             }
         }
-        return Command::Mail { path, size, requiretls };
+        return Command::Mail { path, size, requiretls, smtputf8 };
     }
     if is(b"RCPT") {
         return match parse_path(arg, b"TO:") {
@@ -251,12 +256,26 @@ mod tests {
 
     #[test]
     fn mail_and_rcpt_paths() {
-        assert_eq!(parse(b"MAIL FROM:<a@b>"), Command::Mail { path: b"a@b", size: None, requiretls: false });
-        assert_eq!(parse(b"mail from: <a@b> SIZE=10 BODY=8BITMIME"), Command::Mail { path: b"a@b", size: Some(10), requiretls: false });
-        assert_eq!(parse(b"MAIL FROM:<>"), Command::Mail { path: b"", size: None, requiretls: false });
-        assert_eq!(parse(b"MAIL FROM:<a@b> SIZE=3 requiretls"), Command::Mail { path: b"a@b", size: Some(3), requiretls: true });
+        assert_eq!(parse(b"MAIL FROM:<a@b>"), Command::Mail { path: b"a@b", size: None, requiretls: false, smtputf8: false });
+        assert_eq!(
+            parse(b"mail from: <a@b> SIZE=10 BODY=8BITMIME"),
+            Command::Mail { path: b"a@b", size: Some(10), requiretls: false, smtputf8: false }
+        );
+        assert_eq!(parse(b"MAIL FROM:<>"), Command::Mail { path: b"", size: None, requiretls: false, smtputf8: false });
+        assert_eq!(
+            parse(b"MAIL FROM:<a@b> SIZE=3 requiretls"),
+            Command::Mail { path: b"a@b", size: Some(3), requiretls: true, smtputf8: false }
+        );
+        assert_eq!(
+            parse("MAIL FROM:<jörg@bücher.example> smtputf8 SIZE=5".as_bytes()),
+            Command::Mail { path: "jörg@bücher.example".as_bytes(), size: Some(5), requiretls: false, smtputf8: true }
+        );
+        assert_eq!(parse("RCPT TO:<用户@例子.广告>".as_bytes()), Command::Rcpt { path: "用户@例子.广告".as_bytes() });
         // Only the bare keyword (RFC 8689 gives it no value).
-        assert_eq!(parse(b"MAIL FROM:<a@b> REQUIRETLS=YES"), Command::Mail { path: b"a@b", size: None, requiretls: false });
+        assert_eq!(
+            parse(b"MAIL FROM:<a@b> REQUIRETLS=YES"),
+            Command::Mail { path: b"a@b", size: None, requiretls: false, smtputf8: false }
+        );
         assert_eq!(parse(b"MAIL FROM:<a@b> SIZE=ten"), Command::Invalid(Syntax::MailSize));
         assert_eq!(parse(b"MAIL FROM:a@b"), Command::Invalid(Syntax::Mail));
         assert_eq!(parse(b"MAIL FROM:<a@b"), Command::Invalid(Syntax::Mail));

@@ -3,7 +3,7 @@
 //!
 //! It owns listening on a STARTTLS port and an implicit-TLS port, the connection limits, the
 //! TLS upgrade, graceful shutdown and the session itself (its `session` module: DATA and BDAT, SIZE,
-//! PIPELINING, STARTTLS, REQUIRETLS, AUTH PLAIN, allowed networks, per-session limits), whose command
+//! PIPELINING, STARTTLS, REQUIRETLS, SMTPUTF8, AUTH PLAIN, allowed networks, per-session limits), whose command
 //! lines are parsed by a pure function ([`command`]). Where an accepted message goes is the
 //! [`Acceptor`]'s business (the spool, a mail directory); without one, messages are counted
 //! and discarded. [`Faults`] are off unless a preset (the sink) turns them on. It knows
@@ -100,6 +100,29 @@ pub trait Acceptor: Send + Sync + 'static {
         data: Vec<u8>,
         requiretls: bool,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, Refused>> + Send + '_>>;
+
+    /// [`Acceptor::accept`] with every MAIL parameter the session took; what the session
+    /// calls. The default passes REQUIRETLS on and drops SMTPUTF8, which an acceptor needs
+    /// only to record (the envelope's UTF-8 addresses say themselves that they need it): the
+    /// sink's `--mail-dir` overrides it to mark such messages.
+    fn accept_with(
+        &self,
+        from: Vec<u8>,
+        rcpts: Vec<Vec<u8>>,
+        data: Vec<u8>,
+        params: MailParams,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, Refused>> + Send + '_>> {
+        self.accept(from, rcpts, data, params.requiretls)
+    }
+}
+
+/// The MAIL parameters a transaction was opened with, for an [`Acceptor`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailParams {
+    /// `REQUIRETLS` (RFC 8689; only over TLS on a listener with [`Config::requiretls`]).
+    pub requiretls: bool,
+    /// `SMTPUTF8` (RFC 6531; only on a listener with [`Config::smtputf8`]).
+    pub smtputf8: bool,
 }
 
 /// An [`Acceptor`]'s refusal: the reply code with its enhanced status, and a text.
@@ -142,6 +165,10 @@ pub struct Config {
     /// (after STARTTLS, or on the implicit-TLS port) and take `MAIL FROM:<..> REQUIRETLS`
     /// there. Off: the parameter gets 555 5.5.4 like any unknown one.
     pub requiretls: bool,
+    /// Offer SMTPUTF8 (RFC 6531): advertise it in the EHLO reply and take
+    /// `MAIL FROM:<..> SMTPUTF8` and then UTF-8 addresses; without the parameter such an
+    /// address gets 553 5.6.7. Off: the parameter gets 555 5.5.4. Default on.
+    pub smtputf8: bool,
     /// Failures to inject on purpose (all off by default).
     pub faults: Faults,
     /// Advertised SIZE; larger messages get 552.
@@ -234,6 +261,7 @@ impl Config {
             starttls: true,
             require_tls: false,
             requiretls: false,
+            smtputf8: true,
             faults: Faults::default(),
             max_message_size: 50 * 1024 * 1024,
             max_rcpts: 1000,

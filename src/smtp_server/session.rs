@@ -80,6 +80,8 @@ struct Txn {
     drop: bool,
     /// `MAIL FROM:<..> REQUIRETLS` (RFC 8689), taken only over TLS where it is offered.
     requiretls: bool,
+    /// `MAIL FROM:<..> SMTPUTF8` (RFC 6531), taken where it is offered: UTF-8 addresses allowed.
+    smtputf8: bool,
     /// BDAT chunks received so far (a transaction uses DATA or BDAT, not both).
     bdat: Option<Body>,
 }
@@ -382,7 +384,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 self.rpos = 0;
                 return Some(Exit::StartTls);
             }
-            Command::Mail { path, size, requiretls } => return self.mail(path, size, requiretls).await,
+            Command::Mail { path, size, requiretls, smtputf8 } => return self.mail(path, size, requiretls, smtputf8).await,
             Command::Rcpt { path } => return self.rcpt(path).await,
             Command::Data => return self.data().await,
             Command::Bdat { size, last } => return self.bdat(size, last).await,
@@ -423,6 +425,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         if cfg.requiretls && self.tls {
             lines.push("REQUIRETLS".to_string());
         }
+        if cfg.smtputf8 {
+            lines.push("SMTPUTF8".to_string());
+        }
         let mut s = String::with_capacity(160);
         for (i, l) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
@@ -434,7 +439,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         s
     }
 
-    async fn mail(&mut self, path: &[u8], size: Option<u64>, requiretls: bool) -> Option<Exit> {
+    async fn mail(&mut self, path: &[u8], size: Option<u64>, requiretls: bool, smtputf8: bool) -> Option<Exit> {
         if !self.helo {
             return self.bad_command("503 5.5.1 Send EHLO or HELO first\r\n").await;
         }
@@ -454,16 +459,22 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             // first (RFC 3207 §4), 5.7.10 Encryption Needed (RFC 5248's registry).
             return self.bad_command("530 5.7.10 REQUIRETLS requires TLS: issue STARTTLS first\r\n").await;
         }
-        let from = match mailbox(path, true) {
+        if smtputf8 && !self.ctx.cfg.smtputf8 {
+            return self.bad_command("555 5.5.4 MAIL parameter SMTPUTF8 not implemented\r\n").await;
+        }
+        let from = match mailbox(path, true, smtputf8) {
             Ok(from) => from,
-            Err(e) => return self.bad_command(&format!("501 5.1.7 Bad sender address syntax: {}\r\n", one_line(&e))).await,
+            Err(BadPath::Syntax(e)) => {
+                return self.bad_command(&format!("501 5.1.7 Bad sender address syntax: {}\r\n", one_line(&e))).await
+            }
+            Err(BadPath::NeedsSmtputf8) => return self.bad_command(NEEDS_SMTPUTF8).await,
         };
         if size.is_some_and(|n| n > self.ctx.cfg.max_message_size) {
             self.reply("552 5.3.4 Message size exceeds fixed limit\r\n").await;
             return None;
         }
         let drop = self.roll(self.ctx.cfg.faults.drop_rate);
-        self.txn = Some(Txn { from, rcpts: Vec::new(), drop, requiretls, bdat: None });
+        self.txn = Some(Txn { from, rcpts: Vec::new(), drop, requiretls, smtputf8, bdat: None });
         self.reply("250 2.1.0 Ok\r\n").await;
         None
     }
@@ -580,9 +591,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         if self.txn.is_none() {
             return self.bad_command("503 5.5.1 Need MAIL command\r\n").await;
         }
-        let path = match mailbox(path, false) {
+        let smtputf8 = self.txn.as_ref().is_some_and(|t| t.smtputf8);
+        let path = match mailbox(path, false, smtputf8) {
             Ok(path) => path,
-            Err(e) => return self.bad_command(&format!("501 5.1.3 Bad recipient address syntax: {}\r\n", one_line(&e))).await,
+            Err(BadPath::Syntax(e)) => {
+                return self.bad_command(&format!("501 5.1.3 Bad recipient address syntax: {}\r\n", one_line(&e))).await
+            }
+            Err(BadPath::NeedsSmtputf8) => return self.bad_command(NEEDS_SMTPUTF8).await,
         };
         let n = self.txn.as_ref().map_or(0, |t| t.rcpts.len());
         if n >= self.ctx.cfg.max_rcpts {
@@ -733,12 +748,16 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             let bytes = body.bytes;
             let nrcpts = txn.rcpts.len() as u64;
             let content = body.content.unwrap_or_default();
-            return match acceptor.0.accept(txn.from, txn.rcpts, content, txn.requiretls).await {
+            let params = super::MailParams { requiretls: txn.requiretls, smtputf8: txn.smtputf8 };
+            return match acceptor.0.accept_with(txn.from, txn.rcpts, content, params).await {
                 Ok(id) => {
                     let stats = &self.ctx.stats;
                     inc(&stats.messages);
                     if txn.requiretls {
                         inc(&stats.requiretls_messages);
+                    }
+                    if txn.smtputf8 {
+                        inc(&stats.smtputf8_messages);
                     }
                     stats.recipients.fetch_add(nrcpts, Ordering::Relaxed);
                     stats.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -759,6 +778,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         if txn.requiretls {
             inc(&stats.requiretls_messages);
         }
+        if txn.smtputf8 {
+            inc(&stats.smtputf8_messages);
+        }
         stats.recipients.fetch_add(txn.rcpts.len() as u64, Ordering::Relaxed);
         stats.bytes.fetch_add(body.bytes, Ordering::Relaxed);
         self.reply(&format!("250 2.0.0 Ok: queued as {id:X}\r\n")).await;
@@ -775,18 +797,35 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     }
 }
 
+/// RFC 6531 §3.4: a UTF-8 address in a transaction opened without `SMTPUTF8`.
+const NEEDS_SMTPUTF8: &str = "553 5.6.7 The address is not ASCII: give MAIL FROM:<..> SMTPUTF8 to send to or from it\r\n";
+
+/// Why a MAIL or RCPT path was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum BadPath {
+    /// Not an address (501), with [`crate::address`]'s reason.
+    Syntax(String),
+    /// A UTF-8 local part without `MAIL FROM:<..> SMTPUTF8` (553 5.6.7).
+    NeedsSmtputf8,
+}
+
 /// The address of a MAIL or RCPT path, checked and normalised by [`crate::address`] (the
-/// same verdict as every other entry point), as the bytes to keep: the local part as given,
-/// the domain lower-case in A-labels. A sender's empty path is the null sender. Not UTF-8 is
-/// refused like any other bad address (8-bit needs SMTPUTF8, which is not offered).
-fn mailbox(path: &[u8], sender: bool) -> Result<Vec<u8>, String> {
-    let text = std::str::from_utf8(path).map_err(|_| "not UTF-8".to_string())?;
+/// same verdict as every other entry point), as the bytes to keep: its normal form (an ASCII
+/// local part with the domain in A-labels, a UTF-8 one with U-labels). A sender's empty path
+/// is the null sender. Bytes that are not UTF-8 are refused like any other bad address; a
+/// UTF-8 local part needs `smtputf8`, the transaction's `SMTPUTF8` parameter.
+fn mailbox(path: &[u8], sender: bool, smtputf8: bool) -> Result<Vec<u8>, BadPath> {
+    let text = std::str::from_utf8(path).map_err(|_| BadPath::Syntax("not UTF-8".to_string()))?;
     let parsed = if sender {
-        crate::address::ReversePath::parse(text).map(|r| r.to_string())
+        crate::address::ReversePath::parse(text).map(|r| r.mailbox().cloned())
     } else {
-        crate::address::Mailbox::parse(text).map(|m| m.to_string())
+        crate::address::Mailbox::parse(text).map(Some)
     };
-    parsed.map(String::into_bytes).map_err(|e| e.to_string())
+    match parsed {
+        Err(e) => Err(BadPath::Syntax(e.to_string())),
+        Ok(Some(m)) if m.needs_smtputf8() && !smtputf8 => Err(BadPath::NeedsSmtputf8),
+        Ok(m) => Ok(m.map(|m| m.to_string().into_bytes()).unwrap_or_default()),
+    }
 }
 
 fn one_line(s: &str) -> String {
@@ -803,12 +842,19 @@ mod tests {
             (&b"a@b.test"[..], &b"a@b.test"[..]),
             (b"first.last+tag@Example.TEST", b"first.last+tag@example.test"),
             (b"\"q\"@x.test", b"\"q\"@x.test"),
+            ("a@BÜCHER.example".as_bytes(), b"a@xn--bcher-kva.example"),
         ] {
-            assert_eq!(mailbox(ok, false).as_deref(), Ok(normal), "{ok:?}");
+            assert_eq!(mailbox(ok, false, false).as_deref(), Ok(normal), "{ok:?}");
         }
-        assert_eq!(mailbox(b"", true).as_deref(), Ok(&b""[..]), "the null sender");
-        for bad in [&b""[..], b"nodomain", b"@x", b"a@", b"@", b"\xc3\xbc@x", b"\xff@x", b"a@[192.0.2.1]"] {
-            assert!(mailbox(bad, false).is_err(), "{bad:?}");
+        assert_eq!(mailbox(b"", true, false).as_deref(), Ok(&b""[..]), "the null sender");
+        for bad in [&b""[..], b"nodomain", b"@x", b"a@", b"@", b"\xff@x", b"a@[192.0.2.1]"] {
+            assert!(matches!(mailbox(bad, false, true), Err(BadPath::Syntax(_))), "{bad:?}");
         }
+        // A UTF-8 local part only with SMTPUTF8, kept with U-labels.
+        let utf8 = "jörg@BÜCHER.example".as_bytes();
+        assert_eq!(mailbox(utf8, false, false), Err(BadPath::NeedsSmtputf8));
+        assert_eq!(mailbox(utf8, true, false), Err(BadPath::NeedsSmtputf8));
+        assert_eq!(mailbox(utf8, false, true).as_deref(), Ok("jörg@bücher.example".as_bytes()));
+        assert_eq!(mailbox(b"\xc3\xbc@x", true, true).as_deref(), Ok("ü@x".as_bytes()));
     }
 }

@@ -22,6 +22,7 @@ pub(crate) struct Stats {
     pub ports: [PortCounters; 2],
     pub messages: AtomicU64,
     pub requiretls_messages: AtomicU64,
+    pub smtputf8_messages: AtomicU64,
     pub recipients: AtomicU64,
     pub bytes: AtomicU64,
     pub fault_temp: AtomicU64,
@@ -60,6 +61,7 @@ impl Stats {
             implicit: port(&self.ports[PortKind::Implicit as usize]),
             messages: l(&self.messages),
             requiretls_messages: l(&self.requiretls_messages),
+            smtputf8_messages: l(&self.smtputf8_messages),
             recipients: l(&self.recipients),
             bytes: l(&self.bytes),
             faults: FaultStats {
@@ -132,6 +134,8 @@ pub struct StatsSnapshot {
     pub messages: u64,
     /// Of those, messages sent with `MAIL FROM:<..> REQUIRETLS` (RFC 8689).
     pub requiretls_messages: u64,
+    /// Of those, messages sent with `MAIL FROM:<..> SMTPUTF8` (RFC 6531).
+    pub smtputf8_messages: u64,
     /// Recipients of accepted messages.
     pub recipients: u64,
     /// Message bytes accepted (after dot-unstuffing).
@@ -187,11 +191,12 @@ impl StatsSnapshot {
             ));
         }
         s.push_str(&format!(
-            "messages {}  requiretls {}  recipients {}  bytes {}\n\
+            "messages {}  requiretls {}  smtputf8 {}  recipients {}  bytes {}\n\
              faults: temp-fail {}  perm-fail {}  dropped {}\n\
              refused-busy {}  refused-per-client {}  timeouts {}  bad-commands {}  store-errors {}  aborted-sessions {}\n",
             self.messages,
             self.requiretls_messages,
+            self.smtputf8_messages,
             self.recipients,
             self.bytes,
             self.faults.temp_fail,
