@@ -1072,11 +1072,13 @@ mod tests {
     /// fails here.
     #[test]
     fn dkim_entries_refuse_unknown_settings_and_missing_keys() {
-        let e = Config::from_toml_str("[[dkim]]\ndomain = \"a.example\"\nselector = \"s\"\nkey = \"k\"\nsign_everything = true\n").unwrap_err();
+        let e =
+            Config::from_toml_str("[[dkim]]\ndomain = \"a.example\"\nselector = \"s\"\nkey = \"k\"\nsign_everything = true\n").unwrap_err();
         assert!(e.to_string().contains("sign_everything"), "{e}");
         let e = Config::from_toml_str("[[dkim]]\ndomain = \"a.example\"\nselector = \"s\"\n").unwrap_err();
         assert!(e.to_string().contains("key"), "{e}");
-        let e = Config::from_toml_str("[[dkim]]\ndomain = \"a.example\"\nselector = \"s\"\nkey = \"k\"\nalgorithm = \"dsa\"\n").unwrap_err();
+        let e =
+            Config::from_toml_str("[[dkim]]\ndomain = \"a.example\"\nselector = \"s\"\nkey = \"k\"\nalgorithm = \"dsa\"\n").unwrap_err();
         assert!(e.to_string().contains("dsa"), "{e}");
     }
 

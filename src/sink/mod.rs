@@ -74,6 +74,22 @@ impl MailDir {
         if params.smtputf8 {
             out.extend_from_slice(b"X-Mxpipe-Smtputf8: yes\r\n");
         }
+        // The trace field a real MTA adds (RFC 5321 §4.4): who delivered it, from which address.
+        let helo: String = params.helo.as_deref().unwrap_or("unknown").chars().filter(|c| c.is_ascii_graphic()).take(255).collect();
+        let ip = params.peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+        let with = match (params.smtputf8, params.tls) {
+            (true, true) => "UTF8SMTPS",
+            (true, false) => "UTF8SMTP",
+            (false, true) => "ESMTPS",
+            (false, false) => "ESMTP",
+        };
+        out.extend_from_slice(
+            format!(
+                "Received: from {helo} ([{ip}]) by mxpipe-sink with {with} id {id:X}; {}\r\n",
+                crate::dsn::rfc5322_date(std::time::SystemTime::now())
+            )
+            .as_bytes(),
+        );
         out.extend_from_slice(content);
         let tmp = self.dir.join(format!(".{id:016X}.{}.tmp", std::process::id()));
         let fin = self.dir.join(format!("{id:016X}.eml"));
@@ -95,7 +111,7 @@ impl Acceptor for MailDir {
         data: Vec<u8>,
         requiretls: bool,
     ) -> Pin<Box<dyn Future<Output = Result<String, Refused>> + Send + '_>> {
-        self.accept_with(from, rcpts, data, MailParams { requiretls, smtputf8: false })
+        self.accept_with(from, rcpts, data, MailParams { requiretls, ..MailParams::default() })
     }
 
     fn accept_with(

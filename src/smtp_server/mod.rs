@@ -45,7 +45,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use session::MAX_COMMAND_LINE;
-pub use stats::{FaultStats, PortStats, StatsSnapshot};
+pub use stats::MAX_PEERS;
+pub use stats::{FaultStats, PeerStat, PeerTable, PortStats, StatsSnapshot};
 
 use session::{ConnState, Exit, Session};
 use stats::{inc, Stats};
@@ -117,12 +118,18 @@ pub trait Acceptor: Send + Sync + 'static {
 }
 
 /// The MAIL parameters a transaction was opened with, for an [`Acceptor`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MailParams {
     /// `REQUIRETLS` (RFC 8689; only over TLS on a listener with [`Config::requiretls`]).
     pub requiretls: bool,
     /// `SMTPUTF8` (RFC 6531; only on a listener with [`Config::smtputf8`]).
     pub smtputf8: bool,
+    /// The client's address.
+    pub peer: Option<IpAddr>,
+    /// The name the client gave in its last EHLO or HELO (at most a command line long).
+    pub helo: Option<String>,
+    /// Whether the session is over TLS.
+    pub tls: bool,
 }
 
 /// An [`Acceptor`]'s refusal: the reply code with its enhanced status, and a text.
@@ -410,6 +417,12 @@ impl Server {
         self.stats.snapshot()
     }
 
+    /// Messages accepted per client address and EHLO name, busiest first (at most
+    /// [`MAX_PEERS`] pairs; messages of further pairs are counted in [`PeerTable::overflow`]).
+    pub fn peers(&self) -> PeerTable {
+        self.stats.peers()
+    }
+
     /// A reader of the counters that outlives borrowing the sink (for metrics).
     pub fn stats_reader(&self) -> impl Fn() -> StatsSnapshot + Send + Sync + 'static {
         let stats = self.stats.clone();
@@ -524,6 +537,7 @@ async fn serve(tcp: TcpStream, ctx: &Ctx, must_auth: Option<IpAddr>) {
     let _ = tcp.set_nodelay(true);
     let now = tokio::time::Instant::now();
     let gate = ConnState {
+        client: tcp.peer_addr().ok().map(|a| a.ip()),
         required: must_auth.is_some(),
         failures: 0,
         peer: must_auth,

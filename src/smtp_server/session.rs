@@ -54,6 +54,8 @@ pub(super) enum Exit {
 /// half.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct ConnState {
+    /// The client's address, always (for the per-peer record and the acceptor).
+    pub client: Option<std::net::IpAddr>,
     /// A client outside the allowed networks: MAIL gets 530 until it has authenticated.
     pub required: bool,
     /// Failed AUTH attempts on this connection so far.
@@ -122,6 +124,8 @@ pub(super) struct Session<'a, S> {
     /// Skipping the rest of an overlong command line.
     discarding: bool,
     helo: bool,
+    /// The name of the last EHLO/HELO (bounded by the command line length).
+    helo_name: Option<String>,
     txn: Option<Txn>,
     bad: u32,
     rng: fastrand::Rng,
@@ -147,6 +151,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             wbuf: Vec::with_capacity(1024),
             discarding: false,
             helo: false,
+            helo_name: None,
             txn: None,
             bad: 0,
             rng: fastrand::Rng::new(),
@@ -358,10 +363,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 return Some(Exit::Protocol);
             }
             Command::Invalid(syntax) => return self.bad_command(syntax.reply()).await,
-            Command::Ehlo(_) | Command::Helo(_) => {
+            Command::Ehlo(ref name) | Command::Helo(ref name) => {
                 // A fresh greeting resets the transaction, not the error count: EHLO between
                 // bad commands must not buy a client endless tries.
                 self.helo = true;
+                self.helo_name = Some(String::from_utf8_lossy(name.as_ref()).into_owned());
                 self.txn = None;
                 let text = if matches!(cmd, Command::Helo(_)) {
                     format!("250 {}\r\n", self.ctx.cfg.hostname)
@@ -748,11 +754,18 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             let bytes = body.bytes;
             let nrcpts = txn.rcpts.len() as u64;
             let content = body.content.unwrap_or_default();
-            let params = super::MailParams { requiretls: txn.requiretls, smtputf8: txn.smtputf8 };
+            let params = super::MailParams {
+                requiretls: txn.requiretls,
+                smtputf8: txn.smtputf8,
+                peer: self.gate.client,
+                helo: self.helo_name.clone(),
+                tls: self.tls,
+            };
             return match acceptor.0.accept_with(txn.from, txn.rcpts, content, params).await {
                 Ok(id) => {
                     let stats = &self.ctx.stats;
                     inc(&stats.messages);
+                    stats.peer_message(self.gate.client, self.helo_name.as_deref());
                     if txn.requiretls {
                         inc(&stats.requiretls_messages);
                     }

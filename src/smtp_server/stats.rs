@@ -2,7 +2,10 @@
 //! are read only for reports, so no ordering between them is promised; a snapshot taken
 //! after shutdown is exact.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -41,9 +44,62 @@ pub(crate) struct Stats {
     pub command_batches: AtomicU64,
     pub auth_ok: AtomicU64,
     pub auth_failed: AtomicU64,
+    /// Messages per (client address, EHLO name): which source delivered what, for the tests
+    /// of egress sources. One uncontended lock per message.
+    pub peers: Mutex<HashMap<(Option<IpAddr>, String), u64>>,
+    pub peers_overflow: AtomicU64,
+}
+
+/// Distinct (client address, EHLO name) pairs recorded; messages of more are only counted.
+pub const MAX_PEERS: usize = 1024;
+
+/// Messages accepted from one client address under one EHLO name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerStat {
+    /// The client's address (`None` when the socket could not tell).
+    pub ip: Option<IpAddr>,
+    /// The EHLO (or HELO) name it gave; empty if none.
+    pub helo: String,
+    /// Messages accepted.
+    pub messages: u64,
+}
+
+/// [`PeerStat`]s, busiest first, and the messages of pairs beyond [`MAX_PEERS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PeerTable {
+    /// One entry per pair.
+    pub peers: Vec<PeerStat>,
+    /// Messages from pairs that did not fit in the table.
+    pub overflow: u64,
+}
+
+impl PeerTable {
+    /// Messages from `ip` (any EHLO name).
+    pub fn messages_from(&self, ip: IpAddr) -> u64 {
+        self.peers.iter().filter(|p| p.ip == Some(ip)).map(|p| p.messages).sum()
+    }
 }
 
 impl Stats {
+    pub fn peer_message(&self, ip: Option<IpAddr>, helo: Option<&str>) {
+        let mut t = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (ip, helo.unwrap_or("").to_string());
+        if let Some(n) = t.get_mut(&key) {
+            *n += 1;
+        } else if t.len() < MAX_PEERS {
+            t.insert(key, 1);
+        } else {
+            self.peers_overflow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn peers(&self) -> PeerTable {
+        let t = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers: Vec<PeerStat> = t.iter().map(|((ip, helo), n)| PeerStat { ip: *ip, helo: helo.clone(), messages: *n }).collect();
+        peers.sort_by(|a, b| b.messages.cmp(&a.messages).then_with(|| a.ip.cmp(&b.ip)).then_with(|| a.helo.cmp(&b.helo)));
+        PeerTable { peers, overflow: self.peers_overflow.load(Ordering::Relaxed) }
+    }
+
     pub fn port(&self, kind: PortKind) -> &PortCounters {
         &self.ports[kind as usize]
     }
