@@ -714,7 +714,12 @@ async fn smtp_malformed_addresses_get_501_and_the_message_goes_to_valid_ones_onl
     let files = sink_files(&mail);
     assert_eq!(files.len(), 1);
     assert!(
-        files[0].starts_with("X-Mxpipe-Mail-From: <app@src.t.test>\r\nX-Mxpipe-Rcpt-To: <good@addr.t.test>\r\nSubject: addr\r\n"),
+        // (the sink's Received: trace line, between the envelope and the message, left out)
+        files[0]
+            .split_inclusive("\r\n")
+            .filter(|l| !l.starts_with("Received: from "))
+            .collect::<String>()
+            .starts_with("X-Mxpipe-Mail-From: <app@src.t.test>\r\nX-Mxpipe-Rcpt-To: <good@addr.t.test>\r\nSubject: addr\r\n"),
         "{}",
         files[0]
     );
