@@ -95,7 +95,8 @@ rows = [r for r in (side(s) for s in SIDES) if r]
 before, after = load("load-before.json") or {}, load("load-after.json") or {}
 lines = []
 w = lines.append
-w(f"#### Daemon end to end: {' vs '.join(r['label'] for r in rows) or 'nothing'} ({MSGS:,} messages, {P.get('domains')} domains)")
+title = " vs ".join(r["label"] for r in rows) if WITH_DKIM else "mxpipe serve vs Postfix"
+w(f"#### Daemon end to end: {title} ({MSGS:,} messages, {P.get('domains')} domains)")
 w("")
 pinning = (f"system under test pinned to CPU {P.get('sut_cpu')}, sink, DNS and smtp-source to CPU {P.get('peer_cpu')}"
            if P.get("pin", 1) else "nothing pinned (the daemon with one shard per core)")
