@@ -26,10 +26,15 @@ def count(name):
 
 P = load("params.json") or {}
 MSGS = P.get("msgs", 0)
+SIDES = P.get("sides", "mxpipe postfix").split()
+# The DKIM sides (perf/daemon.sh: the mxpipe side again, signing every message at intake).
+DKIM_SIDES = {"mxpipe-ed25519": "Ed25519", "mxpipe-rsa": f"RSA-{P.get('dkim_rsa_bits', 2048)}"}
+WITH_DKIM = any(s in DKIM_SIDES for s in SIDES)
 LABELS = {
-    "mxpipe": "mxpipe serve (spool fsync on)",
+    "mxpipe": "mxpipe serve, unsigned" if WITH_DKIM else "mxpipe serve (spool fsync on)",
     "postfix": f"Postfix {P.get('postfix', '')} relay (durable queue)",
 }
+LABELS.update({k: f"mxpipe serve, DKIM {v}" for k, v in DKIM_SIDES.items()})
 
 
 def side(name):
@@ -73,6 +78,8 @@ def side(name):
         "load_cpu_busy": None if sinkcpu is None or injector_cpu is None else (sinkcpu + injector_cpu) / e2e,
         "delivered_logged": count(f"{name}-delivered.count"),
         "threads": threads,
+        "dkim": load(f"{name}-dkim.json"),
+        "load_at_start": (load(f"{name}-load.json") or {}).get("loadavg"),
     }
 
 
@@ -84,11 +91,12 @@ def fmt(x, nd=0):
     return f"{x:,}"
 
 
-rows = [r for r in (side(s) for s in P.get("sides", "mxpipe postfix").split()) if r]
+rows = [r for r in (side(s) for s in SIDES) if r]
 before, after = load("load-before.json") or {}, load("load-after.json") or {}
 lines = []
 w = lines.append
-w(f"#### Daemon end to end: mxpipe serve vs Postfix ({MSGS:,} messages, {P.get('domains')} domains)")
+title = " vs ".join(r["label"] for r in rows) if WITH_DKIM else "mxpipe serve vs Postfix"
+w(f"#### Daemon end to end: {title} ({MSGS:,} messages, {P.get('domains')} domains)")
 w("")
 pinning = (f"system under test pinned to CPU {P.get('sut_cpu')}, sink, DNS and smtp-source to CPU {P.get('peer_cpu')}"
            if P.get("pin", 1) else "nothing pinned (the daemon with one shard per core)")
@@ -118,6 +126,34 @@ w("")
 w("\"load CPU busy\": sink + smtp-source CPU seconds over the end-to-end time, on their one CPU (near 100 %: the load side, "
   "not the system under test, was the limit).")
 by = {r["side"]: r for r in rows}
+dkim_rows = [r for r in rows if r["side"] in DKIM_SIDES]
+if dkim_rows:
+    # The signing cost: each DKIM side over the unsigned side of the same run (same machine, same load).
+    u = by.get("mxpipe")
+    w("")
+    w(f"DKIM: one `[[dkim]]` key for `{P.get('dkim_domain', 'src.bench.test')}` (the From: domain smtp-source writes), made by "
+      "`mxpipe dkim keygen`; every message signed at intake on the daemon's signing threads (pinned with it). "
+      "\"signed\": the daemon's `mxpipe_dkim_signed_total` (GET /metrics) at the end of the side; it must equal the messages.")
+    w("")
+    w("| DKIM side | signed | unsigned | failures | CPU µs/msg | signing cost: CPU µs/msg over unsigned | of it, signing threads µs/msg | end-to-end msg/s / unsigned | injection msg/s / unsigned | load average at start |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in dkim_rows:
+        d = r["dkim"] or {}
+        cost = None if u is None else r["cpu_us_per_msg"] - u["cpu_us_per_msg"]
+        e2e = None if u is None or not u["e2e_msgs_per_s"] else r["e2e_msgs_per_s"] / u["e2e_msgs_per_s"]
+        inj = None if u is None or not u["inject_msgs_per_s"] else r["inject_msgs_per_s"] / u["inject_msgs_per_s"]
+        # The signing threads alone (mxpipe-dkim-N): the signature itself, without what it costs around it.
+        signers = sum(t["cpu_s"] for t in r["threads"] if t["thread"].startswith("mxpipe-dkim"))
+        r["signing_threads_us_per_msg"] = 1e6 * signers / MSGS if MSGS and r["threads"] else None
+        r["signing_cost_us_per_msg"] = cost
+        r["e2e_ratio_to_unsigned"] = e2e
+        w(f"| {r['label']} | {fmt(d.get('signed'))} | {fmt(d.get('unsigned'))} | {fmt(d.get('failures'))} | {fmt(r['cpu_us_per_msg'])} | "
+          f"{'–' if cost is None else f'{cost:+,.0f}'} | {fmt(r['signing_threads_us_per_msg'])} | {'–' if e2e is None else f'{e2e:.3f}×'} | "
+          f"{'–' if inj is None else f'{inj:.3f}×'} | {r['load_at_start'] or '?'} |")
+    if u is not None:
+        w("")
+        w(f"Unsigned side of the same run: {fmt(u['cpu_us_per_msg'])} CPU µs/msg, {fmt(u['e2e_msgs_per_s'])} msg/s end to end, "
+          f"load average at its start {u['load_at_start'] or '?'}.")
 if "mxpipe" in by and "postfix" in by:
     m, p = by["mxpipe"], by["postfix"]
     ratio = m["e2e_msgs_per_s"] / p["e2e_msgs_per_s"] if p["e2e_msgs_per_s"] else 0
@@ -143,13 +179,13 @@ for r in rows:
     if extra:
         w("")
         w(f"{r['label']}: " + "; ".join(extra) + ".")
-m = by.get("mxpipe")
-if m and m["threads"]:
-    w("")
-    w("mxpipe serve, CPU by thread over the run (and context switches per message): " + ", ".join(
-        f"{t['thread']}{' ×' + str(t['threads']) if t['threads'] > 1 else ''} {t['cpu_s']:.2f} s"
-        + (f" ({t['ctx_switches'] / MSGS:.1f})" if t.get("ctx_switches") is not None and MSGS else "")
-        for t in m["threads"] if t["cpu_s"] > 0) + ".")
+for m in rows:
+    if m["side"].startswith("mxpipe") and m["threads"]:
+        w("")
+        w(f"{m['label']}, CPU by thread over the run (and context switches per message): " + ", ".join(
+            f"{t['thread']}{' ×' + str(t['threads']) if t['threads'] > 1 else ''} {t['cpu_s']:.2f} s"
+            + (f" ({t['ctx_switches'] / MSGS:.1f})" if t.get("ctx_switches") is not None and MSGS else "")
+            for t in m["threads"] if t["cpu_s"] > 0) + ".")
 w("")
 w("Command:")
 w("")
