@@ -299,7 +299,10 @@ async fn mail_dir_stores_envelope_and_unstuffed_body() {
     let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let text = std::fs::read_to_string(&files[0]).unwrap();
-    assert_eq!(text, "X-Mxpipe-Mail-From: <a@x.test>\r\nX-Mxpipe-Rcpt-To: <b@y.test>\r\nSubject: s\r\n\r\n.x\r\n");
+    // The envelope, the sink's trace field (client address and EHLO name), then the message.
+    let (head, rest) = text.split_once("Received: from c.test ([127.0.0.1]) by mxpipe-sink with ESMTP id ").expect(&text);
+    assert_eq!(head, "X-Mxpipe-Mail-From: <a@x.test>\r\nX-Mxpipe-Rcpt-To: <b@y.test>\r\n");
+    assert!(rest.ends_with(" +0000\r\nSubject: s\r\n\r\n.x\r\n"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
