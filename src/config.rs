@@ -164,6 +164,10 @@ pub struct Config {
     pub policy: PolicySection,
     /// `[tlsrpt]`: SMTP TLS Reporting (RFC 8460), daily reports to the domains that ask.
     pub tlsrpt: TlsRptSection,
+    /// `[egress]`: the local addresses mail leaves from (`[[egress.source]]`), their pools
+    /// (`[[egress.pool]]`) and which pool a sender's mail uses (`[[egress.rule]]`); see
+    /// [`crate::egress::EgressConfig`].
+    pub egress: crate::egress::EgressConfig,
     /// Per-destination overrides, in file order (`[[domain]]` in the file).
     #[serde(rename = "domain")]
     pub domains: Vec<DomainOverride>,
@@ -693,6 +697,11 @@ impl Config {
             }
         }
         c.tickets_per_host = c.tickets_per_host.max(c.max_conns_per_dest);
+        if !self.egress.is_empty() {
+            // Binds each source address once: an address this host lacks is an error at start.
+            let eg = crate::egress::Egress::new(&self.egress).map_err(|e| ConfigError::invalid(e.setting, e.message))?;
+            c.egress = Some(std::sync::Arc::new(eg));
+        }
         Ok(c)
     }
 
@@ -739,6 +748,8 @@ impl Config {
         if !(0.0..=1.0).contains(&r.jitter) {
             return Err(ConfigError::invalid("retry.jitter", format!("must be a fraction from 0 to 1, not {}", r.jitter)));
         }
+
+        self.egress.check().map_err(|e| ConfigError::invalid(e.setting, e.message))?;
 
         let smtp = &self.inject.smtp;
         in_range("inject.smtp.idle_timeout", smtp.idle_timeout, Duration::from_secs(1), Duration::from_secs(3600))?;

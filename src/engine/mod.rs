@@ -130,6 +130,10 @@ pub struct EngineConfig {
     /// effect only with DNSSEC validation on ([`ResolverConfig::validate_dnssec`]): without it no
     /// answer is authenticated, so no TLSA record can be trusted. Default on.
     pub dane: bool,
+    /// Where connections leave from: sources (a local address and its EHLO name) and pools
+    /// of them ([`crate::egress`]). `None`: the system picks the address, and
+    /// [`EngineConfig::ehlo_name`] is said.
+    pub egress: Option<Arc<crate::egress::Egress>>,
 }
 
 impl Default for EngineConfig {
@@ -157,6 +161,7 @@ impl Default for EngineConfig {
             tickets_per_host: 16,
             ticket_hosts: 50_000,
             dane: true,
+            egress: None,
         }
     }
 }
