@@ -76,6 +76,12 @@ pub struct Outcome {
     /// RFC 3463 code of the reply or of the local reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enhanced: Option<String>,
+    /// The egress source (`[[egress.source]]` name) the connection left from, if sources are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The egress pool the message went through, if sources are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 impl Outcome {
@@ -98,6 +104,8 @@ impl Outcome {
             cipher: None,
             reply: format!("mxpipe: {}", reason.into()),
             enhanced: Some(enhanced.to_string()),
+            source: None,
+            pool: None,
         }
     }
 

@@ -319,6 +319,7 @@ pub struct Engine {
     cpu_start: crate::sys::CpuTime,
     state: Arc<PolicyState>,
     flusher: Flusher,
+    egress: Option<Arc<crate::egress::Egress>>,
 }
 
 /// How often the policy state is written while the engine runs (and once more at shutdown).
@@ -373,7 +374,8 @@ impl Engine {
         let counters = Arc::new(Counters::default());
         let cfg = Arc::new(cfg);
         // Built here, not in the config, so that each engine has its own budgets.
-        let limits = Arc::new(limits::Limits::new(&cfg.limits));
+        let sources = cfg.egress.as_ref().map_or(0, |e| e.sources().len());
+        let limits = Arc::new(limits::Limits::with_sources(&cfg.limits, sources));
         let mut shards = Vec::new();
         for id in 0..cfg.shards.max(1) {
             let (tx, rx) = crossbeam_channel::unbounded();
@@ -383,8 +385,16 @@ impl Engine {
             shards.push(ShardHandle { tx, wake, thread: Some(thread) });
         }
         let flusher = Flusher::start(state.clone()).map_err(|e| SubmitError::Start(e.to_string()))?;
-        let engine =
-            Engine { shards, counters, outcomes: otx, started: Instant::now(), cpu_start: crate::sys::CpuTime::now(), state, flusher };
+        let engine = Engine {
+            shards,
+            counters,
+            outcomes: otx,
+            started: Instant::now(),
+            cpu_start: crate::sys::CpuTime::now(),
+            state,
+            flusher,
+            egress: cfg.egress.clone(),
+        };
         Ok((engine, orx))
     }
 
@@ -397,6 +407,21 @@ impl Engine {
         let c = &self.counters;
         c.messages.fetch_add(1, Ordering::Relaxed);
         c.recipients.fetch_add(msg.to.len() as u64, Ordering::Relaxed);
+        let pool = match self.egress.as_ref().map_or(crate::egress::PoolChoice::Unbound, |e| e.pool_for(msg.pool.as_deref(), &msg.from)) {
+            crate::egress::PoolChoice::Unbound => None,
+            crate::egress::PoolChoice::Pool(p) => Some(p),
+            refused => {
+                // Not a lost message: deferred, so it is retried once the pool exists.
+                let why = match refused {
+                    crate::egress::PoolChoice::Unknown(name) => format!("egress pool {name:?} is not configured"),
+                    _ => format!("no egress pool for sender {:?}: no rule matches and no default_pool is set", msg.from),
+                };
+                for r in &msg.to {
+                    self.emit(Outcome::local(&msg.id, r, Status::Deferred, "4.3.5", why.clone()));
+                }
+                return Ok(());
+            }
+        };
         let id: Arc<str> = msg.id.into();
         let from: Arc<str> = msg.from.into();
         let mut by_domain: HashMap<String, Vec<String>> = HashMap::new();
@@ -412,7 +437,7 @@ impl Engine {
         let mut stopped = false;
         for (domain, rcpts) in by_domain {
             let shard = &self.shards[shard_of(&domain, self.shards.len())];
-            let part = shard::Part { id: id.clone(), from: from.clone(), domain, rcpts, data: msg.data.clone(), tls: msg.tls };
+            let part = shard::Part { id: id.clone(), from: from.clone(), domain, rcpts, data: msg.data.clone(), tls: msg.tls, pool };
             let undelivered = if stopped {
                 Some(part)
             } else {
@@ -450,6 +475,11 @@ impl Engine {
         if shard.tx.send(shard::Command::Withdraw(domain)).is_ok() {
             shard.wake.notify_one();
         }
+    }
+
+    /// The egress sources and pools, if configured: the intake checks pool names against them.
+    pub fn egress(&self) -> Option<&Arc<crate::egress::Egress>> {
+        self.egress.as_ref()
     }
 
     /// What the policy remembers across restarts (pins, MTA-STS policies), to show or edit while it runs.
