@@ -61,6 +61,8 @@ pub struct Accepted {
     pub data: Arc<[u8]>,
     /// What the sender asked of TLS (RFC 8689), as spooled.
     pub tls: MessageTls,
+    /// The egress pool the sender named, as spooled; `None`: the engine's rules decide.
+    pub pool: Option<String>,
 }
 
 /// An operator's command about one destination domain (`mxpipe queue`, the HTTP API).
@@ -110,6 +112,8 @@ struct Entry {
     data: Arc<[u8]>,
     /// The message's TLS requirement (RFC 8689), handed to the engine with every round.
     tls: MessageTls,
+    /// The egress pool the sender named, handed to the engine with every round.
+    pool: Option<String>,
     /// Recipients without a final outcome.
     pending: Vec<String>,
     /// Of `pending`, those with the engine in the round in progress.
@@ -332,6 +336,7 @@ impl Manager {
         self.board.queued(s.id, &s.from, &pending, s.received_at);
         let last_reply = deferred.iter().map(|a| (a.rcpt.clone(), (a.reply.clone(), None, None))).collect();
         let mut entry = Entry::new(s.from, s.data, s.tls, pending, rounds, first, s.received_at);
+        entry.pool = s.pool;
         entry.last_reply = last_reply;
         self.entries.insert(s.id, entry);
         let due = last.and_then(|at| {
@@ -352,7 +357,9 @@ impl Manager {
     fn accept(&mut self, a: Accepted) {
         self.report.accepted += 1;
         // The injection side has already put it on the board (before acknowledging it).
-        self.entries.insert(a.id, Entry::new(a.from, a.data, a.tls, a.rcpts, 0, Instant::now(), SystemTime::now()));
+        let mut entry = Entry::new(a.from, a.data, a.tls, a.rcpts, 0, Instant::now(), SystemTime::now());
+        entry.pool = a.pool;
+        self.entries.insert(a.id, entry);
         self.submit(a.id);
     }
 
@@ -395,7 +402,7 @@ impl Manager {
         e.round_deferred = false;
         self.report.in_flight += to.len() as u64;
         e.sent.clone_from(&to);
-        let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone(), tls: e.tls, pool: None };
+        let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone(), tls: e.tls, pool: e.pool.clone() };
         if let Some(engine) = &self.engine {
             // On error every recipient has already been given a (deferred) outcome.
             let _ = engine.submit(sub);
@@ -804,6 +811,7 @@ impl Entry {
             from,
             data,
             tls,
+            pool: None,
             pending,
             sent: Vec::new(),
             round_deferred: false,

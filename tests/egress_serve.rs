@@ -1,0 +1,93 @@
+//! Egress pools in `mxpipe serve`: the pool a message named is kept in the spool and used
+//! after a restart, the delivery log names the source and pool of each attempt, and an
+//! absent source address stops the daemon at start naming the source.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::daemon::*;
+use mxpipe::dnsserver::{DnsServer, ZoneBuilder};
+use mxpipe::engine::MessageTls;
+use mxpipe::queue::spool::{Incoming, Spool, SpoolConfig};
+
+/// Pool `p` (the default) sends from 127.0.0.8, pool `q` from 127.0.0.9.
+const EGRESS: &str = r#"
+[egress]
+default_pool = "p"
+[[egress.source]]
+name = "eight"
+address = "127.0.0.8"
+ehlo = "eight.out.test"
+[[egress.source]]
+name = "nine"
+address = "127.0.0.9"
+ehlo = "nine.out.test"
+[[egress.pool]]
+name = "p"
+sources = [{ source = "eight" }]
+[[egress.pool]]
+name = "q"
+sources = [{ source = "nine" }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_a_message_named_is_kept_across_a_restart() {
+    let dir = tmpdir("egress-restart");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.1.1");
+    // Only pool q's address may deliver here: a message that lost its pool would go through
+    // the default pool p (127.0.0.8) and be refused.
+    let sink = sink_on(Ipv4Addr::new(127, 9, 1, 1), port, &mail, |c| {
+        c.allowed_clients = Some(vec!["127.0.0.9/32".parse().unwrap()]);
+    })
+    .await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("e.t.test", 10, "mx-e.t.test").a("mx-e.t.test", Ipv4Addr::new(127, 9, 1, 1));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let setup = Setup { tail: EGRESS.into(), ..Setup::new(&dir, dns.addr(), port) };
+    // Spooled by an earlier run (as intake stores a message that named pool q), not yet sent.
+    let spool_dir = setup.spool.clone();
+    tokio::task::spawn_blocking(move || {
+        let (spool, old) = Spool::open(SpoolConfig::new(&spool_dir)).unwrap();
+        assert!(old.is_empty());
+        let data: Arc<[u8]> = b"Subject: pooled\r\n\r\nhello\r\n"[..].into();
+        let m = Incoming {
+            from: "app@src.test".into(),
+            rcpts: vec!["u@e.t.test".into()],
+            data,
+            tls: MessageTls::Default,
+            pool: Some("q".into()),
+        };
+        spool.accept_many(vec![m]).unwrap();
+        spool.close().unwrap();
+    })
+    .await
+    .unwrap();
+    let config = setup.write(&dir);
+    let d = start_daemon(&config, setup.inject);
+    assert_eq!(d.recovered(), 1, "{}", d.banner);
+    wait_for("the recovered message delivered", Duration::from_secs(30), || subjects(&mail).contains(&"pooled".to_string())).await;
+    assert!(terminate(d));
+    let log = std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap();
+    let line = log.lines().find(|l| l.contains("\"delivered\"")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("\"source\":\"nine\"") && line.contains("\"pool\":\"q\""), "{line}");
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_to_start_with_a_source_address_the_host_lacks() {
+    let dir = tmpdir("egress-absent");
+    let setup = Setup { tail: EGRESS.replace("127.0.0.9", "192.0.2.1"), ..Setup::new(&dir, "127.0.0.1:53".parse().unwrap(), 2525) };
+    let config = setup.write(&dir);
+    let out = serve_expecting_exit(&config, Duration::from_secs(20));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"nine\"") && err.contains("192.0.2.1"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
