@@ -408,7 +408,7 @@ mod tests {
         assert_eq!(check_record(&rec), Ok(rec.len()));
         assert_eq!(record_id(&rec), Some(42));
         match decode_record(&rec) {
-            Some(Record::Accept { id, received_at, from, rcpts: r, data, tls: MessageTls::Default }) => {
+            Some(Record::Accept { id, received_at, from, rcpts: r, data, tls: MessageTls::Default, pool: None }) => {
                 assert_eq!((id, received_at, from.as_str(), r, &data[..]), (42, t, "s@z.example", rcpts, &b"Subject: x\r\n\r\nbody"[..]));
             }
             other => panic!("{other:?}"),
