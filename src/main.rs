@@ -508,6 +508,7 @@ fn run_sink(a: SinkArgs) -> Result<(), String> {
         rate_limit_rate: a.rate_limit_rate,
         drop_rate: a.drop_rate,
         delay: Duration::from_millis(a.delay),
+        only_from: None,
     };
     if let Some(dir) = &a.mail_dir {
         mxpipe::sink::MailDir::install(&mut cfg, dir.clone());

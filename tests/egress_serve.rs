@@ -91,3 +91,50 @@ async fn serve_refuses_to_start_with_a_source_address_the_host_lacks() {
     assert!(err.contains("\"nine\"") && err.contains("192.0.2.1"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_to_one_source_suspends_that_source_not_the_pool() {
+    let dir = tmpdir("egress-suspend");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.2.1");
+    // The destination rate-limits every recipient sent from 127.0.0.8, and only those.
+    let sink = sink_on(Ipv4Addr::new(127, 9, 2, 1), port, &mail, |c| {
+        c.faults.rate_limit_rate = 1.0;
+        c.faults.only_from = Some("127.0.0.8".parse().unwrap());
+    })
+    .await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("s.t.test", 10, "mx-s.t.test").a("mx-s.t.test", Ipv4Addr::new(127, 9, 2, 1));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // One pool of both sources, weighted towards the one that is throttled.
+    let egress =
+        EGRESS.replace("sources = [{ source = \"eight\" }]", "sources = [{ source = \"eight\", weight = 5 }, { source = \"nine\" }]");
+    let setup = Setup { tail: egress, ..Setup::new(&dir, dns.addr(), port) };
+    let config = setup.write(&dir);
+    let d = start_daemon(&config, setup.inject);
+    let n = 20;
+    for i in 0..n {
+        assert!(inject(d.inject, "app@src.test", "u@s.t.test", &format!("s-{i}")).await);
+    }
+    // A suspension of the whole destination would hold everything for a minute (the first
+    // step); the other source carries the mail at once instead.
+    wait_for("every message delivered from the other source", Duration::from_secs(30), || subjects(&mail).len() >= n).await;
+    let (status, body) = http(setup.http, "GET", "/v1/queues", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("s.t.test/eight"), "the source's suspension toward the domain is shown: {body}");
+    assert!(terminate(d));
+    let log = std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let delivered: Vec<&&str> = lines.iter().filter(|l| l.contains("\"delivered\"")).collect();
+    assert_eq!(delivered.len(), n, "{log}");
+    assert!(delivered.iter().all(|l| l.contains("\"source\":\"nine\"")), "{log}");
+    assert!(
+        lines.iter().any(|l| l.contains("\"deferred\"") && l.contains("\"source\":\"eight\"")),
+        "the throttled source was tried: {log}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("\"bounced\"")), "{log}");
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -448,7 +448,7 @@ impl Engine {
                     }
                     Err(e) => match e.0 {
                         shard::Command::Deliver(part) => Some(part),
-                        shard::Command::Drain(_) | shard::Command::Withdraw(_) => None,
+                        shard::Command::Drain(_) | shard::Command::Withdraw(_) | shard::Command::SuspendSource(..) => None,
                     },
                 }
             };
@@ -473,6 +473,21 @@ impl Engine {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let shard = &self.shards[shard_of(&domain, self.shards.len())];
         if shard.tx.send(shard::Command::Withdraw(domain)).is_ok() {
+            shard.wake.notify_one();
+        }
+    }
+
+    /// Send no more mail from egress source `source` (by name) to `domain` until `until`
+    /// (`None`: lift it): a 421 or a rate limit from the domain to that address. The pool's
+    /// other sources carry its mail; when every source of a message's pool is suspended its
+    /// parts not yet started come back as [`WITHDRAWN`]. Unknown source names are ignored.
+    pub fn suspend_source(&self, domain: &str, source: &str, until: Option<Instant>) {
+        let Some(s) = self.egress.as_ref().and_then(|e| e.sources().iter().position(|x| x.name.eq_ignore_ascii_case(source))) else {
+            return;
+        };
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let shard = &self.shards[shard_of(&domain, self.shards.len())];
+        if shard.tx.send(shard::Command::SuspendSource(domain, s, until)).is_ok() {
             shard.wake.notify_one();
         }
     }

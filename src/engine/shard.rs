@@ -55,6 +55,9 @@ pub(super) enum Command {
     Drain(Option<Instant>),
     /// Give back a domain's parts not yet started, deferred as [`WITHDRAWN`].
     Withdraw(String),
+    /// Use no connection from egress source `.1` toward domain `.0` until `.2` (a 421 or a
+    /// rate limit from there to that address); `None` lifts it.
+    SuspendSource(String, usize, Option<Instant>),
 }
 
 /// The recipients of one message at one destination domain.
@@ -173,6 +176,7 @@ pub(super) fn spawn(
             workers: std::cell::Cell::new(0),
             tls_by_source,
             source_conns: RefCell::new(HashMap::new()),
+            suspended_sources: RefCell::new(HashMap::new()),
         });
         local.block_on(&rt, run(shard, rx, wake));
     })
@@ -245,12 +249,24 @@ pub(super) struct Shard {
     /// Connections in use per (egress source, destination domain): each source has the
     /// domain's connection limit of its own.
     source_conns: RefCell<HashMap<(usize, String), usize>>,
+    /// Egress sources suspended toward a domain (source, domain) → until: the daemon's
+    /// queue manager says so after a 421 or a rate limit from there to that source.
+    suspended_sources: RefCell<HashMap<(usize, String), Instant>>,
 }
 
 impl Shard {
     /// The TLS clients (and so the session store) of connections from `bind`.
     fn tls_for(&self, bind: Option<Bind>) -> &TlsClients {
         bind.and_then(|b| self.tls_by_source.get(b.source)).unwrap_or(&self.tls)
+    }
+
+    /// Until when egress source `source` is suspended toward `domain`, if it is now.
+    fn source_suspended(&self, source: usize, domain: &str) -> Option<Instant> {
+        let m = self.suspended_sources.borrow();
+        if m.is_empty() {
+            return None;
+        }
+        m.get(&(source, domain.to_string())).copied().filter(|&u| u > Instant::now())
     }
 
     /// The egress pool's and source's names, for outcomes.
@@ -333,6 +349,19 @@ async fn run(shard: Rc<Shard>, rx: crossbeam_channel::Receiver<Command>, wake: A
                     let keys: Vec<String> = shard.domains.borrow().keys().filter(|k| split_key(k).0 == domain).cloned().collect();
                     for key in keys {
                         fail_queue(&shard, &key, Status::Deferred, "4.3.2", WITHDRAWN);
+                    }
+                }
+                Ok(Command::SuspendSource(domain, source, until)) => {
+                    let mut m = shard.suspended_sources.borrow_mut();
+                    let now = Instant::now();
+                    m.retain(|_, u| *u > now);
+                    match until {
+                        Some(u) => {
+                            m.insert((source, domain), u);
+                        }
+                        None => {
+                            m.remove(&(source, domain));
+                        }
                     }
                 }
                 Ok(Command::Drain(deadline)) => {
@@ -837,6 +866,10 @@ async fn try_host(
             };
             let opened = match open_for(shard, key, target.clone()).await {
                 Err(OpenFail::Busy) => return Ok(ConnEnd::Wait(Instant::now() + SOURCE_BUSY_WAIT)),
+                Err(OpenFail::Suspended) => {
+                    fail_queue(shard, key, Status::Deferred, "4.3.2", WITHDRAWN);
+                    return Ok(ConnEnd::QueueEmpty);
+                }
                 Err(OpenFail::Connect(e)) => Err(e),
                 Ok(c) => Ok(c),
             };
@@ -863,6 +896,10 @@ async fn try_host(
                     let clear = Target { security: Security::Clear, ..target };
                     match open_for(shard, key, clear).await {
                         Err(OpenFail::Busy) => return Ok(ConnEnd::Wait(Instant::now() + SOURCE_BUSY_WAIT)),
+                        Err(OpenFail::Suspended) => {
+                            fail_queue(shard, key, Status::Deferred, "4.3.2", WITHDRAWN);
+                            return Ok(ConnEnd::QueueEmpty);
+                        }
                         Err(OpenFail::Connect(e)) => last = HostFailure::transient(format!("{e} (after TLS failed: {reason})")),
                         Ok((conn, _in_use)) => {
                             let report = sts_testing_check(shard, &conn, plan);
@@ -988,6 +1025,9 @@ impl Rpt<'_> {
 enum OpenFail {
     /// Every usable source of the pool is at its connection limit toward the domain: wait.
     Busy,
+    /// Every source of the pool (of the address's family) is suspended toward the domain:
+    /// its queue goes back untried, to wait for the earliest end.
+    Suspended,
     /// As [`open`].
     Connect(ConnectError),
 }
@@ -1012,7 +1052,14 @@ async fn open_for(shard: &Rc<Shard>, key: &str, target: Target) -> Result<(Conn,
         return Err(OpenFail::Connect(ConnectError::Unreachable { addr: target.addr, reason }));
     }
     let limit = shard.limits.domain(domain).and_then(|l| l.max_conns).unwrap_or(shard.cfg.max_conns_per_dest).max(1);
-    let usable = |s: usize| family.contains(&s) && shard.source_conns.borrow().get(&(s, domain.to_string())).copied().unwrap_or(0) < limit;
+    if family.iter().all(|&s| shard.source_suspended(s, domain).is_some()) {
+        return Err(OpenFail::Suspended);
+    }
+    let usable = |s: usize| {
+        family.contains(&s)
+            && shard.source_suspended(s, domain).is_none()
+            && shard.source_conns.borrow().get(&(s, domain.to_string())).copied().unwrap_or(0) < limit
+    };
     let bound = |s: usize| Target { bind: Some(Bind { source: s, addr: eg.sources()[s].addr }), ..target.clone() };
     for &s in family.iter().filter(|&&s| usable(s)) {
         if let Some(conn) = take_idle(shard, &bound(s)).await {
@@ -1229,6 +1276,14 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
             set_connected(shard, domain, -1);
             return ConnEnd::QueueEmpty;
         };
+        let suspended = conn.target.bind.is_some_and(|b| shard.source_suspended(b.source, split_key(domain).0).is_some());
+        if suspended {
+            // Its source was suspended toward this domain meanwhile: the rest go from another.
+            push_front(shard, domain, job);
+            park(shard, conn).await;
+            set_connected(shard, domain, -1);
+            return ConnEnd::Recycle;
+        }
         if conn.messages >= shard.cfg.max_msgs_per_conn {
             // This connection has done its share: close it and let the worker open another.
             push_front(shard, domain, job);

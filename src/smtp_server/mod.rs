@@ -83,6 +83,9 @@ pub struct Faults {
     pub drop_rate: f64,
     /// Wait this long before every reply.
     pub delay: Duration,
+    /// Roll the rate faults only on connections from this client address (one egress source
+    /// of a sender, say); `None`: on every connection.
+    pub only_from: Option<IpAddr>,
 }
 
 /// Where an accepted message goes instead of being counted and discarded: the daemon's
@@ -496,6 +499,7 @@ async fn serve(tcp: TcpStream, ctx: &Ctx, must_auth: Option<IpAddr>) {
     let _ = tcp.set_nodelay(true);
     let now = tokio::time::Instant::now();
     let gate = ConnState {
+        client: tcp.peer_addr().ok().map(|a| a.ip()),
         required: must_auth.is_some(),
         failures: 0,
         peer: must_auth,

@@ -54,6 +54,8 @@ pub(super) enum Exit {
 /// half.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct ConnState {
+    /// The client's address (for faults aimed at one client).
+    pub client: Option<std::net::IpAddr>,
     /// A client outside the allowed networks: MAIL gets 530 until it has authenticated.
     pub required: bool,
     /// Failed AUTH attempts on this connection so far.
@@ -771,7 +773,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     }
 
     fn roll(&mut self, p: f64) -> bool {
-        p > 0.0 && self.rng.f64() < p
+        let aimed_here = self.ctx.cfg.faults.only_from.is_none_or(|ip| self.gate.client == Some(ip));
+        p > 0.0 && aimed_here && self.rng.f64() < p
     }
 }
 
