@@ -123,6 +123,10 @@ async fn a_rate_limit_to_one_source_suspends_that_source_not_the_pool() {
     let (status, body) = http(setup.http, "GET", "/v1/queues", "");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("s.t.test/eight"), "the source's suspension toward the domain is shown: {body}");
+    let (_, metrics) = http(setup.http, "GET", "/metrics", "");
+    let line = |source: &str, status: &str| format!("mxpipe_egress_attempts_total{{source=\"{source}\",pool=\"p\",status=\"{status}\"}} ");
+    assert!(metrics.contains(&format!("{}{n}\n", line("nine", "delivered"))), "{metrics}");
+    assert!(metrics.contains(&line("eight", "deferred")) && !metrics.contains(&line("eight", "delivered")), "{metrics}");
     assert!(terminate(d));
     let log = std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap();
     let lines: Vec<&str> = log.lines().collect();

@@ -33,6 +33,12 @@ pub struct AttemptView {
     pub mx: Option<String>,
     /// How TLS was used: `starttls`, `implicit` or `none`.
     pub tls: String,
+    /// The egress source the attempt left from, when sources are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The egress pool the message went through, when sources are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// One recipient, as shown.
@@ -88,6 +94,9 @@ struct Inner {
     suspended: HashMap<String, SystemTime>,
     /// The injection listener's counters, once it runs.
     injection: Option<InjectionStats>,
+    /// Attempts by (egress source, pool, status): as many keys as configured sources times
+    /// pools times three, since outcomes name only configured ones.
+    by_source: std::collections::BTreeMap<(String, String, &'static str), u64>,
 }
 
 /// Reads the SMTP injection listener's counters.
@@ -138,6 +147,14 @@ impl Board {
     /// An attempt's outcome for one recipient.
     pub fn attempt(&self, id: MsgId, o: &Outcome) {
         let mut g = self.lock();
+        if let Some(source) = &o.source {
+            let status = match o.status {
+                crate::outcome::Status::Delivered => "delivered",
+                crate::outcome::Status::Deferred => "deferred",
+                crate::outcome::Status::Bounced => "bounced",
+            };
+            *g.by_source.entry((source.clone(), o.pool.clone().unwrap_or_default(), status)).or_default() += 1;
+        }
         let Some(m) = g.live.get_mut(&id) else { return };
         if let Some(r) = m.rcpts.iter_mut().find(|r| r.rcpt == o.rcpt) {
             r.state = serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
@@ -150,6 +167,8 @@ impl Board {
                 reply: o.reply.clone(),
                 mx: o.mx.clone(),
                 tls: serde_json::to_value(o.tls).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                source: o.source.clone(),
+                pool: o.pool.clone(),
             });
         }
     }
@@ -282,6 +301,13 @@ impl Board {
             "Destinations suspended after a 421 or a rate-limit reply.",
             suspended as u64,
         );
+        if !g.by_source.is_empty() {
+            s.push_str("# HELP mxpipe_egress_attempts_total Recipient attempts by egress source, pool and outcome.\n");
+            s.push_str("# TYPE mxpipe_egress_attempts_total counter\n");
+            for ((source, pool, status), n) in &g.by_source {
+                s.push_str(&format!("mxpipe_egress_attempts_total{{source=\"{source}\",pool=\"{pool}\",status=\"{status}\"}} {n}\n"));
+            }
+        }
         let e = &t.engine;
         metric(&mut s, "mxpipe_connections_opened_total", "counter", "SMTP connections opened.", e.connections_opened);
         metric(&mut s, "mxpipe_connections_reused_total", "counter", "Idle connections reused.", e.connections_reused);
