@@ -36,6 +36,7 @@ pub mod demo;
 pub mod dnssec;
 pub mod dnsserver;
 pub mod dsn;
+pub mod egress;
 pub mod engine;
 pub mod inject;
 pub mod logging;

@@ -1,0 +1,3 @@
+//! Egress sources and pools.
+
+pub mod warmup;
