@@ -699,7 +699,9 @@ impl Config {
         c.tickets_per_host = c.tickets_per_host.max(c.max_conns_per_dest);
         if !self.egress.is_empty() {
             // Binds each source address once: an address this host lacks is an error at start.
-            let eg = crate::egress::Egress::new(&self.egress).map_err(|e| ConfigError::invalid(e.setting, e.message))?;
+            let state = self.spool.dir.join("warmup-state.json");
+            let eg = crate::egress::Egress::with_warmup_state(&self.egress, Some(state))
+                .map_err(|e| ConfigError::invalid(e.setting, e.message))?;
             c.egress = Some(std::sync::Arc::new(eg));
         }
         Ok(c)

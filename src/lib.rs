@@ -12,6 +12,7 @@
 //! - [`daemon`]: `mxpipe serve`: injection, spool, queue manager and engine together.
 //! - [`config`]: the daemon's TOML configuration (`mxpipe.example.toml` documents it).
 //! - [`logging`]: the daemon's own log (`tracing` events; text or JSON on stderr).
+//! - [`egress`]: egress sources and pools; [`egress::warmup`] caps new sources' daily sends.
 //! - [`dsn`]: RFC 3464 delivery status notifications (bounces) for the daemon.
 //! - [`dnsserver`]: an in-process authoritative DNS server (tests and `mxpipe demo`).
 //! - [`queue`]: (daemon) the durable spool: a segment log with group commit and crash recovery.

@@ -222,3 +222,74 @@ fn an_address_the_host_lacks_is_an_error_at_start_naming_the_source() {
     assert_eq!(eg.sources().len(), 2);
     assert!(eg.has_pool("p") && !eg.has_pool("q"));
 }
+
+/// Source a (127.0.0.2) warms up under plan `slow` (3 messages a "day" of `day`); source b
+/// (127.0.0.3) is warm. Pool `both` prefers a by far; pool `cold` has only a.
+fn warming(day: &str) -> Arc<Egress> {
+    let cfg: EgressConfig = toml::from_str(&format!(
+        r#"
+        default_pool = "both"
+        [[warmup]]
+        name = "slow"
+        caps = [3, 3]
+        day = "{day}"
+        [[source]]
+        name = "a"
+        address = "127.0.0.2"
+        ehlo = "a.out.test"
+        warmup = "slow"
+        [[source]]
+        name = "b"
+        address = "127.0.0.3"
+        ehlo = "b.out.test"
+        [[pool]]
+        name = "both"
+        sources = [{{ source = "a", weight = 1000 }}, {{ source = "b" }}]
+        [[pool]]
+        name = "cold"
+        sources = [{{ source = "a" }}]
+        "#
+    ))
+    .unwrap();
+    Arc::new(Egress::new(&cfg).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_source_leaves_the_pool_to_the_others_and_a_capped_pool_waits() {
+    bounded(async {
+        let net = 153;
+        let ports = free_ports(net);
+        let pki = pki(&["mx.e153.test"]);
+        let mut z = ZoneBuilder::new("test.");
+        z.mx("e153.test", 10, "mx.e153.test").a("mx.e153.test", ip(net, 1));
+        let dns = dns(net, z).await;
+        let sink = sink(ip(net, 1), ports, &pki.identity, |_| {}).await;
+        // A long day: a's cap of 3 holds for the whole test, so b carries the rest.
+        let mut cfg = engine_config(&dns, ports, &[&pki]);
+        cfg.egress = Some(warming("1h"));
+        let n = 10;
+        let msgs = (0..n).map(|i| msg(&format!("m{i}"), &[&format!("r{i}@e153.test")])).collect();
+        let (outcomes, _) = deliver(cfg, msgs).await;
+        assert!(outcomes.iter().all(|o| o.status == Status::Delivered), "{outcomes:#?}");
+        assert_eq!((count(&outcomes, "a"), count(&outcomes, "b")), (3, n - 3), "a is capped at 3 for the day");
+
+        // A pool whose only source is capped: its mail waits for the next day (2 s here),
+        // never bounced or deferred as a failure.
+        let mut cfg = engine_config(&dns, ports, &[&pki]);
+        let eg = warming("2s");
+        cfg.egress = Some(eg.clone());
+        let msgs = (0..5)
+            .map(|i| {
+                let mut m = msg(&format!("c{i}"), &[&format!("c{i}@e153.test")]);
+                m.pool = Some("cold".into());
+                m
+            })
+            .collect();
+        let (outcomes, _) = deliver(cfg, msgs).await;
+        assert!(outcomes.iter().all(|o| o.status == Status::Delivered && o.source.as_deref() == Some("a")), "{outcomes:#?}");
+        let status = eg.warmup().unwrap().status();
+        assert!(status.iter().any(|s| s.source == "a" && s.day >= 2), "the last two went on a later day: {status:?}");
+        sink_stats(sink).await;
+    })
+    .await;
+}

@@ -12,6 +12,8 @@
 //! the engine shares between shards (read-only after start). It opens no connection and knows
 //! nothing of destinations.
 
+pub mod warmup;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -58,6 +60,10 @@ pub struct EgressConfig {
     /// configured and some message could match no rule; without it such messages are
     /// refused at the engine (deferred, naming the missing pool).
     pub default_pool: Option<String>,
+    /// `[[egress.warmup]]`: warm-up plans ([`warmup::WarmupPlan`]) that sources name with
+    /// `warmup = "plan"`: daily caps per destination class that grow day by day. A capped
+    /// source leaves its pool's mail to the others; when all are capped the mail waits.
+    pub warmup: Vec<warmup::WarmupPlan>,
 }
 
 /// One `[[egress.source]]`: a local address to send from.
@@ -142,7 +148,7 @@ fn check_name(kind: &str, name: &str) -> Result<(), EgressError> {
 impl EgressConfig {
     /// Whether any source is configured (else the engine connects as it always did).
     pub fn is_empty(&self) -> bool {
-        self.source.is_empty() && self.pool.is_empty() && self.rule.is_empty() && self.default_pool.is_none()
+        self.source.is_empty() && self.pool.is_empty() && self.rule.is_empty() && self.default_pool.is_none() && self.warmup.is_empty()
     }
 
     /// Check the configuration without touching the network: names, references, weights, counts.
@@ -170,6 +176,11 @@ impl EgressConfig {
             }
             if s.address.is_unspecified() || s.address.is_multicast() {
                 return Err(err(at, format!("address {} is not a unicast address of this host", s.address)));
+            }
+            if let Some(w) = &s.warmup {
+                if !self.warmup.iter().any(|p| &p.name == w) {
+                    return Err(err(at, format!("warmup {w:?} is not an [[egress.warmup]] plan")));
+                }
             }
         }
         if !self.source.is_empty() && self.pool.is_empty() {
@@ -248,6 +259,7 @@ pub struct Egress {
     /// (domain, pool index), most specific (longest) domain first.
     rules: Vec<(String, usize)>,
     default_pool: Option<usize>,
+    warmup: Option<Arc<warmup::Warmup>>,
 }
 
 /// Which pool a message goes through, or why none can be used.
@@ -268,6 +280,12 @@ impl Egress {
     /// this host by binding a TCP socket to it (port 0). An absent address is an error
     /// naming the source.
     pub fn new(cfg: &EgressConfig) -> Result<Egress, EgressError> {
+        Egress::with_warmup_state(cfg, None)
+    }
+
+    /// [`Egress::new`], keeping the warm-up counters in `state_file` across restarts (the
+    /// daemon keeps it in the spool directory); `None`: in memory only.
+    pub fn with_warmup_state(cfg: &EgressConfig, state_file: Option<std::path::PathBuf>) -> Result<Egress, EgressError> {
         cfg.check()?;
         for s in &cfg.source {
             if let Err(e) = std::net::TcpListener::bind((s.address, 0)) {
@@ -300,7 +318,19 @@ impl Egress {
         // Stable: among equally long domains, file order.
         rules.sort_by_key(|(d, _)| std::cmp::Reverse(d.len()));
         let default_pool = cfg.default_pool.as_deref().and_then(pool_index);
-        Ok(Egress { sources, pools, rules, default_pool })
+        let planned: Vec<(String, String)> = cfg.source.iter().filter_map(|s| Some((s.name.clone(), s.warmup.clone()?))).collect();
+        let warmup = if planned.is_empty() {
+            None
+        } else {
+            let w = warmup::Warmup::new(&cfg.warmup, &planned, state_file).map_err(|e| err("egress.warmup", e))?;
+            Some(Arc::new(w))
+        };
+        Ok(Egress { sources, pools, rules, default_pool, warmup })
+    }
+
+    /// The warm-up counters, when some source follows a plan.
+    pub fn warmup(&self) -> Option<&Arc<warmup::Warmup>> {
+        self.warmup.as_ref()
     }
 
     /// The sources, in configuration order (a source's index is its place here).

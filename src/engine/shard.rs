@@ -177,6 +177,7 @@ pub(super) fn spawn(
             tls_by_source,
             source_conns: RefCell::new(HashMap::new()),
             suspended_sources: RefCell::new(HashMap::new()),
+            warm_capped: RefCell::new(HashMap::new()),
         });
         local.block_on(&rt, run(shard, rx, wake));
     })
@@ -252,6 +253,8 @@ pub(super) struct Shard {
     /// Egress sources suspended toward a domain (source, domain) → until: the daemon's
     /// queue manager says so after a 421 or a rate limit from there to that source.
     suspended_sources: RefCell<HashMap<(usize, String), Instant>>,
+    /// Egress sources whose warm-up cap toward an MX host is used up, (source, host) → until.
+    warm_capped: RefCell<HashMap<(usize, String), Instant>>,
 }
 
 impl Shard {
@@ -267,6 +270,15 @@ impl Shard {
             return None;
         }
         m.get(&(source, domain.to_string())).copied().filter(|&u| u > Instant::now())
+    }
+
+    /// Until when source `source` is capped by its warm-up toward MX host `host`, if it is now.
+    fn source_capped(&self, source: usize, host: &str) -> Option<Instant> {
+        let m = self.warm_capped.borrow();
+        if m.is_empty() {
+            return None;
+        }
+        m.get(&(source, host.to_string())).copied().filter(|&u| u > Instant::now())
     }
 
     /// The egress pool's and source's names, for outcomes.
@@ -870,6 +882,7 @@ async fn try_host(
                     fail_queue(shard, key, Status::Deferred, "4.3.2", WITHDRAWN);
                     return Ok(ConnEnd::QueueEmpty);
                 }
+                Err(OpenFail::Capped(until)) => return Ok(ConnEnd::Wait(until)),
                 Err(OpenFail::Connect(e)) => Err(e),
                 Ok(c) => Ok(c),
             };
@@ -900,6 +913,7 @@ async fn try_host(
                             fail_queue(shard, key, Status::Deferred, "4.3.2", WITHDRAWN);
                             return Ok(ConnEnd::QueueEmpty);
                         }
+                        Err(OpenFail::Capped(until)) => return Ok(ConnEnd::Wait(until)),
                         Err(OpenFail::Connect(e)) => last = HostFailure::transient(format!("{e} (after TLS failed: {reason})")),
                         Ok((conn, _in_use)) => {
                             let report = sts_testing_check(shard, &conn, plan);
@@ -1028,6 +1042,9 @@ enum OpenFail {
     /// Every source of the pool (of the address's family) is suspended toward the domain:
     /// its queue goes back untried, to wait for the earliest end.
     Suspended,
+    /// Every source of the pool not suspended has used up its warm-up cap toward the host:
+    /// the queue waits (untried) until the earliest cap ends.
+    Capped(Instant),
     /// As [`open`].
     Connect(ConnectError),
 }
@@ -1055,9 +1072,16 @@ async fn open_for(shard: &Rc<Shard>, key: &str, target: Target) -> Result<(Conn,
     if family.iter().all(|&s| shard.source_suspended(s, domain).is_some()) {
         return Err(OpenFail::Suspended);
     }
+    let capped: Vec<Instant> = family.iter().filter_map(|&s| shard.source_capped(s, &target.host)).collect();
+    if !capped.is_empty()
+        && family.iter().all(|&s| shard.source_suspended(s, domain).is_some() || shard.source_capped(s, &target.host).is_some())
+    {
+        return Err(OpenFail::Capped(capped.into_iter().min().unwrap_or_else(Instant::now)));
+    }
     let usable = |s: usize| {
         family.contains(&s)
             && shard.source_suspended(s, domain).is_none()
+            && shard.source_capped(s, &target.host).is_none()
             && shard.source_conns.borrow().get(&(s, domain.to_string())).copied().unwrap_or(0) < limit
     };
     let bound = |s: usize| Target { bind: Some(Bind { source: s, addr: eg.sources()[s].addr }), ..target.clone() };
@@ -1314,6 +1338,26 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
                 continue;
             }
         }
+        // Under a warm-up plan: one message of the source's daily cap toward this host.
+        let warm =
+            shard.cfg.egress.as_ref().and_then(|e| Some((e.warmup()?.clone(), e.sources().get(conn.target.bind?.source)?.name.clone())));
+        if let Some((w, name)) = &warm {
+            if let crate::egress::warmup::Take::Capped { until } = w.try_take(name, &plan.host) {
+                let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+                let source = conn.target.bind.map_or(0, |b| b.source);
+                shard.warm_capped.borrow_mut().insert((source, plan.host.clone()), Instant::now() + wait);
+                // The pool's other sources take the rest; if all are capped the queue waits.
+                push_front(shard, domain, job);
+                park(shard, conn).await;
+                set_connected(shard, domain, -1);
+                return ConnEnd::Recycle;
+            }
+        }
+        let give_back = || {
+            if let Some((w, name)) = &warm {
+                w.give_back(name, &plan.host);
+            }
+        };
         // First use since it was taken from the idle pool?
         let was_reused = std::mem::take(&mut conn.reused);
         match conn.deliver(job.message(), shard.tls_for(conn.target.bind), t).await {
@@ -1323,6 +1367,7 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
                 shard.policy.borrow_mut().success(&plan.host, Instant::now());
             }
             Err(DeliverError::NotSent { .. }) => {
+                give_back();
                 push_front(shard, domain, job);
                 break ConnEnd::Stale;
             }
@@ -1331,6 +1376,7 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
                     // A parked connection the server closed just as we reused it: it said
                     // nothing about this part, so it cannot have taken it. Put the part back
                     // and open a fresh connection; that is no failure of the host.
+                    give_back();
                     push_front(shard, domain, job);
                     break ConnEnd::Stale;
                 }
