@@ -70,6 +70,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
         suspensions_file: Some(cfg.spool.dir.join("suspensions.json")),
     };
     let board = Board::default();
+    board.set_egress(engine.egress().cloned());
     let mspool = spool.clone();
     let mboard = board.clone();
     let manager = std::thread::Builder::new()

@@ -123,6 +123,9 @@ async fn a_rate_limit_to_one_source_suspends_that_source_not_the_pool() {
     let (status, body) = http(setup.http, "GET", "/v1/queues", "");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("s.t.test/eight"), "the source's suspension toward the domain is shown: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let eight = v["egress"].as_array().and_then(|a| a.iter().find(|s| s["name"] == "eight")).unwrap_or_else(|| panic!("{body}"));
+    assert!(eight["suspended"]["s.t.test"].is_number() && eight["address"] == "127.0.0.8", "{eight}");
     let (_, metrics) = http(setup.http, "GET", "/metrics", "");
     let line = |source: &str, status: &str| format!("mxpipe_egress_attempts_total{{source=\"{source}\",pool=\"p\",status=\"{status}\"}} ");
     assert!(metrics.contains(&format!("{}{n}\n", line("nine", "delivered"))), "{metrics}");

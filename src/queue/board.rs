@@ -97,6 +97,29 @@ struct Inner {
     /// Attempts by (egress source, pool, status): as many keys as configured sources times
     /// pools times three, since outcomes name only configured ones.
     by_source: std::collections::BTreeMap<(String, String, &'static str), u64>,
+    /// The engine's egress sources and pools, once the daemon has said.
+    egress: Option<Arc<crate::egress::Egress>>,
+}
+
+/// The egress sources, as `GET /v1/queues` shows them under `"egress"`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceView {
+    /// The source's name.
+    pub name: String,
+    /// Its local address.
+    pub address: std::net::IpAddr,
+    /// The EHLO name it says.
+    pub ehlo: String,
+    /// The pools it is in.
+    pub pools: Vec<String>,
+    /// Recipient attempts from it so far, by outcome (`delivered`, `deferred`, `bounced`).
+    pub attempts: std::collections::BTreeMap<&'static str, u64>,
+    /// Destinations it is suspended toward (a 421 or a rate limit to this address), with
+    /// the end (Unix seconds).
+    pub suspended: std::collections::BTreeMap<String, f64>,
+    /// Its warm-up today, per destination class, when it follows a plan.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warmup: Vec<crate::egress::warmup::WarmupStatus>,
 }
 
 /// Reads the SMTP injection listener's counters.
@@ -211,6 +234,47 @@ impl Board {
     /// Where to read the SMTP injection listener's counters for `/metrics`.
     pub fn set_injection_stats(&self, read: impl Fn() -> crate::smtp_server::StatsSnapshot + Send + Sync + 'static) {
         self.lock().injection = Some(Arc::new(read));
+    }
+
+    /// The engine's egress sources and pools, shown by [`Board::egress`].
+    pub fn set_egress(&self, egress: Option<Arc<crate::egress::Egress>>) {
+        self.lock().egress = egress;
+    }
+
+    /// Each egress source with its attempts, suspensions and warm-up; empty without sources.
+    pub fn egress(&self) -> Vec<SourceView> {
+        let g = self.lock();
+        let Some(eg) = g.egress.clone() else { return Vec::new() };
+        let warm = eg.warmup().map(|w| w.status()).unwrap_or_default();
+        let now = SystemTime::now();
+        eg.sources()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut attempts = std::collections::BTreeMap::new();
+                for ((src, _, status), n) in &g.by_source {
+                    if **src == *s.name {
+                        *attempts.entry(*status).or_default() += n;
+                    }
+                }
+                let suffix = format!("/{}", s.name).to_ascii_lowercase();
+                let suspended = g
+                    .suspended
+                    .iter()
+                    .filter(|(k, &t)| t > now && k.ends_with(&suffix))
+                    .map(|(k, &t)| (k[..k.len() - suffix.len()].to_string(), unix(t)))
+                    .collect();
+                SourceView {
+                    name: s.name.to_string(),
+                    address: s.addr,
+                    ehlo: s.ehlo.clone(),
+                    pools: eg.pools().iter().filter(|p| p.members.iter().any(|&(m, _)| m == i)).map(|p| p.name.to_string()).collect(),
+                    attempts,
+                    suspended,
+                    warmup: warm.iter().filter(|w| *w.source == *s.name).cloned().collect(),
+                }
+            })
+            .collect()
     }
 
     /// A destination's suspension was lifted.
