@@ -47,6 +47,10 @@ pub struct DemoConfig {
     /// is resolved through the demo's DNS server); any file signs the zone and validates, as
     /// `engine.resolver.validate_dnssec` does.
     pub trust_anchor_files: Vec<std::path::PathBuf>,
+    /// Egress sources and pools to send from ([`crate::egress::demo_config`] by default):
+    /// every fifth message asks for the pool `transactional` when there is one, the rest take
+    /// the default. `None`: the system's address.
+    pub egress: Option<crate::egress::EgressConfig>,
 }
 
 impl Default for DemoConfig {
@@ -61,6 +65,7 @@ impl Default for DemoConfig {
             signed: true,
             engine: EngineConfig::default(),
             trust_anchor_files: Vec::new(),
+            egress: Some(crate::egress::demo_config()),
         }
     }
 }
@@ -229,6 +234,11 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
         Some(task)
     };
     ecfg.connect_timeout = Duration::from_secs(5);
+    if let Some(e) = &cfg.egress {
+        let eg = crate::egress::Egress::new(e).map_err(|e| format!("demo egress sources: {e} (try --no-egress)"))?;
+        ecfg.egress = Some(std::sync::Arc::new(eg));
+    }
+    let transactional = ecfg.egress.as_ref().is_some_and(|e| e.has_pool("transactional"));
     let (engine, outcomes) = Engine::start(ecfg).map_err(|e| e.to_string())?;
     let collector = std::thread::spawn(move || {
         let mut tally = Tally::default();
@@ -248,7 +258,11 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
                 .collect();
             let from = "sender@mxpipe.localhost";
             let data = message(m, from, &to, cfg.size);
-            engine.submit(Submission::new(format!("demo-{b}-{m}"), from, to, data)).map_err(|e| e.to_string())?;
+            let mut sub = Submission::new(format!("demo-{b}-{m}"), from, to, data);
+            if transactional && m % 5 == 0 {
+                sub.pool = Some("transactional".into());
+            }
+            engine.submit(sub).map_err(|e| e.to_string())?;
         }
         // Every recipient of this burst has its outcome (bounded: every wait in the engine is).
         while engine.pending() > 0 {

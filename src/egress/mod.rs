@@ -389,6 +389,48 @@ impl Egress {
     }
 }
 
+/// The largest file [`load_file`] reads.
+pub const MAX_FILE: u64 = 4 << 20;
+
+/// The `[egress]` table of a TOML file (a whole `mxpipe serve` config will do: its other
+/// tables are ignored), checked and with its addresses bound as [`Egress::with_warmup_state`]
+/// does. Errors name the file.
+pub fn load_file(path: &std::path::Path, warmup_state: Option<std::path::PathBuf>) -> Result<Egress, String> {
+    use std::io::Read;
+    let name = path.display();
+    let mut text = String::new();
+    std::fs::File::open(path).and_then(|f| f.take(MAX_FILE + 1).read_to_string(&mut text)).map_err(|e| format!("{name}: {e}"))?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(format!("{name}: larger than {MAX_FILE} bytes"));
+    }
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
+    let egress = table.remove("egress").ok_or_else(|| format!("{name}: no [egress] table"))?;
+    let cfg: EgressConfig = egress.try_into().map_err(|e| format!("{name}: [egress]: {e}"))?;
+    Egress::with_warmup_state(&cfg, warmup_state).map_err(|e| format!("{name}: {e}"))
+}
+
+/// The demo's sources: four on 127.0.0.2–127.0.0.5 (EHLO `out1.demo.test` …), in two
+/// pools: `bulk` (the first three, weights 3, 2, 1; the default) and `transactional` (the fourth).
+pub fn demo_config() -> EgressConfig {
+    let source = |i: usize| SourceConfig {
+        name: format!("out{i}"),
+        address: IpAddr::from([127, 0, 0, 1 + i as u8]),
+        ehlo: format!("out{i}.demo.test"),
+        warmup: None,
+    };
+    let member = |i: usize, weight: u32| PoolMember { source: format!("out{i}"), weight };
+    EgressConfig {
+        source: (1..=4).map(source).collect(),
+        pool: vec![
+            PoolConfig { name: "bulk".into(), sources: vec![member(1, 3), member(2, 2), member(3, 1)] },
+            PoolConfig { name: "transactional".into(), sources: vec![member(4, 1)] },
+        ],
+        rule: Vec::new(),
+        default_pool: Some("bulk".into()),
+        warmup: Vec::new(),
+    }
+}
+
 /// What the engine is given: `None` when no `[egress]` is configured.
 pub type Shared = Option<Arc<Egress>>;
 
