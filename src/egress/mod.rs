@@ -171,7 +171,8 @@ impl EgressConfig {
             if self.source[..i].iter().any(|o| o.name == s.name) {
                 return Err(err(at, "a second source of that name"));
             }
-            if !(s.ehlo.starts_with('[') && s.ehlo.ends_with(']')) && !crate::value::host::is_host_name(&s.ehlo) {
+            let literal = s.ehlo.starts_with('[') && s.ehlo.ends_with(']');
+            if !literal && !crate::value::host::is_host_name(&s.ehlo) {
                 return Err(err(at, format!("ehlo {:?} is not a host name", s.ehlo)));
             }
             if s.address.is_unspecified() || s.address.is_multicast() {

@@ -242,7 +242,7 @@ pub(super) struct Shard {
     dns_seen: std::cell::Cell<crate::resolve::ResolverStats>,
     /// Per destination address: the connection slots (open connections, busy or idle) and
     /// how many workers wait for one.
-    slots: RefCell<HashMap<(Option<Bind>, SocketAddr), (Arc<tokio::sync::Semaphore>, usize)>>,
+    slots: RefCell<HashMap<(Option<Bind>, SocketAddr), Slots>>,
     /// Workers running in this shard, all destinations together.
     workers: std::cell::Cell<usize>,
     /// The TLS clients of each egress source (by index); [`Shard::tls`] serves unbound connections.
@@ -318,6 +318,9 @@ impl Drop for SourceUse {
         }
     }
 }
+
+/// The connection slots to one address from one source, and how many workers wait for one.
+type Slots = (Arc<tokio::sync::Semaphore>, usize);
 
 #[derive(Default)]
 struct DomainState {
