@@ -293,3 +293,42 @@ async fn a_capped_source_leaves_the_pool_to_the_others_and_a_capped_pool_waits()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_source_is_skipped_and_a_fully_suspended_pool_gives_its_mail_back_untried() {
+    bounded(async {
+        let net = 154;
+        let ports = free_ports(net);
+        let pki = pki(&["mx.e154.test"]);
+        let mut z = ZoneBuilder::new("test.");
+        z.mx("e154.test", 10, "mx.e154.test").a("mx.e154.test", ip(net, 1));
+        let dns = dns(net, z).await;
+        let sink = sink(ip(net, 1), ports, &pki.identity, |_| {}).await;
+        let mut cfg = engine_config(&dns, ports, &[&pki]);
+        cfg.egress = Some(egress());
+        cfg.max_msgs_per_conn = 1;
+        let (outcomes, _) = with_engine(cfg, |engine, rx| {
+            // Source c is suspended toward e154.test: pool r sends from d only, and pool q
+            // (c alone) sends nothing: its mail comes back untried, neither bounced nor tried.
+            engine.suspend_source("E154.test.", "c", Some(std::time::Instant::now() + Duration::from_secs(600)));
+            for i in 0..10 {
+                let mut m = msg(&format!("r{i}"), &[&format!("r{i}@e154.test")]);
+                m.pool = Some("r".into());
+                engine.submit(m).unwrap();
+            }
+            let mut m = msg("q", &["q@e154.test"]);
+            m.pool = Some("q".into());
+            engine.submit(m).unwrap();
+            recv(rx, 11)
+        })
+        .await;
+        for i in 0..10 {
+            let o = one(&outcomes, &format!("r{i}@e154.test"));
+            assert_eq!((o.status, o.source.as_deref()), (Status::Delivered, Some("d")), "{o:#?}");
+        }
+        let o = one(&outcomes, "q@e154.test");
+        assert!(mxpipe::engine::not_attempted(o), "{o:#?}");
+        assert_eq!(sink_stats(sink).await.messages, 10);
+    })
+    .await;
+}

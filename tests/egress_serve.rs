@@ -145,3 +145,68 @@ async fn a_rate_limit_to_one_source_suspends_that_source_not_the_pool() {
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_with_egress_binds_the_pool_an_input_line_names() {
+    let dir = tmpdir("egress-send");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.3.1");
+    // Only pool q's address (127.0.0.9) may deliver here.
+    let sink = sink_on(Ipv4Addr::new(127, 9, 3, 1), port, &mail, |c| {
+        c.allowed_clients = Some(vec!["127.0.0.9/32".parse().unwrap()]);
+    })
+    .await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("c.t.test", 10, "mx-c.t.test").a("mx-c.t.test", Ipv4Addr::new(127, 9, 3, 1));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    std::fs::write(dir.join("egress.toml"), EGRESS).unwrap();
+    let input = [
+        r#"{"id":"q1","from":"s@x.test","to":["a@c.t.test"],"data":"Subject: q1\r\n\r\nhi\r\n","pool":"q"}"#,
+        r#"{"id":"p1","from":"s@x.test","to":["b@c.t.test"],"data":"Subject: p1\r\n\r\nhi\r\n"}"#,
+    ]
+    .join("\n");
+    std::fs::write(dir.join("in.jsonl"), input).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (dir, dns) = (dir.clone(), dns.addr().to_string());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_mxpipe"))
+                .args(["send", "--json", "--input"])
+                .arg(dir.join("in.jsonl"))
+                .arg("--outcomes")
+                .arg(dir.join("out.jsonl"))
+                .args(["--dns", &dns, "--port-map", &format!("25={port},26={port}"), "--egress"])
+                .arg(dir.join("egress.toml"))
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
+    assert_eq!(summary["outcomes"]["by_egress_source"]["nine"], 1, "{summary}");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.join("out.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let q1 = lines.iter().find(|o| o["id"] == "q1").unwrap();
+    assert_eq!((q1["status"].as_str(), q1["source"].as_str(), q1["pool"].as_str()), (Some("delivered"), Some("nine"), Some("q")), "{q1}");
+    let p1 = lines.iter().find(|o| o["id"] == "p1").unwrap();
+    assert_eq!(
+        (p1["status"].as_str(), p1["pool"].as_str()),
+        (Some("deferred"), Some("p")),
+        "the default pool's 127.0.0.8 is refused: {p1}"
+    );
+    // An absent address: an error naming the source, before anything is sent.
+    std::fs::write(dir.join("bad.toml"), EGRESS.replace("127.0.0.8", "192.0.2.1")).unwrap();
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_mxpipe"))
+        .args(["send", "--input"])
+        .arg(dir.join("in.jsonl"))
+        .arg("--egress")
+        .arg(dir.join("bad.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("\"eight\"") && err.contains("192.0.2.1"), "{err}");
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
