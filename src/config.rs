@@ -182,10 +182,11 @@ pub struct EngineSection {
     /// `"auto"` for one per core (`None` here). Default `"auto"`.
     #[serde(deserialize_with = "de_shards")]
     pub shards: Option<usize>,
-    /// Connections at once per destination domain. Default 8.
+    /// Connections at once per destination domain (per egress source toward it, with
+    /// `[[egress.source]]`s: receivers count each sending address apart). Default 8.
     pub max_conns_per_dest: usize,
-    /// Connections at once (busy or idle) per destination IP address and shard: many domains
-    /// share one server, which must not get one connection per domain. Default 64.
+    /// Connections at once (busy or idle) per destination IP address and shard (and egress
+    /// source): many domains share one server, which must not get one connection per domain. Default 64.
     pub max_conns_per_ip: usize,
     /// Messages sent on one connection before it is replaced. Default 1000.
     pub max_msgs_per_conn: u32,
@@ -586,6 +587,10 @@ pub struct LogSection {
 ///
 /// Both apply when both match: a domain with its own entry whose MX hosts fall under a
 /// pattern is held to the stricter of the two at every moment.
+///
+/// With `[[egress.source]]`s, `max_conns` and `msgs_per_s` hold per source: receivers
+/// throttle each sending address apart, so a pool of three sources may have three times
+/// the connections and the rate toward a destination, each source within the limit.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DomainOverride {

@@ -574,6 +574,11 @@ impl Engine {
             }
         }
         self.flusher.finish();
+        if let Some(w) = self.egress.as_ref().and_then(|e| e.warmup()) {
+            if let Err(e) = w.save() {
+                tracing::error!(error = %e, "could not save the warm-up counters at shutdown: today's sends may be counted again");
+            }
+        }
         self.stats()
     }
 }
