@@ -119,6 +119,9 @@ pub struct Target {
     /// The egress source the connection leaves from (bound before connecting), if any:
     /// receivers treat each sending address apart, so connections are never shared across sources.
     pub bind: Option<Bind>,
+    /// The egress pool (its index) whose mail the connection carries: messages of different
+    /// pools never share a connection, even from one source.
+    pub pool: Option<usize>,
 }
 
 /// An egress source as a connection uses it: its index (in [`crate::egress::Egress::sources`])
@@ -169,6 +172,7 @@ impl Target {
             budget: self.budget,
             dane: self.dane.clone(),
             bind: self.bind,
+            pool: self.pool,
         }
     }
 }
@@ -190,6 +194,8 @@ pub struct PoolKey {
     pub dane: Option<DaneConfig>,
     /// The egress source it leaves from, if any.
     pub bind: Option<Bind>,
+    /// The egress pool whose mail it carries, if any.
+    pub pool: Option<usize>,
 }
 
 /// What we know of an open connection, for outcome records.
@@ -660,6 +666,7 @@ mod tests {
             budget,
             dane: None,
             bind: None,
+            pool: None,
         }
     }
 
@@ -677,5 +684,6 @@ mod tests {
         let from = |source: usize| Target { bind: Some(Bind { source, addr: "127.0.0.2".parse().unwrap() }), ..a.clone() };
         assert_ne!(a.pool_key(), from(0).pool_key(), "a bound connection is not an unbound one");
         assert_ne!(from(0).pool_key(), from(1).pool_key(), "connections are never shared across sources");
+        assert_ne!(from(0).pool_key(), Target { pool: Some(1), ..from(0) }.pool_key(), "nor across pools");
     }
 }

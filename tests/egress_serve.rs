@@ -110,7 +110,9 @@ async fn a_rate_limit_to_one_source_suspends_that_source_not_the_pool() {
     // One pool of both sources, weighted towards the one that is throttled.
     let egress =
         EGRESS.replace("sources = [{ source = \"eight\" }]", "sources = [{ source = \"eight\", weight = 5 }, { source = \"nine\" }]");
-    let setup = Setup { tail: egress, ..Setup::new(&dir, dns.addr(), port) };
+    // One message per connection: each is a new choice of source, so the throttled one is
+    // certainly tried (a reused connection would keep whichever came first).
+    let setup = Setup { tail: egress, engine: "max_msgs_per_conn = 1".into(), ..Setup::new(&dir, dns.addr(), port) };
     let config = setup.write(&dir);
     let d = start_daemon(&config, setup.inject);
     let n = 20;

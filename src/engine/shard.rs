@@ -878,6 +878,7 @@ async fn try_host(
                 budget: shard.limits.mx_index(&host.name),
                 dane: dane_config.clone(),
                 bind: None,
+                pool: split_key(key).2,
             };
             let opened = match open_for(shard, key, target.clone()).await {
                 Err(OpenFail::Busy) => return Ok(ConnEnd::Wait(Instant::now() + SOURCE_BUSY_WAIT)),
