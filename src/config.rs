@@ -164,6 +164,10 @@ pub struct Config {
     pub policy: PolicySection,
     /// `[tlsrpt]`: SMTP TLS Reporting (RFC 8460), daily reports to the domains that ask.
     pub tlsrpt: TlsRptSection,
+    /// `[egress]`: the local addresses mail leaves from (`[[egress.source]]`), their pools
+    /// (`[[egress.pool]]`) and which pool a sender's mail uses (`[[egress.rule]]`); see
+    /// [`crate::egress::EgressConfig`].
+    pub egress: crate::egress::EgressConfig,
     /// Per-destination overrides, in file order (`[[domain]]` in the file).
     #[serde(rename = "domain")]
     pub domains: Vec<DomainOverride>,
@@ -185,10 +189,11 @@ pub struct EngineSection {
     /// `"auto"` for one per core (`None` here). Default `"auto"`.
     #[serde(deserialize_with = "de_shards")]
     pub shards: Option<usize>,
-    /// Connections at once per destination domain. Default 8.
+    /// Connections at once per destination domain (per egress source toward it, with
+    /// `[[egress.source]]`s: receivers count each sending address apart). Default 8.
     pub max_conns_per_dest: usize,
-    /// Connections at once (busy or idle) per destination IP address and shard: many domains
-    /// share one server, which must not get one connection per domain. Default 64.
+    /// Connections at once (busy or idle) per destination IP address and shard (and egress
+    /// source): many domains share one server, which must not get one connection per domain. Default 64.
     pub max_conns_per_ip: usize,
     /// Messages sent on one connection before it is replaced. Default 1000.
     pub max_msgs_per_conn: u32,
@@ -595,6 +600,10 @@ pub struct LogSection {
 ///
 /// Both apply when both match: a domain with its own entry whose MX hosts fall under a
 /// pattern is held to the stricter of the two at every moment.
+///
+/// With `[[egress.source]]`s, `max_conns` and `msgs_per_s` hold per source: receivers
+/// throttle each sending address apart, so a pool of three sources may have three times
+/// the connections and the rate toward a destination, each source within the limit.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DomainOverride {
@@ -708,6 +717,13 @@ impl Config {
             }
         }
         c.tickets_per_host = c.tickets_per_host.max(c.max_conns_per_dest);
+        if !self.egress.is_empty() {
+            // Binds each source address once: an address this host lacks is an error at start.
+            let state = self.spool.dir.join("warmup-state.json");
+            let eg = crate::egress::Egress::with_warmup_state(&self.egress, Some(state))
+                .map_err(|e| ConfigError::invalid(e.setting, e.message))?;
+            c.egress = Some(std::sync::Arc::new(eg));
+        }
         Ok(c)
     }
 
@@ -754,6 +770,8 @@ impl Config {
         if !(0.0..=1.0).contains(&r.jitter) {
             return Err(ConfigError::invalid("retry.jitter", format!("must be a fraction from 0 to 1, not {}", r.jitter)));
         }
+
+        self.egress.check().map_err(|e| ConfigError::invalid(e.setting, e.message))?;
 
         let smtp = &self.inject.smtp;
         in_range("inject.smtp.idle_timeout", smtp.idle_timeout, Duration::from_secs(1), Duration::from_secs(3600))?;

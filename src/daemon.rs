@@ -72,6 +72,8 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
         suspensions_file: Some(cfg.spool.dir.join("suspensions.json")),
     };
     let board = Board::default();
+    board.set_egress(engine.egress().cloned());
+    let egress = engine.egress().cloned();
     let mspool = spool.clone();
     let mboard = board.clone();
     let manager = std::thread::Builder::new()
@@ -92,6 +94,11 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     // Always a signer, with no keys when none is configured: a SIGHUP can then add some.
     let reload = cfg.source.clone().map(|path| spawn_dkim_reload(path, dkim.dkim.clone())).transpose()?;
     intake = intake.with_signer(dkim);
+    if let Some(egress) = egress {
+        // A message naming a pool (HTTP "pool", X-Mxpipe-Pool:) that is not configured is
+        // refused at the door, not deferred for ever.
+        intake = intake.with_pools(Arc::new(move |name: &str| egress.has_pool(name)));
+    }
     let sink = crate::inject::smtp::start(smtp_cfg, intake.clone()).await?;
     board.set_injection_stats(sink.stats_reader());
     let reporter = tlsrpt.map(|t| t.start(intake.clone())).transpose()?;

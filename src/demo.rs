@@ -52,6 +52,10 @@ pub struct DemoConfig {
     /// is resolved through the demo's DNS server); any file signs the zone and validates, as
     /// `engine.resolver.validate_dnssec` does.
     pub trust_anchor_files: Vec<std::path::PathBuf>,
+    /// Egress sources and pools to send from ([`crate::egress::demo_config`] by default):
+    /// every fifth message asks for the pool `transactional` when there is one, the rest take
+    /// the default. `None`: the system's address.
+    pub egress: Option<crate::egress::EgressConfig>,
 }
 
 impl Default for DemoConfig {
@@ -67,6 +71,7 @@ impl Default for DemoConfig {
             dkim: Some(crate::dkim::Algorithm::Ed25519),
             engine: EngineConfig::default(),
             trust_anchor_files: Vec::new(),
+            egress: Some(crate::egress::demo_config()),
         }
     }
 }
@@ -266,6 +271,11 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
         Some(task)
     };
     ecfg.connect_timeout = Duration::from_secs(5);
+    if let Some(e) = &cfg.egress {
+        let eg = crate::egress::Egress::new(e).map_err(|e| format!("demo egress sources: {e} (try --no-egress)"))?;
+        ecfg.egress = Some(std::sync::Arc::new(eg));
+    }
+    let transactional = ecfg.egress.as_ref().is_some_and(|e| e.has_pool("transactional"));
     let (engine, outcomes) = Engine::start(ecfg).map_err(|e| e.to_string())?;
     let collector = std::thread::spawn(move || {
         let mut tally = Tally::default();
@@ -291,7 +301,11 @@ pub async fn run(cfg: DemoConfig, mut on_outcome: impl FnMut(&Outcome) + Send + 
                     data = signed;
                 }
             }
-            burst.push(Submission::new(format!("demo-{b}-{m}"), from, to, data));
+            let mut sub = Submission::new(format!("demo-{b}-{m}"), from, to, data);
+            if transactional && m % 5 == 0 {
+                sub.pool = Some("transactional".into());
+            }
+            burst.push(sub);
         }
         dkim_time += ts.elapsed();
         let before = engine.stats();

@@ -12,6 +12,7 @@
 //! - [`daemon`]: `mxpipe serve`: injection, spool, queue manager and engine together.
 //! - [`config`]: the daemon's TOML configuration (`mxpipe.example.toml` documents it).
 //! - [`logging`]: the daemon's own log (`tracing` events; text or JSON on stderr).
+//! - [`egress`]: egress sources and pools; [`egress::warmup`] caps new sources' daily sends.
 //! - [`dsn`]: RFC 3464 delivery status notifications (bounces) for the daemon.
 //! - [`dnsserver`]: an in-process authoritative DNS server (tests and `mxpipe demo`).
 //! - [`queue`]: (daemon) the durable spool: a segment log with group commit and crash recovery.
@@ -37,6 +38,7 @@ pub mod dkim;
 pub mod dnssec;
 pub mod dnsserver;
 pub mod dsn;
+pub mod egress;
 pub mod engine;
 pub mod inject;
 pub mod logging;

@@ -320,6 +320,13 @@ struct SendArgs {
     /// How long a domain seen with a prefixed MX keeps needing verified TLS, e.g. 30d; 0s: no pins.
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = mxpipe::value::duration::parse_duration)]
     pin_ttl: Duration,
+    /// Send from the egress sources and pools of the `[egress]` table in FILE (a `mxpipe
+    /// serve` config will do): each connection binds a source of the message's pool (input
+    /// field "pool", else the rules by sender domain, else the default pool) and says its
+    /// EHLO name. An address this host lacks is an error naming the source. Warm-up counters
+    /// are kept in --state-dir (warmup-state.json) if given, else for this run only.
+    #[arg(long, value_name = "FILE")]
+    egress: Option<PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -353,6 +360,11 @@ struct DemoArgs {
     /// with a key made for the run: ed25519, rsa (2048 bits), or none.
     #[arg(long, value_name = "ALG", default_value = "ed25519", value_parser = dkim_choice)]
     dkim: DkimChoice,
+    /// Send from the system's address only, instead of the demo's four egress sources on
+    /// 127.0.0.2-127.0.0.5 in two pools (bulk: out1-out3 weighted 3:2:1; transactional: out4,
+    /// every fifth message).
+    #[arg(long)]
+    no_egress: bool,
     /// Write one outcome per recipient here (JSON lines).
     #[arg(long, value_name = "FILE.jsonl")]
     outcomes: Option<PathBuf>,
@@ -565,6 +577,7 @@ fn run_sink(a: SinkArgs) -> Result<(), String> {
         rate_limit_rate: a.rate_limit_rate,
         drop_rate: a.drop_rate,
         delay: Duration::from_millis(a.delay),
+        only_from: None,
     };
     if let Some(dir) = &a.mail_dir {
         mxpipe::sink::MailDir::install(&mut cfg, dir.clone());
@@ -654,6 +667,9 @@ fn print_summary(stats: &mxpipe::engine::EngineStats, tally: &mxpipe::outcome::T
     }
     println!("recipients by TLS: {}; over resumed sessions {}", join(&tally.by_tls), tally.resumed);
     println!("recipients with a DNSSEC-authenticated MX answer: {}", tally.dnssec);
+    if !tally.by_egress_source.is_empty() {
+        println!("recipients by egress source: {}", join(&tally.by_egress_source));
+    }
 }
 
 /// Recipients `send` lets wait for an outcome before it reads more input.
@@ -691,6 +707,10 @@ fn run_send(a: SendArgs) -> Result<(), String> {
         None => mxpipe::policy::state::PolicyState::in_memory(state_opts),
     };
     cfg.state = Some(std::sync::Arc::new(state));
+    if let Some(file) = &a.egress {
+        let warm = a.state_dir.as_ref().map(|d| d.join("warmup-state.json"));
+        cfg.egress = Some(std::sync::Arc::new(mxpipe::egress::load_file(file, warm).map_err(|e| format!("--egress: {e}"))?));
+    }
     let input = std::fs::File::open(&a.input).map_err(|e| format!("cannot open --input {}: {e}", a.input.display()))?;
     let mut out = outcome_writer(&a.outcomes)?;
     let (engine, outcomes) = mxpipe::engine::Engine::start(cfg).map_err(|e| e.to_string())?;
@@ -807,6 +827,7 @@ fn run_demo(a: DemoArgs) -> Result<(), String> {
         dkim: a.dkim.0,
         engine: a.engine.config(),
         trust_anchor_files: a.engine.trust_anchors.clone(),
+        egress: (!a.no_egress).then(mxpipe::egress::demo_config),
     };
     if !a.json {
         println!(

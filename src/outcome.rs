@@ -76,6 +76,12 @@ pub struct Outcome {
     /// RFC 3463 code of the reply or of the local reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enhanced: Option<String>,
+    /// The egress source (`[[egress.source]]` name) the connection left from, if sources are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The egress pool the message went through, if sources are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 impl Outcome {
@@ -98,6 +104,8 @@ impl Outcome {
             cipher: None,
             reply: format!("mxpipe: {}", reason.into()),
             enhanced: Some(enhanced.to_string()),
+            source: None,
+            pool: None,
         }
     }
 
@@ -133,6 +141,9 @@ pub struct Tally {
     pub resumed: u64,
     /// Recipients whose MX answer was DNSSEC-authenticated.
     pub dnssec: u64,
+    /// Recipients by the egress source their last attempt left from (with sources configured).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub by_egress_source: std::collections::BTreeMap<String, u64>,
 }
 
 impl Tally {
@@ -156,6 +167,9 @@ impl Tally {
         *self.by_tls.entry(tls.into()).or_default() += 1;
         self.resumed += u64::from(o.resumed);
         self.dnssec += u64::from(o.dnssec);
+        if let Some(s) = &o.source {
+            *self.by_egress_source.entry(s.clone()).or_default() += 1;
+        }
     }
 
     /// Outcomes counted: delivered + deferred + bounced.

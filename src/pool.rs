@@ -116,6 +116,22 @@ pub struct Target {
     /// server by the host's TLSA records, and its session store holds only sessions that
     /// verifier accepted. Required for, and used only by, `RequireDane`.
     pub dane: Option<DaneConfig>,
+    /// The egress source the connection leaves from (bound before connecting), if any:
+    /// receivers treat each sending address apart, so connections are never shared across sources.
+    pub bind: Option<Bind>,
+    /// The egress pool (its index) whose mail the connection carries: messages of different
+    /// pools never share a connection, even from one source.
+    pub pool: Option<usize>,
+}
+
+/// An egress source as a connection uses it: its index (in [`crate::egress::Egress::sources`])
+/// and the local address bound, port 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Bind {
+    /// The source's index.
+    pub source: usize,
+    /// Its local address.
+    pub addr: IpAddr,
 }
 
 /// A DANE client config, compared and hashed by identity: one config stands for one set of
@@ -155,6 +171,8 @@ impl Target {
             name: self.security.authenticates().then(|| self.verify_name.clone()),
             budget: self.budget,
             dane: self.dane.clone(),
+            bind: self.bind,
+            pool: self.pool,
         }
     }
 }
@@ -174,6 +192,10 @@ pub struct PoolKey {
     pub budget: Option<usize>,
     /// The DANE config the connection was authenticated with, if any.
     pub dane: Option<DaneConfig>,
+    /// The egress source it leaves from, if any.
+    pub bind: Option<Bind>,
+    /// The egress pool whose mail it carries, if any.
+    pub pool: Option<usize>,
 }
 
 /// What we know of an open connection, for outcome records.
@@ -289,7 +311,7 @@ impl Conn {
     /// Open a connection to `target` and run the dialogue up to the first `Ready`.
     pub async fn open(target: Target, tls: &TlsClients, ehlo_name: &str, timeouts: Timeouts) -> Result<(Conn, bool), ConnectError> {
         let addr = target.addr;
-        let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout(timeouts.connect, connect_from(target.bind, addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(ConnectError::Unreachable { addr, reason: e.to_string() }),
             Err(_) => return Err(ConnectError::Unreachable { addr, reason: "connect timed out".into() }),
@@ -546,6 +568,14 @@ pub fn describe_tls_error(e: &io::Error) -> String {
     }
 }
 
+/// Connect to `addr`, first binding the source's address (port 0) when there is one.
+async fn connect_from(bind: Option<Bind>, addr: SocketAddr) -> io::Result<TcpStream> {
+    let Some(b) = bind else { return TcpStream::connect(addr).await };
+    let socket = if b.addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(b.addr, 0)).map_err(|e| io::Error::new(e.kind(), format!("cannot bind source address {}: {e}", b.addr)))?;
+    socket.connect(addr).await
+}
+
 /// Idle connections of one shard, by [`PoolKey`], each with the time it may idle until.
 #[derive(Default)]
 pub struct Pool {
@@ -558,9 +588,9 @@ impl Pool {
         self.idle.entry(conn.target.pool_key()).or_default().push((conn, until));
     }
 
-    /// Take any idle connection to `addr` (to close it and free its slot for another key).
-    pub fn take_any_at(&mut self, addr: SocketAddr) -> Option<Conn> {
-        let key = self.idle.iter().find(|(k, l)| k.addr == addr && !l.is_empty()).map(|(k, _)| k.clone())?;
+    /// Take any idle connection to `addr` from source `bind` (to close it and free its slot for another key).
+    pub fn take_any_at(&mut self, bind: Option<Bind>, addr: SocketAddr) -> Option<Conn> {
+        let key = self.idle.iter().find(|(k, l)| k.addr == addr && k.bind == bind && !l.is_empty()).map(|(k, _)| k.clone())?;
         let list = self.idle.get_mut(&key)?;
         let conn = list.pop().map(|(c, _)| c);
         if list.is_empty() {
@@ -599,13 +629,13 @@ impl Pool {
         out
     }
 
-    /// Remove and return every idle connection to a host for which `f` holds.
-    pub fn take_hosts(&mut self, mut f: impl FnMut(&str) -> bool) -> Vec<Conn> {
+    /// Remove and return every idle connection whose target `f` holds for.
+    pub fn take_hosts(&mut self, mut f: impl FnMut(&Target) -> bool) -> Vec<Conn> {
         let mut out = Vec::new();
         self.idle.retain(|_, list| {
             let mut i = 0;
             while i < list.len() {
-                if f(&list[i].0.target.host) {
+                if f(&list[i].0.target) {
                     out.push(list.swap_remove(i).0);
                 } else {
                     i += 1;
@@ -635,6 +665,8 @@ mod tests {
             verify_name: host.into(),
             budget,
             dane: None,
+            bind: None,
+            pool: None,
         }
     }
 
@@ -649,5 +681,9 @@ mod tests {
         let v1 = target("mx.a.test", Security::RequireVerified, None);
         let v2 = target("mx.b.test", Security::RequireVerified, None);
         assert_ne!(v1.pool_key(), v2.pool_key(), "verified connections are bound to their name");
+        let from = |source: usize| Target { bind: Some(Bind { source, addr: "127.0.0.2".parse().unwrap() }), ..a.clone() };
+        assert_ne!(a.pool_key(), from(0).pool_key(), "a bound connection is not an unbound one");
+        assert_ne!(from(0).pool_key(), from(1).pool_key(), "connections are never shared across sources");
+        assert_ne!(from(0).pool_key(), Target { pool: Some(1), ..from(0) }.pool_key(), "nor across pools");
     }
 }

@@ -32,6 +32,10 @@ pub struct InputLine {
     /// header field in the message asks for opportunistic TLS only.
     #[serde(default)]
     pub requiretls: bool,
+    /// The egress pool to send from (`mxpipe send --egress`); default: the rules by sender
+    /// domain, then the default pool.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 impl InputLine {
@@ -39,7 +43,7 @@ impl InputLine {
     /// requirement from `requiretls` or the message's header ([`crate::requiretls`]).
     pub fn into_submission(self, data: Vec<u8>) -> super::Submission {
         let tls = crate::requiretls::message_tls(self.requiretls, &data);
-        super::Submission { tls, ..super::Submission::new(self.id, self.from, self.to, data) }
+        super::Submission { tls, pool: self.pool, ..super::Submission::new(self.id, self.from, self.to, data) }
     }
 }
 

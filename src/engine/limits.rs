@@ -101,34 +101,62 @@ pub struct DomainLimit {
     pub max_conns: Option<usize>,
     /// Messages per second to this domain; `None` for no limit.
     pub rate: Option<RateGate>,
+    /// The same rate once per egress source (receivers throttle per sending address): one
+    /// gate per source, by source index; empty without a rate or without sources.
+    pub per_source: Vec<RateGate>,
+}
+
+impl DomainLimit {
+    /// The rate gate for messages from `source` (`None`: connections bound to no source).
+    pub fn rate_for(&self, source: Option<usize>) -> Option<&RateGate> {
+        match source {
+            None => self.rate.as_ref(),
+            Some(s) => self.per_source.get(s),
+        }
+    }
 }
 
 /// The limits of a running engine, built from its rules at start.
 #[derive(Debug, Default)]
 pub struct Limits {
     domains: HashMap<String, DomainLimit>,
-    /// In rule order: the first pattern matching a host is its budget.
-    mx: Vec<Arc<MxBudget>>,
+    /// In rule order: the first pattern matching a host is its budget. Each budget once for
+    /// connections bound to no source (index 0) and once per egress source (index 1 + source).
+    mx: Vec<Vec<Arc<MxBudget>>>,
 }
 
 impl Limits {
     /// Build the limits from `rules`: for a domain named twice the first rule wins; MX budgets keep rule order.
     pub fn new(rules: &[LimitRule]) -> Limits {
+        Limits::with_sources(rules, 0)
+    }
+
+    /// Like [`Limits::new`], with every limit kept once per egress source as well: a
+    /// receiver's limits apply per sending address, so each of `sources` gets its own.
+    pub fn with_sources(rules: &[LimitRule], sources: usize) -> Limits {
         let mut l = Limits::default();
         for r in rules {
-            let rate = r.msgs_per_s.filter(|x| x.is_finite() && *x > 0.0).map(|x| RateGate::new(x, 1));
+            let ok_rate = r.msgs_per_s.filter(|x| x.is_finite() && *x > 0.0);
+            let rate = || ok_rate.map(|x| RateGate::new(x, 1));
             match &r.scope {
                 LimitScope::Domain(d) => {
                     let name = d.trim_end_matches('.').to_ascii_lowercase();
-                    l.domains.entry(name).or_insert(DomainLimit { max_conns: r.max_conns, rate });
+                    let per_source = if ok_rate.is_some() { (0..sources).filter_map(|_| rate()).collect() } else { Vec::new() };
+                    l.domains.entry(name).or_insert(DomainLimit { max_conns: r.max_conns, rate: rate(), per_source });
                 }
-                LimitScope::MxHosts(p) => l.mx.push(Arc::new(MxBudget {
-                    pattern: p.clone(),
-                    max_conns: r.max_conns,
-                    conns: r.max_conns.map(|n| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)))),
-                    waiting: AtomicUsize::new(0),
-                    rate,
-                })),
+                LimitScope::MxHosts(p) => l.mx.push(
+                    (0..=sources)
+                        .map(|_| {
+                            Arc::new(MxBudget {
+                                pattern: p.clone(),
+                                max_conns: r.max_conns,
+                                conns: r.max_conns.map(|n| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)))),
+                                waiting: AtomicUsize::new(0),
+                                rate: rate(),
+                            })
+                        })
+                        .collect(),
+                ),
             }
         }
         l
@@ -144,7 +172,14 @@ impl Limits {
 
     /// The budget MX host `host` falls under, if any.
     pub fn mx(&self, host: &str) -> Option<&Arc<MxBudget>> {
-        self.mx_index(host).map(|i| &self.mx[i])
+        self.mx_for(host, None)
+    }
+
+    /// The budget MX host `host` falls under for connections from egress source `source`
+    /// (`None`: bound to no source), if any.
+    pub fn mx_for(&self, host: &str, source: Option<usize>) -> Option<&Arc<MxBudget>> {
+        let slot = source.map_or(0, |s| s + 1);
+        self.mx_index(host).and_then(|i| self.mx[i].get(slot))
     }
 
     /// Which budget (by index) MX host `host` falls under, if any: the first pattern that
@@ -153,7 +188,7 @@ impl Limits {
         if self.mx.is_empty() {
             return None;
         }
-        self.mx.iter().position(|b| host_matches(&b.pattern, host))
+        self.mx.iter().position(|b| b.first().is_some_and(|b| host_matches(&b.pattern, host)))
     }
 
     /// Whether any MX-pattern budget is configured, so callers can skip the per-host lookup.
@@ -221,5 +256,22 @@ mod tests {
         assert_eq!(l.mx("mx.other.test").map(|b| b.pattern.as_str()), Some("*.test"));
         assert!(l.mx("mx.example.com").is_none());
         assert_eq!(l.mx("mx1.big.test").unwrap().conns.as_ref().unwrap().available_permits(), 3);
+    }
+
+    #[test]
+    fn each_source_has_its_own_budgets() {
+        let rules = [
+            LimitRule { scope: LimitScope::Domain("a.test".into()), max_conns: Some(2), msgs_per_s: Some(1.0) },
+            LimitRule { scope: LimitScope::MxHosts("*.big.test".into()), max_conns: Some(3), msgs_per_s: None },
+        ];
+        let l = Limits::with_sources(&rules, 2);
+        let b = |s| l.mx_for("mx1.big.test", s).unwrap().clone();
+        assert!(!Arc::ptr_eq(&b(Some(0)), &b(Some(1))) && !Arc::ptr_eq(&b(None), &b(Some(0))));
+        assert!(l.mx_for("mx1.big.test", Some(2)).is_none(), "no third source");
+        let d = l.domain("a.test").unwrap();
+        let now = Instant::now();
+        assert_eq!(d.rate_for(Some(0)).unwrap().reserve(now), Duration::ZERO);
+        assert_eq!(d.rate_for(Some(1)).unwrap().reserve(now), Duration::ZERO, "another source's rate is its own");
+        assert!(d.rate_for(Some(0)).unwrap().reserve(now) > Duration::ZERO);
     }
 }

@@ -130,6 +130,10 @@ pub struct EngineConfig {
     /// effect only with DNSSEC validation on ([`ResolverConfig::validate_dnssec`]): without it no
     /// answer is authenticated, so no TLSA record can be trusted. Default on.
     pub dane: bool,
+    /// Where connections leave from: sources (a local address and its EHLO name) and pools
+    /// of them ([`crate::egress`]). `None`: the system picks the address, and
+    /// [`EngineConfig::ehlo_name`] is said.
+    pub egress: Option<Arc<crate::egress::Egress>>,
 }
 
 impl Default for EngineConfig {
@@ -157,6 +161,7 @@ impl Default for EngineConfig {
             tickets_per_host: 16,
             ticket_hosts: 50_000,
             dane: true,
+            egress: None,
         }
     }
 }
@@ -314,6 +319,7 @@ pub struct Engine {
     cpu_start: crate::sys::CpuTime,
     state: Arc<PolicyState>,
     flusher: Flusher,
+    egress: Option<Arc<crate::egress::Egress>>,
 }
 
 /// How often the policy state is written while the engine runs (and once more at shutdown).
@@ -368,7 +374,8 @@ impl Engine {
         let counters = Arc::new(Counters::default());
         let cfg = Arc::new(cfg);
         // Built here, not in the config, so that each engine has its own budgets.
-        let limits = Arc::new(limits::Limits::new(&cfg.limits));
+        let sources = cfg.egress.as_ref().map_or(0, |e| e.sources().len());
+        let limits = Arc::new(limits::Limits::with_sources(&cfg.limits, sources));
         let mut shards = Vec::new();
         for id in 0..cfg.shards.max(1) {
             let (tx, rx) = crossbeam_channel::unbounded();
@@ -378,8 +385,16 @@ impl Engine {
             shards.push(ShardHandle { tx, wake, thread: Some(thread) });
         }
         let flusher = Flusher::start(state.clone()).map_err(|e| SubmitError::Start(e.to_string()))?;
-        let engine =
-            Engine { shards, counters, outcomes: otx, started: Instant::now(), cpu_start: crate::sys::CpuTime::now(), state, flusher };
+        let engine = Engine {
+            shards,
+            counters,
+            outcomes: otx,
+            started: Instant::now(),
+            cpu_start: crate::sys::CpuTime::now(),
+            state,
+            flusher,
+            egress: cfg.egress.clone(),
+        };
         Ok((engine, orx))
     }
 
@@ -392,6 +407,21 @@ impl Engine {
         let c = &self.counters;
         c.messages.fetch_add(1, Ordering::Relaxed);
         c.recipients.fetch_add(msg.to.len() as u64, Ordering::Relaxed);
+        let pool = match self.egress.as_ref().map_or(crate::egress::PoolChoice::Unbound, |e| e.pool_for(msg.pool.as_deref(), &msg.from)) {
+            crate::egress::PoolChoice::Unbound => None,
+            crate::egress::PoolChoice::Pool(p) => Some(p),
+            refused => {
+                // Not a lost message: deferred, so it is retried once the pool exists.
+                let why = match refused {
+                    crate::egress::PoolChoice::Unknown(name) => format!("egress pool {name:?} is not configured"),
+                    _ => format!("no egress pool for sender {:?}: no rule matches and no default_pool is set", msg.from),
+                };
+                for r in &msg.to {
+                    self.emit(Outcome::local(&msg.id, r, Status::Deferred, "4.3.5", why.clone()));
+                }
+                return Ok(());
+            }
+        };
         let id: Arc<str> = msg.id.into();
         let from: Arc<str> = msg.from.into();
         let mut by_domain: HashMap<String, Vec<String>> = HashMap::new();
@@ -407,7 +437,7 @@ impl Engine {
         let mut stopped = false;
         for (domain, rcpts) in by_domain {
             let shard = &self.shards[shard_of(&domain, self.shards.len())];
-            let part = shard::Part { id: id.clone(), from: from.clone(), domain, rcpts, data: msg.data.clone(), tls: msg.tls };
+            let part = shard::Part { id: id.clone(), from: from.clone(), domain, rcpts, data: msg.data.clone(), tls: msg.tls, pool };
             let undelivered = if stopped {
                 Some(part)
             } else {
@@ -418,7 +448,7 @@ impl Engine {
                     }
                     Err(e) => match e.0 {
                         shard::Command::Deliver(part) => Some(part),
-                        shard::Command::Drain(_) | shard::Command::Withdraw(_) => None,
+                        shard::Command::Drain(_) | shard::Command::Withdraw(_) | shard::Command::SuspendSource(..) => None,
                     },
                 }
             };
@@ -445,6 +475,26 @@ impl Engine {
         if shard.tx.send(shard::Command::Withdraw(domain)).is_ok() {
             shard.wake.notify_one();
         }
+    }
+
+    /// Send no more mail from egress source `source` (by name) to `domain` until `until`
+    /// (`None`: lift it): a 421 or a rate limit from the domain to that address. The pool's
+    /// other sources carry its mail; when every source of a message's pool is suspended its
+    /// parts not yet started come back as [`WITHDRAWN`]. Unknown source names are ignored.
+    pub fn suspend_source(&self, domain: &str, source: &str, until: Option<Instant>) {
+        let Some(s) = self.egress.as_ref().and_then(|e| e.sources().iter().position(|x| x.name.eq_ignore_ascii_case(source))) else {
+            return;
+        };
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let shard = &self.shards[shard_of(&domain, self.shards.len())];
+        if shard.tx.send(shard::Command::SuspendSource(domain, s, until)).is_ok() {
+            shard.wake.notify_one();
+        }
+    }
+
+    /// The egress sources and pools, if configured: the intake checks pool names against them.
+    pub fn egress(&self) -> Option<&Arc<crate::egress::Egress>> {
+        self.egress.as_ref()
     }
 
     /// What the policy remembers across restarts (pins, MTA-STS policies), to show or edit while it runs.
@@ -524,6 +574,11 @@ impl Engine {
             }
         }
         self.flusher.finish();
+        if let Some(w) = self.egress.as_ref().and_then(|e| e.warmup()) {
+            if let Err(e) = w.save() {
+                tracing::error!(error = %e, "could not save the warm-up counters at shutdown: today's sends may be counted again");
+            }
+        }
         self.stats()
     }
 }

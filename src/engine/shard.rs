@@ -25,7 +25,7 @@ use super::{Counters, EngineConfig, MessageTls, NOT_ATTEMPTED, WITHDRAWN};
 use crate::outcome::{Outcome, Status, TlsUse};
 use crate::policy::mta_sts::{fetch::FetchConfig, Mode, StsPolicy};
 use crate::policy::{self, DomainFacts, Floor, HostFacts, HostPlan, LogicalPort, PolicyCache, Security, Sts};
-use crate::pool::{Conn, ConnectError, DeliverError, Pool, Target, Timeouts, TlsClients};
+use crate::pool::{Bind, Conn, ConnectError, DeliverError, Pool, Target, Timeouts, TlsClients};
 use crate::resolve::MxResolver;
 use crate::session::{Message, MessageOutcome, RcptStatus};
 use crate::tls::{self, ClientOptions, ClientResumption, TicketStore, Verify};
@@ -43,6 +43,9 @@ const MAX_ADDRS_PER_HOST: usize = 10;
 const MAX_REASONS: usize = 4;
 /// A rate-limit wait up to this long keeps the connection; a longer one parks it.
 const RATE_HOLD: Duration = Duration::from_secs(1);
+/// How long a worker waits before looking again when every source of its pool is at its
+/// connection limit toward the destination (the sources' connections end on their own).
+const SOURCE_BUSY_WAIT: Duration = Duration::from_millis(250);
 
 /// What the engine sends a shard.
 pub(super) enum Command {
@@ -52,6 +55,9 @@ pub(super) enum Command {
     Drain(Option<Instant>),
     /// Give back a domain's parts not yet started, deferred as [`WITHDRAWN`].
     Withdraw(String),
+    /// Use no connection from egress source `.1` toward domain `.0` until `.2` (a 421 or a
+    /// rate limit from there to that address); `None` lifts it.
+    SuspendSource(String, usize, Option<Instant>),
 }
 
 /// The recipients of one message at one destination domain.
@@ -62,26 +68,40 @@ pub(super) struct Part {
     pub rcpts: Vec<String>,
     pub data: Arc<[u8]>,
     pub tls: MessageTls,
+    /// The egress pool (index into [`crate::egress::Egress::pools`]); `None` without egress.
+    pub pool: Option<usize>,
 }
 
 /// A shard's queue key: the domain, then after a `|` the message class when it is not the
-/// default. REQUIRETLS and `TLS-Required: No` messages need plans of their own, so they queue
-/// (and connect) apart from the domain's other mail; `|` never occurs in a domain name.
-fn queue_key(domain: &str, tls: MessageTls) -> String {
-    match tls {
+/// default, then after a `#` the egress pool's index when there is one. REQUIRETLS and
+/// `TLS-Required: No` messages need plans of their own, and messages of different pools must
+/// never share a connection, so each queues (and connects) apart from the domain's other
+/// mail; neither `|` nor `#` occurs in a domain name.
+fn queue_key(domain: &str, tls: MessageTls, pool: Option<usize>) -> String {
+    let mut key = match tls {
         MessageTls::Default => domain.to_string(),
         MessageTls::RequireTls => format!("{domain}|requiretls"),
         MessageTls::Optional => format!("{domain}|tls-optional"),
+    };
+    if let Some(p) = pool {
+        key.push('#');
+        key.push_str(&p.to_string());
     }
+    key
 }
 
-/// The domain and message class of a queue key ([`queue_key`]).
-fn split_key(key: &str) -> (&str, MessageTls) {
-    match key.split_once('|') {
+/// The domain, message class and egress pool of a queue key ([`queue_key`]).
+fn split_key(key: &str) -> (&str, MessageTls, Option<usize>) {
+    let (rest, pool) = match key.rsplit_once('#') {
+        Some((rest, p)) => (rest, p.parse().ok()),
+        None => (key, None),
+    };
+    let (domain, class) = match rest.split_once('|') {
         Some((domain, "requiretls")) => (domain, MessageTls::RequireTls),
         Some((domain, _)) => (domain, MessageTls::Optional),
-        None => (key, MessageTls::Default),
-    }
+        None => (rest, MessageTls::Default),
+    };
+    (domain, class, pool)
 }
 
 pub(super) fn count_outcome(c: &Counters, s: Status) {
@@ -108,6 +128,11 @@ pub(super) fn spawn(
     // SMTP, MTA-STS policy fetches and MTA-STS `testing` reports.
     let roots = Verify::webpki_plus(&cfg.extra_roots).map_err(|e| std::io::Error::other(e.to_string()))?;
     let tls = tls_clients(&cfg, &roots).map_err(|e| std::io::Error::other(e.to_string()))?;
+    // One TLS session store per egress source: a session is resumed only from the address
+    // that made it (a receiver may tie tickets to the client address).
+    let sources = cfg.egress.as_ref().map_or(0, |e| e.sources().len());
+    let tls_by_source =
+        (0..sources).map(|_| tls_clients(&cfg, &roots)).collect::<Result<Vec<_>, _>>().map_err(|e| std::io::Error::other(e.to_string()))?;
     let sts = super::sts::StsShard::new(sts_fetch_config(&cfg, &roots).map_err(|e| std::io::Error::other(e.to_string()))?);
     let verifier = report_verifier(&roots).map_err(std::io::Error::other)?;
     std::thread::Builder::new().name(format!("mxpipe-shard-{id}")).spawn(move || {
@@ -149,6 +174,10 @@ pub(super) fn spawn(
             dns_seen: std::cell::Cell::new(Default::default()),
             slots: RefCell::new(HashMap::new()),
             workers: std::cell::Cell::new(0),
+            tls_by_source,
+            source_conns: RefCell::new(HashMap::new()),
+            suspended_sources: RefCell::new(HashMap::new()),
+            warm_capped: RefCell::new(HashMap::new()),
         });
         local.block_on(&rt, run(shard, rx, wake));
     })
@@ -213,10 +242,85 @@ pub(super) struct Shard {
     dns_seen: std::cell::Cell<crate::resolve::ResolverStats>,
     /// Per destination address: the connection slots (open connections, busy or idle) and
     /// how many workers wait for one.
-    slots: RefCell<HashMap<SocketAddr, (Arc<tokio::sync::Semaphore>, usize)>>,
+    slots: RefCell<HashMap<(Option<Bind>, SocketAddr), Slots>>,
     /// Workers running in this shard, all destinations together.
     workers: std::cell::Cell<usize>,
+    /// The TLS clients of each egress source (by index); [`Shard::tls`] serves unbound connections.
+    tls_by_source: Vec<TlsClients>,
+    /// Connections in use per (egress source, destination domain): each source has the
+    /// domain's connection limit of its own.
+    source_conns: RefCell<HashMap<(usize, String), usize>>,
+    /// Egress sources suspended toward a domain (source, domain) → until: the daemon's
+    /// queue manager says so after a 421 or a rate limit from there to that source.
+    suspended_sources: RefCell<HashMap<(usize, String), Instant>>,
+    /// Egress sources whose warm-up cap toward an MX host is used up, (source, host) → until.
+    warm_capped: RefCell<HashMap<(usize, String), Instant>>,
 }
+
+impl Shard {
+    /// The TLS clients (and so the session store) of connections from `bind`.
+    fn tls_for(&self, bind: Option<Bind>) -> &TlsClients {
+        bind.and_then(|b| self.tls_by_source.get(b.source)).unwrap_or(&self.tls)
+    }
+
+    /// Until when egress source `source` is suspended toward `domain`, if it is now.
+    fn source_suspended(&self, source: usize, domain: &str) -> Option<Instant> {
+        let m = self.suspended_sources.borrow();
+        if m.is_empty() {
+            return None;
+        }
+        m.get(&(source, domain.to_string())).copied().filter(|&u| u > Instant::now())
+    }
+
+    /// Until when source `source` is capped by its warm-up toward MX host `host`, if it is now.
+    fn source_capped(&self, source: usize, host: &str) -> Option<Instant> {
+        let m = self.warm_capped.borrow();
+        if m.is_empty() {
+            return None;
+        }
+        m.get(&(source, host.to_string())).copied().filter(|&u| u > Instant::now())
+    }
+
+    /// The egress pool's and source's names, for outcomes.
+    fn names(&self, pool: Option<usize>, bind: Option<Bind>) -> (Option<String>, Option<String>) {
+        let Some(eg) = &self.cfg.egress else { return (None, None) };
+        let pool = pool.and_then(|p| eg.pools().get(p)).map(|p| p.name.to_string());
+        let source = bind.and_then(|b| eg.sources().get(b.source)).map(|s| s.name.to_string());
+        (pool, source)
+    }
+}
+
+/// One connection in use from an egress source to a domain, counted for as long as it lives.
+struct SourceUse {
+    shard: Rc<Shard>,
+    key: Option<(usize, String)>,
+}
+
+impl SourceUse {
+    fn new(shard: &Rc<Shard>, source: Option<usize>, domain: &str) -> SourceUse {
+        let key = source.map(|s| (s, domain.to_string()));
+        if let Some(k) = &key {
+            *shard.source_conns.borrow_mut().entry(k.clone()).or_default() += 1;
+        }
+        SourceUse { shard: shard.clone(), key }
+    }
+}
+
+impl Drop for SourceUse {
+    fn drop(&mut self) {
+        let Some(k) = self.key.take() else { return };
+        let mut m = self.shard.source_conns.borrow_mut();
+        if let Some(n) = m.get_mut(&k) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&k);
+            }
+        }
+    }
+}
+
+/// The connection slots to one address from one source, and how many workers wait for one.
+type Slots = (Arc<tokio::sync::Semaphore>, usize);
 
 #[derive(Default)]
 struct DomainState {
@@ -256,8 +360,23 @@ async fn run(shard: Rc<Shard>, rx: crossbeam_channel::Receiver<Command>, wake: A
             match rx.try_recv() {
                 Ok(Command::Deliver(part)) => enqueue(&shard, part),
                 Ok(Command::Withdraw(domain)) => {
-                    for class in [MessageTls::Default, MessageTls::RequireTls, MessageTls::Optional] {
-                        fail_queue(&shard, &queue_key(&domain, class), Status::Deferred, "4.3.2", WITHDRAWN);
+                    // Every class and pool of the domain.
+                    let keys: Vec<String> = shard.domains.borrow().keys().filter(|k| split_key(k).0 == domain).cloned().collect();
+                    for key in keys {
+                        fail_queue(&shard, &key, Status::Deferred, "4.3.2", WITHDRAWN);
+                    }
+                }
+                Ok(Command::SuspendSource(domain, source, until)) => {
+                    let mut m = shard.suspended_sources.borrow_mut();
+                    let now = Instant::now();
+                    m.retain(|_, u| *u > now);
+                    match until {
+                        Some(u) => {
+                            m.insert((source, domain), u);
+                        }
+                        None => {
+                            m.remove(&(source, domain));
+                        }
                     }
                 }
                 Ok(Command::Drain(deadline)) => {
@@ -322,7 +441,7 @@ async fn reap(shard: Rc<Shard>) {
         let mut expired = shard.pool.borrow_mut().expired(Instant::now());
         if shard.limits.has_mx_budgets() {
             let limits = &shard.limits;
-            expired.extend(shard.pool.borrow_mut().take_hosts(|h| mx_wanted(limits, h)));
+            expired.extend(shard.pool.borrow_mut().take_hosts(|t| mx_wanted(limits, t)));
         }
         for c in expired {
             let s = shard.clone();
@@ -338,8 +457,12 @@ fn timeouts(cfg: &EngineConfig) -> Timeouts {
 fn enqueue(shard: &Rc<Shard>, part: Part) {
     let seq = shard.next_seq.get();
     shard.next_seq.set(seq + 1);
-    let key = queue_key(&part.domain, part.tls);
-    let max_conns = shard.limits.domain(&part.domain).and_then(|l| l.max_conns).unwrap_or(shard.cfg.max_conns_per_dest);
+    let key = queue_key(&part.domain, part.tls, part.pool);
+    let mut max_conns = shard.limits.domain(&part.domain).and_then(|l| l.max_conns).unwrap_or(shard.cfg.max_conns_per_dest);
+    if let (Some(eg), Some(p)) = (&shard.cfg.egress, part.pool) {
+        // The limit holds per source: a pool of n sources may have n times as many.
+        max_conns = max_conns.saturating_mul(eg.pools().get(p).map_or(1, |p| p.members.len().max(1)));
+    }
     let spawn = {
         let mut domains = shard.domains.borrow_mut();
         let d = domains.entry(key.clone()).or_default();
@@ -398,6 +521,8 @@ fn finish(shard: &Shard, job: &Job, status: Status, enhanced: &str, reason: &str
         let mut o = Outcome::local(&job.part.id, r, status, enhanced, reason);
         if let Some(c) = ctx {
             c.fill(&mut o);
+        } else {
+            o.pool = shard.names(job.part.pool, None).0;
         }
         count_outcome(&shard.counters, status);
         let _ = shard.outcomes.send(o);
@@ -416,12 +541,17 @@ struct OutcomeCtx {
     resumed: bool,
     tls_version: Option<String>,
     cipher: Option<String>,
+    source: Option<String>,
+    pool: Option<String>,
 }
 
 impl OutcomeCtx {
-    fn of(conn: &Conn, plan: &HostPlan, report: Option<String>) -> OutcomeCtx {
+    fn of(shard: &Shard, pool: Option<usize>, conn: &Conn, plan: &HostPlan, report: Option<String>) -> OutcomeCtx {
         let f = &conn.facts;
+        let (pool, source) = shard.names(pool, conn.target.bind);
         OutcomeCtx {
+            source,
+            pool,
             // The MX host of this destination (a connection may be shared by domains whose
             // MX hosts have one address).
             mx: plan.host.clone(),
@@ -449,6 +579,8 @@ impl OutcomeCtx {
         o.resumed = self.resumed;
         o.tls_version = self.tls_version.clone();
         o.cipher = self.cipher.clone();
+        o.source.clone_from(&self.source);
+        o.pool.clone_from(&self.pool);
     }
 }
 
@@ -563,7 +695,7 @@ impl HostFailure {
 /// at the next hop) the messages bounce with 5.7.30; when some host was merely unreachable
 /// they are deferred like any other, to be retried.
 async fn work(shard: &Rc<Shard>, key: &str) {
-    let (domain, class) = split_key(key);
+    let (domain, class, _) = split_key(key);
     let resolved = shard.resolver.resolve(domain).await;
     account_dns(shard);
     let dest = match resolved {
@@ -745,9 +877,21 @@ async fn try_host(
                 verify_name: plan.verify_name.clone(),
                 budget: shard.limits.mx_index(&host.name),
                 dane: dane_config.clone(),
+                bind: None,
+                pool: split_key(key).2,
             };
-            match open(shard, target.clone()).await {
-                Ok(conn) => {
+            let opened = match open_for(shard, key, target.clone()).await {
+                Err(OpenFail::Busy) => return Ok(ConnEnd::Wait(Instant::now() + SOURCE_BUSY_WAIT)),
+                Err(OpenFail::Suspended) => {
+                    fail_queue(shard, key, Status::Deferred, "4.3.2", WITHDRAWN);
+                    return Ok(ConnEnd::QueueEmpty);
+                }
+                Err(OpenFail::Capped(until)) => return Ok(ConnEnd::Wait(until)),
+                Err(OpenFail::Connect(e)) => Err(e),
+                Ok(c) => Ok(c),
+            };
+            match opened {
+                Ok((conn, _in_use)) => {
                     let report = sts_testing_check(shard, &conn, plan);
                     rpt.session(shard, &conn, plan, step, report.as_deref());
                     if requiretls && !conn.session.server_requiretls() {
@@ -767,12 +911,18 @@ async fn try_host(
                     rpt.failed(shard, plan, step, ip, ResultType::ValidationFailure, &reason);
                     shard.policy.borrow_mut().tls_failed(&h, Instant::now());
                     let clear = Target { security: Security::Clear, ..target };
-                    match open(shard, clear).await {
-                        Ok(conn) => {
+                    match open_for(shard, key, clear).await {
+                        Err(OpenFail::Busy) => return Ok(ConnEnd::Wait(Instant::now() + SOURCE_BUSY_WAIT)),
+                        Err(OpenFail::Suspended) => {
+                            fail_queue(shard, key, Status::Deferred, "4.3.2", WITHDRAWN);
+                            return Ok(ConnEnd::QueueEmpty);
+                        }
+                        Err(OpenFail::Capped(until)) => return Ok(ConnEnd::Wait(until)),
+                        Err(OpenFail::Connect(e)) => last = HostFailure::transient(format!("{e} (after TLS failed: {reason})")),
+                        Ok((conn, _in_use)) => {
                             let report = sts_testing_check(shard, &conn, plan);
                             return Ok(deliver_all(shard, key, conn, plan, report).await);
                         }
-                        Err(e) => last = HostFailure::transient(format!("{e} (after TLS failed: {reason})")),
                     }
                 }
                 Err(e @ ConnectError::Policy { .. }) => {
@@ -889,22 +1039,95 @@ impl Rpt<'_> {
     }
 }
 
-/// A connection to `target`: an idle one from the pool, or a new one.
+/// Why [`open_for`] gave no connection.
+enum OpenFail {
+    /// Every usable source of the pool is at its connection limit toward the domain: wait.
+    Busy,
+    /// Every source of the pool (of the address's family) is suspended toward the domain:
+    /// its queue goes back untried, to wait for the earliest end.
+    Suspended,
+    /// Every source of the pool not suspended has used up its warm-up cap toward the host:
+    /// the queue waits (untried) until the earliest cap ends.
+    Capped(Instant),
+    /// As [`open`].
+    Connect(ConnectError),
+}
+
+/// A connection to `target` for queue `key`: without egress, as [`open`]. With a pool, from
+/// one of its sources that is usable toward the domain (the address family of `target`,
+/// under its per-source connection limit): an idle connection from any of them first, else a
+/// new one from a source chosen by weight. The [`SourceUse`] counts it against its source.
+async fn open_for(shard: &Rc<Shard>, key: &str, target: Target) -> Result<(Conn, SourceUse), OpenFail> {
+    let (domain, _, pool) = split_key(key);
+    let (Some(eg), Some(pool)) = (shard.cfg.egress.clone(), pool) else {
+        let conn = open(shard, target).await.map_err(OpenFail::Connect)?;
+        return Ok((conn, SourceUse::new(shard, None, domain)));
+    };
+    let Some(p) = eg.pools().get(pool) else {
+        return Err(OpenFail::Connect(ConnectError::Stopped { reason: format!("egress pool #{pool} is not configured") }));
+    };
+    let v4 = target.addr.is_ipv4();
+    let family: Vec<usize> = p.members.iter().map(|&(s, _)| s).filter(|&s| eg.sources()[s].addr.is_ipv4() == v4).collect();
+    if family.is_empty() {
+        let reason = format!("no source of egress pool {:?} has an IPv{} address", p.name, if v4 { 4 } else { 6 });
+        return Err(OpenFail::Connect(ConnectError::Unreachable { addr: target.addr, reason }));
+    }
+    let limit = shard.limits.domain(domain).and_then(|l| l.max_conns).unwrap_or(shard.cfg.max_conns_per_dest).max(1);
+    if family.iter().all(|&s| shard.source_suspended(s, domain).is_some()) {
+        return Err(OpenFail::Suspended);
+    }
+    let capped: Vec<Instant> = family.iter().filter_map(|&s| shard.source_capped(s, &target.host)).collect();
+    if !capped.is_empty()
+        && family.iter().all(|&s| shard.source_suspended(s, domain).is_some() || shard.source_capped(s, &target.host).is_some())
+    {
+        return Err(OpenFail::Capped(capped.into_iter().min().unwrap_or_else(Instant::now)));
+    }
+    let usable = |s: usize| {
+        family.contains(&s)
+            && shard.source_suspended(s, domain).is_none()
+            && shard.source_capped(s, &target.host).is_none()
+            && shard.source_conns.borrow().get(&(s, domain.to_string())).copied().unwrap_or(0) < limit
+    };
+    let bound = |s: usize| Target { bind: Some(Bind { source: s, addr: eg.sources()[s].addr }), ..target.clone() };
+    for &s in family.iter().filter(|&&s| usable(s)) {
+        if let Some(conn) = take_idle(shard, &bound(s)).await {
+            return Ok((conn, SourceUse::new(shard, Some(s), domain)));
+        }
+    }
+    let Some(s) = eg.choose(pool, fastrand::u64(..), usable) else { return Err(OpenFail::Busy) };
+    // Counted before the connect, so that workers connecting at once share the limit.
+    let in_use = SourceUse::new(shard, Some(s), domain);
+    let conn = open(shard, bound(s)).await.map_err(OpenFail::Connect)?;
+    Ok((conn, in_use))
+}
+
+/// An idle connection for `target` from the pool that is still alive.
+async fn take_idle(shard: &Rc<Shard>, target: &Target) -> Option<Conn> {
+    loop {
+        let mut conn = shard.pool.borrow_mut().take(target, Instant::now())?;
+        if conn.probe_alive().await {
+            shard.counters.connections_reused.fetch_add(1, Ordering::Relaxed);
+            return Some(conn);
+        }
+        // Closed by the server while idle: drop it and look for another.
+    }
+}
+
+/// A connection to `target`: an idle one from the pool, or a new one (from the target's
+/// egress source, saying its EHLO name, when it has one).
 async fn open(shard: &Rc<Shard>, target: Target) -> Result<Conn, ConnectError> {
     if stopping(shard) {
         return Err(ConnectError::Stopped { reason: NOT_ATTEMPTED.into() });
     }
-    loop {
-        let Some(mut conn) = shard.pool.borrow_mut().take(&target, Instant::now()) else { break };
-        if conn.probe_alive().await {
-            shard.counters.connections_reused.fetch_add(1, Ordering::Relaxed);
-            return Ok(conn);
-        }
-        // Closed by the server while idle: drop it and look for another.
+    if let Some(conn) = take_idle(shard, &target).await {
+        return Ok(conn);
     }
-    let mx_slot = take_mx_slot(shard, &target.host).await?;
-    let slot = take_slot(shard, target.addr).await?;
-    let (mut conn, full) = Conn::open(target, &shard.tls, &shard.cfg.ehlo_name, timeouts(&shard.cfg)).await?;
+    let mx_slot = take_mx_slot(shard, &target).await?;
+    let slot = take_slot(shard, target.bind, target.addr).await?;
+    let egress = shard.cfg.egress.as_ref();
+    let ehlo = target.bind.and_then(|b| egress?.sources().get(b.source)).map_or(shard.cfg.ehlo_name.as_str(), |s| s.ehlo.as_str());
+    let tls = shard.tls_for(target.bind);
+    let (mut conn, full) = Conn::open(target, tls, ehlo, timeouts(&shard.cfg)).await?;
     conn.slot = Some(slot);
     conn.mx_slot = mx_slot;
     let c = &shard.counters;
@@ -919,9 +1142,9 @@ async fn open(shard: &Rc<Shard>, target: Target) -> Result<Conn, ConnectError> {
     Ok(conn)
 }
 
-/// Someone waits for a connection slot in the MX budget of `host`.
-fn mx_wanted(limits: &Limits, host: &str) -> bool {
-    limits.mx(host).is_some_and(|b| b.waiting.load(Ordering::Relaxed) > 0)
+/// Someone waits for a connection slot in the MX budget of `target` (its host, from its source).
+fn mx_wanted(limits: &Limits, target: &Target) -> bool {
+    limits.mx_for(&target.host, target.bind.map(|b| b.source)).is_some_and(|b| b.waiting.load(Ordering::Relaxed) > 0)
 }
 
 /// A slot in the operator's connection budget for the MX hosts matching a pattern, if `host`
@@ -929,14 +1152,14 @@ fn mx_wanted(limits: &Limits, host: &str) -> bool {
 /// (other shards do on their next reap), then wait in line: connections give their slot back
 /// when their queue is empty, or at `max_msgs_per_conn`, so the wait ends. Only the drain
 /// deadline cuts it short.
-async fn take_mx_slot(shard: &Rc<Shard>, host: &str) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ConnectError> {
-    let Some(budget) = shard.limits.mx(host).cloned() else { return Ok(None) };
+async fn take_mx_slot(shard: &Rc<Shard>, target: &Target) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ConnectError> {
+    let Some(budget) = shard.limits.mx_for(&target.host, target.bind.map(|b| b.source)).cloned() else { return Ok(None) };
     let Some(sem) = budget.conns.clone() else { return Ok(None) };
     if let Ok(p) = sem.clone().try_acquire_owned() {
         return Ok(Some(p));
     }
     let limits = shard.limits.clone();
-    let mine = |h: &str| limits.mx(h).is_some_and(|b| Arc::ptr_eq(b, &budget));
+    let mine = |t: &Target| limits.mx_for(&t.host, t.bind.map(|b| b.source)).is_some_and(|b| Arc::ptr_eq(b, &budget));
     let idle = shard.pool.borrow_mut().take_hosts(mine);
     for c in idle {
         let s = shard.clone();
@@ -970,31 +1193,31 @@ impl Drop for WaitCount<'_> {
 
 /// How long the next message on a connection to `host` for `domain` must wait under the
 /// domain's own rate and its MX budget's rate; reserves its place in both.
-fn rate_wait(shard: &Shard, domain: &str, host: &str) -> Duration {
+fn rate_wait(shard: &Shard, domain: &str, host: &str, source: Option<usize>) -> Duration {
     let now = Instant::now();
-    let d = shard.limits.domain(domain).and_then(|l| l.rate.as_ref()).map_or(Duration::ZERO, |g| g.reserve(now));
-    let m = shard.limits.mx(host).and_then(|b| b.rate.as_ref()).map_or(Duration::ZERO, |g| g.reserve(now));
+    let d = shard.limits.domain(domain).and_then(|l| l.rate_for(source)).map_or(Duration::ZERO, |g| g.reserve(now));
+    let m = shard.limits.mx_for(host, source).and_then(|b| b.rate.as_ref()).map_or(Duration::ZERO, |g| g.reserve(now));
     d.max(m)
 }
 
 /// A slot in the per-address connection limit. When none is free, close an idle connection to
 /// that address (it holds one), then wait for a slot, bounded by the connect timeout.
-async fn take_slot(shard: &Rc<Shard>, addr: SocketAddr) -> Result<tokio::sync::OwnedSemaphorePermit, ConnectError> {
+async fn take_slot(shard: &Rc<Shard>, bind: Option<Bind>, addr: SocketAddr) -> Result<tokio::sync::OwnedSemaphorePermit, ConnectError> {
     let sem = {
         let mut slots = shard.slots.borrow_mut();
         let limit = shard.cfg.max_conns_per_ip.max(1);
-        slots.entry(addr).or_insert_with(|| (Arc::new(tokio::sync::Semaphore::new(limit)), 0)).0.clone()
+        slots.entry((bind, addr)).or_insert_with(|| (Arc::new(tokio::sync::Semaphore::new(limit)), 0)).0.clone()
     };
     if let Ok(p) = sem.clone().try_acquire_owned() {
         return Ok(p);
     }
-    if let Some(idle) = shard.pool.borrow_mut().take_any_at(addr) {
+    if let Some(idle) = shard.pool.borrow_mut().take_any_at(bind, addr) {
         let s = shard.clone();
         tokio::task::spawn_local(async move { idle.quit(&s.tls, timeouts(&s.cfg)).await });
     }
-    set_waiting(shard, addr, 1);
+    set_waiting(shard, bind, addr, 1);
     let got = tokio::time::timeout(shard.cfg.connect_timeout, sem.acquire_owned()).await;
-    set_waiting(shard, addr, -1);
+    set_waiting(shard, bind, addr, -1);
     match got {
         Ok(Ok(p)) => Ok(p),
         _ => Err(ConnectError::Unreachable {
@@ -1004,15 +1227,15 @@ async fn take_slot(shard: &Rc<Shard>, addr: SocketAddr) -> Result<tokio::sync::O
     }
 }
 
-fn set_waiting(shard: &Shard, addr: SocketAddr, delta: isize) {
-    if let Some(e) = shard.slots.borrow_mut().get_mut(&addr) {
+fn set_waiting(shard: &Shard, bind: Option<Bind>, addr: SocketAddr, delta: isize) {
+    if let Some(e) = shard.slots.borrow_mut().get_mut(&(bind, addr)) {
         e.1 = e.1.saturating_add_signed(delta);
     }
 }
 
 /// Someone waits for a connection slot to `addr`: an idle connection there should make room.
-fn slot_wanted(shard: &Shard, addr: SocketAddr) -> bool {
-    shard.slots.borrow().get(&addr).is_some_and(|e| e.1 > 0)
+fn slot_wanted(shard: &Shard, bind: Option<Bind>, addr: SocketAddr) -> bool {
+    shard.slots.borrow().get(&(bind, addr)).is_some_and(|e| e.1 > 0)
 }
 
 /// Keep a connection in the idle pool for reuse, or close it: when no idling is wanted, or
@@ -1021,8 +1244,8 @@ async fn park(shard: &Rc<Shard>, conn: Conn) {
     match Instant::now().checked_add(shard.cfg.idle_timeout) {
         Some(until)
             if !shard.cfg.idle_timeout.is_zero()
-                && !slot_wanted(shard, conn.target.addr)
-                && !mx_wanted(&shard.limits, &conn.target.host) =>
+                && !slot_wanted(shard, conn.target.bind, conn.target.addr)
+                && !mx_wanted(&shard.limits, &conn.target) =>
         {
             shard.pool.borrow_mut().put(conn, until)
         }
@@ -1072,13 +1295,23 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
     set_connected(shard, domain, 1);
     let t = timeouts(&shard.cfg);
     // The connection's facts are settled once it is open: one copy for all its outcomes.
-    let ctx = OutcomeCtx::of(&conn, plan, report);
+    let (_, _, pool) = split_key(domain);
+    let ctx = OutcomeCtx::of(shard, pool, &conn, plan, report);
+    let source = conn.target.bind.map(|b| b.source);
     let end = loop {
         let Some(mut job) = pop_job(shard, domain) else {
             park(shard, conn).await;
             set_connected(shard, domain, -1);
             return ConnEnd::QueueEmpty;
         };
+        let suspended = conn.target.bind.is_some_and(|b| shard.source_suspended(b.source, split_key(domain).0).is_some());
+        if suspended {
+            // Its source was suspended toward this domain meanwhile: the rest go from another.
+            push_front(shard, domain, job);
+            park(shard, conn).await;
+            set_connected(shard, domain, -1);
+            return ConnEnd::Recycle;
+        }
         if conn.messages >= shard.cfg.max_msgs_per_conn {
             // This connection has done its share: close it and let the worker open another.
             push_front(shard, domain, job);
@@ -1093,11 +1326,11 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
             finish(shard, &job, Status::Deferred, "4.3.2", NOT_ATTEMPTED, None);
             continue;
         }
-        let not_before = *job.not_before.get_or_insert_with(|| Instant::now() + rate_wait(shard, split_key(domain).0, &plan.host));
+        let not_before = *job.not_before.get_or_insert_with(|| Instant::now() + rate_wait(shard, split_key(domain).0, &plan.host, source));
         let now = Instant::now();
         if not_before > now {
             // A long wait, or a short one while someone needs this connection's slot: park.
-            let wanted = slot_wanted(shard, conn.target.addr) || mx_wanted(&shard.limits, &conn.target.host);
+            let wanted = slot_wanted(shard, conn.target.bind, conn.target.addr) || mx_wanted(&shard.limits, &conn.target);
             if wanted || not_before - now > RATE_HOLD {
                 push_front(shard, domain, job);
                 park(shard, conn).await;
@@ -1109,15 +1342,36 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
                 continue;
             }
         }
+        // Under a warm-up plan: one message of the source's daily cap toward this host.
+        let warm =
+            shard.cfg.egress.as_ref().and_then(|e| Some((e.warmup()?.clone(), e.sources().get(conn.target.bind?.source)?.name.clone())));
+        if let Some((w, name)) = &warm {
+            if let crate::egress::warmup::Take::Capped { until } = w.try_take(name, &plan.host) {
+                let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+                let source = conn.target.bind.map_or(0, |b| b.source);
+                shard.warm_capped.borrow_mut().insert((source, plan.host.clone()), Instant::now() + wait);
+                // The pool's other sources take the rest; if all are capped the queue waits.
+                push_front(shard, domain, job);
+                park(shard, conn).await;
+                set_connected(shard, domain, -1);
+                return ConnEnd::Recycle;
+            }
+        }
+        let give_back = || {
+            if let Some((w, name)) = &warm {
+                w.give_back(name, &plan.host);
+            }
+        };
         // First use since it was taken from the idle pool?
         let was_reused = std::mem::take(&mut conn.reused);
-        match conn.deliver(job.message(), &shard.tls, t).await {
+        match conn.deliver(job.message(), shard.tls_for(conn.target.bind), t).await {
             Ok(mo) => {
                 shard.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
                 emit_message_outcome(shard, &job, mo, &ctx);
                 shard.policy.borrow_mut().success(&plan.host, Instant::now());
             }
             Err(DeliverError::NotSent { .. }) => {
+                give_back();
                 push_front(shard, domain, job);
                 break ConnEnd::Stale;
             }
@@ -1126,6 +1380,7 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
                     // A parked connection the server closed just as we reused it: it said
                     // nothing about this part, so it cannot have taken it. Put the part back
                     // and open a fresh connection; that is no failure of the host.
+                    give_back();
                     push_front(shard, domain, job);
                     break ConnEnd::Stale;
                 }

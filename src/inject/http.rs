@@ -187,7 +187,8 @@ async fn message(State(api): State<Api>, Path(id): Path<String>) -> Response {
 }
 
 async fn queues(State(api): State<Api>) -> Response {
-    Json(serde_json::json!({ "queues": api.intake.board().queues() })).into_response()
+    let board = api.intake.board();
+    Json(serde_json::json!({ "queues": board.queues(), "egress": board.egress() })).into_response()
 }
 
 /// Body of `POST /v1/queues/{domain}/suspend`: for how long (`"30m"`, `"2h"`; default 1h,

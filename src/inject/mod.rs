@@ -134,7 +134,7 @@ impl Intake {
         let ids = self.spool.accept_many_async(msgs.clone()).await?;
         for (&id, m) in ids.iter().zip(msgs) {
             self.board.queued(id, &m.from, &m.rcpts, SystemTime::now());
-            let _ = self.to_manager.send(Accepted { id, from: m.from, rcpts: m.rcpts, data: m.data, tls: m.tls });
+            let _ = self.to_manager.send(Accepted { id, from: m.from, rcpts: m.rcpts, data: m.data, tls: m.tls, pool: m.pool });
         }
         Ok(ids)
     }

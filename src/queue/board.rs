@@ -33,6 +33,12 @@ pub struct AttemptView {
     pub mx: Option<String>,
     /// How TLS was used: `starttls`, `implicit` or `none`.
     pub tls: String,
+    /// The egress source the attempt left from, when sources are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The egress pool the message went through, when sources are configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// One recipient, as shown.
@@ -88,6 +94,32 @@ struct Inner {
     suspended: HashMap<String, SystemTime>,
     /// The injection listener's counters, once it runs.
     injection: Option<InjectionStats>,
+    /// Attempts by (egress source, pool, status): as many keys as configured sources times
+    /// pools times three, since outcomes name only configured ones.
+    by_source: std::collections::BTreeMap<(String, String, &'static str), u64>,
+    /// The engine's egress sources and pools, once the daemon has said.
+    egress: Option<Arc<crate::egress::Egress>>,
+}
+
+/// The egress sources, as `GET /v1/queues` shows them under `"egress"`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceView {
+    /// The source's name.
+    pub name: String,
+    /// Its local address.
+    pub address: std::net::IpAddr,
+    /// The EHLO name it says.
+    pub ehlo: String,
+    /// The pools it is in.
+    pub pools: Vec<String>,
+    /// Recipient attempts from it so far, by outcome (`delivered`, `deferred`, `bounced`).
+    pub attempts: std::collections::BTreeMap<&'static str, u64>,
+    /// Destinations it is suspended toward (a 421 or a rate limit to this address), with
+    /// the end (Unix seconds).
+    pub suspended: std::collections::BTreeMap<String, f64>,
+    /// Its warm-up today, per destination class, when it follows a plan.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warmup: Vec<crate::egress::warmup::WarmupStatus>,
 }
 
 /// Reads the SMTP injection listener's counters.
@@ -138,6 +170,14 @@ impl Board {
     /// An attempt's outcome for one recipient.
     pub fn attempt(&self, id: MsgId, o: &Outcome) {
         let mut g = self.lock();
+        if let Some(source) = &o.source {
+            let status = match o.status {
+                crate::outcome::Status::Delivered => "delivered",
+                crate::outcome::Status::Deferred => "deferred",
+                crate::outcome::Status::Bounced => "bounced",
+            };
+            *g.by_source.entry((source.clone(), o.pool.clone().unwrap_or_default(), status)).or_default() += 1;
+        }
         let Some(m) = g.live.get_mut(&id) else { return };
         if let Some(r) = m.rcpts.iter_mut().find(|r| r.rcpt == o.rcpt) {
             r.state = serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
@@ -150,6 +190,8 @@ impl Board {
                 reply: o.reply.clone(),
                 mx: o.mx.clone(),
                 tls: serde_json::to_value(o.tls).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                source: o.source.clone(),
+                pool: o.pool.clone(),
             });
         }
     }
@@ -192,6 +234,47 @@ impl Board {
     /// Where to read the SMTP injection listener's counters for `/metrics`.
     pub fn set_injection_stats(&self, read: impl Fn() -> crate::smtp_server::StatsSnapshot + Send + Sync + 'static) {
         self.lock().injection = Some(Arc::new(read));
+    }
+
+    /// The engine's egress sources and pools, shown by [`Board::egress`].
+    pub fn set_egress(&self, egress: Option<Arc<crate::egress::Egress>>) {
+        self.lock().egress = egress;
+    }
+
+    /// Each egress source with its attempts, suspensions and warm-up; empty without sources.
+    pub fn egress(&self) -> Vec<SourceView> {
+        let g = self.lock();
+        let Some(eg) = g.egress.clone() else { return Vec::new() };
+        let warm = eg.warmup().map(|w| w.status()).unwrap_or_default();
+        let now = SystemTime::now();
+        eg.sources()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut attempts = std::collections::BTreeMap::new();
+                for ((src, _, status), n) in &g.by_source {
+                    if **src == *s.name {
+                        *attempts.entry(*status).or_default() += n;
+                    }
+                }
+                let suffix = format!("/{}", s.name).to_ascii_lowercase();
+                let suspended = g
+                    .suspended
+                    .iter()
+                    .filter(|(k, &t)| t > now && k.ends_with(&suffix))
+                    .map(|(k, &t)| (k[..k.len() - suffix.len()].to_string(), unix(t)))
+                    .collect();
+                SourceView {
+                    name: s.name.to_string(),
+                    address: s.addr,
+                    ehlo: s.ehlo.clone(),
+                    pools: eg.pools().iter().filter(|p| p.members.iter().any(|&(m, _)| m == i)).map(|p| p.name.to_string()).collect(),
+                    attempts,
+                    suspended,
+                    warmup: warm.iter().filter(|w| *w.source == *s.name).cloned().collect(),
+                }
+            })
+            .collect()
     }
 
     /// A destination's suspension was lifted.
@@ -282,6 +365,13 @@ impl Board {
             "Destinations suspended after a 421 or a rate-limit reply.",
             suspended as u64,
         );
+        if !g.by_source.is_empty() {
+            s.push_str("# HELP mxpipe_egress_attempts_total Recipient attempts by egress source, pool and outcome.\n");
+            s.push_str("# TYPE mxpipe_egress_attempts_total counter\n");
+            for ((source, pool, status), n) in &g.by_source {
+                s.push_str(&format!("mxpipe_egress_attempts_total{{source=\"{source}\",pool=\"{pool}\",status=\"{status}\"}} {n}\n"));
+            }
+        }
         let e = &t.engine;
         metric(&mut s, "mxpipe_connections_opened_total", "counter", "SMTP connections opened.", e.connections_opened);
         metric(&mut s, "mxpipe_connections_reused_total", "counter", "Idle connections reused.", e.connections_reused);

@@ -61,6 +61,8 @@ pub struct Accepted {
     pub data: Arc<[u8]>,
     /// What the sender asked of TLS (RFC 8689), as spooled.
     pub tls: MessageTls,
+    /// The egress pool the sender named, as spooled; `None`: the engine's rules decide.
+    pub pool: Option<String>,
 }
 
 /// An operator's command about one destination domain (`mxpipe queue`, the HTTP API).
@@ -110,6 +112,8 @@ struct Entry {
     data: Arc<[u8]>,
     /// The message's TLS requirement (RFC 8689), handed to the engine with every round.
     tls: MessageTls,
+    /// The egress pool the sender named, handed to the engine with every round.
+    pool: Option<String>,
     /// Recipients without a final outcome.
     pending: Vec<String>,
     /// Of `pending`, those with the engine in the round in progress.
@@ -283,6 +287,32 @@ fn domain(rcpt: &str) -> String {
     crate::engine::domain_of(rcpt).unwrap_or_default()
 }
 
+/// The suspension key of egress source `source` toward `domain`: suspended apart from the
+/// domain itself, since a receiver throttles each sending address on its own.
+fn source_key(domain: &str, source: &str) -> String {
+    format!("{domain}/{source}")
+}
+
+/// When every source of the pool a message goes through is suspended toward `domain`, the
+/// earliest end of those suspensions: the recipient waits for it (no attempt is made).
+fn pool_suspended(
+    dests: &Destinations,
+    engine: Option<&Engine>,
+    pool: Option<&str>,
+    from: &str,
+    domain: &str,
+    now: Instant,
+) -> Option<Instant> {
+    let eg = engine?.egress()?;
+    let crate::egress::PoolChoice::Pool(p) = eg.pool_for(pool, from) else { return None };
+    let mut end: Option<Instant> = None;
+    for &(s, _) in &eg.pools().get(p)?.members {
+        let until = dests.is_suspended(&source_key(domain, &eg.sources()[s].name), now)?;
+        end = Some(end.map_or(until, |e| e.min(until)));
+    }
+    end
+}
+
 /// Whether `rcpt` is at `domain` (lower-case, no trailing dot).
 fn domain_is(rcpt: &str, domain: &str) -> bool {
     crate::engine::domain_of(rcpt).as_deref() == Some(domain)
@@ -332,6 +362,7 @@ impl Manager {
         self.board.queued(s.id, &s.from, &pending, s.received_at);
         let last_reply = deferred.iter().map(|a| (a.rcpt.clone(), (a.reply.clone(), None, None))).collect();
         let mut entry = Entry::new(s.from, s.data, s.tls, pending, rounds, first, s.received_at);
+        entry.pool = s.pool;
         entry.last_reply = last_reply;
         self.entries.insert(s.id, entry);
         let due = last.and_then(|at| {
@@ -352,7 +383,9 @@ impl Manager {
     fn accept(&mut self, a: Accepted) {
         self.report.accepted += 1;
         // The injection side has already put it on the board (before acknowledging it).
-        self.entries.insert(a.id, Entry::new(a.from, a.data, a.tls, a.rcpts, 0, Instant::now(), SystemTime::now()));
+        let mut entry = Entry::new(a.from, a.data, a.tls, a.rcpts, 0, Instant::now(), SystemTime::now());
+        entry.pool = a.pool;
+        self.entries.insert(a.id, entry);
         self.submit(a.id);
     }
 
@@ -376,7 +409,12 @@ impl Manager {
         let mut later: Option<Instant> = None;
         let mut to = Vec::with_capacity(e.pending.len());
         for r in &e.pending {
-            match self.dests.is_suspended(&domain(r), now) {
+            let d = domain(r);
+            let held = self
+                .dests
+                .is_suspended(&d, now)
+                .or_else(|| pool_suspended(&self.dests, self.engine.as_ref(), e.pool.as_deref(), &e.from, &d, now));
+            match held {
                 Some(until) => later = Some(later.map_or(until, |l| l.min(until))),
                 None => to.push(r.clone()),
             }
@@ -395,7 +433,7 @@ impl Manager {
         e.round_deferred = false;
         self.report.in_flight += to.len() as u64;
         e.sent.clone_from(&to);
-        let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone(), tls: e.tls, pool: None };
+        let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone(), tls: e.tls, pool: e.pool.clone() };
         if let Some(engine) = &self.engine {
             // On error every recipient has already been given a (deferred) outcome.
             let _ = engine.submit(sub);
@@ -475,7 +513,22 @@ impl Manager {
             }
         };
         self.record(id, &o, fin);
-        if let Some(class) = reply_class(&o) {
+        if let (Some(class), Some(src)) = (reply_class(&o).filter(|_| o.source.is_some()), o.source.as_deref()) {
+            // From an egress source: only that source is suspended toward the domain; the
+            // pool's other sources go on (the engine skips this one).
+            let (d, now) = (domain(&o.rcpt), Instant::now());
+            let key = source_key(&d, src);
+            let before = self.dests.is_suspended(&key, now);
+            if let Some(until) = self.dests.record(&key, class, now) {
+                self.board.suspended(&key, until);
+                if before.is_none() {
+                    self.save_suspensions();
+                    if let Some(engine) = &self.engine {
+                        engine.suspend_source(&d, src, Some(until));
+                    }
+                }
+            }
+        } else if let Some(class) = reply_class(&o) {
             let d = domain(&o.rcpt);
             let before = self.dests.is_suspended(&d, Instant::now());
             if let Some(until) = self.dests.record(&d, class, Instant::now()) {
@@ -540,7 +593,16 @@ impl Manager {
                 Decision::RetryAt(at) => {
                     // Not before the earliest end of the suspensions that hold every pending
                     // recipient (a retry then would only be held back again).
-                    let ends: Option<Vec<Instant>> = e.pending.iter().map(|r| self.dests.is_suspended(&domain(r), now)).collect();
+                    let ends: Option<Vec<Instant>> = e
+                        .pending
+                        .iter()
+                        .map(|r| {
+                            let d = domain(r);
+                            self.dests
+                                .is_suspended(&d, now)
+                                .or_else(|| pool_suspended(&self.dests, self.engine.as_ref(), e.pool.as_deref(), &e.from, &d, now))
+                        })
+                        .collect();
                     let at = match ends.and_then(|v| v.into_iter().min()) {
                         Some(end) if end > at => end,
                         _ => at,
@@ -687,6 +749,10 @@ impl Manager {
             let until = now + std::time::Duration::from_secs_f64(left.min(crate::schedule::MAX_SUSPENSION.as_secs_f64()));
             let until = self.dests.suspend(&domain, until, now);
             self.board.suspended(&domain, until);
+            if let (Some((d, src)), Some(engine)) = (domain.split_once('/'), &self.engine) {
+                // A source's suspension toward a domain: the engine must skip it too.
+                engine.suspend_source(d, src, Some(until));
+            }
         }
     }
 
@@ -804,6 +870,7 @@ impl Entry {
             from,
             data,
             tls,
+            pool: None,
             pending,
             sent: Vec::new(),
             round_deferred: false,

@@ -164,6 +164,8 @@ pub struct Stored {
     /// What the sender asked of TLS (RFC 8689); [`MessageTls::Default`] for a record written
     /// before the spool kept it.
     pub tls: MessageTls,
+    /// The egress pool the sender named, if any (kept across restarts).
+    pub pool: Option<String>,
     /// When the spool first acknowledged the message (wall clock).
     pub received_at: SystemTime,
     /// Every attempt recorded, oldest first.
@@ -352,7 +354,7 @@ impl Spool {
     /// [`Spool::accept`] for a message with a TLS requirement (RFC 8689).
     pub fn accept_tls(&self, from: &str, rcpts: &[String], data: Arc<[u8]>, tls: MessageTls) -> Result<MsgId, SpoolError> {
         let now = SystemTime::now();
-        let msg = self.encode(from, rcpts, &data, tls, now)?;
+        let msg = self.encode(from, rcpts, &data, tls, None, now)?;
         let id = msg.id;
         self.send_and_wait(vec![msg])?;
         Ok(id)
@@ -367,7 +369,8 @@ impl Spool {
             return tokio::task::spawn_blocking(move || spool.accept_many(msgs)).await.map_err(|_| SpoolError::Closed)?;
         }
         let now = SystemTime::now();
-        let enc = msgs.iter().map(|m| self.encode(&m.from, &m.rcpts, &m.data, m.tls, now)).collect::<Result<Vec<_>, _>>()?;
+        let enc =
+            msgs.iter().map(|m| self.encode(&m.from, &m.rcpts, &m.data, m.tls, m.pool.as_deref(), now)).collect::<Result<Vec<_>, _>>()?;
         let ids = enc.iter().map(|m| m.id).collect();
         if !enc.is_empty() {
             self.send_and_await(enc).await?;
@@ -383,7 +386,7 @@ impl Spool {
             .into_iter()
             .map(|m| {
                 let m = m.into();
-                self.encode(&m.from, &m.rcpts, &m.data, m.tls, now)
+                self.encode(&m.from, &m.rcpts, &m.data, m.tls, m.pool.as_deref(), now)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let ids = enc.iter().map(|m| m.id).collect();
@@ -453,16 +456,32 @@ impl Spool {
         self.tx.as_ref().ok_or(SpoolError::Closed)
     }
 
-    fn encode(&self, from: &str, rcpts: &[String], data: &[u8], tls: MessageTls, now: SystemTime) -> Result<NewMsg, SpoolError> {
+    fn encode(
+        &self,
+        from: &str,
+        rcpts: &[String],
+        data: &[u8],
+        tls: MessageTls,
+        pool: Option<&str>,
+        now: SystemTime,
+    ) -> Result<NewMsg, SpoolError> {
         if rcpts.is_empty() {
             return Err(SpoolError::Invalid("no recipients".into()));
+        }
+        if let Some(p) = pool {
+            if p.is_empty() || p.len() > crate::egress::MAX_NAME {
+                return Err(SpoolError::Invalid(format!(
+                    "egress pool name {p:?} is empty or longer than {} bytes",
+                    crate::egress::MAX_NAME
+                )));
+            }
         }
         let size = data.len() + from.len() + rcpts.iter().map(|r| r.len() + 4).sum::<usize>();
         if size > (u32::MAX as usize) - 1024 {
             return Err(SpoolError::Invalid(format!("{size} bytes is larger than a spool record can hold")));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let rec = format::encode_accept(id, now, from, rcpts, data, tls);
+        let rec = format::encode_accept(id, now, from, rcpts, data, tls, pool);
         Ok(NewMsg { id, rcpts: rcpts.to_vec(), rec })
     }
 

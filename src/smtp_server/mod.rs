@@ -84,6 +84,9 @@ pub struct Faults {
     pub drop_rate: f64,
     /// Wait this long before every reply.
     pub delay: Duration,
+    /// Roll the rate faults only on connections from this client address (one egress source
+    /// of a sender, say); `None`: on every connection.
+    pub only_from: Option<IpAddr>,
 }
 
 /// Where an accepted message goes instead of being counted and discarded: the daemon's

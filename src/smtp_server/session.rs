@@ -54,7 +54,7 @@ pub(super) enum Exit {
 /// half.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct ConnState {
-    /// The client's address, always (for the per-peer record and the acceptor).
+    /// The client's address, always (for the per-peer record, the acceptor and faults aimed at one client).
     pub client: Option<std::net::IpAddr>,
     /// A client outside the allowed networks: MAIL gets 530 until it has authenticated.
     pub required: bool,
@@ -806,7 +806,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     }
 
     fn roll(&mut self, p: f64) -> bool {
-        p > 0.0 && self.rng.f64() < p
+        let aimed_here = self.ctx.cfg.faults.only_from.is_none_or(|ip| self.gate.client == Some(ip));
+        p > 0.0 && aimed_here && self.rng.f64() < p
     }
 }
 

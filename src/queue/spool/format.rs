@@ -9,15 +9,20 @@
 //! payload  = 1 id:u64 received_ns:u64 from:str nrcpt:u32 rcpt:str* data:bytes      (accept)
 //!          | 3 id:u64 received_ns:u64 from:str nrcpt:u32 rcpt:str* data:bytes tls:u8
 //!                                                   (accept with a TLS requirement, RFC 8689)
+//!          | 4 id:u64 received_ns:u64 from:str nrcpt:u32 rcpt:str* data:bytes tls4:u8 pool:str
+//!                                                   (accept with an egress pool chosen by the sender)
 //!          | 2 id:u64 at_ns:u64 final:u8 rcpt:str status:str reply:str              (attempt)
 //! tls      = 1 REQUIRETLS | 2 TLS-Required: No
+//! tls4     = 0 none | tls
 //! str, bytes = len:u32 then the bytes; all integers little-endian
 //! ```
 //!
 //! The record kind is the version: kind 1 is the accept record from before RFC 8689 support,
 //! still written for a message without a TLS requirement (nearly all of them) so that an
 //! older binary can read a spool of such messages; it reads as [`MessageTls::Default`]. Kind 3
-//! adds the requirement. An older binary drops a kind-3 record as one it cannot parse.
+//! adds the requirement. Kind 4 adds the egress pool the sender named (with the requirement,
+//! 0 for none); kinds 1 and 3 are still written for messages that name no pool. An older
+//! binary drops a kind-3 or kind-4 record as one it cannot parse.
 //!
 //! A frame is the unit of durability: the writer appends one frame and then fdatasyncs, so
 //! after a crash only the last frame of the last segment can be incomplete. The per-segment
@@ -39,6 +44,7 @@ pub(crate) const REC_HDR: usize = 8;
 const KIND_ACCEPT: u8 = 1;
 const KIND_ATTEMPT: u8 = 2;
 const KIND_ACCEPT_TLS: u8 = 3;
+const KIND_ACCEPT_POOL: u8 = 4;
 
 /// The fixed header at the start of every segment file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +110,7 @@ impl FrameHeader {
 /// A decoded record payload.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Record {
-    Accept { id: MsgId, received_at: SystemTime, from: String, rcpts: Vec<String>, data: Arc<[u8]>, tls: MessageTls },
+    Accept { id: MsgId, received_at: SystemTime, from: String, rcpts: Vec<String>, data: Arc<[u8]>, tls: MessageTls, pool: Option<String> },
     Attempt { id: MsgId, attempt: Attempt, final_status: Option<FinalStatus> },
 }
 
@@ -119,8 +125,16 @@ pub(crate) enum RecError {
 }
 
 /// Encodes an accept record (header included).
-pub(crate) fn encode_accept(id: MsgId, received_at: SystemTime, from: &str, rcpts: &[String], data: &[u8], tls: MessageTls) -> Vec<u8> {
-    let strs: usize = from.len() + rcpts.iter().map(|r| r.len() + 4).sum::<usize>();
+pub(crate) fn encode_accept(
+    id: MsgId,
+    received_at: SystemTime,
+    from: &str,
+    rcpts: &[String],
+    data: &[u8],
+    tls: MessageTls,
+    pool: Option<&str>,
+) -> Vec<u8> {
+    let strs: usize = from.len() + rcpts.iter().map(|r| r.len() + 4).sum::<usize>() + pool.map_or(0, |p| p.len() + 4);
     let mut p = Vec::with_capacity(REC_HDR + 1 + 8 + 8 + 4 + strs + 4 + 4 + data.len() + 1);
     p.extend_from_slice(&[0u8; REC_HDR]);
     let tls_byte = match tls {
@@ -128,7 +142,11 @@ pub(crate) fn encode_accept(id: MsgId, received_at: SystemTime, from: &str, rcpt
         MessageTls::RequireTls => Some(1),
         MessageTls::Optional => Some(2),
     };
-    p.push(if tls_byte.is_some() { KIND_ACCEPT_TLS } else { KIND_ACCEPT });
+    p.push(match (pool, tls_byte) {
+        (Some(_), _) => KIND_ACCEPT_POOL,
+        (None, Some(_)) => KIND_ACCEPT_TLS,
+        (None, None) => KIND_ACCEPT,
+    });
     p.extend_from_slice(&id.to_le_bytes());
     p.extend_from_slice(&nanos(received_at).to_le_bytes());
     put_bytes(&mut p, from.as_bytes());
@@ -137,7 +155,13 @@ pub(crate) fn encode_accept(id: MsgId, received_at: SystemTime, from: &str, rcpt
         put_bytes(&mut p, r.as_bytes());
     }
     put_bytes(&mut p, data);
-    p.extend(tls_byte);
+    match pool {
+        Some(name) => {
+            p.push(tls_byte.unwrap_or(0));
+            put_bytes(&mut p, name.as_bytes());
+        }
+        None => p.extend(tls_byte),
+    }
     seal(p)
 }
 
@@ -188,7 +212,7 @@ pub(crate) fn check_record(b: &[u8]) -> Result<usize, RecError> {
 pub(crate) fn decode_record(rec: &[u8]) -> Option<Record> {
     let mut r = Reader(rec.get(REC_HDR..)?);
     match r.u8()? {
-        kind @ (KIND_ACCEPT | KIND_ACCEPT_TLS) => {
+        kind @ (KIND_ACCEPT | KIND_ACCEPT_TLS | KIND_ACCEPT_POOL) => {
             let id = r.u64()?;
             let received_at = time(r.u64()?);
             let from = r.string()?;
@@ -198,15 +222,18 @@ pub(crate) fn decode_record(rec: &[u8]) -> Option<Record> {
                 rcpts.push(r.string()?);
             }
             let data: Arc<[u8]> = r.bytes()?.into();
-            let tls = match kind {
-                KIND_ACCEPT => MessageTls::Default,
-                _ => match r.u8()? {
-                    1 => MessageTls::RequireTls,
-                    2 => MessageTls::Optional,
-                    _ => return None,
-                },
+            let tls = match (kind, if kind == KIND_ACCEPT { 0 } else { r.u8()? }) {
+                (KIND_ACCEPT, _) | (KIND_ACCEPT_POOL, 0) => MessageTls::Default,
+                (_, 1) => MessageTls::RequireTls,
+                (_, 2) => MessageTls::Optional,
+                _ => return None,
             };
-            r.0.is_empty().then_some(Record::Accept { id, received_at, from, rcpts, data, tls })
+            // A kind-4 record always names a pool (an empty name is not one).
+            let pool = if kind == KIND_ACCEPT_POOL { Some(r.string()?).filter(|p| !p.is_empty()) } else { None };
+            if kind == KIND_ACCEPT_POOL && pool.is_none() {
+                return None;
+            }
+            r.0.is_empty().then_some(Record::Accept { id, received_at, from, rcpts, data, tls, pool })
         }
         KIND_ATTEMPT => {
             let id = r.u64()?;
@@ -234,7 +261,9 @@ pub(crate) fn decode_record(rec: &[u8]) -> Option<Record> {
 pub fn fuzz_reencode(b: &[u8]) -> Option<(usize, Option<Vec<u8>>)> {
     let len = check_record(b).ok()?;
     let again = decode_record(&b[..len]).map(|r| match r {
-        Record::Accept { id, received_at, from, rcpts, data, tls } => encode_accept(id, received_at, &from, &rcpts, &data, tls),
+        Record::Accept { id, received_at, from, rcpts, data, tls, pool } => {
+            encode_accept(id, received_at, &from, &rcpts, &data, tls, pool.as_deref())
+        }
         Record::Attempt { id, attempt, final_status } => encode_attempt(id, &attempt, final_status),
     });
     Some((len, again))
@@ -375,11 +404,11 @@ mod tests {
     fn records_round_trip() {
         let t = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
         let rcpts = vec!["a@x.example".to_string(), "b@y.example".to_string()];
-        let rec = encode_accept(42, t, "s@z.example", &rcpts, b"Subject: x\r\n\r\nbody", MessageTls::Default);
+        let rec = encode_accept(42, t, "s@z.example", &rcpts, b"Subject: x\r\n\r\nbody", MessageTls::Default, None);
         assert_eq!(check_record(&rec), Ok(rec.len()));
         assert_eq!(record_id(&rec), Some(42));
         match decode_record(&rec) {
-            Some(Record::Accept { id, received_at, from, rcpts: r, data, tls: MessageTls::Default }) => {
+            Some(Record::Accept { id, received_at, from, rcpts: r, data, tls: MessageTls::Default, pool: None }) => {
                 assert_eq!((id, received_at, from.as_str(), r, &data[..]), (42, t, "s@z.example", rcpts, &b"Subject: x\r\n\r\nbody"[..]));
             }
             other => panic!("{other:?}"),
@@ -391,7 +420,7 @@ mod tests {
 
     #[test]
     fn damage_is_detected_never_panics() {
-        let rec = encode_accept(1, UNIX_EPOCH, "", &["r@x".into()], b"data", MessageTls::RequireTls);
+        let rec = encode_accept(1, UNIX_EPOCH, "", &["r@x".into()], b"data", MessageTls::RequireTls, None);
         for i in 0..rec.len() {
             let mut bad = rec.clone();
             bad[i] ^= 0x40;
@@ -411,7 +440,7 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let rcpts = vec!["a@x.example".to_string()];
         for tls in [MessageTls::Default, MessageTls::RequireTls, MessageTls::Optional] {
-            let rec = encode_accept(9, t, "s@z.example", &rcpts, b"x", tls);
+            let rec = encode_accept(9, t, "s@z.example", &rcpts, b"x", tls, None);
             assert_eq!(rec[REC_HDR], if tls == MessageTls::Default { KIND_ACCEPT } else { KIND_ACCEPT_TLS }, "{tls:?}");
             assert!(matches!(decode_record(&rec), Some(Record::Accept { tls: got, .. }) if got == tls), "{tls:?}");
         }
@@ -437,12 +466,40 @@ mod tests {
                 from: "s@z.example".into(),
                 rcpts,
                 data: b"x"[..].into(),
-                tls: MessageTls::Default
+                tls: MessageTls::Default,
+                pool: None
             })
         );
         // An unknown requirement byte is not guessed at.
-        let mut bad = encode_accept(9, t, "", &["a@x".into()], b"x", MessageTls::Optional)[REC_HDR..].to_vec();
+        let mut bad = encode_accept(9, t, "", &["a@x".into()], b"x", MessageTls::Optional, None)[REC_HDR..].to_vec();
         *bad.last_mut().unwrap() = 7;
+        assert_eq!(decode_record(&fuzz_seal(&bad)), None);
+    }
+
+    #[test]
+    fn a_pool_round_trips_in_a_kind_4_record_only_when_named() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let rcpts = vec!["a@x.example".to_string()];
+        for tls in [MessageTls::Default, MessageTls::RequireTls, MessageTls::Optional] {
+            let rec = encode_accept(9, t, "s@z.example", &rcpts, b"x", tls, Some("bulk"));
+            assert_eq!(rec[REC_HDR], KIND_ACCEPT_POOL, "{tls:?}");
+            match decode_record(&rec) {
+                Some(Record::Accept { tls: got, pool, .. }) => assert_eq!((got, pool.as_deref()), (tls, Some("bulk"))),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(fuzz_reencode(&rec), Some((rec.len(), Some(rec.clone()))), "re-encodes to the same bytes");
+            let none = encode_accept(9, t, "s@z.example", &rcpts, b"x", tls, None);
+            assert_ne!(none[REC_HDR], KIND_ACCEPT_POOL, "no pool: the kinds older binaries read");
+        }
+        // An empty pool name or a bad requirement byte in kind 4 is not guessed at.
+        let mut empty = encode_accept(9, t, "", &["a@x".into()], b"x", MessageTls::Default, Some("p"))[REC_HDR..].to_vec();
+        let n = empty.len();
+        empty.truncate(n - 5);
+        empty.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode_record(&fuzz_seal(&empty)), None);
+        let mut bad = encode_accept(9, t, "", &["a@x".into()], b"x", MessageTls::Default, Some("p"))[REC_HDR..].to_vec();
+        let n = bad.len();
+        bad[n - 6] = 9;
         assert_eq!(decode_record(&fuzz_seal(&bad)), None);
     }
 

@@ -147,13 +147,13 @@ impl Replay {
     fn apply(&mut self, seg: u64, off: usize, rec: &[u8]) -> bool {
         let Some(r) = decode_record(rec) else { return false };
         match r {
-            Record::Accept { id, received_at, from, rcpts, data, tls } => {
+            Record::Accept { id, received_at, from, rcpts, data, tls, pool } => {
                 self.max_id = self.max_id.max(id);
                 let loc = Loc { seg, off: off as u64, len: rec.len() as u32 };
                 self.index.accept(id, loc, rcpts.clone());
                 if self.index.is_live(id) {
                     let rcpts = rcpts.into_iter().map(|rcpt| RcptState { rcpt, done: None }).collect();
-                    self.stored.insert(id, Stored { id, from, rcpts, data, tls, received_at, attempts: Vec::new() });
+                    self.stored.insert(id, Stored { id, from, rcpts, data, tls, pool, received_at, attempts: Vec::new() });
                 }
             }
             Record::Attempt { id, attempt, final_status } => {

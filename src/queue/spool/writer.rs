@@ -517,7 +517,7 @@ mod tests {
             .map(|&id| NewMsg {
                 id,
                 rcpts: vec!["r@y".into()],
-                rec: format::encode_accept(id, SystemTime::now(), "s@x", &["r@y".into()], &body(id), Default::default()),
+                rec: format::encode_accept(id, SystemTime::now(), "s@x", &["r@y".into()], &body(id), Default::default(), None),
             })
             .collect();
         batch.push(Req::Accept { msgs, reply });

@@ -1,0 +1,214 @@
+//! Egress pools in `mxpipe serve`: the pool a message named is kept in the spool and used
+//! after a restart, the delivery log names the source and pool of each attempt, and an
+//! absent source address stops the daemon at start naming the source.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::daemon::*;
+use mxpipe::dnsserver::{DnsServer, ZoneBuilder};
+use mxpipe::engine::MessageTls;
+use mxpipe::queue::spool::{Incoming, Spool, SpoolConfig};
+
+/// Pool `p` (the default) sends from 127.0.0.8, pool `q` from 127.0.0.9.
+const EGRESS: &str = r#"
+[egress]
+default_pool = "p"
+[[egress.source]]
+name = "eight"
+address = "127.0.0.8"
+ehlo = "eight.out.test"
+[[egress.source]]
+name = "nine"
+address = "127.0.0.9"
+ehlo = "nine.out.test"
+[[egress.pool]]
+name = "p"
+sources = [{ source = "eight" }]
+[[egress.pool]]
+name = "q"
+sources = [{ source = "nine" }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_a_message_named_is_kept_across_a_restart() {
+    let dir = tmpdir("egress-restart");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.1.1");
+    // Only pool q's address may deliver here: a message that lost its pool would go through
+    // the default pool p (127.0.0.8) and be refused.
+    let sink = sink_on(Ipv4Addr::new(127, 9, 1, 1), port, &mail, |c| {
+        c.allowed_clients = Some(vec!["127.0.0.9/32".parse().unwrap()]);
+    })
+    .await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("e.t.test", 10, "mx-e.t.test").a("mx-e.t.test", Ipv4Addr::new(127, 9, 1, 1));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let setup = Setup { tail: EGRESS.into(), ..Setup::new(&dir, dns.addr(), port) };
+    // Spooled by an earlier run (as intake stores a message that named pool q), not yet sent.
+    let spool_dir = setup.spool.clone();
+    tokio::task::spawn_blocking(move || {
+        let (spool, old) = Spool::open(SpoolConfig::new(&spool_dir)).unwrap();
+        assert!(old.is_empty());
+        let data: Arc<[u8]> = b"Subject: pooled\r\n\r\nhello\r\n"[..].into();
+        let m = Incoming {
+            from: "app@src.test".into(),
+            rcpts: vec!["u@e.t.test".into()],
+            data,
+            tls: MessageTls::Default,
+            pool: Some("q".into()),
+        };
+        spool.accept_many(vec![m]).unwrap();
+        spool.close().unwrap();
+    })
+    .await
+    .unwrap();
+    let config = setup.write(&dir);
+    let d = start_daemon(&config, setup.inject);
+    assert_eq!(d.recovered(), 1, "{}", d.banner);
+    wait_for("the recovered message delivered", Duration::from_secs(30), || subjects(&mail).contains(&"pooled".to_string())).await;
+    assert!(terminate(d));
+    let log = std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap();
+    let line = log.lines().find(|l| l.contains("\"delivered\"")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("\"source\":\"nine\"") && line.contains("\"pool\":\"q\""), "{line}");
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_to_start_with_a_source_address_the_host_lacks() {
+    let dir = tmpdir("egress-absent");
+    let setup = Setup { tail: EGRESS.replace("127.0.0.9", "192.0.2.1"), ..Setup::new(&dir, "127.0.0.1:53".parse().unwrap(), 2525) };
+    let config = setup.write(&dir);
+    let out = serve_expecting_exit(&config, Duration::from_secs(20));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"nine\"") && err.contains("192.0.2.1"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_to_one_source_suspends_that_source_not_the_pool() {
+    let dir = tmpdir("egress-suspend");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.2.1");
+    // The destination rate-limits every recipient sent from 127.0.0.8, and only those.
+    let sink = sink_on(Ipv4Addr::new(127, 9, 2, 1), port, &mail, |c| {
+        c.faults.rate_limit_rate = 1.0;
+        c.faults.only_from = Some("127.0.0.8".parse().unwrap());
+    })
+    .await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("s.t.test", 10, "mx-s.t.test").a("mx-s.t.test", Ipv4Addr::new(127, 9, 2, 1));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // One pool of both sources, weighted towards the one that is throttled.
+    let egress =
+        EGRESS.replace("sources = [{ source = \"eight\" }]", "sources = [{ source = \"eight\", weight = 5 }, { source = \"nine\" }]");
+    // One message per connection: each is a new choice of source, so the throttled one is
+    // certainly tried (a reused connection would keep whichever came first).
+    let setup = Setup { tail: egress, engine: "max_msgs_per_conn = 1".into(), ..Setup::new(&dir, dns.addr(), port) };
+    let config = setup.write(&dir);
+    let d = start_daemon(&config, setup.inject);
+    let n = 20;
+    for i in 0..n {
+        assert!(inject(d.inject, "app@src.test", "u@s.t.test", &format!("s-{i}")).await);
+    }
+    // A suspension of the whole destination would hold everything for a minute (the first
+    // step); the other source carries the mail at once instead.
+    wait_for("every message delivered from the other source", Duration::from_secs(30), || subjects(&mail).len() >= n).await;
+    let (status, body) = http(setup.http, "GET", "/v1/queues", "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("s.t.test/eight"), "the source's suspension toward the domain is shown: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let eight = v["egress"].as_array().and_then(|a| a.iter().find(|s| s["name"] == "eight")).unwrap_or_else(|| panic!("{body}"));
+    assert!(eight["suspended"]["s.t.test"].is_number() && eight["address"] == "127.0.0.8", "{eight}");
+    let (_, metrics) = http(setup.http, "GET", "/metrics", "");
+    let line = |source: &str, status: &str| format!("mxpipe_egress_attempts_total{{source=\"{source}\",pool=\"p\",status=\"{status}\"}} ");
+    assert!(metrics.contains(&format!("{}{n}\n", line("nine", "delivered"))), "{metrics}");
+    assert!(metrics.contains(&line("eight", "deferred")) && !metrics.contains(&line("eight", "delivered")), "{metrics}");
+    assert!(terminate(d));
+    let log = std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let delivered: Vec<&&str> = lines.iter().filter(|l| l.contains("\"delivered\"")).collect();
+    assert_eq!(delivered.len(), n, "{log}");
+    assert!(delivered.iter().all(|l| l.contains("\"source\":\"nine\"")), "{log}");
+    assert!(
+        lines.iter().any(|l| l.contains("\"deferred\"") && l.contains("\"source\":\"eight\"")),
+        "the throttled source was tried: {log}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("\"bounced\"")), "{log}");
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_with_egress_binds_the_pool_an_input_line_names() {
+    let dir = tmpdir("egress-send");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.3.1");
+    // Only pool q's address (127.0.0.9) may deliver here.
+    let sink = sink_on(Ipv4Addr::new(127, 9, 3, 1), port, &mail, |c| {
+        c.allowed_clients = Some(vec!["127.0.0.9/32".parse().unwrap()]);
+    })
+    .await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("c.t.test", 10, "mx-c.t.test").a("mx-c.t.test", Ipv4Addr::new(127, 9, 3, 1));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    std::fs::write(dir.join("egress.toml"), EGRESS).unwrap();
+    let input = [
+        r#"{"id":"q1","from":"s@x.test","to":["a@c.t.test"],"data":"Subject: q1\r\n\r\nhi\r\n","pool":"q"}"#,
+        r#"{"id":"p1","from":"s@x.test","to":["b@c.t.test"],"data":"Subject: p1\r\n\r\nhi\r\n"}"#,
+    ]
+    .join("\n");
+    std::fs::write(dir.join("in.jsonl"), input).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (dir, dns) = (dir.clone(), dns.addr().to_string());
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_mxpipe"))
+                .args(["send", "--json", "--input"])
+                .arg(dir.join("in.jsonl"))
+                .arg("--outcomes")
+                .arg(dir.join("out.jsonl"))
+                .args(["--dns", &dns, "--port-map", &format!("25={port},26={port}"), "--egress"])
+                .arg(dir.join("egress.toml"))
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{out:?}"));
+    assert_eq!(summary["outcomes"]["by_egress_source"]["nine"], 1, "{summary}");
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.join("out.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let q1 = lines.iter().find(|o| o["id"] == "q1").unwrap();
+    assert_eq!((q1["status"].as_str(), q1["source"].as_str(), q1["pool"].as_str()), (Some("delivered"), Some("nine"), Some("q")), "{q1}");
+    let p1 = lines.iter().find(|o| o["id"] == "p1").unwrap();
+    assert_eq!(
+        (p1["status"].as_str(), p1["pool"].as_str()),
+        (Some("deferred"), Some("p")),
+        "the default pool's 127.0.0.8 is refused: {p1}"
+    );
+    // An absent address: an error naming the source, before anything is sent.
+    std::fs::write(dir.join("bad.toml"), EGRESS.replace("127.0.0.8", "192.0.2.1")).unwrap();
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_mxpipe"))
+        .args(["send", "--input"])
+        .arg(dir.join("in.jsonl"))
+        .arg("--egress")
+        .arg(dir.join("bad.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("\"eight\"") && err.contains("192.0.2.1"), "{err}");
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
