@@ -152,6 +152,13 @@ async fn new_connections_spread_over_the_sources_by_weight() {
         assert_eq!(a + b, n);
         // Weights 3 : 1, so a takes 225 of 300 on average (σ ≈ 7.5); a loose bound either way.
         assert!((180..=270).contains(&a), "a sent {a}, b sent {b}");
+        // What the receiver saw: each message from the source's own address, under its EHLO name.
+        let peers = sink.peers();
+        let from = |addr: &str, helo: &str| {
+            peers.peers.iter().filter(|p| p.ip == Some(addr.parse().unwrap()) && p.helo == helo).map(|p| p.messages).sum::<u64>() as usize
+        };
+        assert_eq!((from("127.0.0.2", "a.out.test"), from("127.0.0.3", "b.out.test")), (a, b), "{peers:?}");
+        assert_eq!(peers.peers.len(), 2, "no other address or EHLO name: {peers:?}");
         let stats = sink_stats(sink).await;
         assert_eq!((stats.messages, stats.rejected_clients), (n as u64, 0), "{stats:#?}");
     })

@@ -788,6 +788,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         let id = MESSAGE_SEQ.fetch_add(1, Ordering::Relaxed);
         let stats = &self.ctx.stats;
         inc(&stats.messages);
+        stats.peer_message(self.gate.client, self.helo_name.as_deref());
         if txn.requiretls {
             inc(&stats.requiretls_messages);
         }

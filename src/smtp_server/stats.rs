@@ -46,7 +46,9 @@ pub(crate) struct Stats {
     pub auth_failed: AtomicU64,
     /// Messages per (client address, EHLO name): which source delivered what, for the tests
     /// of egress sources. One uncontended lock per message.
-    pub peers: Mutex<HashMap<(Option<IpAddr>, String), u64>>,
+    /// By address, then (EHLO name, messages): a hit allocates nothing.
+    pub peers: Mutex<HashMap<Option<IpAddr>, Vec<(String, u64)>>>,
+    pub peers_len: AtomicU64,
     pub peers_overflow: AtomicU64,
 }
 
@@ -82,12 +84,13 @@ impl PeerTable {
 
 impl Stats {
     pub fn peer_message(&self, ip: Option<IpAddr>, helo: Option<&str>) {
+        let helo = helo.unwrap_or("");
         let mut t = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (ip, helo.unwrap_or("").to_string());
-        if let Some(n) = t.get_mut(&key) {
-            *n += 1;
-        } else if t.len() < MAX_PEERS {
-            t.insert(key, 1);
+        if let Some(n) = t.get_mut(&ip).and_then(|v| v.iter_mut().find(|(h, _)| h == helo)) {
+            n.1 += 1;
+        } else if self.peers_len.load(Ordering::Relaxed) < MAX_PEERS as u64 {
+            self.peers_len.fetch_add(1, Ordering::Relaxed);
+            t.entry(ip).or_default().push((helo.to_string(), 1));
         } else {
             self.peers_overflow.fetch_add(1, Ordering::Relaxed);
         }
@@ -95,7 +98,8 @@ impl Stats {
 
     pub fn peers(&self) -> PeerTable {
         let t = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let mut peers: Vec<PeerStat> = t.iter().map(|((ip, helo), n)| PeerStat { ip: *ip, helo: helo.clone(), messages: *n }).collect();
+        let mut peers: Vec<PeerStat> =
+            t.iter().flat_map(|(ip, v)| v.iter().map(|(helo, n)| PeerStat { ip: *ip, helo: helo.clone(), messages: *n })).collect();
         peers.sort_by(|a, b| b.messages.cmp(&a.messages).then_with(|| a.ip.cmp(&b.ip)).then_with(|| a.helo.cmp(&b.helo)));
         PeerTable { peers, overflow: self.peers_overflow.load(Ordering::Relaxed) }
     }
