@@ -212,3 +212,60 @@ async fn send_with_egress_binds_the_pool_an_input_line_names() {
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The pool chosen at the door: the HTTP API's `"pool"` and the SMTP header field
+/// `X-Mxpipe-Pool:` (taken out before delivery) pick pool q, whose source is the only one the
+/// destination accepts; a pool that is not configured is refused on both (400, 550 5.7.0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_is_chosen_by_the_api_field_or_the_header_and_an_unknown_one_is_refused() {
+    let dir = tmpdir("egress-intake");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.3.1");
+    let sink = sink_on(Ipv4Addr::new(127, 9, 3, 1), port, &mail, |c| {
+        c.allowed_clients = Some(vec!["127.0.0.9/32".parse().unwrap()]);
+    })
+    .await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("e.t.test", 10, "mx-e.t.test").a("mx-e.t.test", Ipv4Addr::new(127, 9, 3, 1));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let setup = Setup { tail: EGRESS.into(), ..Setup::new(&dir, dns.addr(), port) };
+    let d = start_daemon(&setup.write(&dir), setup.inject);
+
+    let body = serde_json::json!({"from": "app@src.test", "to": ["u@e.t.test"], "pool": "q", "data": "Subject: by-api\r\n\r\nx\r\n"});
+    let (code, text) = http_async(setup.http, "POST", "/v1/messages".into(), body.to_string()).await;
+    assert_eq!(code, 202, "{text}");
+    let bad = serde_json::json!({"from": "app@src.test", "to": ["u@e.t.test"], "pool": "nope", "data": "Subject: x\r\n\r\nx\r\n"});
+    let (code, text) = http_async(setup.http, "POST", "/v1/messages".into(), bad.to_string()).await;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("nope"), "{text}");
+
+    let smtp = |subject: &'static str, pool: &'static str| async move {
+        let mut c = common::Client::connect(setup.inject).await;
+        assert_eq!(c.reply().await.code, 220);
+        assert_eq!(c.cmd("EHLO app.test").await, 250);
+        assert_eq!(c.cmd("MAIL FROM:<app@src.test>").await, 250);
+        assert_eq!(c.cmd("RCPT TO:<u@e.t.test>").await, 250);
+        assert_eq!(c.cmd("DATA").await, 354);
+        c.send(format!("Subject: {subject}\r\nX-Mxpipe-Pool: {pool}\r\n\r\nx\r\n.\r\n")).await;
+        let code = c.reply().await.code;
+        let _ = c.cmd("QUIT").await;
+        code
+    };
+    assert_eq!(smtp("by-header", "q").await, 250);
+    assert_eq!(smtp("unknown", "nope").await, 550);
+
+    wait_for("both delivered from pool q", Duration::from_secs(30), || subjects(&mail).len() >= 2).await;
+    let mut got = subjects(&mail);
+    got.sort();
+    assert_eq!(got, ["by-api", "by-header"]);
+    for e in std::fs::read_dir(&mail).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        assert!(!text.to_ascii_lowercase().contains("x-mxpipe-pool"), "the directive was delivered: {text}");
+        assert!(text.contains("Received: from nine.out.test ([127.0.0.9])"), "{text}");
+    }
+    assert!(terminate(d));
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
