@@ -363,11 +363,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 return Some(Exit::Protocol);
             }
             Command::Invalid(syntax) => return self.bad_command(syntax.reply()).await,
-            Command::Ehlo(ref name) | Command::Helo(ref name) => {
+            Command::Ehlo(name) | Command::Helo(name) => {
                 // A fresh greeting resets the transaction, not the error count: EHLO between
                 // bad commands must not buy a client endless tries.
                 self.helo = true;
-                self.helo_name = Some(String::from_utf8_lossy(name.as_ref()).into_owned());
+                self.helo_name = Some(String::from_utf8_lossy(name).into_owned());
                 self.txn = None;
                 let text = if matches!(cmd, Command::Helo(_)) {
                     format!("250 {}\r\n", self.ctx.cfg.hostname)

@@ -47,10 +47,13 @@ pub(crate) struct Stats {
     /// Messages per (client address, EHLO name): which source delivered what, for the tests
     /// of egress sources. One uncontended lock per message.
     /// By address, then (EHLO name, messages): a hit allocates nothing.
-    pub peers: Mutex<HashMap<Option<IpAddr>, Vec<(String, u64)>>>,
+    pub peers: Mutex<PeerCounts>,
     pub peers_len: AtomicU64,
     pub peers_overflow: AtomicU64,
 }
+
+/// Messages by client address, then by EHLO name.
+pub(crate) type PeerCounts = HashMap<Option<IpAddr>, Vec<(String, u64)>>;
 
 /// Distinct (client address, EHLO name) pairs recorded; messages of more are only counted.
 pub const MAX_PEERS: usize = 1024;
