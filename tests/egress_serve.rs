@@ -132,6 +132,14 @@ async fn a_rate_limit_to_one_source_suspends_that_source_not_the_pool() {
     let line = |source: &str, status: &str| format!("mxpipe_egress_attempts_total{{source=\"{source}\",pool=\"p\",status=\"{status}\"}} ");
     assert!(metrics.contains(&format!("{}{n}\n", line("nine", "delivered"))), "{metrics}");
     assert!(metrics.contains(&line("eight", "deferred")) && !metrics.contains(&line("eight", "delivered")), "{metrics}");
+    // The operator resumes the destination: its per-source suspensions end as well.
+    let (status, body) = http(setup.http, "POST", "/v1/queues/s.t.test/resume", "{}");
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = http(setup.http, "GET", "/v1/queues", "");
+    assert!(!body.contains("s.t.test/eight"), "still suspended after resume: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let eight = v["egress"].as_array().and_then(|a| a.iter().find(|s| s["name"] == "eight")).unwrap_or_else(|| panic!("{body}"));
+    assert!(eight["suspended"].get("s.t.test").is_none(), "{eight}");
     assert!(terminate(d));
     let log = std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap();
     let lines: Vec<&str> = log.lines().collect();

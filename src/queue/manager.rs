@@ -684,6 +684,18 @@ impl Manager {
             Control::Resume { reply, .. } => {
                 self.dests.resume(&domain, now);
                 self.board.resumed(&domain);
+                // The domain's per-source suspensions (`domain/source`) end too: an operator who
+                // resumes a destination means every address may send to it again.
+                let prefix = format!("{domain}/");
+                let per_source: Vec<String> =
+                    self.dests.suspended(now).into_iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.to_string()).collect();
+                for key in per_source {
+                    self.dests.resume(&key, now);
+                    self.board.resumed(&key);
+                    if let (Some(engine), Some((_, src))) = (&self.engine, key.split_once('/')) {
+                        engine.suspend_source(&domain, src, None);
+                    }
+                }
                 self.save_suspensions();
                 let r = self.waiting_for(&domain);
                 // Their next round now: those held only by the suspension go at once.
