@@ -40,6 +40,7 @@ pub mod dnsserver;
 pub mod dsn;
 pub mod egress;
 pub mod engine;
+pub mod header;
 pub mod inject;
 pub mod logging;
 pub mod outcome;

@@ -172,14 +172,8 @@ pub fn generate(algorithm: Algorithm, bits: usize) -> Result<(String, String), S
 /// zone-file form (split into strings of at most 255 bytes, as RFC 1035 requires, which an
 /// RSA key needs) and the `[[dkim]]` entry.
 pub fn keygen(domain: &str, selector: &str, algorithm: Algorithm, bits: usize, out: &Path) -> Result<String, String> {
-    let domain = idna::domain_to_ascii(domain.trim_end_matches('.'))
-        .ok()
-        .filter(|d| d.contains('.'))
-        .ok_or_else(|| format!("{domain:?} is not a domain name"))?
-        .to_ascii_lowercase();
-    if selector.is_empty() || !selector.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-        return Err(format!("selector {selector:?}: letters, digits, '-', '_' and '.' only"));
-    }
+    let domain = signing_domain(domain)?;
+    check_selector(selector)?;
     if out.exists() {
         return Err(format!("{} exists: not overwritten (remove it, or give another --out)", out.display()));
     }
@@ -202,6 +196,25 @@ pub fn keygen(domain: &str, selector: &str, algorithm: Algorithm, bits: usize, o
         txt = strings.join(" "),
         alg = algorithm.key_type(),
     ))
+}
+
+/// A signing domain (`d=`) as an A-label, lowercase; a name of at least two labels.
+pub fn signing_domain(domain: &str) -> Result<String, String> {
+    idna::domain_to_ascii(domain.trim_end_matches('.'))
+        .ok()
+        .filter(|d| !d.is_empty() && d.contains('.'))
+        .map(|d| d.to_ascii_lowercase())
+        .ok_or_else(|| format!("{domain:?} is not a domain name"))
+}
+
+/// A selector (`s=`): one or more DNS labels of letters, digits, '-' and '_'.
+pub fn check_selector(selector: &str) -> Result<(), String> {
+    let label_ok = |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if selector.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!("selector {selector:?} is not a DNS label: letters, digits, '-' and '_', labels joined by '.'"))
+    }
 }
 
 fn b64(b: &[u8]) -> String {

@@ -177,22 +177,23 @@ impl std::fmt::Debug for Dkim {
 impl Dkim {
     /// Loads every key; the first bad entry is the error, naming its file.
     pub fn load(entries: &[KeyConfig]) -> Result<Dkim, String> {
-        Ok(Dkim {
-            set: RwLock::new(Arc::new(load_set(entries)?)),
+        Ok(Dkim::from_set(load_set(entries)?))
+    }
+
+    fn from_set(set: KeySet) -> Dkim {
+        Dkim {
+            set: RwLock::new(Arc::new(set)),
             signed: AtomicU64::new(0),
             unsigned: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
-        })
+        }
     }
 
     /// One key given as PEM bytes instead of a file (`entry.key` is then only its name in
     /// errors): for `mxpipe demo`, which makes its key in memory.
     pub fn with_pem(entry: &KeyConfig, pem: &[u8]) -> Result<Dkim, String> {
-        let set = build_set(std::slice::from_ref(entry), |_| keys::parse_pem(pem))?;
-        let d = Dkim::load(&[])?;
-        *d.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
-        Ok(d)
+        Ok(Dkim::from_set(build_set(std::slice::from_ref(entry), |_| keys::parse_pem(pem))?))
     }
 
     /// A `[[dkim]]` entry with the defaults, for a key of `domain` and `selector` in `key`.
@@ -383,28 +384,7 @@ pub fn from_domain(data: &[u8]) -> Option<String> {
 /// [`MAX_HEADER_SCAN`] bytes of the header section.
 pub(crate) fn header_value(data: &[u8], name: &str) -> Option<String> {
     let head = &data[..data.len().min(MAX_HEADER_SCAN)];
-    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).peekable();
-    while let Some(line) = lines.next() {
-        if line.is_empty() {
-            return None;
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-        if !line[..colon].trim_ascii().eq_ignore_ascii_case(name.as_bytes()) {
-            continue;
-        }
-        let mut v = String::from_utf8_lossy(&line[colon + 1..]).into_owned();
-        while let Some(next) = lines.peek() {
-            if next.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
-                v.push(' ');
-                v.push_str(&String::from_utf8_lossy(next.trim_ascii()));
-                lines.next();
-            } else {
-                break;
-            }
-        }
-        return Some(v.trim().to_string());
-    }
-    None
+    crate::header::fields(head).find(|f| f.name.is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))).map(|f| f.unfolded())
 }
 
 /// `data` with every line ending as CRLF (what is signed must be what goes on the wire; the
@@ -430,16 +410,8 @@ fn build_set(entries: &[KeyConfig], load: impl Fn(&KeyConfig) -> Result<keys::Lo
     let mut keys = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
         let at = || format!("dkim[{i}] ({}/{})", e.domain, e.selector);
-        let domain = idna::domain_to_ascii(e.domain.trim_end_matches('.'))
-            .ok()
-            .filter(|d| !d.is_empty() && d.contains('.'))
-            .ok_or_else(|| format!("{}: {:?} is not a domain name", at(), e.domain))?
-            .to_ascii_lowercase();
-        if e.selector.is_empty()
-            || !e.selector.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-        {
-            return Err(format!("{}: selector {:?} is not a DNS label", at(), e.selector));
-        }
+        let domain = keys::signing_domain(&e.domain).map_err(|err| format!("{}: {err}", at()))?;
+        keys::check_selector(&e.selector).map_err(|err| format!("{}: {err}", at()))?;
         let loaded = load(e).map_err(|err| format!("{}: key file {}: {err}", at(), e.key.display()))?;
         if let Some(want) = e.algorithm {
             if want != loaded.algorithm {

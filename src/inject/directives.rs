@@ -25,74 +25,44 @@ pub struct Directives {
 pub fn take(data: &[u8]) -> Result<(Directives, Option<Vec<u8>>), String> {
     let scan = &data[..data.len().min(MAX_SCAN)];
     // Cheap test first: no "x-mxpipe-" anywhere in the header section, nothing to do.
-    let head_end = header_end(scan);
+    let head_end = crate::header::section_end(scan);
     if !contains_ci(&scan[..head_end], b"x-mxpipe-") {
         return Ok((Directives::default(), None));
     }
     let mut d = Directives::default();
     let mut out = Vec::with_capacity(data.len());
-    let mut pos = 0;
-    while pos < head_end {
-        let line_end = next_line(scan, pos);
-        // The field runs on over folded continuation lines.
-        let mut field_end = line_end;
-        while field_end < head_end && matches!(scan.get(field_end), Some(b' ' | b'\t')) {
-            field_end = next_line(scan, field_end);
+    for field in crate::header::fields(scan) {
+        let Some(name) = field.name.and_then(directive) else {
+            out.extend_from_slice(&scan[field.span]);
+            continue;
+        };
+        let value = std::str::from_utf8(field.value).map_err(|_| format!("{name}: not UTF-8"))?;
+        let value: String = value.split(['\r', '\n']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
+        if value.is_empty() || value.len() > MAX_VALUE {
+            return Err(format!("{name}: give a name of 1 to {MAX_VALUE} characters"));
         }
-        let field = &scan[pos..field_end];
-        match directive(field) {
-            Some((name, value)) => {
-                let value = std::str::from_utf8(value).map_err(|_| format!("{name}: not UTF-8"))?;
-                let value: String = value.split(['\r', '\n']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
-                if value.is_empty() || value.len() > MAX_VALUE {
-                    return Err(format!("{name}: give a name of 1 to {MAX_VALUE} characters"));
-                }
-                if name == "X-Mxpipe-Pool" {
-                    if d.pool.replace(value).is_some() {
-                        return Err("X-Mxpipe-Pool: given twice".into());
-                    }
-                } else {
-                    let names = d.dkim.get_or_insert_with(Vec::new);
-                    names.extend(value.split([',', ' ', '\t']).filter(|s| !s.is_empty()).map(str::to_string));
-                }
+        if name == "X-Mxpipe-Pool" {
+            if d.pool.replace(value).is_some() {
+                return Err("X-Mxpipe-Pool: given twice".into());
             }
-            None => out.extend_from_slice(field),
+        } else {
+            let names = d.dkim.get_or_insert_with(Vec::new);
+            names.extend(value.split([',', ' ', '\t']).filter(|s| !s.is_empty()).map(str::to_string));
         }
-        pos = field_end;
     }
     out.extend_from_slice(&data[head_end..]);
     Ok((d, Some(out)))
 }
 
-/// The directive a header field is, with its raw value.
-fn directive(field: &[u8]) -> Option<(&'static str, &[u8])> {
-    let colon = field.iter().position(|&b| b == b':')?;
-    let name = field[..colon].trim_ascii_end();
-    let which = if name.eq_ignore_ascii_case(b"x-mxpipe-pool") {
-        "X-Mxpipe-Pool"
+/// Which directive a field name is.
+fn directive(name: &[u8]) -> Option<&'static str> {
+    if name.eq_ignore_ascii_case(b"x-mxpipe-pool") {
+        Some("X-Mxpipe-Pool")
     } else if name.eq_ignore_ascii_case(b"x-mxpipe-dkim") {
-        "X-Mxpipe-Dkim"
+        Some("X-Mxpipe-Dkim")
     } else {
-        return None;
-    };
-    Some((which, &field[colon + 1..]))
-}
-
-/// Index just past the line starting at `pos` (its LF included), or the end.
-fn next_line(b: &[u8], pos: usize) -> usize {
-    memchr::memchr(b'\n', &b[pos..]).map_or(b.len(), |i| pos + i + 1)
-}
-
-/// Where the header section ends (the start of the empty line, or the end of `b`).
-fn header_end(b: &[u8]) -> usize {
-    let mut pos = 0;
-    while pos < b.len() {
-        if b[pos] == b'\n' || (b[pos] == b'\r' && b.get(pos + 1) == Some(&b'\n')) {
-            return pos;
-        }
-        pos = next_line(b, pos);
+        None
     }
-    b.len()
 }
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {

@@ -141,7 +141,8 @@ impl Intake {
 
     /// The DKIM signer's counters, if it signs.
     pub fn dkim_stats(&self) -> Option<crate::dkim::DkimStats> {
-        self.signer.as_ref().filter(|s| !s.dkim.is_empty() || s.dkim.stats().reloads > 0).map(|s| s.dkim.stats())
+        // Shown once there are keys, or once a reload has happened (which may have removed them).
+        self.signer.as_ref().map(|s| s.dkim.stats()).filter(|st| !st.per_key.is_empty() || st.reloads > 0)
     }
 
     /// The board, for observers.
