@@ -604,6 +604,13 @@ pub struct LogSection {
 /// With `[[egress.source]]`s, `max_conns` and `msgs_per_s` hold per source: receivers
 /// throttle each sending address apart, so a pool of three sources may have three times
 /// the connections and the rate toward a destination, each source within the limit.
+///
+/// An `mx_pattern` entry (even one with no limit) also makes its hosts one *site* for
+/// suspensions of an egress source: a 421 or a rate-limit reply from any of them to one
+/// source suspends that source toward all of them, for every domain they serve, while the
+/// pool's other sources go on (`*.google.com`: a 421 from Gmail to one address stops that
+/// address for every Google-hosted domain). Without egress sources, or for an MX host no
+/// pattern matches, a suspension holds for the recipient's domain.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DomainOverride {
@@ -697,6 +704,8 @@ impl Config {
             let certs = crate::tls::certs::load_certs(path).map_err(|source| ConfigError::CaFile { path: path.clone(), source })?;
             c.extra_roots.extend(certs);
         }
+        // Every pattern, in file order, also names a site for egress suspensions.
+        c.mx_sites = self.domains.iter().filter_map(|d| d.mx_pattern.as_ref()).map(|p| p.as_str().to_string()).collect();
         for d in &self.domains {
             if d.max_conns.is_some() || d.msgs_per_s.is_some() {
                 let scope = match (&d.name, &d.mx_pattern) {

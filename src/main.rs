@@ -122,7 +122,9 @@ enum QueueSub {
         #[arg(long = "for", value_name = "DURATION", default_value = "1h")]
         duration: String,
     },
-    /// Lift a suspension (the operator's or the daemon's own after a 421) and try now.
+    /// Lift a suspension (the operator's or the daemon's own after a 421) and try now. DOMAIN
+    /// may also be an MX host pattern of the config (`*.google.com`): the egress sources'
+    /// suspensions toward that site end.
     Resume { domain: String },
     /// Give up on every recipient waiting for a destination: bounced with a DSN to each sender.
     Bounce { domain: String },
@@ -467,6 +469,10 @@ struct SinkArgs {
     /// Probability of closing the connection at the end of a message's data, before replying.
     #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = rate)]
     drop_rate: f64,
+    /// Probability of answering a connection's greeting with 421 4.7.0 and closing it (a
+    /// receiver throttling the sending address).
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = rate)]
+    refuse_rate: f64,
     /// Wait this many milliseconds before every reply.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     delay: u64,
@@ -576,6 +582,7 @@ fn run_sink(a: SinkArgs) -> Result<(), String> {
         perm_fail_rate: a.perm_fail_rate,
         rate_limit_rate: a.rate_limit_rate,
         drop_rate: a.drop_rate,
+        refuse_rate: a.refuse_rate,
         delay: Duration::from_millis(a.delay),
         only_from: None,
     };
@@ -669,6 +676,7 @@ fn print_summary(stats: &mxpipe::engine::EngineStats, tally: &mxpipe::outcome::T
     println!("recipients with a DNSSEC-authenticated MX answer: {}", tally.dnssec);
     if !tally.by_egress_source.is_empty() {
         println!("recipients by egress source: {}", join(&tally.by_egress_source));
+        println!("messages delivered by egress source: {}", join(&tally.messages_by_egress_source));
     }
 }
 

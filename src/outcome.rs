@@ -144,6 +144,13 @@ pub struct Tally {
     /// Recipients by the egress source their last attempt left from (with sources configured).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub by_egress_source: std::collections::BTreeMap<String, u64>,
+    /// Messages delivered by the egress source they left from: a message counts once per
+    /// source that delivered any of its recipients (with sources configured).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub messages_by_egress_source: std::collections::BTreeMap<String, u64>,
+    /// (message id, source) pairs already counted in `messages_by_egress_source`.
+    #[serde(skip)]
+    delivered_from: std::collections::HashSet<(String, String)>,
 }
 
 impl Tally {
@@ -169,6 +176,9 @@ impl Tally {
         self.dnssec += u64::from(o.dnssec);
         if let Some(s) = &o.source {
             *self.by_egress_source.entry(s.clone()).or_default() += 1;
+            if o.status == Status::Delivered && self.delivered_from.insert((o.id.clone(), s.clone())) {
+                *self.messages_by_egress_source.entry(s.clone()).or_default() += 1;
+            }
         }
     }
 

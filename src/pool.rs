@@ -497,7 +497,9 @@ fn session_error_to_connect(target: &Target, e: SessionError) -> ConnectError {
         SessionError::StartTlsUnavailable(reason) => {
             ConnectError::Policy { host, reason: format!("STARTTLS required: {reason}"), result: ResultType::StarttlsNotSupported }
         }
-        SessionError::Greeting(r) | SessionError::Ehlo(r) => ConnectError::Smtp { host, reason: r.one_line() },
+        SessionError::Greeting(r) | SessionError::Ehlo(r) | SessionError::ServiceClosing(r) => {
+            ConnectError::Smtp { host, reason: r.one_line() }
+        }
         other => ConnectError::Smtp { host, reason: other.to_string() },
     }
 }

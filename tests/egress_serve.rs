@@ -277,3 +277,151 @@ async fn the_pool_is_chosen_by_the_api_field_or_the_header_and_an_unknown_one_is
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Pool `p` sends from both sources (mostly 127.0.0.8), pool `solo` from 127.0.0.8 only; the
+/// MX hosts under `*.site.t.test` are one site.
+const SITE: &str = r#"
+[egress]
+default_pool = "p"
+[[egress.source]]
+name = "eight"
+address = "127.0.0.8"
+ehlo = "eight.out.test"
+[[egress.source]]
+name = "nine"
+address = "127.0.0.9"
+ehlo = "nine.out.test"
+[[egress.pool]]
+name = "p"
+sources = [{ source = "eight", weight = 5 }, { source = "nine" }]
+[[egress.pool]]
+name = "solo"
+sources = [{ source = "eight" }]
+
+[[domain]]
+mx_pattern = "*.site.t.test"
+"#;
+
+/// CPU time (user + system) process `pid` has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at state (field 3).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Delivery-log lines of attempts to `domain` from source `source`.
+fn attempts(log: &str, domain: &str, source: &str) -> usize {
+    let (to, from) = (format!("@{domain}\""), format!("\"source\":\"{source}\""));
+    log.lines().filter(|l| l.contains(&to) && l.contains(&from)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_from_one_mx_host_suspends_the_source_toward_its_whole_site() {
+    let dir = tmpdir("egress-site");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.4.1");
+    let sink = sink_on(Ipv4Addr::new(127, 9, 4, 1), port, &mail, |c| {
+        c.faults.rate_limit_rate = 1.0;
+        c.faults.only_from = Some("127.0.0.8".parse().unwrap());
+    })
+    .await;
+    // Three domains hosted at one provider (two MX host names under one pattern).
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("a.t.test", 10, "mx1.site.t.test")
+        .mx("b.t.test", 10, "mx2.site.t.test")
+        .mx("c.t.test", 10, "mx1.site.t.test")
+        .a("mx1.site.t.test", Ipv4Addr::new(127, 9, 4, 1))
+        .a("mx2.site.t.test", Ipv4Addr::new(127, 9, 4, 1));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let setup = Setup { tail: SITE.into(), engine: "max_msgs_per_conn = 1".into(), ..Setup::new(&dir, dns.addr(), port) };
+    let d = start_daemon(&setup.write(&dir), setup.inject);
+    let log_path = dir.join("delivery.jsonl");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // 1. The site rate-limits source eight for a.t.test: eight is suspended toward the site.
+    for i in 0..10 {
+        assert!(inject(d.inject, "app@src.test", "u@a.t.test", &format!("a-{i}")).await);
+    }
+    wait_for("a.t.test's mail delivered from nine", Duration::from_secs(30), || subjects(&mail).len() >= 10).await;
+    assert!(attempts(&log(), "a.t.test", "eight") >= 1, "eight was tried: {}", log());
+    let (_, body) = http(setup.http, "GET", "/v1/queues", "");
+    assert!(body.contains("*.site.t.test/eight"), "the source's suspension toward the site is shown: {body}");
+    assert!(!body.contains("a.t.test/eight"), "suspended toward the site, not the one domain: {body}");
+
+    // 2. Another domain of the same site: eight is not even tried (without the site it would
+    //    be, five times in six).
+    for i in 0..20 {
+        assert!(inject(d.inject, "app@src.test", "u@b.t.test", &format!("b-{i}")).await);
+    }
+    wait_for("b.t.test's mail delivered", Duration::from_secs(30), || subjects(&mail).len() >= 30).await;
+    assert_eq!(attempts(&log(), "b.t.test", "eight"), 0, "{}", log());
+    assert_eq!(attempts(&log(), "b.t.test", "nine"), 20, "{}", log());
+
+    // 3. A pool of eight alone: its mail to the site waits, untried, with no busy loop.
+    let body = serde_json::json!({"from": "app@src.test", "to": ["u@c.t.test"], "pool": "solo", "data": "Subject: c-0\r\n\r\nx\r\n"});
+    let (code, text) = http_async(setup.http, "POST", "/v1/messages".into(), body.to_string()).await;
+    assert_eq!(code, 202, "{text}");
+    let cpu_before = cpu_seconds(d.child.id());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(attempts(&log(), "c.t.test", "eight"), 0, "held while its only source is suspended: {}", log());
+    // Held in the queue, not handed to the engine and given back over and over (that would
+    // keep a core busy).
+    let cpu = cpu_seconds(d.child.id()) - cpu_before;
+    assert!(cpu < 1.0, "the held message went back and forth: {cpu:.2} s of CPU in 3 s");
+    // The operator lifts the site's suspension: it goes now (and is throttled again).
+    let (status, text) = http(setup.http, "POST", "/v1/queues/*.site.t.test/resume", "");
+    assert_eq!(status, 200, "{text}");
+    wait_for("c.t.test attempted from eight after the resume", Duration::from_secs(20), || attempts(&log(), "c.t.test", "eight") >= 1)
+        .await;
+    let (_, body) = http(setup.http, "GET", "/v1/queues", "");
+    assert!(body.contains("*.site.t.test/eight"), "throttled again, suspended again: {body}");
+    assert!(terminate(d));
+    assert!(!log().lines().any(|l| l.contains("\"bounced\"")), "{}", log());
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_421_greeting_to_one_source_suspends_that_source_and_the_other_carries_the_mail() {
+    let dir = tmpdir("egress-greeting");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.5.1");
+    // Every connection from 127.0.0.8 is refused at the greeting, as receivers throttle an
+    // address before any command.
+    let sink = sink_on(Ipv4Addr::new(127, 9, 5, 1), port, &mail, |c| {
+        c.faults.refuse_rate = 1.0;
+        c.faults.only_from = Some("127.0.0.8".parse().unwrap());
+    })
+    .await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("g.t.test", 10, "mx.g.t.test").a("mx.g.t.test", Ipv4Addr::new(127, 9, 5, 1));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let tail = SITE.replace("[[domain]]\nmx_pattern = \"*.site.t.test\"\n", "");
+    let setup = Setup { tail, engine: "max_msgs_per_conn = 1".into(), ..Setup::new(&dir, dns.addr(), port) };
+    let d = start_daemon(&setup.write(&dir), setup.inject);
+    let n = 12;
+    for i in 0..n {
+        assert!(inject(d.inject, "app@src.test", "u@g.t.test", &format!("g-{i}")).await);
+    }
+    wait_for("every message delivered", Duration::from_secs(40), || subjects(&mail).len() >= n).await;
+    let (_, body) = http(setup.http, "GET", "/v1/queues", "");
+    assert!(body.contains("g.t.test/eight"), "the refused source is suspended toward the domain: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let queues = v["queues"].as_array().unwrap();
+    assert!(queues.iter().all(|q| q["domain"] != "g.t.test"), "the destination itself is not suspended: {body}");
+    assert!(terminate(d));
+    let log = std::fs::read_to_string(dir.join("delivery.jsonl")).unwrap();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("\"deferred\"") && l.contains("\"source\":\"eight\"")).collect();
+    assert!(!refused.is_empty(), "eight was tried: {log}");
+    assert!(refused.iter().all(|l| l.contains("\"reply\":\"421 4.7.0") && l.contains("\"mx\":\"mx.g.t.test\"")), "{log}");
+    assert_eq!(log.lines().filter(|l| l.contains("\"delivered\"") && l.contains("\"source\":\"nine\"")).count(), n, "{log}");
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

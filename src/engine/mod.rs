@@ -134,6 +134,11 @@ pub struct EngineConfig {
     /// of them ([`crate::egress`]). `None`: the system picks the address, and
     /// [`EngineConfig::ehlo_name`] is said.
     pub egress: Option<Arc<crate::egress::Egress>>,
+    /// MX host patterns that group hosts into one receiver ("site") for suspensions of an
+    /// egress source: a 421 or a rate limit from a host matching one to source S suspends S
+    /// toward every host matching it, whatever domains they serve. An MX host belongs to the
+    /// first pattern that matches it. The daemon gives every `[[domain]]` `mx_pattern`.
+    pub mx_sites: Vec<String>,
 }
 
 impl Default for EngineConfig {
@@ -162,6 +167,7 @@ impl Default for EngineConfig {
             ticket_hosts: 50_000,
             dane: true,
             egress: None,
+            mx_sites: Vec::new(),
         }
     }
 }
@@ -320,6 +326,7 @@ pub struct Engine {
     state: Arc<PolicyState>,
     flusher: Flusher,
     egress: Option<Arc<crate::egress::Egress>>,
+    mx_sites: Arc<[String]>,
 }
 
 /// How often the policy state is written while the engine runs (and once more at shutdown).
@@ -369,6 +376,9 @@ impl Engine {
         cfg.max_msgs_per_conn = cfg.max_msgs_per_conn.max(1);
         cfg.max_conns_per_dest = cfg.max_conns_per_dest.max(1);
         cfg.max_conns_per_ip = cfg.max_conns_per_ip.max(1);
+        for p in &mut cfg.mx_sites {
+            *p = p.trim_end_matches('.').to_ascii_lowercase();
+        }
         let state = cfg.state.get_or_insert_with(|| Arc::new(PolicyState::in_memory(StateOptions::default()))).clone();
         let (otx, orx) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
@@ -394,6 +404,7 @@ impl Engine {
             state,
             flusher,
             egress: cfg.egress.clone(),
+            mx_sites: cfg.mx_sites.clone().into(),
         };
         Ok((engine, orx))
     }
@@ -448,7 +459,7 @@ impl Engine {
                     }
                     Err(e) => match e.0 {
                         shard::Command::Deliver(part) => Some(part),
-                        shard::Command::Drain(_) | shard::Command::Withdraw(_) | shard::Command::SuspendSource(..) => None,
+                        _ => None,
                     },
                 }
             };
@@ -477,19 +488,39 @@ impl Engine {
         }
     }
 
-    /// Send no more mail from egress source `source` (by name) to `domain` until `until`
-    /// (`None`: lift it): a 421 or a rate limit from the domain to that address. The pool's
-    /// other sources carry its mail; when every source of a message's pool is suspended its
-    /// parts not yet started come back as [`WITHDRAWN`]. Unknown source names are ignored.
-    pub fn suspend_source(&self, domain: &str, source: &str, until: Option<Instant>) {
+    /// Send no more mail from egress source `source` (by name) to `scope` until `until`
+    /// (`None`: lift it): a 421 or a rate limit from there to that address. `scope` is a
+    /// destination domain, or one of [`EngineConfig::mx_sites`] (then every shard skips the
+    /// source toward every MX host of that site). The pool's other sources carry the mail;
+    /// when every source of a message's pool is suspended its parts not yet started come back
+    /// as [`WITHDRAWN`]. Unknown source names are ignored.
+    pub fn suspend_source(&self, scope: &str, source: &str, until: Option<Instant>) {
         let Some(s) = self.egress.as_ref().and_then(|e| e.sources().iter().position(|x| x.name.eq_ignore_ascii_case(source))) else {
             return;
         };
-        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-        let shard = &self.shards[shard_of(&domain, self.shards.len())];
-        if shard.tx.send(shard::Command::SuspendSource(domain, s, until)).is_ok() {
+        let scope = scope.trim_end_matches('.').to_ascii_lowercase();
+        if self.is_site(&scope) {
+            for shard in &self.shards {
+                if shard.tx.send(shard::Command::SuspendSourceSite(scope.clone(), s, until)).is_ok() {
+                    shard.wake.notify_one();
+                }
+            }
+            return;
+        }
+        let shard = &self.shards[shard_of(&scope, self.shards.len())];
+        if shard.tx.send(shard::Command::SuspendSource(scope, s, until)).is_ok() {
             shard.wake.notify_one();
         }
+    }
+
+    /// The site ([`EngineConfig::mx_sites`]) MX host `host` belongs to, if any.
+    pub fn mx_site(&self, host: &str) -> Option<&str> {
+        site_of(&self.mx_sites, host)
+    }
+
+    /// Whether `scope` (lower-case) is one of the configured sites rather than a domain.
+    pub fn is_site(&self, scope: &str) -> bool {
+        self.mx_sites.iter().any(|p| p.eq_ignore_ascii_case(scope))
     }
 
     /// The egress sources and pools, if configured: the intake checks pool names against them.
@@ -592,7 +623,17 @@ pub const WITHDRAWN: &str = "not attempted: withdrawn (destination suspended or 
 
 /// Whether `o` is a deferral of a part that was never tried ([`NOT_ATTEMPTED`], [`WITHDRAWN`]).
 pub fn not_attempted(o: &Outcome) -> bool {
-    o.status == Status::Deferred && o.mx.is_none() && o.reply.starts_with("mxpipe: not attempted: ")
+    // Our own reason (`mxpipe: `), never a server's reply; its `mx` may name the host it
+    // would have gone to (a source suspended toward that host's site).
+    o.status == Status::Deferred && o.reply.starts_with("mxpipe: not attempted: ")
+}
+
+/// The first of `sites` (MX host patterns, [`EngineConfig::mx_sites`]) that `host` matches.
+pub(crate) fn site_of<'a>(sites: &'a [String], host: &str) -> Option<&'a str> {
+    if sites.is_empty() {
+        return None;
+    }
+    sites.iter().find(|p| limits::host_matches(p, host)).map(String::as_str)
 }
 
 /// The destination domain of a recipient as the engine routes it ([`crate::address::Domain`]:

@@ -58,6 +58,9 @@ pub(super) enum Command {
     /// Use no connection from egress source `.1` toward domain `.0` until `.2` (a 421 or a
     /// rate limit from there to that address); `None` lifts it.
     SuspendSource(String, usize, Option<Instant>),
+    /// The same toward every MX host of site `.0` (one of [`EngineConfig::mx_sites`]),
+    /// whatever domain it serves: sent to every shard.
+    SuspendSourceSite(String, usize, Option<Instant>),
 }
 
 /// The recipients of one message at one destination domain.
@@ -177,6 +180,7 @@ pub(super) fn spawn(
             tls_by_source,
             source_conns: RefCell::new(HashMap::new()),
             suspended_sources: RefCell::new(HashMap::new()),
+            suspended_sites: RefCell::new(HashMap::new()),
             warm_capped: RefCell::new(HashMap::new()),
         });
         local.block_on(&rt, run(shard, rx, wake));
@@ -253,6 +257,9 @@ pub(super) struct Shard {
     /// Egress sources suspended toward a domain (source, domain) → until: the daemon's
     /// queue manager says so after a 421 or a rate limit from there to that source.
     suspended_sources: RefCell<HashMap<(usize, String), Instant>>,
+    /// Egress sources suspended toward a site (source, MX pattern) → until: toward every MX
+    /// host of the site, whatever its domain.
+    suspended_sites: RefCell<HashMap<(usize, String), Instant>>,
     /// Egress sources whose warm-up cap toward an MX host is used up, (source, host) → until.
     warm_capped: RefCell<HashMap<(usize, String), Instant>>,
 }
@@ -263,13 +270,26 @@ impl Shard {
         bind.and_then(|b| self.tls_by_source.get(b.source)).unwrap_or(&self.tls)
     }
 
-    /// Until when egress source `source` is suspended toward `domain`, if it is now.
-    fn source_suspended(&self, source: usize, domain: &str) -> Option<Instant> {
-        let m = self.suspended_sources.borrow();
-        if m.is_empty() {
-            return None;
-        }
-        m.get(&(source, domain.to_string())).copied().filter(|&u| u > Instant::now())
+    /// Until when egress source `source` is suspended toward `domain` or toward the site of
+    /// its MX host `host`, if it is now (the later end when both are).
+    fn source_suspended(&self, source: usize, domain: &str, host: &str) -> Option<Instant> {
+        let now = Instant::now();
+        let by_domain = {
+            let m = self.suspended_sources.borrow();
+            if m.is_empty() {
+                None
+            } else {
+                m.get(&(source, domain.to_string())).copied().filter(|&u| u > now)
+            }
+        };
+        let by_site = {
+            let m = self.suspended_sites.borrow();
+            match super::site_of(&self.cfg.mx_sites, host) {
+                Some(site) if !m.is_empty() => m.get(&(source, site.to_string())).copied().filter(|&u| u > now),
+                _ => None,
+            }
+        };
+        by_domain.max(by_site)
     }
 
     /// Until when source `source` is capped by its warm-up toward MX host `host`, if it is now.
@@ -287,6 +307,20 @@ impl Shard {
         let pool = pool.and_then(|p| eg.pools().get(p)).map(|p| p.name.to_string());
         let source = bind.and_then(|b| eg.sources().get(b.source)).map(|s| s.name.to_string());
         (pool, source)
+    }
+}
+
+/// Set (`Some`) or lift (`None`) one suspension of a source, dropping those already over.
+fn set_until(m: &mut HashMap<(usize, String), Instant>, key: (usize, String), until: Option<Instant>) {
+    let now = Instant::now();
+    m.retain(|_, u| *u > now);
+    match until {
+        Some(u) => {
+            m.insert(key, u);
+        }
+        None => {
+            m.remove(&key);
+        }
     }
 }
 
@@ -367,17 +401,10 @@ async fn run(shard: Rc<Shard>, rx: crossbeam_channel::Receiver<Command>, wake: A
                     }
                 }
                 Ok(Command::SuspendSource(domain, source, until)) => {
-                    let mut m = shard.suspended_sources.borrow_mut();
-                    let now = Instant::now();
-                    m.retain(|_, u| *u > now);
-                    match until {
-                        Some(u) => {
-                            m.insert((source, domain), u);
-                        }
-                        None => {
-                            m.remove(&(source, domain));
-                        }
-                    }
+                    set_until(&mut shard.suspended_sources.borrow_mut(), (source, domain), until);
+                }
+                Ok(Command::SuspendSourceSite(site, source, until)) => {
+                    set_until(&mut shard.suspended_sites.borrow_mut(), (source, site), until);
                 }
                 Ok(Command::Drain(deadline)) => {
                     if let (false, Some(at)) = (draining, deadline) {
@@ -617,6 +644,45 @@ fn fail_queue(shard: &Shard, domain: &str, status: Status, enhanced: &str, reaso
     }
 }
 
+/// Defer queue `key` with the 4xx reply that refused its session ([`Refusal`]): each outcome
+/// has the server's reply (then, in brackets, why every host failed), its host and source.
+fn fail_queue_refused(shard: &Shard, key: &str, r: &Refusal, reasons: &str) {
+    while let Some(job) = pop_job(shard, key) {
+        defer_refused(shard, &job, r, reasons);
+    }
+}
+
+/// Defer `job` with the 4xx reply that refused a session for it ([`fail_queue_refused`]).
+fn defer_refused(shard: &Shard, job: &Job, r: &Refusal, reasons: &str) {
+    let bind = r.source.and_then(|s| Some(Bind { source: s, addr: shard.cfg.egress.as_ref()?.sources().get(s)?.addr }));
+    let (pool, source) = shard.names(job.part.pool, bind);
+    for rcpt in &job.part.rcpts {
+        let mut o = Outcome::local(&job.part.id, rcpt, Status::Deferred, "4.4.1", "");
+        o.reply = format!("{} [mxpipe: {reasons}]", r.line);
+        o.enhanced = r.enhanced.clone();
+        o.mx = Some(r.host.clone());
+        o.pool = pool.clone();
+        o.source = source.clone();
+        count_outcome(&shard.counters, Status::Deferred);
+        let _ = shard.outcomes.send(o);
+    }
+}
+
+/// Give back queue `key` untried ([`WITHDRAWN`]) because every source of its pool is
+/// suspended toward it or toward the site of MX host `host`: the outcomes name the host, so
+/// the queue manager learns the domain's site and holds its mail until the suspension ends.
+fn withdraw_toward(shard: &Shard, key: &str, host: &str) {
+    while let Some(job) = pop_job(shard, key) {
+        for r in &job.part.rcpts {
+            let mut o = Outcome::local(&job.part.id, r, Status::Deferred, "4.3.2", WITHDRAWN);
+            o.mx = Some(host.to_string());
+            o.pool = shard.names(job.part.pool, None).0;
+            count_outcome(&shard.counters, Status::Deferred);
+            let _ = shard.outcomes.send(o);
+        }
+    }
+}
+
 fn set_connected(shard: &Shard, domain: &str, delta: isize) {
     if let Some(d) = shard.domains.borrow_mut().get_mut(domain) {
         d.connected = d.connected.saturating_add_signed(delta);
@@ -676,15 +742,41 @@ struct HostFailure {
     reason: String,
     /// Unreachable, an SMTP refusal, a drain: not something about the receiver's TLS.
     transient: bool,
+    /// The host refused the session with a 4xx reply (at the greeting or to EHLO).
+    refusal: Option<Refusal>,
 }
 
 impl HostFailure {
     fn transient(reason: String) -> HostFailure {
-        HostFailure { reason, transient: true }
+        HostFailure { reason, transient: true, refusal: None }
     }
 
     fn policy(reason: String) -> HostFailure {
-        HostFailure { reason, transient: false }
+        HostFailure { reason, transient: false, refusal: None }
+    }
+}
+
+/// A 4xx reply that refused a session before any transaction (`421 4.7.0 Try again later`
+/// as the greeting, the commonest way receivers throttle a sending address): when it ends a
+/// queue's attempt, its outcomes carry this reply, the host and the source, so the queue
+/// manager suspends the destination (or that source toward it) as after a 421 to a command.
+struct Refusal {
+    line: String,
+    enhanced: Option<String>,
+    host: String,
+    source: Option<usize>,
+}
+
+impl Refusal {
+    /// `line` if it is a 4xx SMTP reply.
+    fn of(line: &str, host: &str, source: Option<usize>) -> Option<Refusal> {
+        let (r, _) = crate::reply::parse_reply(format!("{line}\r\n").as_bytes()).ok().flatten()?;
+        (400..500).contains(&r.code).then(|| Refusal {
+            line: line.to_string(),
+            enhanced: r.enhanced.map(|e| e.to_string()),
+            host: host.to_string(),
+            source,
+        })
     }
 }
 
@@ -732,8 +824,12 @@ async fn work(shard: &Rc<Shard>, key: &str) {
     // an attack) must not hide behind a backup that was merely unreachable.
     let mut reasons: Vec<String> = Vec::new();
     let mut transient = false;
+    let mut refusal: Option<Refusal> = None;
     let mut note = |f: HostFailure| {
         transient |= f.transient;
+        if refusal.is_none() {
+            refusal = f.refusal;
+        }
         if reasons.len() < MAX_REASONS {
             reasons.push(f.reason);
         }
@@ -783,7 +879,7 @@ async fn work(shard: &Rc<Shard>, key: &str) {
                     };
                     t.failure(domain, &policy, &f, SystemTime::now());
                 }
-                note(HostFailure { reason, transient: lookup.is_some() });
+                note(HostFailure { reason, transient: lookup.is_some(), refusal: None });
                 continue;
             }
             let rpt = Rpt { domain, sts: sts_policy.as_ref(), strictest: facts.strictest_prefix, dane: &dane };
@@ -819,7 +915,17 @@ async fn work(shard: &Rc<Shard>, key: &str) {
                     // Parts remain: reconnect from the most preferred host.
                     continue 'again;
                 }
-                Err(e) => note(e),
+                Err(e) => {
+                    // A session refused with a 4xx (a receiver throttling this address or
+                    // itself): one part takes the reply now, so the queue manager hears of it
+                    // and suspends, even if the queue then goes over other connections.
+                    if let Some(r) = &e.refusal {
+                        if let Some(job) = pop_job(shard, key) {
+                            defer_refused(shard, &job, r, &e.reason);
+                        }
+                    }
+                    note(e)
+                }
             }
         }
         break;
@@ -834,6 +940,8 @@ async fn work(shard: &Rc<Shard>, key: &str) {
         let reason = if reasons.is_empty() { "no usable MX host".to_string() } else { reasons.join("; ") };
         if class == MessageTls::RequireTls && !transient && !reasons.is_empty() {
             fail_queue(shard, key, Status::Bounced, "5.7.30", &format!("REQUIRETLS could not be honoured: {reason}"));
+        } else if let Some(r) = refusal {
+            fail_queue_refused(shard, key, &r, &reason);
         } else {
             fail_queue(shard, key, Status::Deferred, "4.4.1", &reason);
         }
@@ -883,11 +991,11 @@ async fn try_host(
             let opened = match open_for(shard, key, target.clone()).await {
                 Err(OpenFail::Busy) => return Ok(ConnEnd::Wait(Instant::now() + SOURCE_BUSY_WAIT)),
                 Err(OpenFail::Suspended) => {
-                    fail_queue(shard, key, Status::Deferred, "4.3.2", WITHDRAWN);
+                    withdraw_toward(shard, key, &host.name);
                     return Ok(ConnEnd::QueueEmpty);
                 }
                 Err(OpenFail::Capped(until)) => return Ok(ConnEnd::Wait(until)),
-                Err(OpenFail::Connect(e)) => Err(e),
+                Err(OpenFail::Connect(e, source)) => Err((e, source)),
                 Ok(c) => Ok(c),
             };
             match opened {
@@ -901,12 +1009,12 @@ async fn try_host(
                     }
                     return Ok(deliver_all(shard, key, conn, plan, report).await);
                 }
-                Err(ConnectError::Unreachable { addr, reason }) => {
+                Err((ConnectError::Unreachable { addr, reason }, _)) => {
                     shard.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                     failed += 1;
                     last = HostFailure::transient(format!("{} ({addr}): {reason}", host.name));
                 }
-                Err(ConnectError::OpportunisticTls { host: h, reason }) => {
+                Err((ConnectError::OpportunisticTls { host: h, reason }, _)) => {
                     // Opportunistic: remember, and retry this address in clear at once.
                     rpt.failed(shard, plan, step, ip, ResultType::ValidationFailure, &reason);
                     shard.policy.borrow_mut().tls_failed(&h, Instant::now());
@@ -914,18 +1022,18 @@ async fn try_host(
                     match open_for(shard, key, clear).await {
                         Err(OpenFail::Busy) => return Ok(ConnEnd::Wait(Instant::now() + SOURCE_BUSY_WAIT)),
                         Err(OpenFail::Suspended) => {
-                            fail_queue(shard, key, Status::Deferred, "4.3.2", WITHDRAWN);
+                            withdraw_toward(shard, key, &host.name);
                             return Ok(ConnEnd::QueueEmpty);
                         }
                         Err(OpenFail::Capped(until)) => return Ok(ConnEnd::Wait(until)),
-                        Err(OpenFail::Connect(e)) => last = HostFailure::transient(format!("{e} (after TLS failed: {reason})")),
+                        Err(OpenFail::Connect(e, _)) => last = HostFailure::transient(format!("{e} (after TLS failed: {reason})")),
                         Ok((conn, _in_use)) => {
                             let report = sts_testing_check(shard, &conn, plan);
                             return Ok(deliver_all(shard, key, conn, plan, report).await);
                         }
                     }
                 }
-                Err(e @ ConnectError::Policy { .. }) => {
+                Err((e @ ConnectError::Policy { .. }, _)) => {
                     // A policy failure may be an attack: never clear text, try the next host
                     // (from port 26, this host's port 25 first). Kept for the report.
                     if let ConnectError::Policy { result, reason, .. } = &e {
@@ -938,11 +1046,15 @@ async fn try_host(
                     failed += 1;
                     last = HostFailure::policy(format!("{e} (port {port})"));
                 }
-                Err(e @ ConnectError::Smtp { .. }) => {
+                Err((e @ ConnectError::Smtp { .. }, source)) => {
                     failed += 1;
-                    last = HostFailure::transient(e.to_string());
+                    let refusal = match &e {
+                        ConnectError::Smtp { reason, .. } => Refusal::of(reason, &host.name, source),
+                        _ => None,
+                    };
+                    last = HostFailure { refusal, ..HostFailure::transient(e.to_string()) };
                 }
-                Err(e @ ConnectError::Stopped { .. }) => return Err(HostFailure::transient(e.to_string())),
+                Err((e @ ConnectError::Stopped { .. }, _)) => return Err(HostFailure::transient(e.to_string())),
             }
         }
         if implicit && failed == addrs.len() {
@@ -1049,8 +1161,8 @@ enum OpenFail {
     /// Every source of the pool not suspended has used up its warm-up cap toward the host:
     /// the queue waits (untried) until the earliest cap ends.
     Capped(Instant),
-    /// As [`open`].
-    Connect(ConnectError),
+    /// As [`open`]; with the egress source the connection left from, if any.
+    Connect(ConnectError, Option<usize>),
 }
 
 /// A connection to `target` for queue `key`: without egress, as [`open`]. With a pool, from
@@ -1060,32 +1172,33 @@ enum OpenFail {
 async fn open_for(shard: &Rc<Shard>, key: &str, target: Target) -> Result<(Conn, SourceUse), OpenFail> {
     let (domain, _, pool) = split_key(key);
     let (Some(eg), Some(pool)) = (shard.cfg.egress.clone(), pool) else {
-        let conn = open(shard, target).await.map_err(OpenFail::Connect)?;
+        let conn = open(shard, target).await.map_err(|e| OpenFail::Connect(e, None))?;
         return Ok((conn, SourceUse::new(shard, None, domain)));
     };
     let Some(p) = eg.pools().get(pool) else {
-        return Err(OpenFail::Connect(ConnectError::Stopped { reason: format!("egress pool #{pool} is not configured") }));
+        return Err(OpenFail::Connect(ConnectError::Stopped { reason: format!("egress pool #{pool} is not configured") }, None));
     };
     let v4 = target.addr.is_ipv4();
     let family: Vec<usize> = p.members.iter().map(|&(s, _)| s).filter(|&s| eg.sources()[s].addr.is_ipv4() == v4).collect();
     if family.is_empty() {
         let reason = format!("no source of egress pool {:?} has an IPv{} address", p.name, if v4 { 4 } else { 6 });
-        return Err(OpenFail::Connect(ConnectError::Unreachable { addr: target.addr, reason }));
+        return Err(OpenFail::Connect(ConnectError::Unreachable { addr: target.addr, reason }, None));
     }
     let limit = shard.limits.domain(domain).and_then(|l| l.max_conns).unwrap_or(shard.cfg.max_conns_per_dest).max(1);
-    if family.iter().all(|&s| shard.source_suspended(s, domain).is_some()) {
+    let host = target.host.as_str();
+    if family.iter().all(|&s| shard.source_suspended(s, domain, host).is_some()) {
         return Err(OpenFail::Suspended);
     }
-    let capped: Vec<Instant> = family.iter().filter_map(|&s| shard.source_capped(s, &target.host)).collect();
+    let capped: Vec<Instant> = family.iter().filter_map(|&s| shard.source_capped(s, host)).collect();
     if !capped.is_empty()
-        && family.iter().all(|&s| shard.source_suspended(s, domain).is_some() || shard.source_capped(s, &target.host).is_some())
+        && family.iter().all(|&s| shard.source_suspended(s, domain, host).is_some() || shard.source_capped(s, host).is_some())
     {
         return Err(OpenFail::Capped(capped.into_iter().min().unwrap_or_else(Instant::now)));
     }
     let usable = |s: usize| {
         family.contains(&s)
-            && shard.source_suspended(s, domain).is_none()
-            && shard.source_capped(s, &target.host).is_none()
+            && shard.source_suspended(s, domain, host).is_none()
+            && shard.source_capped(s, host).is_none()
             && shard.source_conns.borrow().get(&(s, domain.to_string())).copied().unwrap_or(0) < limit
     };
     let bound = |s: usize| Target { bind: Some(Bind { source: s, addr: eg.sources()[s].addr }), ..target.clone() };
@@ -1097,7 +1210,7 @@ async fn open_for(shard: &Rc<Shard>, key: &str, target: Target) -> Result<(Conn,
     let Some(s) = eg.choose(pool, fastrand::u64(..), usable) else { return Err(OpenFail::Busy) };
     // Counted before the connect, so that workers connecting at once share the limit.
     let in_use = SourceUse::new(shard, Some(s), domain);
-    let conn = open(shard, bound(s)).await.map_err(OpenFail::Connect)?;
+    let conn = open(shard, bound(s)).await.map_err(|e| OpenFail::Connect(e, Some(s)))?;
     Ok((conn, in_use))
 }
 
@@ -1304,7 +1417,8 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
             set_connected(shard, domain, -1);
             return ConnEnd::QueueEmpty;
         };
-        let suspended = conn.target.bind.is_some_and(|b| shard.source_suspended(b.source, split_key(domain).0).is_some());
+        let suspended =
+            conn.target.bind.is_some_and(|b| shard.source_suspended(b.source, split_key(domain).0, &conn.target.host).is_some());
         if suspended {
             // Its source was suspended toward this domain meanwhile: the rest go from another.
             push_front(shard, domain, job);

@@ -201,12 +201,16 @@ struct SuspendBody {
 }
 
 async fn queue_command(State(api): State<Api>, Path((domain, action)): Path<(String, String)>, body: axum::body::Bytes) -> Response {
-    let name = match crate::queue::ctl::path_segment(&domain) {
+    let name = if action == "resume" {
+        crate::queue::ctl::resume_segment(&domain)
+    } else {
+        crate::queue::ctl::path_segment(&domain).map(|d| d.to_string())
+    };
+    let domain = match name {
         Ok(name) => name,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let (reply, answer) = tokio::sync::oneshot::channel::<ControlReply>();
-    let domain = name.to_string();
     let cmd = match action.as_str() {
         "suspend" => {
             let b: SuspendBody = if body.iter().all(u8::is_ascii_whitespace) {

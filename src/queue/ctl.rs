@@ -27,7 +27,7 @@ pub enum QueueCmd {
     },
     /// Lift a destination's suspension and try its recipients now.
     Resume {
-        /// The destination domain, as typed (checked by [`path_segment`]).
+        /// The destination domain or site pattern, as typed (checked by [`resume_segment`]).
         domain: String,
     },
     /// Give up on a destination's waiting recipients: bounced, with a DSN to each sender.
@@ -180,7 +180,7 @@ pub fn run(t: &Target, cmd: &QueueCmd, json: bool) -> Result<String, String> {
             let body = duration.as_ref().map_or(String::new(), |d| serde_json::json!({ "for": d }).to_string());
             ("POST", format!("/v1/queues/{}/suspend", path_segment(domain)?), body)
         }
-        QueueCmd::Resume { domain } => ("POST", format!("/v1/queues/{}/resume", path_segment(domain)?), String::new()),
+        QueueCmd::Resume { domain } => ("POST", format!("/v1/queues/{}/resume", resume_segment(domain)?), String::new()),
         QueueCmd::Bounce { domain } => ("POST", format!("/v1/queues/{}/bounce", path_segment(domain)?), String::new()),
     };
     let (code, body) = request(t, method, &path, &body)?;
@@ -279,6 +279,17 @@ fn describe_pin(v: &crate::policy::state::DomainView) -> String {
 /// what it is given with this too.
 pub fn path_segment(domain: &str) -> Result<Domain, String> {
     Domain::parse(domain).map_err(|e| format!("not a domain name: {e}"))
+}
+
+/// What `resume` takes: a destination domain ([`path_segment`]), or an MX host pattern
+/// (`*.google.com`, a `[[domain]] mx_pattern`) to lift egress sources' suspensions toward
+/// that site.
+pub fn resume_segment(scope: &str) -> Result<String, String> {
+    if scope.starts_with("*.") {
+        let p: crate::value::mx_pattern::MxPattern = scope.parse().map_err(|e| format!("not an MX host pattern: {e}"))?;
+        return Ok(p.as_str().to_string());
+    }
+    Ok(path_segment(scope)?.to_string())
 }
 
 /// A Unix time as "in 4m12s" (or "-").

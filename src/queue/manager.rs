@@ -175,6 +175,7 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
         totals_at: Instant::now(),
         dests: Destinations::new(DestinationOptions::default()),
         doomed: std::collections::HashSet::new(),
+        sites: HashMap::new(),
     };
     m.load_suspensions();
     m.report.recovered = recovered.len() as u64;
@@ -261,7 +262,15 @@ struct Manager {
     /// Recipients an operator bounced while they were with the engine: bounced when that
     /// attempt comes back undelivered.
     doomed: std::collections::HashSet<(MsgId, String)>,
+    /// The site ([`crate::engine::EngineConfig::mx_sites`]) each destination domain's mail
+    /// last went to (learned from attempts), so that a source suspended toward the site holds
+    /// that domain's mail here instead of sending it to the engine to be given back.
+    sites: HashMap<String, String>,
 }
+
+/// Domains whose site is remembered at most; past it the map starts again (it is relearned
+/// from the next attempt of each).
+const MAX_SITES: usize = 100_000;
 
 /// A deferral turned into the operator's bounce.
 fn operator_bounced(o: &mut Outcome) {
@@ -293,21 +302,26 @@ fn source_key(domain: &str, source: &str) -> String {
     format!("{domain}/{source}")
 }
 
-/// When every source of the pool a message goes through is suspended toward `domain`, the
-/// earliest end of those suspensions: the recipient waits for it (no attempt is made).
+/// When every source of the pool a message goes through is suspended toward `domain` (or
+/// toward `site`, the site its MX hosts belong to), the earliest end of those suspensions:
+/// the recipient waits for it (no attempt is made).
 fn pool_suspended(
     dests: &Destinations,
     engine: Option<&Engine>,
     pool: Option<&str>,
     from: &str,
     domain: &str,
+    site: Option<&str>,
     now: Instant,
 ) -> Option<Instant> {
     let eg = engine?.egress()?;
     let crate::egress::PoolChoice::Pool(p) = eg.pool_for(pool, from) else { return None };
     let mut end: Option<Instant> = None;
     for &(s, _) in &eg.pools().get(p)?.members {
-        let until = dests.is_suspended(&source_key(domain, &eg.sources()[s].name), now)?;
+        let name = &eg.sources()[s].name;
+        let by_domain = dests.is_suspended(&source_key(domain, name), now);
+        let by_site = site.and_then(|site| dests.is_suspended(&source_key(site, name), now));
+        let until = by_domain.max(by_site)?;
         end = Some(end.map_or(until, |e| e.min(until)));
     }
     end
@@ -410,10 +424,11 @@ impl Manager {
         let mut to = Vec::with_capacity(e.pending.len());
         for r in &e.pending {
             let d = domain(r);
+            let site = self.sites.get(&d).map(String::as_str);
             let held = self
                 .dests
                 .is_suspended(&d, now)
-                .or_else(|| pool_suspended(&self.dests, self.engine.as_ref(), e.pool.as_deref(), &e.from, &d, now));
+                .or_else(|| pool_suspended(&self.dests, self.engine.as_ref(), e.pool.as_deref(), &e.from, &d, site, now));
             match held {
                 Some(until) => later = Some(later.map_or(until, |l| l.min(until))),
                 None => to.push(r.clone()),
@@ -513,18 +528,21 @@ impl Manager {
             }
         };
         self.record(id, &o, fin);
+        let site = self.learn_site(&o);
         if let (Some(class), Some(src)) = (reply_class(&o).filter(|_| o.source.is_some()), o.source.as_deref()) {
-            // From an egress source: only that source is suspended toward the domain; the
-            // pool's other sources go on (the engine skips this one).
+            // From an egress source: only that source is suspended, toward the site of the MX
+            // host that answered when one is configured (every domain it serves), else toward
+            // the domain; the pool's other sources go on (the engine skips this one).
             let (d, now) = (domain(&o.rcpt), Instant::now());
-            let key = source_key(&d, src);
+            let scope = site.unwrap_or(d);
+            let key = source_key(&scope, src);
             let before = self.dests.is_suspended(&key, now);
             if let Some(until) = self.dests.record(&key, class, now) {
                 self.board.suspended(&key, until);
                 if before.is_none() {
                     self.save_suspensions();
                     if let Some(engine) = &self.engine {
-                        engine.suspend_source(&d, src, Some(until));
+                        engine.suspend_source(&scope, src, Some(until));
                     }
                 }
             }
@@ -563,7 +581,25 @@ impl Manager {
     /// The engine gave a recipient back untried (its destination was withdrawn after a
     /// suspension or an operator's bounce): no attempt, no round counted. Bounced now if the
     /// operator bounced it; otherwise it waits as its destination says (a suspension's end).
+    /// Remember the site of the MX host an attempt went to (or would have gone to) for the
+    /// recipient's domain, and return it. Only with egress sources and sites configured.
+    fn learn_site(&mut self, o: &Outcome) -> Option<String> {
+        let engine = self.engine.as_ref()?;
+        engine.egress()?;
+        let site = engine.mx_site(o.mx.as_deref()?)?.to_string();
+        let d = domain(&o.rcpt);
+        if self.sites.get(&d) != Some(&site) {
+            if self.sites.len() >= MAX_SITES {
+                self.sites.clear();
+            }
+            self.sites.insert(d, site.clone());
+        }
+        Some(site)
+    }
+
     fn given_back(&mut self, id: MsgId, o: Outcome, doomed: bool) {
+        // Given back because its pool's sources are suspended toward a site: learn the domain's.
+        self.learn_site(&o);
         self.report.in_flight = self.report.in_flight.saturating_sub(1);
         let Some(e) = self.entries.get_mut(&id) else { return };
         e.in_flight = e.in_flight.saturating_sub(1);
@@ -598,9 +634,10 @@ impl Manager {
                         .iter()
                         .map(|r| {
                             let d = domain(r);
+                            let site = self.sites.get(&d).map(String::as_str);
                             self.dests
                                 .is_suspended(&d, now)
-                                .or_else(|| pool_suspended(&self.dests, self.engine.as_ref(), e.pool.as_deref(), &e.from, &d, now))
+                                .or_else(|| pool_suspended(&self.dests, self.engine.as_ref(), e.pool.as_deref(), &e.from, &d, site, now))
                         })
                         .collect();
                     let at = match ends.and_then(|v| v.into_iter().min()) {
@@ -685,7 +722,8 @@ impl Manager {
                 self.dests.resume(&domain, now);
                 self.board.resumed(&domain);
                 // The domain's per-source suspensions (`domain/source`) end too: an operator who
-                // resumes a destination means every address may send to it again.
+                // resumes a destination means every address may send to it again. The same
+                // for a site (`queue resume '*.google.com'`) and its `site/source` keys.
                 let prefix = format!("{domain}/");
                 let per_source: Vec<String> =
                     self.dests.suspended(now).into_iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.to_string()).collect();
@@ -698,8 +736,20 @@ impl Manager {
                 }
                 self.save_suspensions();
                 let r = self.waiting_for(&domain);
-                // Their next round now: those held only by the suspension go at once.
-                for id in self.ids_waiting_for(&domain) {
+                // Their next round now: those held only by the suspension go at once (for a
+                // site: the mail of every domain last seen going to it).
+                let ids = if self.engine.as_ref().is_some_and(|e| e.is_site(&domain)) {
+                    let domains: std::collections::HashSet<&str> =
+                        self.sites.iter().filter(|(_, s)| **s == domain).map(|(d, _)| d.as_str()).collect();
+                    self.entries
+                        .iter()
+                        .filter(|(_, e)| e.pending.iter().any(|p| domains.contains(self::domain(p).as_str())))
+                        .map(|(id, _)| *id)
+                        .collect()
+                } else {
+                    self.ids_waiting_for(&domain)
+                };
+                for id in ids {
                     self.submit(id);
                 }
                 let _ = reply.send(r);

@@ -82,6 +82,9 @@ pub struct Faults {
     /// Close the connection at the end of a message's data, before the final reply: the
     /// client cannot know whether the message was taken. Decided per transaction, at MAIL.
     pub drop_rate: f64,
+    /// Answer the greeting with `421 4.7.0 Try again later, closing connection` and close,
+    /// as receivers throttle a sending address before any command. Decided per connection.
+    pub refuse_rate: f64,
     /// Wait this long before every reply.
     pub delay: Duration,
     /// Roll the rate faults only on connections from this client address (one egress source
@@ -360,6 +363,7 @@ impl Server {
             ("perm-fail-rate", cfg.faults.perm_fail_rate),
             ("rate-limit-rate", cfg.faults.rate_limit_rate),
             ("drop-rate", cfg.faults.drop_rate),
+            ("refuse-rate", cfg.faults.refuse_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(Error::Invalid(format!("{name} must be between 0 and 1, got {rate}")));
@@ -588,7 +592,7 @@ async fn serve(tcp: TcpStream, ctx: &Ctx, must_auth: Option<IpAddr>) {
 /// Close our side first after a clean ending, so TIME_WAIT lands on the sink, not on the
 /// client's ephemeral ports (the sink's listening port needs no fresh ports).
 async fn close<S: tokio::io::AsyncWrite + Unpin>(io: &mut S, exit: Exit) {
-    if matches!(exit, Exit::Quit | Exit::Timeout | Exit::Deadline | Exit::Shutdown | Exit::Protocol) {
+    if matches!(exit, Exit::Quit | Exit::Timeout | Exit::Deadline | Exit::Shutdown | Exit::Protocol | Exit::Refused) {
         let _ = tokio::time::timeout(Duration::from_secs(2), io.shutdown()).await;
     }
 }

@@ -44,6 +44,8 @@ pub(super) enum Exit {
     Aborted,
     /// A `--drop-rate` fault closed the connection mid-transaction.
     Dropped,
+    /// A `--refuse-rate` fault answered the greeting with 421.
+    Refused,
     /// Too many bad commands or an unrecoverable protocol error; 421 or 5xx sent.
     Protocol,
     /// Reading or writing failed.
@@ -168,6 +170,11 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     /// Run the session until it ends. `banner`: send the 220 greeting first (not after
     /// STARTTLS, where the client speaks first with EHLO).
     pub async fn run(&mut self, banner: bool) -> Exit {
+        if banner && self.roll(self.ctx.cfg.faults.refuse_rate) {
+            let text = format!("421 4.7.0 {} Try again later, closing connection\r\n", self.ctx.cfg.hostname);
+            self.wbuf.extend_from_slice(text.as_bytes());
+            return self.finish(Exit::Refused).await;
+        }
         if banner {
             let text = format!("220 {} ESMTP mxpipe\r\n", self.ctx.cfg.hostname);
             self.reply(&text).await;
