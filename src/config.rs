@@ -1077,6 +1077,7 @@ mod tests {
         let mut e = c.engine_config().unwrap();
         e.floors.clear();
         e.mx_floors.clear();
+        e.mx_sites.clear();
         e.limits.clear();
         assert_eq!(format!("{e:#?}"), format!("{:#?}", EngineConfig::default()), "[engine], [dns], [ports], [tls] vs EngineConfig");
 

@@ -136,8 +136,42 @@ pub struct Bind {
 
 /// A DANE client config, compared and hashed by identity: one config stands for one set of
 /// TLSA records, so an idle connection authenticated by records since replaced is not reused.
+/// The second field, when set, gives each egress source its own copy ([`DaneConfig::for_source`]).
 #[derive(Clone)]
-pub struct DaneConfig(pub Arc<ClientConfig>);
+pub struct DaneConfig(pub Arc<ClientConfig>, pub Option<Arc<DaneSources>>);
+
+/// Per-source copies of one DANE client config: each shares the config's verifier (rustls
+/// resumes a session only under the verifier that accepted it, so a session still resumes
+/// only under the records it was verified with) and has a session store of its own, so a
+/// session ticket one source got is never shown by another (receivers would link the two
+/// addresses).
+pub struct DaneSources {
+    tickets: usize,
+    configs: std::sync::Mutex<std::collections::HashMap<usize, Arc<ClientConfig>>>,
+}
+
+impl DaneSources {
+    /// Copies whose stores keep `tickets` sessions each.
+    pub fn new(tickets: usize) -> DaneSources {
+        DaneSources { tickets: tickets.max(1), configs: Default::default() }
+    }
+}
+
+impl DaneConfig {
+    /// The config connections from egress source `source` use: its own copy (made once), or
+    /// this one when no copies are kept.
+    pub fn for_source(&self, source: usize) -> DaneConfig {
+        let Some(by) = &self.1 else { return self.clone() };
+        let mut configs = by.configs.lock().unwrap_or_else(|e| e.into_inner());
+        let cfg = configs.entry(source).or_insert_with(|| {
+            let mut c = (*self.0).clone();
+            let store = Arc::new(crate::tls::TicketStore::new(1, by.tickets, 1));
+            c.resumption = rustls::client::Resumption::store(store).tls12_resumption(rustls::client::Tls12Resumption::SessionIdOrTickets);
+            Arc::new(c)
+        });
+        DaneConfig(cfg.clone(), None)
+    }
+}
 
 impl PartialEq for DaneConfig {
     fn eq(&self, other: &Self) -> bool {

@@ -380,3 +380,63 @@ async fn bogus_tlsa_defers() {
     })
     .await;
 }
+
+/// With egress sources, each source resumes only the DANE-verified sessions it got itself: a
+/// second source's first connection to the same host is a full handshake (a ticket shown
+/// from another address would let the receiver link the two), its second resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_egress_source_keeps_its_own_dane_sessions() {
+    bounded(async {
+        let net = 111;
+        let ports = free_ports(net);
+        let cert = pki(&["mx.a111.test"]);
+        let s = sink(ip(net, 1), ports, &cert.identity, |_| {}).await;
+        let mut z = ZoneBuilder::new("test.").dnssec();
+        z.mx("a111.test", 10, "mx.a111.test").a("mx.a111.test", ip(net, 1));
+        tlsa(&mut z, "_25._tcp.mx.a111.test", &record(&cert.identity.chain[0], 3, 1, 1));
+        let dns = dns(net, z).await;
+        let egress: mxpipe::egress::EgressConfig = toml::from_str(
+            r#"
+            default_pool = "c"
+            [[source]]
+            name = "c"
+            address = "127.0.0.4"
+            ehlo = "c.out.test"
+            [[source]]
+            name = "d"
+            address = "127.0.0.5"
+            ehlo = "d.out.test"
+            [[pool]]
+            name = "c"
+            sources = [{ source = "c" }]
+            [[pool]]
+            name = "d"
+            sources = [{ source = "d" }]
+            "#,
+        )
+        .unwrap();
+        let mut cfg = dane_config(&dns, ports);
+        cfg.egress = Some(std::sync::Arc::new(mxpipe::egress::Egress::new(&egress).unwrap()));
+        cfg.idle_timeout = std::time::Duration::ZERO;
+        let (got, stats) = with_engine(cfg, move |engine, rx| {
+            let mut got = Vec::new();
+            for (id, pool) in [("m1", "c"), ("m2", "c"), ("m3", "d"), ("m4", "d")] {
+                let mut m = msg(id, &[&format!("{id}@a111.test")]);
+                m.pool = Some(pool.into());
+                engine.submit(m).unwrap();
+                got.extend(recv(rx, 1));
+            }
+            got
+        })
+        .await;
+        for o in &got {
+            assert_eq!((o.status, o.policy.as_deref()), (Status::Delivered, Some("dane")), "{o:#?}");
+        }
+        let resumed: Vec<(&str, bool)> = got.iter().map(|o| (o.source.as_deref().unwrap_or("-"), o.resumed)).collect();
+        assert_eq!(resumed, [("c", false), ("c", true), ("d", false), ("d", true)], "{got:#?}");
+        assert_eq!((stats.tls_full_handshakes, stats.tls_resumed_handshakes), (2, 2), "{stats:?}");
+        assert_eq!(sink_stats(s).await.messages, 4);
+        dns.shutdown().await;
+    })
+    .await;
+}

@@ -76,7 +76,7 @@ impl PortDane {
     /// The verifying client config, when the records are usable.
     pub(crate) fn config(&self) -> Option<crate::pool::DaneConfig> {
         match self {
-            PortDane::Usable(c) => Some(crate::pool::DaneConfig(c.config.clone())),
+            PortDane::Usable(c) => Some(crate::pool::DaneConfig(c.config.clone(), Some(c.sources.clone()))),
             _ => None,
         }
     }
@@ -97,6 +97,8 @@ pub(crate) struct DaneClient {
     pub auth: Arc<DaneAuth>,
     /// rustls config with the DANE verifier and its own session store.
     pub config: Arc<rustls::ClientConfig>,
+    /// Its copies for egress sources, each with a session store of its own.
+    pub sources: Arc<crate::pool::DaneSources>,
 }
 
 struct Entry {
@@ -207,11 +209,13 @@ fn build(shard: &Shard, host: &str, records: &[Tlsa]) -> PortDane {
     // config and its sessions.
     let Some(auth) = DaneAuth::new(records, host, None) else { return PortDane::Unusable };
     let auth = Arc::new(auth);
-    let store = Arc::new(TicketStore::new(1, shard.cfg.tickets_per_host.max(shard.cfg.max_conns_per_dest), 1));
+    let tickets = shard.cfg.tickets_per_host.max(shard.cfg.max_conns_per_dest);
+    let store = Arc::new(TicketStore::new(1, tickets, 1));
     match crate::tls::dane::client_config(auth.clone(), shard.cfg.kx, Some(store)) {
         Ok(config) => {
             shard.counters.dane_configs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            PortDane::Usable(Arc::new(DaneClient { auth, config }))
+            let sources = Arc::new(crate::pool::DaneSources::new(tickets));
+            PortDane::Usable(Arc::new(DaneClient { auth, config, sources }))
         }
         Err(e) => PortDane::Failed(format!("cannot build the DANE client for {host}: {e}")),
     }

@@ -1201,7 +1201,12 @@ async fn open_for(shard: &Rc<Shard>, key: &str, target: Target) -> Result<(Conn,
             && shard.source_capped(s, host).is_none()
             && shard.source_conns.borrow().get(&(s, domain.to_string())).copied().unwrap_or(0) < limit
     };
-    let bound = |s: usize| Target { bind: Some(Bind { source: s, addr: eg.sources()[s].addr }), ..target.clone() };
+    // Each source has its own DANE session store too (its own copy of the host's config).
+    let bound = |s: usize| Target {
+        bind: Some(Bind { source: s, addr: eg.sources()[s].addr }),
+        dane: target.dane.as_ref().map(|d| d.for_source(s)),
+        ..target.clone()
+    };
     for &s in family.iter().filter(|&&s| usable(s)) {
         if let Some(conn) = take_idle(shard, &bound(s)).await {
             return Ok((conn, SourceUse::new(shard, Some(s), domain)));
