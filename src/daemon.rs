@@ -70,6 +70,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
         reporting_mta: cfg.engine.ehlo_name.clone(),
         delivery_log: cfg.log.delivery_log.clone(),
         suspensions_file: Some(cfg.spool.dir.join("suspensions.json")),
+        dkim: Some(dkim.dkim.clone()),
     };
     let board = Board::default();
     board.set_egress(engine.egress().cloned());

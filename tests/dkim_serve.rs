@@ -327,3 +327,36 @@ async fn sighup_reloads_the_keys_and_a_bad_reload_keeps_them() {
     assert!(metrics.contains("mxpipe_dkim_reloads_total 1"), "{metrics}");
     assert!(terminate(d));
 }
+
+/// A bounce (DSN) the daemon writes is signed like accepted mail, with the keys aligned with
+/// its From domain (`MAILER-DAEMON@` the reporting MTA, here `serve.test`), and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dsn_is_signed_with_the_reporting_mtas_key() {
+    let ip = Ipv4Addr::new(127, 5, 3, 1);
+    let dir = tmpdir("dkim-dsn");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port(&ip.to_string());
+    // Every recipient at the destination is refused for good; the sender's domain takes the DSN.
+    let bouncing = Ipv4Addr::new(127, 5, 3, 2);
+    let _refuser = sink_on(bouncing, port, &dir.join("refused"), |c| c.faults.perm_fail_rate = 1.0).await;
+    let _sink = sink_on(ip, port, &mail, |_| {}).await;
+    let mut z = ZoneBuilder::new("test.");
+    z.mx("d.t.test", 10, "mx.d.t.test").a("mx.d.t.test", bouncing);
+    z.mx("app.t.test", 10, "mx.app.t.test").a("mx.app.t.test", ip);
+    let dkim = key(&dir, &mut z, "serve.test", "dsn", Algorithm::Ed25519, "");
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let setup = Setup { tail: dkim, ..Setup::new(&dir, dns.addr(), port) };
+    let d = start_daemon(&setup.write(&dir), setup.inject);
+    assert!(inject(d.inject, "sender@app.t.test", "u@d.t.test", "doomed").await);
+    wait_for("the DSN delivered to the sender", Duration::from_secs(30), || !stored(&mail).is_empty()).await;
+    let all = stored(&mail);
+    let (_, dsn) = &all[0];
+    let text = String::from_utf8_lossy(dsn);
+    assert!(text.contains("MAILER-DAEMON@serve.test") && text.contains("multipart/report"), "{text}");
+    let auth = authenticator(dns.addr());
+    assert_eq!(verify(&auth, dsn).await, vec![("serve.test".into(), "dsn".into(), true)], "{text}");
+    assert!(terminate(d));
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -46,6 +46,9 @@ pub struct ManagerConfig {
     /// Keep the suspensions in force here (JSON, rewritten on each change), so that they
     /// outlast a restart; if set.
     pub suspensions_file: Option<std::path::PathBuf>,
+    /// The intake's DKIM keys: a DSN is signed with those aligned with its From domain (the
+    /// reporting MTA's), as intake signs what it accepts. `None`: DSNs go unsigned.
+    pub dkim: Option<Arc<crate::dkim::Dkim>>,
 }
 
 /// A message the injection side has made durable.
@@ -902,7 +905,15 @@ impl Manager {
             boundary_seed: self.rng.u64(..),
         };
         let Some(dsn) = build_dsn(&input) else { return };
-        let data: Arc<[u8]> = dsn.data.into();
+        let data: Arc<[u8]> = match self.cfg.dkim.as_ref().map(|d| d.sign(&dsn.data, None)) {
+            Some(Ok(crate::dkim::Signed::Yes(signed, _))) => signed.into(),
+            Some(Err(e)) => {
+                // The bounce still goes (losing it would be worse), unsigned, and is counted.
+                tracing::warn!(error = %e, "cannot sign a DSN; it is sent unsigned");
+                dsn.data.into()
+            }
+            Some(Ok(crate::dkim::Signed::No)) | None => dsn.data.into(),
+        };
         // RFC 8689 §5: a non-delivery report for a REQUIRETLS message is sent with REQUIRETLS
         // too (it holds the original header, returned as RET=HDRS, which ours always is).
         let tls = if e.tls == MessageTls::RequireTls { MessageTls::RequireTls } else { MessageTls::Default };
