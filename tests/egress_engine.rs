@@ -105,6 +105,7 @@ async fn connections_bind_the_source_of_the_pool_chosen_by_rule_or_by_the_messag
         let o = one(&outcomes, "ruled@e150.test");
         assert_eq!((o.status, o.pool.as_deref()), (Status::Deferred, Some("q")), "{o:#?}");
         assert!(o.reply.contains("5.7.1"), "refused as a client outside the sink's networks: {}", o.reply);
+        assert_eq!(o.source.as_deref(), Some("c"), "the failed attempt names the source it left from: {o:#?}");
         // The message's own pool wins over the rule.
         let o = one(&outcomes, "explicit@e150.test");
         assert_eq!((o.status, o.pool.as_deref()), (Status::Delivered, Some("p")), "{o:#?}");

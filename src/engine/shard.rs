@@ -744,15 +744,17 @@ struct HostFailure {
     transient: bool,
     /// The host refused the session with a 4xx reply (at the greeting or to EHLO).
     refusal: Option<Refusal>,
+    /// The egress source the failed connection left from, if any.
+    source: Option<usize>,
 }
 
 impl HostFailure {
     fn transient(reason: String) -> HostFailure {
-        HostFailure { reason, transient: true, refusal: None }
+        HostFailure { reason, transient: true, refusal: None, source: None }
     }
 
     fn policy(reason: String) -> HostFailure {
-        HostFailure { reason, transient: false, refusal: None }
+        HostFailure { reason, transient: false, refusal: None, source: None }
     }
 }
 
@@ -825,11 +827,13 @@ async fn work(shard: &Rc<Shard>, key: &str) {
     let mut reasons: Vec<String> = Vec::new();
     let mut transient = false;
     let mut refusal: Option<Refusal> = None;
+    let mut source: Option<usize> = None;
     let mut note = |f: HostFailure| {
         transient |= f.transient;
         if refusal.is_none() {
             refusal = f.refusal;
         }
+        source = source.or(f.source);
         if reasons.len() < MAX_REASONS {
             reasons.push(f.reason);
         }
@@ -879,7 +883,7 @@ async fn work(shard: &Rc<Shard>, key: &str) {
                     };
                     t.failure(domain, &policy, &f, SystemTime::now());
                 }
-                note(HostFailure { reason, transient: lookup.is_some(), refusal: None });
+                note(HostFailure { reason, transient: lookup.is_some(), refusal: None, source: None });
                 continue;
             }
             let rpt = Rpt { domain, sts: sts_policy.as_ref(), strictest: facts.strictest_prefix, dane: &dane };
@@ -943,7 +947,16 @@ async fn work(shard: &Rc<Shard>, key: &str) {
         } else if let Some(r) = refusal {
             fail_queue_refused(shard, key, &r, &reason);
         } else {
-            fail_queue(shard, key, Status::Deferred, "4.4.1", &reason);
+            // Named with the source of the most preferred host's failed connection, if bound.
+            let bind = source.and_then(|s| Some(Bind { source: s, addr: shard.cfg.egress.as_ref()?.sources().get(s)?.addr }));
+            while let Some(job) = pop_job(shard, key) {
+                for r in &job.part.rcpts {
+                    let mut o = Outcome::local(&job.part.id, r, Status::Deferred, "4.4.1", &reason);
+                    (o.pool, o.source) = shard.names(job.part.pool, bind);
+                    count_outcome(&shard.counters, Status::Deferred);
+                    let _ = shard.outcomes.send(o);
+                }
+            }
         }
     }
 }
@@ -1009,10 +1022,10 @@ async fn try_host(
                     }
                     return Ok(deliver_all(shard, key, conn, plan, report).await);
                 }
-                Err((ConnectError::Unreachable { addr, reason }, _)) => {
+                Err((ConnectError::Unreachable { addr, reason }, source)) => {
                     shard.counters.connect_failures.fetch_add(1, Ordering::Relaxed);
                     failed += 1;
-                    last = HostFailure::transient(format!("{} ({addr}): {reason}", host.name));
+                    last = HostFailure { source, ..HostFailure::transient(format!("{} ({addr}): {reason}", host.name)) };
                 }
                 Err((ConnectError::OpportunisticTls { host: h, reason }, _)) => {
                     // Opportunistic: remember, and retry this address in clear at once.
@@ -1052,7 +1065,7 @@ async fn try_host(
                         ConnectError::Smtp { reason, .. } => Refusal::of(reason, &host.name, source),
                         _ => None,
                     };
-                    last = HostFailure { refusal, ..HostFailure::transient(e.to_string()) };
+                    last = HostFailure { refusal, source, ..HostFailure::transient(e.to_string()) };
                 }
                 Err((e @ ConnectError::Stopped { .. }, _)) => return Err(HostFailure::transient(e.to_string())),
             }
