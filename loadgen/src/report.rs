@@ -98,7 +98,9 @@ pub struct Warmup {
 
 /// One port's figures. Invariants: `attempts == successes + errors`, each attempt counted as
 /// exactly one success or one error class; `scheduled == attempts + missed`; `handshakes ==
-/// full + resumed == handshakes_in_window + tail_handshakes` (the warm-up's are apart).
+/// full + resumed`; without a warm-up, `handshakes == handshakes_in_window + tail_handshakes`
+/// (with one, `handshakes_in_window` also counts warm-up attempts' handshakes that completed
+/// inside the window, since the rate is what the server completed in it).
 /// `handshakes` counts completed TLS handshakes whatever happened after (an attempt whose
 /// handshake completed but whose QUIT failed is one handshake and one error).
 #[derive(Debug, Clone, Serialize)]
@@ -167,7 +169,8 @@ pub struct PortReport {
     pub warmup: Warmup,
     /// The client session store's counters (resumption on).
     pub ticket_store: Option<StoreStats>,
-    /// With `--verify-once`: chains verified, certificates reused, signatures checked.
+    /// With `--verify-once`: chains verified, certificates reused, signatures checked, over
+    /// the whole phase (warm-up included).
     pub verify_once: Option<VerifyOnceStats>,
     /// What a reader must know before trusting the figures (client saturated, missed
     /// connections, HelloRetryRequests, cut attempts).
