@@ -11,6 +11,8 @@
 //! - [`conn`]: one connection's SMTP and TLS steps, with per-step timeouts.
 //! - [`phase`]: one port's measurement: closed-loop workers or an open-loop schedule.
 //! - [`report`]: histograms and counters, merged into a [`Report`] (table or JSON).
+//! - [`chart`]: the sweep's PNG chart (plotters, bitmap backend, a bundled font).
+//! - [`sweep`]: `mxpipe-loadgen sweep`, one run per step of load, stopping at the knee.
 //! - [`progress`]: the live one-line display on a terminal's stderr.
 //! - [`embedded`]: mxpipe's own sink started in-process (`--embedded-sink`), on its own runtime.
 //! - [`cpu`]: CPU time of a group of threads (the embedded sink's, kept out of the client's).
@@ -25,6 +27,7 @@
 //! (every slot busy) are `missed`: `scheduled == attempts + missed`. Warm-up attempts are
 //! counted apart (`warmup_attempts`), never in the figures.
 
+pub mod chart;
 pub mod class;
 pub mod config;
 pub mod conn;
@@ -34,6 +37,7 @@ pub mod message;
 pub mod phase;
 pub mod progress;
 pub mod report;
+pub mod sweep;
 mod table;
 pub mod timed;
 pub mod verify_once;

@@ -11,6 +11,8 @@ use clap::{Parser, ValueEnum};
 use mxpipe::tls::{ClientResumption, Kx, Verify};
 use mxpipe_loadgen::{Config, Mode, PortOrder};
 
+mod sweep_cli;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -49,13 +51,16 @@ enum ModeArg {
 /// near the core count), when connections were missed and when handshakes needed a
 /// HelloRetryRequest.
 ///
+/// `mxpipe-loadgen sweep --steps 1,2,4,...` measures one point per step of load and stops at
+/// the knee (see `mxpipe-loadgen sweep --help`).
+///
 /// Exit status: 0 when the run completed (errors are counted and printed); 1 when every
 /// attempt failed; 2 on bad flags or a target that cannot be used; 3 when the open loop
 /// (--rate) missed connections: some were due but never started because --concurrency were
 /// in flight, so the target did not sustain the rate.
 #[derive(Debug, Parser)]
 #[command(name = "mxpipe-loadgen", version, about, long_about, max_term_width = 100)]
-struct Args {
+pub(crate) struct Args {
     /// Server address or DNS name.
     #[arg(long, value_name = "HOST", required_unless_present = "embedded_sink")]
     host: Option<String>,
@@ -266,8 +271,24 @@ fn config(args: Args) -> Result<(Config, bool, bool), String> {
     Ok((cfg, args.json, args.embedded_sink))
 }
 
+/// A multi-thread runtime, with the open-file limit raised first.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    if let Err(e) = mxpipe::sys::raise_nofile_limit() {
+        eprintln!("mxpipe-loadgen: warning: cannot raise the open-file limit: {e}");
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+        eprintln!("mxpipe-loadgen: cannot start the tokio runtime: {e}");
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "sweep") {
+        argv.remove(1);
+        return sweep_cli::main(argv);
+    }
+    let args = Args::parse_from(argv);
     let (mut cfg, json, embedded) = match config(args) {
         Ok(c) => c,
         Err(e) => {
@@ -275,15 +296,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = mxpipe::sys::raise_nofile_limit() {
-        eprintln!("mxpipe-loadgen: warning: cannot raise the open-file limit: {e}");
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mxpipe-loadgen: cannot start the tokio runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let report = match runtime.block_on(async {
         let sink = if embedded { Some(mxpipe_loadgen::embedded::EmbeddedSink::start(&mut cfg).await?) } else { None };
