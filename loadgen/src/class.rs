@@ -21,26 +21,40 @@ pub enum ErrorClass {
     Certificate,
     /// Any other TLS failure (handshake ended early, protocol error, ...).
     Tls,
-    /// A step took longer than the timeout, or the run's hard stop cut the attempt.
+    /// The server closed the connection (FIN or reset) without a TLS alert or an SMTP reply
+    /// saying why: during the TLS handshake, or while a reply was awaited after the greeting.
+    /// A server over its connection limit on an implicit-TLS port does this.
+    Closed,
+    /// One step took longer than `--timeout`.
     Timeout,
+    /// Still running one timeout after the end of the phase, so cut by the run's hard stop
+    /// (no single step had timed out yet).
+    Cut,
     /// The server answered with an unexpected reply code (or a malformed reply) after the
     /// greeting: EHLO, STARTTLS, MAIL, RCPT, DATA, end of data, QUIT.
     SmtpReply,
-    /// Any other I/O failure (reset or early close mid-session).
+    /// Any other I/O failure.
     Io,
+    /// The load generator's own task panicked during the attempt (a bug in this tool, never
+    /// the server's doing); the attempt is still counted, with what it had done.
+    Panic,
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 9] = [
+    /// Every class, in report order.
+    pub const ALL: [ErrorClass; 12] = [
         ErrorClass::Connect,
         ErrorClass::Banner,
         ErrorClass::NoStarttls,
         ErrorClass::TlsAlert,
         ErrorClass::Certificate,
         ErrorClass::Tls,
+        ErrorClass::Closed,
         ErrorClass::Timeout,
+        ErrorClass::Cut,
         ErrorClass::SmtpReply,
         ErrorClass::Io,
+        ErrorClass::Panic,
     ];
 
     /// The name used in reports and JSON keys.
@@ -52,9 +66,12 @@ impl ErrorClass {
             ErrorClass::TlsAlert => "tls_alert",
             ErrorClass::Certificate => "certificate",
             ErrorClass::Tls => "tls",
+            ErrorClass::Closed => "closed",
             ErrorClass::Timeout => "timeout",
+            ErrorClass::Cut => "cut",
             ErrorClass::SmtpReply => "smtp_reply",
             ErrorClass::Io => "io",
+            ErrorClass::Panic => "panic",
         }
     }
 }
@@ -75,9 +92,12 @@ pub struct ErrorCounts {
     pub tls_alert: u64,
     pub certificate: u64,
     pub tls: u64,
+    pub closed: u64,
     pub timeout: u64,
+    pub cut: u64,
     pub smtp_reply: u64,
     pub io: u64,
+    pub panic: u64,
 }
 
 impl ErrorCounts {
@@ -89,9 +109,12 @@ impl ErrorCounts {
             ErrorClass::TlsAlert => &mut self.tls_alert,
             ErrorClass::Certificate => &mut self.certificate,
             ErrorClass::Tls => &mut self.tls,
+            ErrorClass::Closed => &mut self.closed,
             ErrorClass::Timeout => &mut self.timeout,
+            ErrorClass::Cut => &mut self.cut,
             ErrorClass::SmtpReply => &mut self.smtp_reply,
             ErrorClass::Io => &mut self.io,
+            ErrorClass::Panic => &mut self.panic,
         }
     }
 
@@ -107,9 +130,12 @@ impl ErrorCounts {
             ErrorClass::TlsAlert => self.tls_alert,
             ErrorClass::Certificate => self.certificate,
             ErrorClass::Tls => self.tls,
+            ErrorClass::Closed => self.closed,
             ErrorClass::Timeout => self.timeout,
+            ErrorClass::Cut => self.cut,
             ErrorClass::SmtpReply => self.smtp_reply,
             ErrorClass::Io => self.io,
+            ErrorClass::Panic => self.panic,
         }
     }
 
@@ -152,6 +178,11 @@ pub fn classify_io(e: &io::Error, fallback: ErrorClass) -> ErrorClass {
     }
     match e.kind() {
         io::ErrorKind::TimedOut => ErrorClass::Timeout,
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+            if fallback != ErrorClass::Connect && fallback != ErrorClass::Banner =>
+        {
+            ErrorClass::Closed
+        }
         _ => fallback,
     }
 }
@@ -190,8 +221,12 @@ mod tests {
         assert_eq!(classify_io(&refused, ErrorClass::Connect), ErrorClass::Connect);
         let to = io::Error::from(io::ErrorKind::TimedOut);
         assert_eq!(classify_io(&to, ErrorClass::Connect), ErrorClass::Timeout);
+        // A close without an alert is told apart from a TLS failure.
         let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
-        assert_eq!(classify_io(&eof, ErrorClass::Tls), ErrorClass::Tls);
+        assert_eq!(classify_io(&eof, ErrorClass::Tls), ErrorClass::Closed);
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(classify_io(&reset, ErrorClass::Io), ErrorClass::Closed);
+        assert_eq!(classify_io(&reset, ErrorClass::Banner), ErrorClass::Banner);
         let other = io::Error::other("boom");
         assert_eq!(classify_io(&other, ErrorClass::Io), ErrorClass::Io);
     }

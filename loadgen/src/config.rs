@@ -5,7 +5,10 @@
 //! errors as a person at the command line.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::cpu::ThreadCpu;
 
 use mxpipe::tls::{ClientResumption, Kx, TlsError, Verify};
 
@@ -26,6 +29,28 @@ pub enum Mode {
     Transaction { messages_per_conn: u32, size: usize },
 }
 
+/// Which port is measured first. The first one absorbs the cold start of both sides (page
+/// faults, allocator growth, the server's caches), which `warmup` takes out of the figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PortOrder {
+    /// The STARTTLS port, then the implicit-TLS port.
+    #[default]
+    StartTlsFirst,
+    /// The implicit-TLS port, then the STARTTLS port.
+    ImplicitFirst,
+}
+
+impl std::str::FromStr for PortOrder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PortOrder, String> {
+        match s {
+            "starttls,implicit" => Ok(PortOrder::StartTlsFirst),
+            "implicit,starttls" => Ok(PortOrder::ImplicitFirst),
+            _ => Err(format!("{s:?}: give starttls,implicit or implicit,starttls")),
+        }
+    }
+}
+
 /// Everything one run needs. Build it with [`Config::new`] and change the fields.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -39,6 +64,10 @@ pub struct Config {
     pub server_name: String,
     /// How the server certificate is checked.
     pub verify: Verify,
+    /// With [`Verify::Roots`]: verify each certificate chain once, then trust that exact
+    /// certificate for the name, still checking every handshake's signature
+    /// ([`crate::verify_once`]).
+    pub verify_once: bool,
     /// Key exchange group offered.
     pub kx: Kx,
     /// Resumption mechanism; with it on, each port gets its own fresh ticket store.
@@ -49,6 +78,11 @@ pub struct Config {
     pub concurrency: usize,
     /// How long each port is measured (no new connection starts after it).
     pub duration: Option<Duration>,
+    /// Load each port this long before its measured window; what happens then is counted
+    /// apart (`warmup_*`) and kept out of every figure.
+    pub warmup: Duration,
+    /// Which port goes first.
+    pub order: PortOrder,
     /// How many connections each port gets at most.
     pub count: Option<u64>,
     /// Open loop: start connection i at t0 + i/rate, whatever the server's pace, and measure
@@ -68,6 +102,12 @@ pub struct Config {
     pub rcpt_to: String,
     /// Show a live one-line progress display on stderr (only if stderr is a terminal).
     pub progress: bool,
+    /// Threads of a server in this process (the embedded sink): their CPU is reported as the
+    /// sink's and taken out of the client's.
+    pub sink_threads: Option<Arc<ThreadCpu>>,
+    /// Test hook: the attempt with this number panics after its handshake.
+    #[doc(hidden)]
+    pub panic_at: Option<u64>,
 }
 
 impl Config {
@@ -83,11 +123,14 @@ impl Config {
             starttls_port: None,
             implicit_port: None,
             verify: Verify::None,
+            verify_once: false,
             kx: Kx::Default,
             resume: ClientResumption::default(),
             mode: Mode::Handshake,
             concurrency: 1,
             duration: None,
+            warmup: Duration::ZERO,
+            order: PortOrder::StartTlsFirst,
             count: None,
             rate: None,
             timeout: Duration::from_secs(10),
@@ -97,6 +140,8 @@ impl Config {
             mail_from: "loadgen@mxpipe.test".into(),
             rcpt_to: "sink@example.test".into(),
             progress: false,
+            sink_threads: None,
+            panic_at: None,
         }
     }
 
@@ -132,6 +177,12 @@ impl Config {
         }
         if self.duration == Some(Duration::ZERO) {
             return bad("duration must be more than 0 seconds");
+        }
+        if self.warmup > MAX_DURATION {
+            return bad("warmup can be at most 600 seconds");
+        }
+        if self.verify_once && matches!(self.verify, Verify::None) {
+            return bad("verify-once needs certificate verification (it cannot go with insecure)");
         }
         if self.timeout.is_zero() {
             return bad("timeout must be more than 0 seconds");

@@ -23,6 +23,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::class::{ConnError, ErrorClass};
 use crate::message::MessageTemplate;
+use crate::timed::TimedTcp;
 use crate::TlsKind;
 
 /// Everything about the target that is the same for every connection of a phase.
@@ -40,6 +41,11 @@ pub struct Target {
     pub rcpt_to: String,
     /// Transaction mode; `None` for handshake mode.
     pub transaction: Option<Transaction>,
+    /// The measured window, `[start, end)`: messages accepted inside it are counted apart.
+    pub window: (Instant, Instant),
+    /// Test hook: panic in the attempt numbered so, right after its TLS handshake, to check
+    /// that a panicking attempt loses no counts. Never set by the binary.
+    pub panic_at: Option<u64>,
 }
 
 /// What transaction mode sends on each connection.
@@ -54,27 +60,38 @@ pub struct Transaction {
 pub struct Attempt {
     /// TCP connect time, once connected.
     pub connect: Option<Duration>,
+    /// From the start of the connect to the first byte from the server (the banner on a
+    /// STARTTLS port, the ServerHello on an implicit-TLS port), once it came.
+    pub ttfb: Option<Duration>,
     /// STARTTLS port: banner, EHLO, STARTTLS and its 220, once done.
     pub starttls: Option<Duration>,
     /// The TLS handshake, once complete.
     pub handshake: Option<Duration>,
+    /// When the handshake completed.
+    pub handshake_at: Option<Instant>,
     /// What the handshake negotiated, once complete.
     pub tls: Option<TlsFacts>,
+    /// The server answered the ClientHello with a HelloRetryRequest (it wanted a key share
+    /// for another group: an extra round trip and key generation).
+    pub hello_retry: bool,
     /// Messages the server accepted (250 after the end of data).
     pub messages: u64,
+    /// Of those, accepted inside [`Target::window`].
+    pub messages_in_window: u64,
 }
 
 /// Run one connection to `t`, binding to `source` if given. `seq` numbers the attempt (it
 /// makes Message-IDs unique). Returns the first failure; `a` says how far it got.
 pub async fn run(t: &Target, source: Option<IpAddr>, seq: u64, a: &mut Attempt) -> Result<(), ConnError> {
     let t0 = Instant::now();
-    let tcp = within(t.timeout, "connect", connect(t, source)).await?;
+    let tcp = TimedTcp::new(within(t.timeout, "connect", connect(t, source)).await?);
     a.connect = Some(t0.elapsed());
     match t.kind {
         TlsKind::StartTls => {
             let mut wire = Wire::new(tcp, t.timeout);
             let t1 = Instant::now();
             let r = starttls_dialogue(&mut wire, t).await;
+            a.ttfb = wire.io.first_byte().map(|at| at.saturating_duration_since(t0));
             if let Err(e) = r {
                 if e.class == ErrorClass::NoStarttls {
                     // Say goodbye so the server closes first and no client port is stuck in
@@ -85,12 +102,18 @@ pub async fn run(t: &Target, source: Option<IpAddr>, seq: u64, a: &mut Attempt) 
             }
             a.starttls = Some(t1.elapsed());
             let tcp = wire.into_inner()?;
-            let tls = handshake(t, tcp, a).await?;
+            let tls = handshake(t, tcp, seq, a).await?;
             let mut wire = Wire::new(tls, t.timeout);
             after_tls(&mut wire, t, seq, a).await
         }
         TlsKind::Implicit => {
-            let tls = handshake(t, tcp, a).await?;
+            let r = handshake(t, tcp, seq, a).await;
+            a.ttfb = match &r {
+                Ok(tls) => tls.get_ref().0.first_byte(),
+                Err(_) => None,
+            }
+            .map(|at| at.saturating_duration_since(t0));
+            let tls = r?;
             let mut wire = Wire::new(tls, t.timeout);
             expect(wire.reply("banner", ErrorClass::Banner).await?, 220, "banner", ErrorClass::Banner)?;
             after_tls(&mut wire, t, seq, a).await
@@ -142,7 +165,7 @@ fn bind_address_no_port(sock: &TcpSocket) {
 }
 
 /// Banner, EHLO, STARTTLS, 220: everything in plaintext before the handshake.
-async fn starttls_dialogue(wire: &mut Wire<TcpStream>, t: &Target) -> Result<(), ConnError> {
+async fn starttls_dialogue(wire: &mut Wire<TimedTcp>, t: &Target) -> Result<(), ConnError> {
     expect(wire.reply("banner", ErrorClass::Banner).await?, 220, "banner", ErrorClass::Banner)?;
     let caps = ehlo(wire, t).await?;
     if !caps.starttls {
@@ -153,21 +176,29 @@ async fn starttls_dialogue(wire: &mut Wire<TcpStream>, t: &Target) -> Result<(),
     Ok(())
 }
 
-/// The TLS handshake, timed, with the negotiated facts recorded.
-async fn handshake(t: &Target, tcp: TcpStream, a: &mut Attempt) -> Result<TlsStream<TcpStream>, ConnError> {
+/// The TLS handshake, timed, with the negotiated facts recorded. A close by the server
+/// without an alert is `closed`, not `tls` (see [`crate::class::classify_io`]).
+async fn handshake(t: &Target, tcp: TimedTcp, seq: u64, a: &mut Attempt) -> Result<TlsStream<TimedTcp>, ConnError> {
     let t0 = Instant::now();
     let tls = within(t.timeout, "TLS handshake", async {
         t.connector.connect(t.server_name.clone(), tcp).await.map_err(|e| ConnError::io("TLS handshake", &e, ErrorClass::Tls))
     })
     .await?;
-    a.handshake = Some(t0.elapsed());
-    a.tls = Some(TlsFacts::of(tls.get_ref().1));
+    let now = Instant::now();
+    a.handshake = Some(now.saturating_duration_since(t0));
+    a.handshake_at = Some(now);
+    let state = tls.get_ref().1;
+    a.tls = Some(TlsFacts::of(state));
+    a.hello_retry = state.handshake_kind() == Some(rustls::HandshakeKind::FullWithHelloRetryRequest);
+    if t.panic_at == Some(seq) {
+        panic!("test hook: panic after the handshake of attempt {seq}");
+    }
     Ok(tls)
 }
 
 /// Everything after the handshake (and, on the implicit port, after the banner): messages in
 /// transaction mode, then QUIT and the close.
-async fn after_tls(wire: &mut Wire<TlsStream<TcpStream>>, t: &Target, seq: u64, a: &mut Attempt) -> Result<(), ConnError> {
+async fn after_tls(wire: &mut Wire<TlsStream<TimedTcp>>, t: &Target, seq: u64, a: &mut Attempt) -> Result<(), ConnError> {
     if let Some(tx) = &t.transaction {
         let r = messages(wire, t, tx, seq, a).await;
         if let Err(e) = r {
@@ -198,7 +229,7 @@ async fn ehlo<S: Transport>(wire: &mut Wire<S>, t: &Target) -> Result<Capabiliti
 /// EHLO (on the STARTTLS port a second one, as RFC 3207 §4.2 requires, since the first
 /// one's answers are void after TLS), then `messages_per_conn` transactions; MAIL, RCPT and
 /// DATA go in one write when the server offers PIPELINING (RFC 2920).
-async fn messages(wire: &mut Wire<TlsStream<TcpStream>>, t: &Target, tx: &Transaction, seq: u64, a: &mut Attempt) -> Result<(), ConnError> {
+async fn messages(wire: &mut Wire<TlsStream<TimedTcp>>, t: &Target, tx: &Transaction, seq: u64, a: &mut Attempt) -> Result<(), ConnError> {
     let caps = ehlo(wire, t).await?;
     let size = if caps.size.is_some() { format!(" SIZE={}", tx.template.size()) } else { String::new() };
     let mail = format!("MAIL FROM:<{}>{size}\r\n", t.mail_from);
@@ -225,6 +256,10 @@ async fn messages(wire: &mut Wire<TlsStream<TcpStream>>, t: &Target, tx: &Transa
         wire.send(&tx.template.data(msg_seq), "message data").await?;
         positive(wire.reply("end of data", ErrorClass::Io).await?, "end of data")?;
         a.messages += 1;
+        let now = Instant::now();
+        if now >= t.window.0 && now < t.window.1 {
+            a.messages_in_window += 1;
+        }
     }
     Ok(())
 }
@@ -265,17 +300,17 @@ async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = Result
 /// A byte stream SMTP runs over: plain TCP or TLS over TCP.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
     /// The TCP stream under a TLS layer, to read to its end after the TLS close.
-    fn tcp_below(&mut self) -> Option<&mut TcpStream>;
+    fn tcp_below(&mut self) -> Option<&mut TimedTcp>;
 }
 
-impl Transport for TcpStream {
-    fn tcp_below(&mut self) -> Option<&mut TcpStream> {
+impl Transport for TimedTcp {
+    fn tcp_below(&mut self) -> Option<&mut TimedTcp> {
         None
     }
 }
 
-impl Transport for TlsStream<TcpStream> {
-    fn tcp_below(&mut self) -> Option<&mut TcpStream> {
+impl Transport for TlsStream<TimedTcp> {
+    fn tcp_below(&mut self) -> Option<&mut TimedTcp> {
         Some(self.get_mut().0)
     }
 }
@@ -321,7 +356,11 @@ impl<S: Transport> Wire<S> {
                 }
                 let mut chunk = [0u8; 4096];
                 match io.read(&mut chunk).await {
-                    Ok(0) => return Err(ConnError::new(class, format!("{what} reply: connection closed by the server"))),
+                    Ok(0) => {
+                        // A close where a reply was due: `closed` (the greeting keeps `banner`).
+                        let class = if class == ErrorClass::Banner { class } else { ErrorClass::Closed };
+                        return Err(ConnError::new(class, format!("{what} reply: connection closed by the server")));
+                    }
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     Err(e) => return Err(ConnError::io(&format!("{what} reply"), &e, class)),
                 }

@@ -11,31 +11,42 @@
 //! - [`conn`]: one connection's SMTP and TLS steps, with per-step timeouts.
 //! - [`phase`]: one port's measurement: closed-loop workers or an open-loop schedule.
 //! - [`report`]: histograms and counters, merged into a [`Report`] (table or JSON).
+//! - [`chart`]: the sweep's PNG chart (plotters, bitmap backend, a bundled font).
+//! - [`sweep`]: `mxpipe-loadgen sweep`, one run per step of load, stopping at the knee.
 //! - [`progress`]: the live one-line display on a terminal's stderr.
-//! - [`embedded`]: mxpipe's own sink started in-process (`--embedded-sink`).
+//! - [`embedded`]: mxpipe's own sink started in-process (`--embedded-sink`), on its own runtime.
+//! - [`cpu`]: CPU time of a group of threads (the embedded sink's, kept out of the client's).
+//! - [`timed`]: a TCP stream that notes the server's first byte (the `ttfb` row).
+//! - [`verify_once`]: `--verify-once`, a chain verified once, every signature still checked.
 //!
 //! Accounting invariant, per port: every attempt (a TCP connect that was started) ends as
 //! exactly one success or exactly one error class, so `attempts == successes + errors`.
 //! `handshakes` counts completed TLS handshakes, independently of how the attempt ended: a
 //! connection whose handshake succeeded but whose QUIT failed counts one handshake *and*
-//! one error. `handshakes == full + resumed`.
+//! one error. `handshakes == full + resumed`. In open loop, connections due but never started
+//! (every slot busy) are `missed`: `scheduled == attempts + missed`. Warm-up attempts are
+//! counted apart (`warmup_attempts`), never in the figures.
 
+pub mod chart;
 pub mod class;
 pub mod config;
 pub mod conn;
+pub mod cpu;
 pub mod embedded;
 pub mod message;
 pub mod phase;
 pub mod progress;
 pub mod report;
+pub mod sweep;
+mod table;
+pub mod timed;
+pub mod verify_once;
 
 pub use class::{ErrorClass, ErrorCounts};
-pub use config::{Config, LoadgenError, Mode};
+pub use config::{Config, LoadgenError, Mode, PortOrder};
 pub use report::{Breakdown, Percentiles, PortReport, Report};
 
 use std::net::SocketAddr;
-
-use mxpipe::sys::CpuTime;
 
 /// Which TLS flavour a port speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +67,8 @@ impl TlsKind {
     }
 }
 
-/// Measure every configured port, one after the other (STARTTLS first, then implicit TLS),
-/// so the phases do not disturb each other. Runs on the caller's tokio runtime (a
+/// Measure every configured port, one after the other (in [`Config::order`]), so the phases
+/// do not disturb each other. Runs on the caller's tokio runtime (a
 /// multi-thread runtime gives the client more than one core). Always ends by itself: each
 /// phase is bounded by [`Config::duration`] and/or [`Config::count`], capped at
 /// [`config::MAX_DURATION`], plus one [`Config::timeout`] for connections in flight.
@@ -73,20 +84,33 @@ pub async fn run(cfg: &Config) -> Result<Report, LoadgenError> {
     if let Some(p) = cfg.implicit_port {
         targets.push((TlsKind::Implicit, p));
     }
+    if cfg.order == PortOrder::ImplicitFirst {
+        targets.reverse();
+    }
     let ip = config::resolve(&cfg.host).await?;
     cfg.validate_source_spread(ip)?;
 
-    let cpu0 = CpuTime::now();
+    let cpu0 = cpu::Split::now(cfg.sink_threads.as_deref());
     let t0 = std::time::Instant::now();
     let mut ports = Vec::with_capacity(targets.len());
     for (kind, port) in targets {
         let addr = SocketAddr::new(ip, port);
         ports.push(phase::run_phase(cfg, kind, addr).await?);
     }
+    let (client_cpu_s, sink_cpu_s) = cpu0.since(cfg.sink_threads.as_deref());
+    let duration_s = t0.elapsed().as_secs_f64();
+    let mut warnings = Vec::new();
+    if cpu::saturated(client_cpu_s, duration_s, cpu::cores()) {
+        warnings.push(report::saturation_warning(client_cpu_s, duration_s));
+    }
     Ok(Report {
         ports,
-        client_cpu_s: CpuTime::now().since(&cpu0).total_secs(),
-        duration_s: t0.elapsed().as_secs_f64(),
+        client_cpu_s,
+        sink_cpu_s: cfg.sink_threads.as_ref().map(|_| sink_cpu_s),
+        embedded_sink: None,
+        duration_s,
+        cores: cpu::cores(),
+        warnings,
         settings: report::Settings::of(cfg),
     })
 }

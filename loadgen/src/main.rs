@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use mxpipe::tls::{ClientResumption, Kx, Verify};
-use mxpipe_loadgen::{Config, Mode};
+use mxpipe_loadgen::{Config, Mode, PortOrder};
+
+mod sweep_cli;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -26,13 +28,39 @@ enum ModeArg {
 /// STARTTLS, as on port 25) and an implicit-TLS port (TLS from the first byte, as on port
 /// 465/26): handshakes/s, full against resumed, latency percentiles and client CPU.
 ///
-/// The ports are measured one after the other, each for its own --duration/--count. The
-/// client reads to EOF after QUIT so the server closes first (no client TIME_WAIT).
-/// Exit status: 0 when the run completed (errors are counted and printed), 1 when every
-/// attempt failed, 2 on bad flags or a target that cannot be used.
+/// The ports are measured one after the other (--order), each for its own --warmup and then
+/// --duration/--count. The client reads to EOF after QUIT so the server closes first (no
+/// client TIME_WAIT).
+///
+/// handshakes/s counts the handshakes completed inside the measured window, over its length;
+/// attempts still running after it are the tail, reported apart (and cut, as `cut`, one
+/// --timeout after it). Latency rows, in microseconds: connect = the TCP connect; ttfb = from
+/// the start of the connect to the server's first byte (the banner on the STARTTLS port, the
+/// ServerHello on the implicit port: the server's accept wait is in it on both); starttls =
+/// banner, EHLO, STARTTLS and its 220 (the accept wait falls here on that port); handshake =
+/// the TLS handshake alone (on the implicit port it includes the accept wait); queue = open
+/// loop, intended start to actual start; ok = a whole successful connection; failed = a failed
+/// attempt, start to failure (a step timeout at about --timeout); missed = open loop,
+/// connections never started, at a lower bound (end of window - intended start); all = ok,
+/// failed and missed together, the headline figure. With --rate, every row counts from the
+/// intended start.
+///
+/// Error classes tell apart a step timeout (timeout) from an attempt cut at the end of the
+/// phase (cut), and a server that closed without a word (closed) from a TLS failure (tls,
+/// tls_alert, certificate). The report warns when the client itself was saturated (its CPU
+/// near the core count), when connections were missed and when handshakes needed a
+/// HelloRetryRequest.
+///
+/// `mxpipe-loadgen sweep --steps 1,2,4,...` measures one point per step of load and stops at
+/// the knee (see `mxpipe-loadgen sweep --help`).
+///
+/// Exit status: 0 when the run completed (errors are counted and printed); 1 when every
+/// attempt failed; 2 on bad flags or a target that cannot be used; 3 when the open loop
+/// (--rate) missed connections: some were due but never started because --concurrency were
+/// in flight, so the target did not sustain the rate.
 #[derive(Debug, Parser)]
 #[command(name = "mxpipe-loadgen", version, about, long_about, max_term_width = 100)]
-struct Args {
+pub(crate) struct Args {
     /// Server address or DNS name.
     #[arg(long, value_name = "HOST", required_unless_present = "embedded_sink")]
     host: Option<String>,
@@ -43,11 +71,11 @@ struct Args {
     #[arg(long, conflicts_with_all = ["host", "starttls_port", "implicit_port", "server_name", "ca", "source_spread"])]
     embedded_sink: bool,
 
-    /// Port speaking plaintext SMTP then STARTTLS (measured first).
+    /// Port speaking plaintext SMTP then STARTTLS (measured first unless --order says).
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     starttls_port: Option<u16>,
 
-    /// Port speaking TLS from the first byte (measured second).
+    /// Port speaking TLS from the first byte (measured second unless --order says).
     #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     implicit_port: Option<u16>,
 
@@ -60,9 +88,18 @@ struct Args {
     #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
     ca: Option<PathBuf>,
 
-    /// Do not verify the server certificate (opportunistic TLS; much cheaper for the client).
+    /// Do not verify the server certificate, and do not check the handshake signature either
+    /// (opportunistic TLS; much cheaper for the client, but it proves nothing about the
+    /// server's key, and the server's signing is then all that is measured of the public-key
+    /// work).
     #[arg(long)]
     insecure: bool,
+
+    /// Verify each certificate chain once (trust anchors, name, validity), then trust that
+    /// exact certificate for the name for the rest of the run, still checking every full
+    /// handshake's signature: a cheaper client for measuring a server's own capacity.
+    #[arg(long, conflicts_with = "insecure")]
+    verify_once: bool,
 
     /// What each connection does once TLS is up.
     #[arg(long, value_enum, default_value_t = ModeArg::Handshake)]
@@ -95,12 +132,23 @@ struct Args {
     #[arg(long, short = 'd', value_name = "SECS", value_parser = parse_secs)]
     duration: Option<Duration>,
 
-    /// Connections per port at most (the run still stops after --duration, or 600 s).
+    /// Seconds to load each port before measuring it (the same load as the measurement);
+    /// what happens then is counted apart and kept out of every figure [default: 0].
+    #[arg(long, value_name = "SECS", value_parser = parse_warmup)]
+    warmup: Option<Duration>,
+
+    /// Which port to measure first: starttls,implicit or implicit,starttls. The first one
+    /// absorbs the cold start of both sides unless --warmup is given.
+    #[arg(long, value_name = "ORDER", default_value = "starttls,implicit", value_parser = parse_order)]
+    order: PortOrder,
+
+    /// Measured connections per port at most (the run still stops after --duration, or 600 s).
     #[arg(long, short = 'n', value_name = "N")]
     count: Option<u64>,
 
     /// Open loop: start R connections per second on schedule, whatever the server's pace;
-    /// latency counts from the scheduled start, so queueing shows in the total.
+    /// latency counts from the scheduled start, so queueing shows in the total. Connections
+    /// never started (every slot busy to the end) are reported as missed, and exit status 3.
     #[arg(long, value_name = "R", value_parser = parse_rate)]
     rate: Option<f64>,
 
@@ -155,6 +203,18 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v))
 }
 
+fn parse_warmup(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v.is_finite() && (0.0..=600.0).contains(&v)) {
+        return Err(format!("{s:?}: give a number of seconds from 0 to 600"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_order(s: &str) -> Result<PortOrder, String> {
+    s.parse()
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of connections per second"))?;
     if !(v.is_finite() && v > 0.0) {
@@ -188,6 +248,7 @@ fn config(args: Args) -> Result<(Config, bool, bool), String> {
         };
         Verify::webpki_plus(&extra).map_err(|e| format!("--ca: {e}"))?
     };
+    cfg.verify_once = args.verify_once;
     cfg.kx = args.kx;
     cfg.resume = args.resume;
     cfg.mode = match args.mode {
@@ -196,6 +257,8 @@ fn config(args: Args) -> Result<(Config, bool, bool), String> {
     };
     cfg.concurrency = args.concurrency;
     cfg.duration = args.duration;
+    cfg.warmup = args.warmup.unwrap_or_default();
+    cfg.order = args.order;
     cfg.count = args.count;
     cfg.rate = args.rate;
     cfg.timeout = args.timeout;
@@ -208,8 +271,24 @@ fn config(args: Args) -> Result<(Config, bool, bool), String> {
     Ok((cfg, args.json, args.embedded_sink))
 }
 
+/// A multi-thread runtime, with the open-file limit raised first.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    if let Err(e) = mxpipe::sys::raise_nofile_limit() {
+        eprintln!("mxpipe-loadgen: warning: cannot raise the open-file limit: {e}");
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+        eprintln!("mxpipe-loadgen: cannot start the tokio runtime: {e}");
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "sweep") {
+        argv.remove(1);
+        return sweep_cli::main(argv);
+    }
+    let args = Args::parse_from(argv);
     let (mut cfg, json, embedded) = match config(args) {
         Ok(c) => c,
         Err(e) => {
@@ -217,23 +296,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = mxpipe::sys::raise_nofile_limit() {
-        eprintln!("mxpipe-loadgen: warning: cannot raise the open-file limit: {e}");
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mxpipe-loadgen: cannot start the tokio runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let report = match runtime.block_on(async {
         let sink = if embedded { Some(mxpipe_loadgen::embedded::EmbeddedSink::start(&mut cfg).await?) } else { None };
         let report = mxpipe_loadgen::run(&cfg).await;
-        if let Some(sink) = sink {
-            sink.stop().await;
+        match (sink, report) {
+            (Some(sink), Ok(mut r)) => {
+                r.embedded_sink = Some(sink.stop().await);
+                Ok(r)
+            }
+            (Some(sink), Err(e)) => {
+                sink.stop().await;
+                Err(e)
+            }
+            (None, r) => r,
         }
-        report
     }) {
         Ok(r) => r,
         Err(e) => {
@@ -246,9 +326,18 @@ fn main() -> ExitCode {
     if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
         return ExitCode::from(2);
     }
-    if report.all_failed() {
-        eprintln!("mxpipe-loadgen: every attempt failed (see the errors above)");
-        return ExitCode::from(1);
+    match report.exit_status() {
+        0 => ExitCode::SUCCESS,
+        1 => {
+            eprintln!("mxpipe-loadgen: every attempt failed (see the errors above)");
+            ExitCode::from(1)
+        }
+        n => {
+            eprintln!(
+                "mxpipe-loadgen: {} scheduled connections were never started: the target did not sustain --rate at --concurrency",
+                report.missed()
+            );
+            ExitCode::from(n)
+        }
     }
-    ExitCode::SUCCESS
 }

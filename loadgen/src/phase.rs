@@ -1,18 +1,21 @@
 //! One port's measurement: build the TLS client (with a fresh ticket store, so one port's
-//! tickets do not flatter the other's figures), run connections closed-loop or open-loop
-//! until the count or the time is up, and merge what the workers recorded.
+//! tickets do not flatter the other's figures), warm up, then run connections closed-loop or
+//! open-loop until the count or the window is up, and merge what the workers recorded.
 //!
-//! Bounds: no connection starts after the phase limit; connections still in flight one
-//! timeout later are cut and counted as `timeout`, so a phase ends by itself whatever the
-//! server does.
+//! Timeline of a phase: `start`, the warm-up until `start + warmup` (counted apart, in no
+//! figure), the measured window until `stop_at` (no attempt starts after it), and the tail:
+//! attempts still running one timeout after `stop_at` are cut (`cut`), so a phase ends by
+//! itself whatever the server does. The rate counts handshakes completed inside the window
+//! over the window's length; the tail is reported apart.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mxpipe::sys::CpuTime;
-use mxpipe::tls::{client_config, ClientOptions, ClientResumption, TicketStore};
+use futures_util::FutureExt;
+use mxpipe::tls::{client_config, ClientOptions, ClientResumption, TicketStore, Verify};
 use rustls_pki_types::ServerName;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -21,27 +24,57 @@ use tokio::time::{sleep_until, Instant};
 use crate::class::{ConnError, ErrorClass};
 use crate::config::{Config, LoadgenError, Mode};
 use crate::conn::{self, Attempt, Target, Transaction};
+use crate::cpu::Split;
 use crate::message::MessageTemplate;
 use crate::progress::{Display, Live};
-use crate::report::{PortReport, Recorder};
+use crate::report::{PhaseFacts, PortReport, Recorder, Window};
+use crate::verify_once::VerifyOnce;
 use crate::TlsKind;
 
 /// The limits of one phase, shared by its workers.
 #[derive(Debug, Clone, Copy)]
 struct Bounds {
-    /// No attempt starts at or after this.
+    /// Attempts started before this are the warm-up's.
+    warm_until: Instant,
+    /// No attempt starts at or after this: the end of the measured window.
     stop_at: Instant,
     /// Attempts still running now are cut.
     hard_stop: Instant,
-    /// At most this many attempts.
+    /// At most this many measured attempts.
     count: Option<u64>,
     /// Bind to 127.0.0.2 ..= 127.0.0.(N+1), round-robin; 0 = no bind.
     source_spread: usize,
+    window: Window,
 }
 
 impl Bounds {
     fn source(&self, seq: u64) -> Option<IpAddr> {
         (self.source_spread > 0).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (seq % self.source_spread as u64) as u8)))
+    }
+}
+
+/// The measured attempts and the warm-up's, kept apart.
+struct Recorded {
+    measured: Recorder,
+    warm: Recorder,
+}
+
+impl Recorded {
+    fn new(window: Window) -> Recorded {
+        Recorded { measured: Recorder::new(window), warm: Recorder::new(window) }
+    }
+
+    fn pick(&mut self, warming: bool) -> &mut Recorder {
+        if warming {
+            &mut self.warm
+        } else {
+            &mut self.measured
+        }
+    }
+
+    fn merge(&mut self, o: &Recorded) {
+        self.measured.merge(&o.measured);
+        self.warm.merge(&o.warm);
     }
 }
 
@@ -51,7 +84,13 @@ pub async fn run_phase(cfg: &Config, kind: TlsKind, addr: SocketAddr) -> Result<
     // handshake; pool more than the concurrency so none is dropped while others are in use).
     let store = (cfg.resume != ClientResumption::Off).then(|| Arc::new(TicketStore::new(16, (cfg.concurrency * 2).max(16), 8)));
     let opts = ClientOptions { verify: cfg.verify.clone(), kx: cfg.kx, resumption: cfg.resume, tls12_only: false };
-    let client = client_config(&opts, store.clone())?;
+    let mut client = client_config(&opts, store.clone())?;
+    let mut verifier = None;
+    if let (true, Verify::Roots(roots)) = (cfg.verify_once, &cfg.verify) {
+        let (c, v) = VerifyOnce::install(&client, roots.clone()).map_err(|e| LoadgenError::Invalid(format!("verify-once: {e}")))?;
+        client = c;
+        verifier = Some(v);
+    }
     let server_name = ServerName::try_from(cfg.server_name.clone()).map_err(|_| LoadgenError::ServerName(cfg.server_name.clone()))?;
     let transaction = match cfg.mode {
         Mode::Handshake => None,
@@ -59,6 +98,16 @@ pub async fn run_phase(cfg: &Config, kind: TlsKind, addr: SocketAddr) -> Result<
             Some(Transaction { messages_per_conn, template: Arc::new(MessageTemplate::new(size, &cfg.mail_from, &cfg.rcpt_to)) })
         }
     };
+
+    let live = Arc::new(Live::default());
+    let display = Display::start(cfg.progress, format!("{addr} {}", kind.as_str()), live.clone());
+    let cpu0 = Split::now(cfg.sink_threads.as_deref());
+    let start = Instant::now();
+    let warm_until = start + cfg.warmup;
+    let stop_at = warm_until + cfg.phase_limit();
+    let window = Window { start: warm_until.into_std(), end: stop_at.into_std() };
+    let bounds =
+        Bounds { warm_until, stop_at, hard_stop: stop_at + cfg.timeout, count: cfg.count, source_spread: cfg.source_spread, window };
     let target = Arc::new(Target {
         kind,
         addr,
@@ -70,32 +119,46 @@ pub async fn run_phase(cfg: &Config, kind: TlsKind, addr: SocketAddr) -> Result<
         mail_from: cfg.mail_from.clone(),
         rcpt_to: cfg.rcpt_to.clone(),
         transaction,
+        window: (window.start, window.end),
+        panic_at: cfg.panic_at,
     });
-
-    let live = Arc::new(Live::default());
-    let display = Display::start(cfg.progress, format!("{addr} {}", kind.as_str()), live.clone());
-    let cpu0 = CpuTime::now();
-    let start = Instant::now();
-    let limit = cfg.phase_limit();
-    let bounds =
-        Bounds { stop_at: start + limit, hard_stop: start + limit + cfg.timeout, count: cfg.count, source_spread: cfg.source_spread };
-    let recorder = match cfg.rate {
+    let recorded = match cfg.rate {
         None => closed_loop(target, bounds, cfg.concurrency, live).await,
-        Some(rate) => open_loop(target, bounds, cfg.concurrency, rate, start, limit, live).await,
+        Some(rate) => open_loop(target, bounds, cfg.concurrency, rate, start, live).await,
     };
-    let duration = start.elapsed();
-    let cpu = CpuTime::now().since(&cpu0).total_secs();
+    let end = Instant::now();
+    let (client_cpu_s, sink_cpu_s) = cpu0.since(cfg.sink_threads.as_deref());
     display.finish();
-    Ok(recorder.into_port_report(addr, kind.as_str(), duration, cpu, store.map(|s| s.stats())))
+    let facts = PhaseFacts {
+        // A count can end the window early: then it ends with the last attempt.
+        window: end.min(stop_at).saturating_duration_since(warm_until),
+        tail: end.saturating_duration_since(stop_at),
+        warmup: cfg.warmup,
+        wall_s: end.saturating_duration_since(start).as_secs_f64(),
+        client_cpu_s,
+        sink_cpu_s: cfg.sink_threads.as_ref().map(|_| sink_cpu_s),
+        concurrency: cfg.concurrency,
+        ticket_store: store.map(|s| s.stats()),
+        verify_once: verifier.map(|v| v.stats()),
+    };
+    Ok(recorded.measured.into_port_report(addr, kind.as_str(), &recorded.warm, facts))
 }
 
 /// One attempt, cut at the hard stop. The attempt is passed by `&mut` so a cut attempt still
-/// says whether its handshake had completed.
+/// says whether its handshake had completed. A panic inside the attempt (a bug of this tool)
+/// is caught and counted as `panic`, with what the attempt had done, so it loses no counts.
 async fn bounded_attempt(t: &Target, b: &Bounds, seq: u64, a: &mut Attempt) -> Result<(), ConnError> {
+    let run = AssertUnwindSafe(conn::run(t, b.source(seq), seq, a)).catch_unwind();
     tokio::select! {
-        r = conn::run(t, b.source(seq), seq, a) => r,
+        r = run => match r {
+            Ok(r) => r,
+            Err(panic) => {
+                let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                Err(ConnError::new(ErrorClass::Panic, format!("the attempt panicked: {}", why.unwrap_or_else(|| "(no message)".into()))))
+            }
+        },
         _ = sleep_until(b.hard_stop) => {
-            Err(ConnError::new(ErrorClass::Timeout, "still running one timeout after the end of the phase"))
+            Err(ConnError::new(ErrorClass::Cut, "still running one timeout after the end of the window"))
         }
     }
 }
@@ -105,73 +168,72 @@ fn bump(live: &Live, a: &Attempt, r: &Result<(), ConnError>) {
 }
 
 /// Closed loop: `concurrency` workers, each starting its next connection when the previous
-/// one ends. Attempts are numbered from one shared counter, which also enforces `count`.
-async fn closed_loop(target: Arc<Target>, b: Bounds, concurrency: usize, live: Arc<Live>) -> Recorder {
+/// one ends; those started before the end of the warm-up are the warm-up's. Attempts are
+/// numbered from one shared counter; another enforces `count` on the measured ones.
+async fn closed_loop(target: Arc<Target>, b: Bounds, concurrency: usize, live: Arc<Live>) -> Recorded {
     let next = Arc::new(AtomicU64::new(0));
+    let measured = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
     for _ in 0..concurrency {
-        let (target, next, live) = (target.clone(), next.clone(), live.clone());
+        let (target, next, measured, live) = (target.clone(), next.clone(), measured.clone(), live.clone());
         workers.spawn(async move {
-            let mut rec = Recorder::new();
-            while Instant::now() < b.stop_at {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if b.count.is_some_and(|c| seq >= c) {
+            let mut rec = Recorded::new(b.window);
+            loop {
+                let t0 = Instant::now();
+                if t0 >= b.stop_at {
                     break;
                 }
-                let t0 = Instant::now();
+                let warming = t0 < b.warm_until;
+                if !warming && b.count.is_some_and(|c| measured.fetch_add(1, Ordering::Relaxed) >= c) {
+                    break;
+                }
+                let seq = next.fetch_add(1, Ordering::Relaxed);
                 let mut a = Attempt::default();
                 let r = bounded_attempt(&target, &b, seq, &mut a).await;
-                rec.record(&a, &r, t0.elapsed(), None);
+                rec.pick(warming).record(&a, &r, t0.elapsed(), None);
                 bump(&live, &a, &r);
             }
             rec
         });
     }
-    let mut total = Recorder::new();
+    let mut total = Recorded::new(b.window);
     while let Some(joined) = workers.join_next().await {
         match joined {
             Ok(rec) => total.merge(&rec),
-            // A worker cannot panic on server input; if one did, say so rather than hide it.
+            // Panics inside attempts are caught there; this would be one in the counting.
             Err(e) => eprintln!("mxpipe-loadgen: a worker failed: {e}"),
         }
     }
     total
 }
 
-/// What an open-loop connection task hands back.
-type Finished = (Attempt, Result<(), ConnError>, Duration, Duration);
+/// What an open-loop connection task hands back: the attempt, its result, its latency from
+/// the due time, its queueing, and whether it was the warm-up's.
+type Finished = (Attempt, Result<(), ConnError>, Duration, Duration, bool);
 
 /// Open loop: connection i is due at `start + i/rate`, whatever the server's pace; at most
 /// `concurrency` are in flight. Latency counts from the due time, so time spent waiting for a
-/// free slot shows in the total (no coordinated omission). Connections still waiting for a
-/// slot at the end are reported as `missed`.
-async fn open_loop(
-    target: Arc<Target>,
-    b: Bounds,
-    concurrency: usize,
-    rate: f64,
-    start: Instant,
-    limit: Duration,
-    live: Arc<Live>,
-) -> Recorder {
+/// free slot shows in the total (no coordinated omission). Connections due before the end of
+/// the window that are still waiting for a slot when it ends are `missed`, each counted at
+/// the lower bound of its latency (the end of the window minus its due time).
+async fn open_loop(target: Arc<Target>, b: Bounds, concurrency: usize, rate: f64, start: Instant, live: Arc<Live>) -> Recorded {
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running: JoinSet<Finished> = JoinSet::new();
-    let mut rec = Recorder::new();
-    let record = |rec: &mut Recorder, joined: Result<Finished, tokio::task::JoinError>| match joined {
-        Ok((a, r, total, queue)) => rec.record(&a, &r, total, Some(queue)),
+    let mut rec = Recorded::new(b.window);
+    let record = |rec: &mut Recorded, joined: Result<Finished, tokio::task::JoinError>| match joined {
+        Ok((a, r, total, queue, warming)) => rec.pick(warming).record(&a, &r, total, Some(queue)),
         Err(e) => eprintln!("mxpipe-loadgen: a connection task failed: {e}"),
     };
-    // Everything due before the limit, within the count.
-    let due_total = {
-        let n = (limit.as_secs_f64() * rate).ceil();
-        let n = if n.is_finite() && n >= 0.0 { n.min(u64::MAX as f64) as u64 } else { u64::MAX };
-        b.count.map_or(n, |c| c.min(n))
-    };
-    let mut started = 0u64;
-    let mut missed = 0u64;
-    'schedule: while started < due_total {
-        let due = start + Duration::from_secs_f64(started as f64 / rate);
+    let due_of = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
+    let mut i = 0u64;
+    let mut measured = 0u64;
+    'schedule: loop {
+        let due = due_of(i);
         if due >= b.stop_at {
+            break;
+        }
+        let warming = due < b.warm_until;
+        if !warming && b.count.is_some_and(|c| measured >= c) {
             break;
         }
         // Wait for the due time, counting connections that finish meanwhile.
@@ -186,26 +248,63 @@ async fn open_loop(
                 p = slots.clone().acquire_owned() => break p,
                 Some(j) = running.join_next() => record(&mut rec, j),
                 _ = sleep_until(b.stop_at) => {
-                    missed = due_total - started;
+                    count_missed(&mut rec, &b, i, measured, due_of);
                     break 'schedule;
                 }
             }
         };
         let Ok(permit) = permit else { break };
-        let (target, live, seq) = (target.clone(), live.clone(), started);
+        let (target, live, seq) = (target.clone(), live.clone(), i);
         running.spawn(async move {
             let queue = Instant::now().saturating_duration_since(due);
             let mut a = Attempt::default();
             let r = bounded_attempt(&target, &b, seq, &mut a).await;
             drop(permit);
             bump(&live, &a, &r);
-            (a, r, Instant::now().saturating_duration_since(due), queue)
+            (a, r, Instant::now().saturating_duration_since(due), queue, warming)
         });
-        started += 1;
+        i += 1;
+        measured += u64::from(!warming);
     }
     while let Some(j) = running.join_next().await {
         record(&mut rec, j);
     }
-    rec.missed = missed;
     rec
 }
+
+/// Connections `first..` due before the end of the window (and within the count), none
+/// started: each is missed, at latency `stop_at - due`. At a high rate these are many, so past
+/// [`MISSED_EXACT`] of them they are recorded in runs of equal weight (the histogram keeps 3
+/// significant digits anyway).
+fn count_missed(rec: &mut Recorded, b: &Bounds, first: u64, measured: u64, due_of: impl Fn(u64) -> Instant) {
+    let mut i = first;
+    let mut measured = measured;
+    let mut step = 1u64;
+    let mut seen = 0u64;
+    loop {
+        let due = due_of(i);
+        if due >= b.stop_at {
+            break;
+        }
+        let warming = due < b.warm_until;
+        let n = if warming {
+            step
+        } else {
+            let left = b.count.map_or(u64::MAX, |c| c.saturating_sub(measured));
+            step.min(left)
+        };
+        if n == 0 {
+            break;
+        }
+        rec.pick(warming).record_missed(b.stop_at.saturating_duration_since(due), n);
+        measured += if warming { 0 } else { n };
+        i += n;
+        seen += n;
+        if seen >= MISSED_EXACT {
+            step = (seen / MISSED_EXACT).max(1) * 16;
+        }
+    }
+}
+
+/// Missed connections recorded one by one before they are recorded in runs.
+const MISSED_EXACT: u64 = 100_000;
