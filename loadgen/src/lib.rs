@@ -13,6 +13,7 @@
 //! - [`report`]: histograms and counters, merged into a [`Report`] (table or JSON).
 //! - [`progress`]: the live one-line display on a terminal's stderr.
 //! - [`embedded`]: mxpipe's own sink started in-process (`--embedded-sink`).
+//! - [`inject`]: the injection load (`--mode inject`, `--mode http`), with its own report.
 //!
 //! Accounting invariant, per port: every attempt (a TCP connect that was started) ends as
 //! exactly one success or exactly one error class, so `attempts == successes + errors`.
@@ -24,6 +25,7 @@ pub mod class;
 pub mod config;
 pub mod conn;
 pub mod embedded;
+pub mod inject;
 pub mod message;
 pub mod phase;
 pub mod progress;
