@@ -74,8 +74,12 @@ pub async fn connection(cfg: &InjectConfig, addr: SocketAddr, tickets: &Tickets,
         let Some(range) = tickets.take(1) else { break };
         sent += 1;
         rec.attempted += 1;
+        let settled = rec.acked + rec.refused_temp + rec.refused_perm;
         if let Err(e) = s.message(&mut wire, range.start, tickets, rec).await {
-            rec.lost += 1;
+            // Lost only if the failure came before its outcome (not in the RSET after a refusal).
+            if rec.acked + rec.refused_temp + rec.refused_perm == settled {
+                rec.lost += 1;
+            }
             return Err(e);
         }
     }
@@ -149,9 +153,11 @@ impl Session<'_> {
             return self.reset(wire, &env).await;
         };
         if !reply.is_positive() {
+            // A final reply to the content ends the transaction either way (RFC 5321
+            // §4.1.1.4; RFC 3030 for BDAT LAST): no RSET needed.
             rec.refused_reply(step, reply.code);
             rec.refused(reply.code, 1);
-            return self.reset(wire, &env).await;
+            return Ok(());
         }
         let now = Instant::now();
         rec.acked(1, env.rcpts_ok, size as u64, now - t_end, now - tickets.t0);
@@ -191,6 +197,9 @@ impl Session<'_> {
         let env = self.envelope_replies(wire, rcpts.len(), rec).await?;
         let data = wire.reply("DATA", ErrorClass::Io).await?;
         if !(env.mail.is_positive() && env.rcpts_ok > 0) {
+            // A pipelined DATA after every RCPT was refused is an error to the server; too
+            // many of them and it says 421 and closes.
+            closing(&data, "DATA")?;
             return Ok((env, None, Instant::now()));
         }
         if data.code != 354 {
@@ -285,8 +294,10 @@ impl Session<'_> {
         Ok((env, Some((wire.reply("end of data", ErrorClass::Io).await?, "end_of_data")), t_end))
     }
 
-    /// After a refused message: RSET, unless the transaction never opened (MAIL refused) or
-    /// ended by itself (a final reply to the content ends it either way, RFC 5321 §4.1.1.4).
+    /// After a message refused before its content: RSET, unless the transaction never opened
+    /// (MAIL refused). Servers count RSET among the commands that carry no mail (Postfix's
+    /// smtpd_junk_command_limit, the sink's max_idle_commands) and close a connection with too
+    /// many: a load with many refusals needs a --messages-per-conn below that limit.
     async fn reset(&self, wire: &mut Wire<Box<dyn Stream>>, env: &Envelope) -> Result<(), ConnError> {
         if !env.mail.is_positive() {
             return Ok(());
@@ -295,6 +306,14 @@ impl Session<'_> {
         let r = wire.reply("RSET", ErrorClass::Io).await?;
         expect(r, 250, "RSET", ErrorClass::SmtpReply).map(|_| ())
     }
+}
+
+/// A 421 (RFC 5321 §3.8: the server is closing the connection) ends the connection.
+fn closing(r: &Reply, what: &str) -> Result<(), ConnError> {
+    if r.code == 421 {
+        return Err(ConnError::new(ErrorClass::SmtpReply, format!("{what}: server closing: \"{}\"", truncate(&r.one_line()))));
+    }
+    Ok(())
 }
 
 /// The reply must have `code`, else the connection fails with `class`.
