@@ -18,6 +18,7 @@
 //! - [`cpu`]: CPU time of a group of threads (the embedded sink's, kept out of the client's).
 //! - [`timed`]: a TCP stream that notes the server's first byte (the `ttfb` row).
 //! - [`verify_once`]: `--verify-once`, a chain verified once, every signature still checked.
+//! - [`inject`]: the injection load (`--mode inject`, `--mode http`), with its own report.
 //!
 //! Accounting invariant, per port: every attempt (a TCP connect that was started) ends as
 //! exactly one success or exactly one error class, so `attempts == successes + errors`.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod conn;
 pub mod cpu;
 pub mod embedded;
+pub mod inject;
 pub mod message;
 pub mod phase;
 pub mod progress;

@@ -22,6 +22,11 @@ enum ModeArg {
     Handshake,
     /// After TLS: EHLO and --messages-per-conn messages of --size bytes, then QUIT.
     Transaction,
+    /// Pipelining SMTP injection into --port (no TLS unless --starttls): many messages a
+    /// connection; acknowledged messages/s and end-of-data→250 latency.
+    Inject,
+    /// The same messages posted to mxpipe's HTTP API on --port in batches of --batch.
+    Http,
 }
 
 /// Measure TLS handshake throughput of an SMTP server on a STARTTLS port (plaintext, then
@@ -105,9 +110,10 @@ pub(crate) struct Args {
     #[arg(long, value_enum, default_value_t = ModeArg::Handshake)]
     mode: ModeArg,
 
-    /// Transaction mode: messages sent on each connection.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    messages_per_conn: u32,
+    /// Transaction mode: messages sent on each connection [default: 1; inject and http: no
+    /// limit, a connection lasts the whole run].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    messages_per_conn: Option<u32>,
 
     /// Transaction mode: size of each generated message in bytes, headers included.
     #[arg(long, value_name = "BYTES", default_value_t = 1024)]
@@ -185,6 +191,9 @@ pub(crate) struct Args {
     /// No live progress line on stderr (it is shown only on a terminal anyway).
     #[arg(long)]
     no_progress: bool,
+
+    #[command(flatten)]
+    inject: mxpipe_loadgen::inject::cli::InjectArgs,
 }
 
 fn parse_resume(s: &str) -> Result<ClientResumption, String> {
@@ -253,7 +262,8 @@ fn config(args: Args) -> Result<(Config, bool, bool), String> {
     cfg.resume = args.resume;
     cfg.mode = match args.mode {
         ModeArg::Handshake => Mode::Handshake,
-        ModeArg::Transaction => Mode::Transaction { messages_per_conn: args.messages_per_conn, size: args.size },
+        ModeArg::Transaction => Mode::Transaction { messages_per_conn: args.messages_per_conn.unwrap_or(1), size: args.size },
+        ModeArg::Inject | ModeArg::Http => unreachable!("dispatched to inject::cli::main before"),
     };
     cfg.concurrency = args.concurrency;
     cfg.duration = args.duration;
@@ -289,6 +299,29 @@ fn main() -> ExitCode {
         return sweep_cli::main(argv);
     }
     let args = Args::parse_from(argv);
+    if let kind @ (ModeArg::Inject | ModeArg::Http) = args.mode {
+        use mxpipe_loadgen::inject::cli::{self, Kind};
+        let kind = if matches!(kind, ModeArg::Inject) { Kind::Smtp } else { Kind::Http };
+        let shared = cli::Shared {
+            host: args.host,
+            server_name: args.server_name,
+            ca: args.ca,
+            insecure: args.insecure,
+            kx: args.kx,
+            concurrency: args.concurrency,
+            duration: args.duration,
+            count: args.count,
+            rate: args.rate,
+            timeout: args.timeout,
+            ehlo_name: args.ehlo_name,
+            mail_from: args.mail_from,
+            rcpt_to: args.rcpt_to,
+            size: args.size,
+            messages_per_conn: args.messages_per_conn,
+            json: args.json,
+        };
+        return cli::main(kind, args.inject, shared);
+    }
     let (mut cfg, json, embedded) = match config(args) {
         Ok(c) => c,
         Err(e) => {
