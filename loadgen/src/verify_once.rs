@@ -4,7 +4,8 @@
 //!
 //! The first time an end-entity certificate is seen for a server name, the whole chain is
 //! verified by rustls' webpki verifier (trust anchors, name, validity); the certificate's
-//! exact DER bytes and the name are then kept in a set. A later handshake presenting the same
+//! exact DER bytes and the name are then kept in a set (handshakes in flight together before
+//! the first one finished may each verify it: at most one chain check per connection slot). A later handshake presenting the same
 //! certificate for the same name skips the chain walk, but its handshake signature (TLS 1.2
 //! `ServerKeyExchange`, TLS 1.3 `CertificateVerify`) is still checked, by the crypto
 //! provider's own `verify_tls12_signature` / `verify_tls13_signature`, on every full

@@ -368,9 +368,8 @@ async fn verify_once_checks_each_chain_once_and_every_signature() {
     for p in &r.ports {
         let v = p.verify_once.expect("verify-once counters");
         assert_eq!((p.handshakes, p.errors), (20, 0), "{:?}", p.error_examples);
-        // Workers that start at once may each verify the chain before the first is cached:
-        // at most one per worker, the rest reused.
-        assert!((1..=cfg.concurrency as u64).contains(&v.chain_checks), "{}: {v:?}", p.tls);
+        // Once, or once by each of the 4 workers whose first handshakes overlapped.
+        assert!((1..=4).contains(&v.chain_checks), "{}: {v:?}", p.tls);
         assert_eq!(v.chain_checks + v.reused, 20, "{}", p.tls);
         // Every full handshake's signature is checked.
         assert_eq!(v.signature_checks, side(&s, &p.tls).handshakes_full, "{}", p.tls);
