@@ -11,9 +11,14 @@
 # server, examples/bench_dns.rs, MX hosts starttls-…: mandatory, verified STARTTLS, for mxpipe; the
 # same addresses in a transport map for Postfix, which does no DNS).
 #
-# Injection: smtp-source cannot vary the recipient domain, so each domain gets one smtp-source
+# Injection (INJECTOR=smtp-source, the default): smtp-source cannot vary the recipient domain, so each domain gets one smtp-source
 # process (one session, connection kept: -d; recipients numbered: -N) and SESSIONS of them run at
 # once (xargs -P). smtp-source does not pipeline (its BUGS section); Postfix's smtp client does.
+# INJECTOR=loadgen injects the same burst with `mxpipe-loadgen --mode inject` instead: SESSIONS
+# connections kept for the whole burst, MAIL+RCPT+DATA pipelined (RFC 2920), message i to domain
+# d(i mod DOMAINS), the same From: domain and size; its JSON report is $side-loadgen.json and the
+# run fails unless it acknowledged all MSGS. INJECTOR=http (mxpipe sides only) posts the burst to
+# the daemon's HTTP API in batches of HTTP_BATCH with the inject token (TOKENS=1).
 # Per side: end-to-end messages/s (first injection to the last message counted at the sink),
 # injection-only rate (to the last 250 from the system under test), CPU seconds of the daemon or of
 # all Postfix processes (master and every descendant, reaped ones included) per message, fsync +
@@ -37,6 +42,8 @@
 #   SIDES=mxpipe PROFILE=1 bash perf/daemon.sh           (also perf record -g the daemon: mx-profile.txt)
 #   TOKENS=0 bash perf/daemon.sh                         (the HTTP API without bearer tokens; default: with)
 #   SIDES="mxpipe mxpipe-ed25519 mxpipe-rsa" bash perf/daemon.sh   (the cost of DKIM signing)
+#   INJECTOR=loadgen bash perf/daemon.sh                 (the pipelining injector instead of smtp-source)
+#   INJECTOR=http SIDES=mxpipe bash perf/daemon.sh       (the HTTP API, batches of HTTP_BATCH)
 # The Postfix instance is /etc/postfix-daemonbench (queue /var/spool/postfix-daemonbench): neither the
 # default instance (tests/peers/postfix-peer.sh) nor perf/delivery.sh's /etc/postfix-bench is touched.
 set -euo pipefail
@@ -45,7 +52,9 @@ MSGS=${MSGS:-50000}
 DOMAINS=${DOMAINS:-500}
 SIZE=${SIZE:-2048}
 ADDRS=${ADDRS:-64}
-SESSIONS=${SESSIONS:-50}                # smtp-source processes (sessions) at once
+SESSIONS=${SESSIONS:-50}                # smtp-source processes (sessions) at once, or loadgen connections
+INJECTOR=${INJECTOR:-smtp-source}       # smtp-source, loadgen (pipelining SMTP) or http (mxpipe's API)
+HTTP_BATCH=${HTTP_BATCH:-100}           # INJECTOR=http: messages per request
 P25=${P25:-3725}                        # the sink's STARTTLS port on every 127.7.x.y address
 IP=${IP:-127.7.255.1}                   # injection listeners (daemon, Postfix), DNS, HTTP API
 INJ_PORT=${INJ_PORT:-3790}
@@ -78,6 +87,11 @@ die() { echo "daemon.sh: $*" >&2; exit 1; }
 case "$IP" in 127.*) ;; *) die "IP must be loopback";; esac
 (( ADDRS > DOMAINS )) && ADDRS=$DOMAINS
 (( MSGS >= DOMAINS )) || die "MSGS must be at least DOMAINS (every domain gets a message)"
+case "$INJECTOR" in
+  smtp-source|loadgen) ;;
+  http) [[ " $SIDES " == *" postfix "* ]] && die "INJECTOR=http: Postfix has no HTTP API (SIDES without postfix)";;
+  *) die "INJECTOR: smtp-source, loadgen or http, not $INJECTOR";;
+esac
 if ! command -v smtp-source >/dev/null; then   # as the usage says: install Postfix if missing
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] || apt-get update
@@ -87,6 +101,7 @@ fi
 [ "$FSYNC_TRACE" = 0 ] || [ "$PROFILE" = 0 ] || command -v perf >/dev/null || die "perf not found (FSYNC_TRACE=0 PROFILE=0 to run without)"
 
 cargo build --release --locked -q --bin mxpipe --example bench_dns --example bench_sink
+[ "$INJECTOR" = smtp-source ] || cargo build --release --locked -q -p mxpipe-loadgen --bin mxpipe-loadgen
 if [ "$PIN" = 1 ]; then
   ON_SUT=(taskset -c "$SUT_CPU"); ON_PEER=(taskset -c "$PEER_CPU"); PF_CPU=$SUT_CPU; SHARDS=1
 else
@@ -124,7 +139,7 @@ wait_until() {
 }
 load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
 
-echo "== $MSGS messages of ~$SIZE B to $DOMAINS domains on $ADDRS addresses 127.7.x.y; $SESSIONS smtp-source sessions at once"
+echo "== $MSGS messages of ~$SIZE B to $DOMAINS domains on $ADDRS addresses 127.7.x.y; $SESSIONS $INJECTOR sessions at once"
 echo "{\"uptime\": \"$(uptime)\", \"loadavg\": \"$(load_avg)\"}" >"$OUT/load-before.json"
 BDNS=$BIN/examples/bench_dns
 $BDNS --domains "$DOMAINS" --addresses "$ADDRS" --mx-ip-base 127.7 --write-transport "$OUT/transport.txt" --transport-port "$P25"
@@ -147,6 +162,17 @@ exec smtp-source -d -s 1 -m "\$2" -N -l $BODY -S "daemon bench" -M inject.bench.
   -f sender@$DKIM_DOMAIN -t "u@d\$1.bench.test" "\$3"
 EOF
 chmod +x "$OUT/inject-one.sh"
+# INJECTOR=loadgen/http: the whole burst in one mxpipe-loadgen run; fails unless all MSGS were acknowledged.
+cat >"$OUT/inject-loadgen.sh" <<EOF
+#!/bin/sh
+# \$1 = JSON report file, \$2 = inject or http, \$3 = ADDR:PORT, then extra flags
+out=\$1 mode=\$2 target=\$3; shift 3
+"$BIN/mxpipe-loadgen" --mode "\$mode" --host "\${target%:*}" --port "\${target##*:}" -c $SESSIONS -n $MSGS -d $LIMIT \\
+  --timeout 60 --domains $DOMAINS --rcpt-to u@bench.test --mail-from sender@$DKIM_DOMAIN --ehlo-name inject.bench.test \\
+  --size $SIZE --json "\$@" >"\$out" || exit \$?
+exec python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["acked"] == $MSGS else 3)' "\$out"
+EOF
+chmod +x "$OUT/inject-loadgen.sh"
 
 LISTEN=()
 for ((i = 0; i < ADDRS; i++)); do n=$((i + 1)); LISTEN+=(--listen "127.7.$((n >> 8)).$((n & 255))"); done
@@ -229,14 +255,25 @@ PY
 # inject SIDE ADDR:PORT: run every job, SESSIONS at once, timed; then wait for the sink to count MSGS.
 inject_and_wait() {
   local side=$1 target=$2 t0 t1 rc=0
-  echo "   injecting with smtp-source into $target"
   t0=$(now_ns)
-  "${ON_PEER[@]}" timeout "$LIMIT" /usr/bin/time -f '{"wall_s": %e, "user_s": %U, "sys_s": %S}' -o "$OUT/$side-inject.time" \
-    xargs -P "$SESSIONS" -L 1 "$OUT/inject-one.sh" <<<"$(sed "s|\$| $target|" "$OUT/jobs.txt")" \
-    >"$OUT/$side-inject.log" 2>&1 || rc=$?
+  if [ "$INJECTOR" = smtp-source ]; then
+    echo "   injecting with smtp-source into $target"
+    "${ON_PEER[@]}" timeout "$LIMIT" /usr/bin/time -f '{"wall_s": %e, "user_s": %U, "sys_s": %S}' -o "$OUT/$side-inject.time" \
+      xargs -P "$SESSIONS" -L 1 "$OUT/inject-one.sh" <<<"$(sed "s|\$| $target|" "$OUT/jobs.txt")" \
+      >"$OUT/$side-inject.log" 2>&1 || rc=$?
+  else
+    echo "   injecting with mxpipe-loadgen --mode $([ "$INJECTOR" = http ] && echo "http (batches of $HTTP_BATCH)" || echo inject) into $([ "$INJECTOR" = http ] && echo "$IP:$HTTP_PORT" || echo "$target")"
+    local mode=inject extra=() mx=${side/#mxpipe/mx}
+    if [ "$INJECTOR" = http ]; then
+      mode=http; target=$IP:$HTTP_PORT; extra=(--batch "$HTTP_BATCH")
+      [ "$TOKENS" = 1 ] && extra+=(--token-file "$OUT/$mx-inject.token")
+    fi
+    "${ON_PEER[@]}" timeout "$LIMIT" /usr/bin/time -f '{"wall_s": %e, "user_s": %U, "sys_s": %S}' -o "$OUT/$side-inject.time" \
+      "$OUT/inject-loadgen.sh" "$OUT/$side-loadgen.json" "$mode" "$target" "${extra[@]}" >"$OUT/$side-inject.log" 2>&1 || rc=$?
+  fi
   t1=$(now_ns)
   echo "{\"t0_ns\": $t0, \"inject_end_ns\": $t1, \"inject_rc\": $rc}" >"$OUT/$side-inject.json"
-  [ "$rc" = 0 ] || { tail -5 "$OUT/$side-inject.log" >&2; die "smtp-source failed on $side (exit $rc): not every message was acknowledged"; }
+  [ "$rc" = 0 ] || { tail -5 "$OUT/$side-inject.log" >&2; die "$INJECTOR failed on $side (exit $rc): not every message was acknowledged"; }
   echo "   all $MSGS acknowledged in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b - a) / 1e9}') s; waiting for the sink"
   CUR_SIDE=$side
   wait_until "$LIMIT" "the sink" sink_has_all || die "$side: the sink counted $(sink_count "$side") of $MSGS within ${LIMIT}s"
@@ -389,11 +426,11 @@ done
 echo "{\"uptime\": \"$(uptime)\", \"loadavg\": \"$(load_avg)\"}" >"$OUT/load-after.json"
 
 cat >"$OUT/params.json" <<JSON
-{"msgs": $MSGS, "domains": $DOMAINS, "size": $SIZE, "body": $BODY, "addrs": $ADDRS, "sessions": $SESSIONS, "p25": $P25,
+{"msgs": $MSGS, "domains": $DOMAINS, "injector": "$INJECTOR", "http_batch": $HTTP_BATCH, "size": $SIZE, "body": $BODY, "addrs": $ADDRS, "sessions": $SESSIONS, "p25": $P25,
  "pf_conc": $PF_CONC, "pf_cache_dests": "$PF_CACHE_DESTS", "mx_kx": "$MX_KX", "mx_delivery_log": $MX_DELIVERY_LOG, "fsync_trace": $FSYNC_TRACE,
  "dkim_domain": "$DKIM_DOMAIN", "dkim_rsa_bits": $DKIM_RSA_BITS, "pin": $PIN, "sut_cpu": $SUT_CPU, "peer_cpu": $PEER_CPU, "sides": "$SIDES",
  "cpus": $(nproc), "cpu_model": "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)",
  "postfix": "$(postconf -d -h mail_version 2>/dev/null)", "git": "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo +dirty)",
- "command": "MSGS=$MSGS DOMAINS=$DOMAINS SIZE=$SIZE ADDRS=$ADDRS SESSIONS=$SESSIONS$([ "$FSYNC_TRACE" = 1 ] || echo " FSYNC_TRACE=0")$([ "$PIN" = 1 ] || echo " PIN=0")$([ -z "$PF_CACHE_DESTS" ] || echo " PF_CACHE_DESTS=$PF_CACHE_DESTS")$([ "$SIDES" = "mxpipe postfix" ] || echo " SIDES=\\\"$SIDES\\\"")$([ "$MX_KX" = default ] || echo " MX_KX=$MX_KX")$([ "$DKIM_RSA_BITS" = 2048 ] || echo " DKIM_RSA_BITS=$DKIM_RSA_BITS")$([ "$TOKENS" = 1 ] || echo " TOKENS=0")$([ -z "$MX_SPOOL_MAX_DELAY" ] || echo " MX_SPOOL_MAX_DELAY=$MX_SPOOL_MAX_DELAY") bash perf/daemon.sh"}
+ "command": "MSGS=$MSGS DOMAINS=$DOMAINS SIZE=$SIZE ADDRS=$ADDRS SESSIONS=$SESSIONS$([ "$FSYNC_TRACE" = 1 ] || echo " FSYNC_TRACE=0")$([ "$PIN" = 1 ] || echo " PIN=0")$([ -z "$PF_CACHE_DESTS" ] || echo " PF_CACHE_DESTS=$PF_CACHE_DESTS")$([ "$SIDES" = "mxpipe postfix" ] || echo " SIDES=\\\"$SIDES\\\"")$([ "$MX_KX" = default ] || echo " MX_KX=$MX_KX")$([ "$DKIM_RSA_BITS" = 2048 ] || echo " DKIM_RSA_BITS=$DKIM_RSA_BITS")$([ "$TOKENS" = 1 ] || echo " TOKENS=0")$([ -z "$MX_SPOOL_MAX_DELAY" ] || echo " MX_SPOOL_MAX_DELAY=$MX_SPOOL_MAX_DELAY")$([ "$INJECTOR" = smtp-source ] || echo " INJECTOR=$INJECTOR")$([ "$INJECTOR" != http ] || echo " HTTP_BATCH=$HTTP_BATCH") bash perf/daemon.sh"}
 JSON
 python3 perf/summarize_daemon.py "$OUT" | tee "$OUT/summary.md"

@@ -98,13 +98,21 @@ w = lines.append
 title = " vs ".join(r["label"] for r in rows) if WITH_DKIM else "mxpipe serve vs Postfix"
 w(f"#### Daemon end to end: {title} ({MSGS:,} messages, {P.get('domains')} domains)")
 w("")
-pinning = (f"system under test pinned to CPU {P.get('sut_cpu')}, sink, DNS and smtp-source to CPU {P.get('peer_cpu')}"
+INJ = P.get("injector", "smtp-source")
+pinning = (f"system under test pinned to CPU {P.get('sut_cpu')}, sink, DNS and {INJ} to CPU {P.get('peer_cpu')}"
            if P.get("pin", 1) else "nothing pinned (the daemon with one shard per core)")
 w(f"Machine: {P.get('cpus')} CPUs ({P.get('cpu_model')}); {pinning}; Postfix {P.get('postfix')}; the code of commit {P.get('git')}. "
   f"Load average before: {before.get('loadavg', '?')}, after: {after.get('loadavg', '?')}.")
 w("")
-w(f"~{P.get('size'):,} B messages (smtp-source: {P.get('body'):,} B body + ~170 B of headers), one recipient each, "
-  f"injected by `smtp-source` ({P.get('sessions')} sessions at once, one per domain, connection kept, not pipelined), "
+injected = {
+    "smtp-source": f"(smtp-source: {P.get('body'):,} B body + ~170 B of headers), one recipient each, injected by `smtp-source` "
+                   f"({P.get('sessions')} sessions at once, one per domain, connection kept, not pipelined), ",
+    "loadgen": f"one recipient each, injected by `mxpipe-loadgen --mode inject` ({P.get('sessions')} connections kept for "
+               f"the whole burst, MAIL+RCPT+DATA pipelined, message i to domain i mod {P.get('domains')}), ",
+    "http": f"one recipient each, posted by `mxpipe-loadgen --mode http` to the daemon's HTTP API ({P.get('sessions')} "
+            f"keep-alive connections, batches of {P.get('http_batch', '?')}), ",
+}.get(INJ, f"injected by {INJ}, ")
+w(f"~{P.get('size'):,} B messages {injected}"
   f"delivered with STARTTLS to the sink on {P.get('addrs')} addresses 127.7.x.y. "
   f"mxpipe: `shards = {1 if P.get('pin', 1) else 'auto'}`, `max_conns_per_dest = {P.get('pf_conc')}`, kx {P.get('mx_kx')}, MX hosts `starttls-…` (verified), "
   f"delivery log {'on' if P.get('mx_delivery_log') else 'off'}. Postfix: `smtp_tls_security_level = encrypt`, session and "
@@ -123,7 +131,7 @@ for r in rows:
       f"{fmt(syncs)} | {fmt(r['syncs_per_msg'], 3)} | {fmt(r['sink_connections'])} | {fmt(r['tls_full'])} | {fmt(r['tls_resumed'])} | "
       f"{busy} |")
 w("")
-w("\"load CPU busy\": sink + smtp-source CPU seconds over the end-to-end time, on their one CPU (near 100 %: the load side, "
+w(f"\"load CPU busy\": sink + {INJ} CPU seconds over the end-to-end time, on their one CPU (near 100 %: the load side, "
   "not the system under test, was the limit).")
 by = {r["side"]: r for r in rows}
 dkim_rows = [r for r in rows if r["side"] in DKIM_SIDES]

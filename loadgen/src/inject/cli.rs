@@ -216,3 +216,73 @@ pub fn main(kind: Kind, args: InjectArgs, shared: Shared) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> InjectArgs {
+        InjectArgs {
+            port: Some(2525),
+            rcpts: 1,
+            domains: None,
+            domains_file: None,
+            size_dist: None,
+            starttls: false,
+            auth: None,
+            bdat: false,
+            batch: 100,
+            token_file: None,
+        }
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            host: Some("127.0.0.1".into()),
+            server_name: None,
+            ca: None,
+            insecure: true,
+            kx: Kx::X25519,
+            concurrency: 2,
+            duration: None,
+            count: Some(10),
+            rate: None,
+            timeout: Duration::from_secs(5),
+            ehlo_name: "inject.test".into(),
+            mail_from: "a@src.test".into(),
+            rcpt_to: "u@bench.test".into(),
+            size: 2048,
+            messages_per_conn: None,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn flags_that_do_not_fit_the_mode_are_refused() {
+        assert!(config(Kind::Smtp, args(), shared()).is_ok());
+        let e = config(Kind::Smtp, args(), Shared { rate: Some(5.0), ..shared() }).unwrap_err();
+        assert!(e.contains("--rate"), "{e}");
+        assert!(config(Kind::Http, InjectArgs { starttls: true, ..args() }, shared()).is_err());
+        assert!(config(Kind::Smtp, InjectArgs { token_file: Some("t".into()), ..args() }, shared()).is_err());
+        assert!(config(Kind::Smtp, InjectArgs { port: None, ..args() }, shared()).unwrap_err().contains("--port"));
+        assert!(config(Kind::Smtp, InjectArgs { auth: Some("nocolon".into()), ..args() }, shared()).is_err());
+    }
+
+    #[test]
+    fn a_domains_file_is_read_and_its_errors_name_it() {
+        let dir = std::env::temp_dir().join(format!("loadgen-inject-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good");
+        std::fs::write(&good, "# two\na.test\nb.test\n").unwrap();
+        let c = config(Kind::Smtp, InjectArgs { domains_file: Some(good), rcpts: 2, ..args() }, shared()).unwrap();
+        assert_eq!(c.domains, 2);
+        assert_eq!(c.plan.rcpt(0, 1), "u1@b.test");
+        let bad = dir.join("bad");
+        std::fs::write(&bad, "a.test\nnot a domain\n").unwrap();
+        let e = config(Kind::Smtp, InjectArgs { domains_file: Some(bad.clone()), ..args() }, shared()).unwrap_err();
+        assert!(e.contains(&bad.display().to_string()) && e.contains("line 2"), "{e}");
+        let missing = config(Kind::Smtp, InjectArgs { domains_file: Some(dir.join("none")), ..args() }, shared()).unwrap_err();
+        assert!(missing.contains("--domains-file"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
