@@ -1,7 +1,7 @@
 //! Cluster mode: several mxpipe nodes, each with its own spool, share what receivers enforce
 //! (connections, message rates, suspensions after a 421, warm-up caps) through one Redis.
 //!
-//! Every shared limit is one Lua script ([`scripts`]), atomic in Redis and keyed with a hash
+//! Every shared limit is one Lua script (in `scripts.rs`), atomic in Redis and keyed with a hash
 //! tag so a Redis Cluster can hold it. A node asks Redis in small batches: connection leases
 //! ([`lease`]), rate tokens as reserved send times ([`rate`]) and warm-up counts ([`count`])
 //! come a few at a time and what is not used goes back; suspensions ([`suspend`]) and the
