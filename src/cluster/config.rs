@@ -11,7 +11,7 @@ const MAX_NODE_ID: usize = 64;
 const MAX_URLS: usize = 8;
 
 /// `[cluster]`: several nodes share their limits through one Redis.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Redis URLs, `redis://host:port/db` (or `redis+unix:///path`), tried in order: the node

@@ -69,6 +69,27 @@ pub struct ClusterStats {
     pub live_nodes: usize,
 }
 
+/// The `mxpipe_cluster_*` series (Prometheus text) from `s`.
+pub fn metrics(s: &ClusterStats) -> String {
+    format!(
+        "# HELP mxpipe_cluster_redis_calls_total Calls this node sent to Redis.\n\
+         # TYPE mxpipe_cluster_redis_calls_total counter\nmxpipe_cluster_redis_calls_total {}\n\
+         # HELP mxpipe_cluster_redis_failures_total Redis calls that failed or timed out.\n\
+         # TYPE mxpipe_cluster_redis_failures_total counter\nmxpipe_cluster_redis_failures_total {}\n\
+         # HELP mxpipe_cluster_fallbacks_total Times this node fell back to its local shares.\n\
+         # TYPE mxpipe_cluster_fallbacks_total counter\nmxpipe_cluster_fallbacks_total {}\n\
+         # HELP mxpipe_cluster_fallback 1 while this node runs on its local shares (Redis down or slow).\n\
+         # TYPE mxpipe_cluster_fallback gauge\nmxpipe_cluster_fallback {}\n\
+         # HELP mxpipe_cluster_live_nodes Live nodes as last counted.\n\
+         # TYPE mxpipe_cluster_live_nodes gauge\nmxpipe_cluster_live_nodes {}\n",
+        s.redis_calls,
+        s.redis_failures,
+        s.fallbacks,
+        u8::from(s.fallback),
+        s.live_nodes
+    )
+}
+
 /// One node's client of the shared limits. Build it with [`Cluster::start`]; share the `Arc`.
 pub struct Cluster {
     cfg: ClusterConfig,
@@ -88,6 +109,8 @@ pub struct Cluster {
     susp: suspend::SuspState,
     summary: Mutex<String>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The runtime it started on: calls from threads without one (the queue manager) run there.
+    runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -134,6 +157,7 @@ impl Cluster {
             susp: suspend::SuspState::default(),
             summary: Mutex::new("{}".into()),
             task: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
             cfg,
         });
         // The first heartbeat now: it counts the live nodes before any limit is shared out,

@@ -74,6 +74,28 @@ impl Cluster {
         }
     }
 
+    /// [`Cluster::suspend`] from a thread without a runtime (the queue manager): this node's
+    /// copy at once, Redis from the cluster's runtime.
+    pub fn suspend_soon(self: &std::sync::Arc<Self>, name: &str, dur: Duration, reason: &str) {
+        let (c, name, reason) = (self.clone(), name.to_string(), reason.to_string());
+        {
+            let until = Instant::now() + dur;
+            let mut m = lock(&self.susp.map);
+            let e = m.entry(name.clone()).or_insert((until, short(&reason)));
+            if e.0 < until {
+                *e = (until, short(&reason));
+            }
+        }
+        self.runtime.spawn(async move { c.suspend(&name, dur, &reason).await });
+    }
+
+    /// [`Cluster::unsuspend`] from a thread without a runtime.
+    pub fn unsuspend_soon(self: &std::sync::Arc<Self>, name: &str) {
+        lock(&self.susp.map).remove(name);
+        let (c, name) = (self.clone(), name.to_string());
+        self.runtime.spawn(async move { c.unsuspend(&name).await });
+    }
+
     /// End the suspension of `name` on every node.
     pub async fn unsuspend(&self, name: &str) {
         lock(&self.susp.map).remove(name);

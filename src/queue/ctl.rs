@@ -18,6 +18,8 @@ use crate::address::Domain;
 pub enum QueueCmd {
     /// Show every destination with recipients waiting or a suspension (`GET /v1/queues`).
     List,
+    /// Every node of the cluster with its waiting recipients per destination (`GET /v1/cluster`).
+    ClusterList,
     /// Hold a destination's recipients for a while (those with the engine finish their attempt).
     Suspend {
         /// The destination domain, as typed (checked by [`path_segment`]).
@@ -176,6 +178,7 @@ pub fn run(t: &Target, cmd: &QueueCmd, json: bool) -> Result<String, String> {
     let addr = t.addr;
     let (method, path, body) = match cmd {
         QueueCmd::List => ("GET", "/v1/queues".to_string(), String::new()),
+        QueueCmd::ClusterList => ("GET", "/v1/cluster".to_string(), String::new()),
         QueueCmd::Suspend { domain, duration } => {
             let body = duration.as_ref().map_or(String::new(), |d| serde_json::json!({ "for": d }).to_string());
             ("POST", format!("/v1/queues/{}/suspend", path_segment(domain)?), body)
@@ -194,6 +197,7 @@ pub fn run(t: &Target, cmd: &QueueCmd, json: bool) -> Result<String, String> {
     }
     Ok(match cmd {
         QueueCmd::List => table(&v),
+        QueueCmd::ClusterList => cluster_table(&v),
         QueueCmd::Suspend { .. } => format!(
             "{}: suspended until {}; {} recipients wait ({} with the engine finish their attempt)",
             v["domain"].as_str().unwrap_or("?"),
@@ -321,6 +325,39 @@ fn table(v: &serde_json::Value) -> String {
             when(r["next_attempt"].as_f64()),
             r["suspended_until"].as_f64().map_or("-".to_string(), |t| format!("until {}", when(Some(t)))),
         );
+    }
+    out.pop();
+    out
+}
+
+/// The `queue list --cluster` table: which node answered and whether it runs on its local
+/// shares, then every live node's waiting recipients per destination.
+fn cluster_table(v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "node {} ({}), {} live nodes\n",
+        v["node"].as_str().unwrap_or("?"),
+        if v["fallback"].as_bool().unwrap_or(false) { "Redis unavailable: local shares" } else { "shared limits" },
+        v["live_nodes"]
+    );
+    let Some(nodes) = v["nodes"].as_array() else {
+        out += &format!("nodes: {}", v["nodes"].as_str().unwrap_or("unknown"));
+        return out;
+    };
+    out += &format!("{:<20}  {:<30}  {:>10}  {:>8}\n", "NODE", "DOMAIN", "RECIPIENTS", "DEFERRED");
+    for n in nodes {
+        let id = n["id"].as_str().unwrap_or("?");
+        let queues = n["summary"]["queues"].as_array().cloned().unwrap_or_default();
+        if queues.is_empty() {
+            out += &format!("{id:<20}  {:<30}  {:>10}  {:>8}\n", "-", 0, 0);
+        }
+        for q in &queues {
+            out += &format!(
+                "{id:<20}  {:<30}  {:>10}  {:>8}\n",
+                q["domain"].as_str().unwrap_or(""),
+                q["recipients"].as_u64().unwrap_or(0),
+                q["deferred"].as_u64().unwrap_or(0)
+            );
+        }
     }
     out.pop();
     out
