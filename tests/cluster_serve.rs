@@ -92,3 +92,38 @@ async fn a_connection_limit_of_4_holds_across_three_nodes_and_is_reached() {
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_of_50_per_second_holds_across_three_nodes() {
+    let Some(r) = Redis::start("a_rate_of_50_per_second_holds_across_three_nodes") else { return };
+    let dir = tmpdir("cluster-rate");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.12.2");
+    let sink = sink_on(Ipv4Addr::new(127, 9, 12, 2), port, &mail, |_| {}).await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("c.t.test", 10, "mx-c.t.test").a("mx-c.t.test", Ipv4Addr::new(127, 9, 12, 2));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let nodes = start_nodes("cluster-rate", &r, dns.addr(), port, "msgs_per_s = 50");
+    // 750 messages, 250 a node: 15 s of the shared rate, a backlog on each node throughout
+    // the 10 s counted (from 2 s after the first delivery).
+    let per_node = 250;
+    tokio::join!(inject_n(&nodes[0].0, 0, per_node), inject_n(&nodes[1].0, 1, per_node), inject_n(&nodes[2].0, 2, per_node));
+    wait_for("a first delivery", Duration::from_secs(20), || sink.stats().messages > 0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (t1, n1) = (Instant::now(), sink.stats().messages);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (t2, n2) = (Instant::now(), sink.stats().messages);
+    let secs = (t2 - t1).as_secs_f64();
+    let rate = (n2 - n1) as f64 / secs;
+    assert!((47.5..=52.5).contains(&rate), "{} messages in {secs:.2} s: {rate:.1}/s, not 50/s ± 5 %", n2 - n1);
+    assert!(n2 < 3 * per_node as u64, "the backlog ran dry inside the window: the count says nothing");
+    wait_for("every message delivered", Duration::from_secs(30), || delivered(&mail) >= 3 * per_node).await;
+    for (d, dir) in nodes {
+        assert!(terminate(d));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

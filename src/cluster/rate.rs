@@ -1,7 +1,8 @@
 //! Message rates shared by every node: a GCRA in Redis that hands out send times. A node
 //! reserves a batch of consecutive send times in one call (about half a second of the rate,
 //! at most `rate_batch`, no more than it has messages for) and spaces its messages on them
-//! locally; send times it did not use within `spare_hold` go back. While Redis is down the
+//! locally; send times it did not use (one came due and was not taken for `spare_hold`) go
+//! back. While Redis is down the
 //! node keeps its share of the rate with a local gate.
 
 use std::collections::VecDeque;
@@ -126,7 +127,10 @@ impl Cluster {
             .iter()
             .filter_map(|(name, e)| {
                 let mut st = lock(&e.st);
-                if st.slots.is_empty() || (!all && now.duration_since(st.last_use) < hold) {
+                // Unused means a send time came due and nobody took it: a node whose worker
+                // sleeps until a later one of its send times still needs the rest.
+                let due_unused = st.slots.front().is_some_and(|&t| t <= now) && now.duration_since(st.last_use) >= hold;
+                if st.slots.is_empty() || !(all || due_unused) {
                     return None;
                 }
                 let future = st.slots.iter().filter(|&&t| t > now).count();

@@ -285,7 +285,9 @@ async fn cluster_show(State(api): State<Api>) -> Response {
     let susp: Vec<serde_json::Value> = c
         .suspensions()
         .into_iter()
-        .map(|s| serde_json::json!({ "name": s.name, "seconds_left": s.until.saturating_duration_since(now).as_secs(), "reason": s.reason }))
+        .map(
+            |s| serde_json::json!({ "name": s.name, "seconds_left": s.until.saturating_duration_since(now).as_secs(), "reason": s.reason }),
+        )
         .collect();
     let nodes = match c.nodes().await {
         Ok(n) => serde_json::to_value(n).unwrap_or_default(),
