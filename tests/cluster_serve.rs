@@ -29,12 +29,23 @@ fn tail(r: &Redis, id: &str, limit: &str) -> String {
 
 /// Three nodes, each in its own directory with its own spool.
 fn start_nodes(tag: &str, r: &Redis, dns: std::net::SocketAddr, port: u16, limit: &str) -> Vec<(Daemon, std::path::PathBuf)> {
+    start_nodes_http(tag, r, dns, port, limit).into_iter().map(|(d, dir, _)| (d, dir)).collect()
+}
+
+/// As [`start_nodes`], with each node's HTTP API address.
+fn start_nodes_http(
+    tag: &str,
+    r: &Redis,
+    dns: std::net::SocketAddr,
+    port: u16,
+    limit: &str,
+) -> Vec<(Daemon, std::path::PathBuf, std::net::SocketAddr)> {
     (0..3)
         .map(|i| {
             let dir = tmpdir(&format!("{tag}-{i}"));
             let setup = Setup { tail: tail(r, &format!("node{i}"), limit), ..Setup::new(&dir, dns, port) };
             let config = setup.write(&dir);
-            (start_daemon(&config, setup.inject), dir)
+            (start_daemon(&config, setup.inject), dir, setup.http)
         })
         .collect()
 }
@@ -120,6 +131,45 @@ async fn a_rate_of_50_per_second_holds_across_three_nodes() {
     assert!(n2 < 3 * per_node as u64, "the backlog ran dry inside the window: the count says nothing");
     wait_for("every message delivered", Duration::from_secs(30), || delivered(&mail) >= 3 * per_node).await;
     for (d, dir) in nodes {
+        assert!(terminate(d));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    sink.shutdown(Duration::from_secs(1)).await;
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_421_at_one_node_suspends_the_destination_on_all_three() {
+    let Some(r) = Redis::start("a_421_at_one_node_suspends_the_destination_on_all_three") else { return };
+    let dir = tmpdir("cluster-421");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.12.3");
+    // Every session is refused with a 421 greeting.
+    let sink = sink_on(Ipv4Addr::new(127, 9, 12, 3), port, &mail, |c| c.faults.refuse_rate = 1.0).await;
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("c.t.test", 10, "mx-c.t.test").a("mx-c.t.test", Ipv4Addr::new(127, 9, 12, 3));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let nodes = start_nodes_http("cluster-421", &r, dns.addr(), port, "max_conns = 10");
+    // Only node 0 has mail for the destination: its 421 suspends it on the other two.
+    assert!(inject(nodes[0].0.inject, "app@src.test", "u@c.t.test", "first").await);
+    for (i, (_, _, api)) in nodes.iter().enumerate().skip(1) {
+        let api = *api;
+        wait_for(&format!("node {i} sees the suspension"), Duration::from_secs(15), || {
+            let (code, body) = http(api, "GET", "/v1/cluster", "");
+            code == 200 && body.contains("\"name\":\"c.t.test\"")
+        })
+        .await;
+    }
+    // Mail injected at node 2 now waits: node 2 makes no attempt at all.
+    assert!(inject(nodes[2].0.inject, "app@src.test", "v@c.t.test", "second").await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log2 = std::fs::read_to_string(nodes[2].1.join("delivery.jsonl")).unwrap_or_default();
+    assert!(!log2.contains("v@c.t.test"), "node 2 tried a suspended destination: {log2}");
+    let (_, body) = http(nodes[2].2, "GET", "/v1/cluster", "");
+    assert!(body.contains("\"live_nodes\":3") && body.contains("\"fallback\":false"), "{body}");
+    for (d, dir, _) in nodes {
         assert!(terminate(d));
         let _ = std::fs::remove_dir_all(dir);
     }
