@@ -177,3 +177,113 @@ async fn a_421_at_one_node_suspends_the_destination_on_all_three() {
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Subjects delivered, each once: (distinct, total).
+fn distinct(mail: &Path) -> (usize, usize) {
+    let all = subjects(mail);
+    let set: std::collections::HashSet<&String> = all.iter().collect();
+    (set.len(), all.len())
+}
+
+/// Sample the sink's open sessions every 2 ms into `peak` until `done`.
+fn sample(sink: &Arc<mxpipe::sink::Sink>, peak: &Arc<AtomicU64>, done: &Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    let (sink, peak, done) = (sink.clone(), peak.clone(), done.clone());
+    tokio::spawn(async move {
+        while !done.load(Ordering::Relaxed) {
+            peak.fetch_max(sink.stats().sessions_active, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_each_node_keeps_its_share_and_nothing_is_lost() {
+    let Some(mut r) = Redis::start("redis_stopped_mid_run_each_node_keeps_its_share_and_nothing_is_lost") else { return };
+    let dir = tmpdir("cluster-redis-down");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.12.4");
+    let sink = Arc::new(sink_on(Ipv4Addr::new(127, 9, 12, 4), port, &mail, |c| c.faults.delay = Duration::from_millis(20)).await);
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("c.t.test", 10, "mx-c.t.test").a("mx-c.t.test", Ipv4Addr::new(127, 9, 12, 4));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // 6 connections cluster-wide: 2 per node while Redis is down.
+    let nodes = start_nodes_http("cluster-redis-down", &r, dns.addr(), port, "max_conns = 6");
+    let per_node = 100;
+    tokio::join!(inject_n(&nodes[0].0, 0, per_node), inject_n(&nodes[1].0, 1, per_node), inject_n(&nodes[2].0, 2, per_node));
+    wait_for("deliveries under way", Duration::from_secs(20), || delivered(&mail) >= 20).await;
+    r.kill();
+    // The connections open now (opened on shared leases) close within their idle time; from
+    // then on each node opens at most its share.
+    let (peak, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = delivered(&mail);
+    let sampler = sample(&sink, &peak, &done);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let during = delivered(&mail) - before;
+    assert!(during > 0, "delivery stopped with Redis down");
+    assert!(peak.load(Ordering::Relaxed) <= 6, "{} connections on per-node shares of 6", peak.load(Ordering::Relaxed));
+    let (_, body) = http(nodes[0].2, "GET", "/metrics", "");
+    assert!(body.contains("mxpipe_cluster_fallback 1"), "node 0 does not say it runs on its share");
+    r.restart();
+    wait_for("the shared limits resume", Duration::from_secs(10), || {
+        let (_, body) = http(nodes[1].2, "GET", "/metrics", "");
+        body.contains("mxpipe_cluster_fallback 0")
+    })
+    .await;
+    wait_for("every message delivered", Duration::from_secs(40), || delivered(&mail) >= 3 * per_node).await;
+    let (uniq, total) = distinct(&mail);
+    assert_eq!(uniq, 3 * per_node, "a message was lost");
+    assert_eq!(total, 3 * per_node, "duplicates without a node dying");
+    for (d, dir, _) in nodes {
+        assert!(terminate(d));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_burst_frees_its_leases_and_delivers_all_after_restart() {
+    let Some(r) = Redis::start("a_node_killed_mid_burst_frees_its_leases_and_delivers_all_after_restart") else { return };
+    let dir = tmpdir("cluster-kill");
+    let mail = dir.join("received");
+    std::fs::create_dir_all(&mail).unwrap();
+    let port = free_port("127.9.12.5");
+    let sink = Arc::new(sink_on(Ipv4Addr::new(127, 9, 12, 5), port, &mail, |c| c.faults.delay = Duration::from_millis(20)).await);
+    let mut z = ZoneBuilder::new("t.test.");
+    z.mx("c.t.test", 10, "mx-c.t.test").a("mx-c.t.test", Ipv4Addr::new(127, 9, 12, 5));
+    let dns = DnsServer::start(vec![z], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut nodes = start_nodes_http("cluster-kill", &r, dns.addr(), port, "max_conns = 4");
+    let (n0, n12) = (80, 150);
+    tokio::join!(inject_n(&nodes[0].0, 0, n0), inject_n(&nodes[1].0, 1, n12), inject_n(&nodes[2].0, 2, n12));
+    wait_for("deliveries under way", Duration::from_secs(20), || delivered(&mail) >= 20).await;
+    let (d0, dir0, _) = nodes.remove(0);
+    let inject0 = d0.inject;
+    d0.kill9();
+    // Its leases (lease_ttl 2 s) expire; the two others then use all 4.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (peak, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let sampler = sample(&sink, &peak, &done);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    assert_eq!(peak.load(Ordering::Relaxed), 4, "the dead node's leases were not freed for the others");
+    // Restarted on its spool: everything it had is delivered.
+    let d0 = start_daemon(&dir0.join("mxpipe.toml"), inject0);
+    wait_for("every message delivered", Duration::from_secs(40), || distinct(&mail).0 >= n0 + 2 * n12).await;
+    let (uniq, total) = distinct(&mail);
+    assert_eq!(uniq, n0 + 2 * n12, "a message was lost");
+    // Duplicates only of what node 0 had in flight when it died: at most one per connection.
+    assert!(total - uniq <= 4, "{} duplicates", total - uniq);
+    assert!(terminate(d0));
+    let _ = std::fs::remove_dir_all(dir0);
+    for (d, dir, _) in nodes {
+        assert!(terminate(d));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
