@@ -378,6 +378,25 @@ mod tests {
     }
 
     #[test]
+    fn cluster_table_lists_every_node() {
+        let v = serde_json::json!({
+            "node": "n1", "fallback": false, "live_nodes": 2,
+            "nodes": [
+                { "id": "n1", "last_seen_ms": 10, "summary": { "queues": [{ "domain": "a.test", "recipients": 3, "deferred": 1 }] } },
+                { "id": "n2", "last_seen_ms": 20, "summary": { "queues": [] } }
+            ]
+        });
+        let t = cluster_table(&v);
+        assert!(t.starts_with("node n1 (shared limits), 2 live nodes"), "{t}");
+        let rows: Vec<&str> = t.lines().skip(2).collect();
+        assert_eq!(rows.len(), 2, "{t}");
+        assert!(rows[0].starts_with("n1") && rows[0].contains("a.test") && rows[0].trim_end().ends_with('1'), "{t}");
+        assert!(rows[1].starts_with("n2") && rows[1].contains(" - "), "{t}");
+        let down = serde_json::json!({ "node": "n1", "fallback": true, "live_nodes": 2, "nodes": "Redis unavailable: x" });
+        assert!(cluster_table(&down).contains("local shares") && cluster_table(&down).contains("Redis unavailable: x"));
+    }
+
+    #[test]
     fn table_lists_queues() {
         let v = serde_json::json!({"queues": [
             {"domain": "a.test", "recipients": 3, "deferred": 1, "next_attempt": null, "suspended_until": null},

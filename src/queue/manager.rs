@@ -424,16 +424,21 @@ impl Manager {
     }
 
     /// Cluster mode: a destination another node suspended is withdrawn from this node's
-    /// engine once (what it has queued there comes back deferred and waits like the rest).
+    /// engine once (what it has queued there comes back deferred and waits like the rest); an
+    /// egress source suspended toward a domain or site is suspended in this node's engine.
     fn cluster_suspensions(&mut self) {
         let Some(c) = &self.cfg.cluster else { return };
-        let now: std::collections::HashSet<String> = c.suspensions().into_iter().map(|s| s.name).collect();
-        for d in now.difference(&self.cluster_seen) {
-            if let Some(engine) = &self.engine {
-                engine.withdraw(d);
+        let all = c.suspensions();
+        for s in all.iter().filter(|s| !self.cluster_seen.contains(&s.name)) {
+            let Some(engine) = &self.engine else { break };
+            // "scope/source": one egress source toward a domain or site (see `source_key`);
+            // the engine skips that source, the pool's others go on.
+            match s.name.split_once('/') {
+                Some((scope, src)) => engine.suspend_source(scope, src, Some(s.until)),
+                None => engine.withdraw(&s.name),
             }
         }
-        self.cluster_seen = now;
+        self.cluster_seen = all.into_iter().map(|s| s.name).collect();
     }
 
     fn submit(&mut self, id: MsgId) {
@@ -568,6 +573,10 @@ impl Manager {
                     self.save_suspensions();
                     if let Some(engine) = &self.engine {
                         engine.suspend_source(&scope, src, Some(until));
+                    }
+                    if let Some(c) = &self.cfg.cluster {
+                        c.suspend_soon(&key, until.saturating_duration_since(now), &o.reply);
+                        self.cluster_seen.insert(key.clone());
                     }
                 }
             }
