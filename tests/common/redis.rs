@@ -18,8 +18,10 @@ pub struct Redis {
 }
 
 fn binary() -> Option<PathBuf> {
+    // Set: that binary, or none at all if it is not there (how the SKIPPED path is tried).
     if let Ok(p) = std::env::var("MXPIPE_REDIS_SERVER") {
-        return Some(p.into());
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
     }
     for d in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/sbin"]) {
         let p = PathBuf::from(d).join("redis-server");
@@ -49,10 +51,12 @@ impl Redis {
                 panic!("{test}: MXPIPE_REQUIRE_PEERS is set but redis-server is not installed");
             }
             let line = "#".repeat(78);
-            eprintln!(
+            // Straight to stderr, past the test harness's capture: it shows when the test passes.
+            let banner = format!(
                 "\n{line}\n  SKIPPED {test}: no redis-server on PATH.\n  \
                  Install it (apt-get install redis-server) or run `bash scripts/test-all.sh`.\n{line}\n"
             );
+            let _ = std::io::stderr().write_all(banner.as_bytes());
             return None;
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
