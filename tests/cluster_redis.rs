@@ -354,3 +354,34 @@ async fn with_redis_down_each_node_keeps_its_share_and_redis_back_resumes_sharin
     assert_eq!(ns[0].stats().fallbacks, 1);
     assert_eq!(ns[0].nodes().await.unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_with_redis_down_on_its_share_and_joins_when_it_comes() {
+    let Some(mut r) = Redis::start("a_node_starts_with_redis_down_on_its_share_and_joins_when_it_comes") else { return };
+    r.kill();
+    let mut c = cfg(&r, "early");
+    c.expected_nodes = 2;
+    let t = Instant::now();
+    let n = Cluster::start(c).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "start waited {:?} for a dead Redis", t.elapsed());
+    assert!(n.is_down());
+    // Limit 6, 2 nodes expected: 3 here.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        if let Some(l) = n.try_lease("dest:e.test", 6).await {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), 3);
+    r.restart();
+    wait_for("the node joins when Redis comes", || !n.is_down() && n.live_nodes() == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(zcard(&r, "mxpipe:{conn:dest:e.test}").await, 3, "the connections opened meanwhile are registered");
+    // Shared again: the rest of the limit (alone now, so all of it).
+    for _ in 0..10 {
+        if let Some(l) = n.try_lease("dest:e.test", 6).await {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), 6);
+}
