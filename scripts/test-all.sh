@@ -37,13 +37,16 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v ss >/dev/null || need+=(iproute2)
 # unbound: the independent DNSSEC validator tests/dnssec_unbound.rs starts on a loopback port.
 [ -x /usr/sbin/unbound ] || need+=(unbound)
+# redis-server: the shared limits of cluster mode; tests/cluster_*.rs start their own on a free
+# loopback port (no persistence) and stop it.
+[ -x /usr/bin/redis-server ] || need+=(redis-server)
 # dkimpy: the independent DKIM verifier tests/dkim_serve.rs checks signatures with.
 /usr/bin/python3 -c "import dkim, dns.resolver" 2>/dev/null || need+=(python3-dkim python3-dnspython)
 if ((${#need[@]})); then
   echo "== installing ${need[*]}"
   echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
   $SUDO apt-get update -q
-  # No package may start its service system-wide (unbound would take port 53): policy-rc.d
+  # No package may start its service system-wide (unbound would take port 53, redis 6379): policy-rc.d
   # exiting 101 tells invoke-rc.d not to. The tests start their own instances.
   made_policy_rc=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then

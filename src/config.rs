@@ -174,6 +174,9 @@ pub struct Config {
     /// DKIM signing keys (`[[dkim]]` in the file), used at intake: see [`crate::dkim`]. Reloaded
     /// on SIGHUP.
     pub dkim: Vec<crate::dkim::KeyConfig>,
+    /// `[cluster]`: several nodes share their limits through Redis (see
+    /// [`crate::cluster::ClusterConfig`]). Absent: this node runs alone, no Redis needed.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// The file this configuration was read from (set by [`Config::load`]; a SIGHUP reads it
     /// again for the DKIM keys).
     #[serde(skip)]
@@ -650,6 +653,12 @@ impl Config {
     pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(s).map_err(|e| parse_error(s, &e))?;
         cfg.normalize_and_check()?;
+        if let Some(c) = &cfg.cluster {
+            c.validate().map_err(|m| {
+                let (setting, message) = m.split_once(": ").unwrap_or(("cluster", m.as_str()));
+                ConfigError::invalid(setting, message)
+            })?;
+        }
         Ok(cfg)
     }
 

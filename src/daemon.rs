@@ -59,6 +59,12 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     engine_cfg.state = Some(state.clone());
     let tlsrpt = tlsrpt_setup(&cfg, &engine_cfg)?;
     engine_cfg.tlsrpt = tlsrpt.as_ref().map(|t| t.store.clone());
+    // Cluster mode: Redis may be down at start (the node then runs on its shares and says so).
+    let cluster = match &cfg.cluster {
+        Some(c) => Some(crate::cluster::Cluster::start(c.clone()).await.map_err(|e| format!("cluster: {e}"))?),
+        None => None,
+    };
+    engine_cfg.cluster = cluster.clone();
     let (engine, outcomes) = crate::engine::Engine::start(engine_cfg).map_err(|e| e.to_string())?;
 
     let (acc_tx, acc_rx) = crossbeam_channel::unbounded();
@@ -71,6 +77,7 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
         delivery_log: cfg.log.delivery_log.clone(),
         suspensions_file: Some(cfg.spool.dir.join("suspensions.json")),
         dkim: Some(dkim.dkim.clone()),
+        cluster: cluster.clone(),
     };
     let board = Board::default();
     board.set_egress(engine.egress().cloned());
@@ -103,7 +110,9 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     let sink = crate::inject::smtp::start(smtp_cfg, intake.clone()).await?;
     board.set_injection_stats(sink.stats_reader());
     let reporter = tlsrpt.map(|t| t.start(intake.clone())).transpose()?;
+    let summary = cluster.clone().map(|c| tokio::spawn(publish_summary(c, board.clone())));
     let mut api_cfg = api_cfg;
+    api_cfg.cluster = cluster.clone();
     api_cfg.tlsrpt = reporter.as_ref().map(|(store, _)| store.clone());
     let api = crate::inject::http::start(api_cfg, intake, ctl_tx, state)
         .await
@@ -120,6 +129,9 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
     );
 
     stop.await;
+    if let Some(task) = summary {
+        task.abort();
+    }
     if let Some(task) = reload {
         task.abort();
     }
@@ -135,6 +147,11 @@ pub async fn serve(cfg: Config, stop: impl Future<Output = ()>) -> Result<ServeR
         .await
         .map_err(|e| e.to_string())?
         .map_err(|_| "the queue manager panicked; the spool keeps every unfinished message".to_string())?;
+    // The engine is done: its connections are closed, their leases go back now rather than
+    // at their TTL.
+    if let Some(c) = &cluster {
+        c.shutdown().await;
+    }
     Ok(ServeReport { injected_messages: injected, manager: report })
 }
 
@@ -211,5 +228,15 @@ impl TlsRptSetup {
         let resolver = crate::resolve::MxResolver::new(self.resolver).map_err(|e| format!("tlsrpt: {e}"))?;
         let task = crate::tlsrpt::Reporter::new(self.store.clone(), resolver, Some(intake), self.reporter).spawn();
         Ok((self.store, task))
+    }
+}
+
+/// Cluster mode: this node's queue summary (waiting recipients per destination), published
+/// with its heartbeats for `GET /v1/cluster` and `mxpipe queue list --cluster`.
+async fn publish_summary(c: Arc<crate::cluster::Cluster>, board: Board) {
+    loop {
+        let queues = board.queues();
+        c.set_summary(&serde_json::json!({ "queues": queues }));
+        tokio::time::sleep(c.config().heartbeat).await;
     }
 }

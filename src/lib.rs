@@ -9,6 +9,7 @@
 //! - [`resolve`]: MX resolution over hickory with our own TTL-bound, single-flight cache.
 //! - [`inject`]: (daemon) how messages enter: the SMTP listener, the HTTP API, one intake.
 //! - [`auth`]: (daemon) SMTP AUTH on injection: the users file (PBKDF2), SASL PLAIN.
+//! - [`cluster`]: (daemon) several nodes sharing their limits through Redis.
 //! - [`daemon`]: `mxpipe serve`: injection, spool, queue manager and engine together.
 //! - [`config`]: the daemon's TOML configuration (`mxpipe.example.toml` documents it).
 //! - [`logging`]: the daemon's own log (`tracing` events; text or JSON on stderr).
@@ -31,6 +32,7 @@
 
 pub mod address;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod demo;

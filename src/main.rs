@@ -114,7 +114,11 @@ struct QueueArgs {
 #[derive(Subcommand)]
 enum QueueSub {
     /// Recipients waiting per destination domain, next attempts, suspensions.
-    List,
+    List {
+        /// Every node of the cluster (`[cluster]`), from `GET /v1/cluster`.
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Hold a destination's recipients (those already sending finish their attempt).
     Suspend {
         domain: String,
@@ -932,7 +936,8 @@ fn run_queue(a: QueueArgs) -> Result<(), String> {
     use mxpipe::queue::ctl::{self, QueueCmd};
     let target = api_target(&a.api)?;
     let cmd = match a.cmd {
-        QueueSub::List => QueueCmd::List,
+        QueueSub::List { cluster: false } => QueueCmd::List,
+        QueueSub::List { cluster: true } => QueueCmd::ClusterList,
         QueueSub::Suspend { domain, duration } => {
             // Checked here too, so a typo is reported without asking the daemon.
             mxpipe::config::parse_duration(&duration).map_err(|e| format!("--for: {e}"))?;

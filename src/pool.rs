@@ -315,6 +315,9 @@ pub struct Conn {
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Its slot in the budget of its MX host's pattern, if the operator set one.
     pub mx_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Cluster mode: its leases under the limits shared with the other nodes; freed when it
+    /// is dropped.
+    pub leases: Vec<crate::cluster::Lease>,
 }
 
 /// How a message attempt on a connection ended (the caller still holds the message).
@@ -381,6 +384,7 @@ impl Conn {
             rx_at_send: 0,
             slot: None,
             mx_slot: None,
+            leases: Vec::new(),
         };
         // Drive the greeting, EHLO and (maybe) STARTTLS to Ready (`next_event` does the
         // writes and the TLS upgrade itself).

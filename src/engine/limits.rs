@@ -62,6 +62,11 @@ impl RateGate {
         RateGate { base: Instant::now(), tat: AtomicU64::new(0), interval, tolerance: interval * u64::from(burst.max(1) - 1) }
     }
 
+    /// The rate, in messages per second (as kept: one interval in nanoseconds).
+    pub fn per_s(&self) -> f64 {
+        1e9 / self.interval.max(1) as f64
+    }
+
     /// Claim the next send time at or after `now`; returns how long to wait for it (zero if
     /// it may go now).
     pub fn reserve(&self, now: Instant) -> Duration {

@@ -139,6 +139,10 @@ pub struct EngineConfig {
     /// toward every host matching it, whatever domains they serve. An MX host belongs to the
     /// first pattern that matches it. The daemon gives every `[[domain]]` `mx_pattern`.
     pub mx_sites: Vec<String>,
+    /// Cluster mode: the operator's limits (`max_conns`, `msgs_per_s` of `[[domain]]`
+    /// entries) are shared with the other nodes through Redis ([`crate::cluster`]). `None`:
+    /// every limit is this node's own.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Default for EngineConfig {
@@ -168,6 +172,7 @@ impl Default for EngineConfig {
             dane: true,
             egress: None,
             mx_sites: Vec::new(),
+            cluster: None,
         }
     }
 }

@@ -1185,8 +1185,8 @@ enum OpenFail {
 async fn open_for(shard: &Rc<Shard>, key: &str, target: Target) -> Result<(Conn, SourceUse), OpenFail> {
     let (domain, _, pool) = split_key(key);
     let (Some(eg), Some(pool)) = (shard.cfg.egress.clone(), pool) else {
-        let conn = open(shard, target).await.map_err(|e| OpenFail::Connect(e, None))?;
-        return Ok((conn, SourceUse::new(shard, None, domain)));
+        let conn = open_leased(shard, domain, target).await.map_err(|e| OpenFail::Connect(e, None))?;
+        return Ok((conn?, SourceUse::new(shard, None, domain)));
     };
     let Some(p) = eg.pools().get(pool) else {
         return Err(OpenFail::Connect(ConnectError::Stopped { reason: format!("egress pool #{pool} is not configured") }, None));
@@ -1228,8 +1228,8 @@ async fn open_for(shard: &Rc<Shard>, key: &str, target: Target) -> Result<(Conn,
     let Some(s) = eg.choose(pool, fastrand::u64(..), usable) else { return Err(OpenFail::Busy) };
     // Counted before the connect, so that workers connecting at once share the limit.
     let in_use = SourceUse::new(shard, Some(s), domain);
-    let conn = open(shard, bound(s)).await.map_err(|e| OpenFail::Connect(e, Some(s)))?;
-    Ok((conn, in_use))
+    let conn = open_leased(shard, domain, bound(s)).await.map_err(|e| OpenFail::Connect(e, Some(s)))?;
+    Ok((conn?, in_use))
 }
 
 /// An idle connection for `target` from the pool that is still alive.
@@ -1242,6 +1242,64 @@ async fn take_idle(shard: &Rc<Shard>, target: &Target) -> Option<Conn> {
         }
         // Closed by the server while idle: drop it and look for another.
     }
+}
+
+/// As [`open`], and in cluster mode a new connection first takes its leases under the
+/// limits shared with the other nodes (the domain's, the MX budget's; per egress source):
+/// `Ok(Err(Busy))` when the cluster is at one of them, so the worker waits and tries again.
+async fn open_leased(shard: &Rc<Shard>, domain: &str, target: Target) -> Result<Result<Conn, OpenFail>, ConnectError> {
+    if shard.cfg.cluster.is_none() {
+        return open(shard, target).await.map(Ok);
+    }
+    if let Some(conn) = take_idle(shard, &target).await {
+        return Ok(Ok(conn));
+    }
+    let Some(leases) = cluster_leases(shard, domain, &target).await else { return Ok(Err(OpenFail::Busy)) };
+    let mut conn = open(shard, target).await?;
+    if conn.leases.is_empty() {
+        conn.leases = leases;
+    }
+    Ok(Ok(conn))
+}
+
+/// The suffix of a shared limit's name for connections from `bind`'s egress source.
+fn source_suffix(shard: &Shard, bind: Option<Bind>) -> String {
+    bind.and_then(|b| shard.cfg.egress.as_ref()?.sources().get(b.source)).map(|s| format!("|src:{}", s.name)).unwrap_or_default()
+}
+
+/// The leases a new connection to `target` for `domain` needs in cluster mode: one under
+/// the domain's own `max_conns` and one under its MX budget's, if set; `None` when the
+/// cluster is at one of them.
+async fn cluster_leases(shard: &Rc<Shard>, domain: &str, target: &Target) -> Option<Vec<crate::cluster::Lease>> {
+    let Some(c) = &shard.cfg.cluster else { return Some(Vec::new()) };
+    let sfx = source_suffix(shard, target.bind);
+    let mut v = Vec::new();
+    if let Some(n) = shard.limits.domain(domain).and_then(|l| l.max_conns) {
+        v.push(c.try_lease(&format!("dom:{domain}{sfx}"), n).await?);
+    }
+    let budget = shard.limits.mx_for(&target.host, target.bind.map(|b| b.source)).and_then(|b| Some((b.pattern.clone(), b.max_conns?)));
+    if let Some((pattern, n)) = budget {
+        v.push(c.try_lease(&format!("mx:{pattern}{sfx}"), n).await?);
+    }
+    Some(v)
+}
+
+/// How long the next message must wait under the domain's rate and its MX budget's rate
+/// ([`rate_wait`]); in cluster mode under the rates shared with the other nodes, reserved
+/// in batches of up to `want` send times.
+async fn rate_wait_shared(shard: &Shard, domain: &str, host: &str, bind: Option<Bind>, want: usize) -> Duration {
+    let source = bind.map(|b| b.source);
+    let Some(c) = &shard.cfg.cluster else { return rate_wait(shard, domain, host, source) };
+    let sfx = source_suffix(shard, bind);
+    let mut d = Duration::ZERO;
+    if let Some(per_s) = shard.limits.domain(domain).and_then(|l| l.rate_for(source)).map(|g| g.per_s()) {
+        d = d.max(c.rate_reserve(&format!("dom:{domain}{sfx}"), per_s, want).await);
+    }
+    let mx = shard.limits.mx_for(host, source).and_then(|b| Some((b.pattern.clone(), b.rate.as_ref()?.per_s())));
+    if let Some((pattern, per_s)) = mx {
+        d = d.max(c.rate_reserve(&format!("mx:{pattern}{sfx}"), per_s, want).await);
+    }
+    d
 }
 
 /// A connection to `target`: an idle one from the pool, or a new one (from the target's
@@ -1428,7 +1486,6 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
     // The connection's facts are settled once it is open: one copy for all its outcomes.
     let (_, _, pool) = split_key(domain);
     let ctx = OutcomeCtx::of(shard, pool, &conn, plan, report);
-    let source = conn.target.bind.map(|b| b.source);
     let end = loop {
         let Some(mut job) = pop_job(shard, domain) else {
             park(shard, conn).await;
@@ -1458,7 +1515,14 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
             finish(shard, &job, Status::Deferred, "4.3.2", NOT_ATTEMPTED, None);
             continue;
         }
-        let not_before = *job.not_before.get_or_insert_with(|| Instant::now() + rate_wait(shard, split_key(domain).0, &plan.host, source));
+        let not_before = match job.not_before {
+            Some(t) => t,
+            None => {
+                let want = shard.domains.borrow().get(domain).map_or(1, |d| d.queue.len() + 1);
+                let t = Instant::now() + rate_wait_shared(shard, split_key(domain).0, &plan.host, conn.target.bind, want).await;
+                *job.not_before.insert(t)
+            }
+        };
         let now = Instant::now();
         if not_before > now {
             // A long wait, or a short one while someone needs this connection's slot: park.

@@ -59,6 +59,8 @@ struct Api {
     policy: Arc<PolicyState>,
     /// TLS-RPT counters, for `mxpipe tlsrpt show`.
     tlsrpt: Option<Arc<crate::tlsrpt::TlsRpt>>,
+    /// Cluster mode's client, for `GET /v1/cluster` and its metrics.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// One message to inject: the envelope and the RFC 5322 content.
@@ -274,8 +276,40 @@ async fn tlsrpt_show(State(api): State<Api>, Path(domain): Path<String>) -> Resp
     }
 }
 
+/// `GET /v1/cluster`: this node's view (fallback or not, Redis calls, suspensions) and every
+/// live node with the queue summary it published.
+async fn cluster_show(State(api): State<Api>) -> Response {
+    let Some(c) = &api.cluster else { return error(StatusCode::NOT_FOUND, "cluster mode is off (no [cluster] section)") };
+    let st = c.stats();
+    let now = std::time::Instant::now();
+    let susp: Vec<serde_json::Value> = c
+        .suspensions()
+        .into_iter()
+        .map(
+            |s| serde_json::json!({ "name": s.name, "seconds_left": s.until.saturating_duration_since(now).as_secs(), "reason": s.reason }),
+        )
+        .collect();
+    let nodes = match c.nodes().await {
+        Ok(n) => serde_json::to_value(n).unwrap_or_default(),
+        Err(e) => serde_json::Value::String(e.to_string()),
+    };
+    Json(serde_json::json!({
+        "node": c.node_id(),
+        "fallback": st.fallback,
+        "live_nodes": st.live_nodes,
+        "redis_calls": st.redis_calls,
+        "redis_failures": st.redis_failures,
+        "suspensions": susp,
+        "nodes": nodes,
+    }))
+    .into_response()
+}
+
 async fn metrics(State(api): State<Api>) -> Response {
     let mut text = api.intake.board().metrics();
+    if let Some(c) = &api.cluster {
+        text.push_str(&crate::cluster::metrics(&c.stats()));
+    }
     if let Some(s) = api.intake.dkim_stats() {
         text.push_str(&crate::dkim::metrics(&s));
     }
@@ -310,6 +344,9 @@ pub struct ApiConfig {
     /// The TLS-RPT counters shown by `GET /v1/tlsrpt/{domain}`; `None` (as [`ApiConfig::load`]
     /// leaves it): TLS-RPT is off, the route answers 404.
     pub tlsrpt: Option<Arc<crate::tlsrpt::TlsRpt>>,
+    /// Cluster mode: `GET /v1/cluster` shows the whole cluster and `/metrics` has the
+    /// `mxpipe_cluster_*` series; `None` (as [`ApiConfig::load`] gives): no cluster.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl ApiConfig {
@@ -343,6 +380,7 @@ impl ApiConfig {
             max_conns: c.max_conns.max(1),
             max_requests_per_conn: c.max_requests_per_conn.max(1),
             tlsrpt: None,
+            cluster: None,
         })
     }
 }
@@ -522,7 +560,8 @@ fn router(api: Api, g: Guard) -> Router {
         .route("/v1/queues", get(queues))
         .route("/v1/queues/{domain}/{action}", post(queue_command))
         .route("/v1/policy/{domain}", get(policy_show).delete(policy_forget))
-        .route("/v1/tlsrpt/{domain}", get(tlsrpt_show));
+        .route("/v1/tlsrpt/{domain}", get(tlsrpt_show))
+        .route("/v1/cluster", get(cluster_show));
     let metrics = Router::new().route("/metrics", get(metrics));
     Router::new()
         .merge(scoped(inject, Scope::Inject))
@@ -601,7 +640,7 @@ pub async fn start(
     policy: Arc<PolicyState>,
 ) -> std::io::Result<ApiServer> {
     let guard = Guard { tokens: cfg.tokens.clone(), allowed_hosts: cfg.allowed_hosts.clone().into(), body_timeout: cfg.body_timeout };
-    let app = router(Api { intake, control, policy, tlsrpt: cfg.tlsrpt.clone() }, guard);
+    let app = router(Api { intake, control, policy, tlsrpt: cfg.tlsrpt.clone(), cluster: cfg.cluster.clone() }, guard);
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();

@@ -18,6 +18,8 @@ use crate::address::Domain;
 pub enum QueueCmd {
     /// Show every destination with recipients waiting or a suspension (`GET /v1/queues`).
     List,
+    /// Every node of the cluster with its waiting recipients per destination (`GET /v1/cluster`).
+    ClusterList,
     /// Hold a destination's recipients for a while (those with the engine finish their attempt).
     Suspend {
         /// The destination domain, as typed (checked by [`path_segment`]).
@@ -176,6 +178,7 @@ pub fn run(t: &Target, cmd: &QueueCmd, json: bool) -> Result<String, String> {
     let addr = t.addr;
     let (method, path, body) = match cmd {
         QueueCmd::List => ("GET", "/v1/queues".to_string(), String::new()),
+        QueueCmd::ClusterList => ("GET", "/v1/cluster".to_string(), String::new()),
         QueueCmd::Suspend { domain, duration } => {
             let body = duration.as_ref().map_or(String::new(), |d| serde_json::json!({ "for": d }).to_string());
             ("POST", format!("/v1/queues/{}/suspend", path_segment(domain)?), body)
@@ -194,6 +197,7 @@ pub fn run(t: &Target, cmd: &QueueCmd, json: bool) -> Result<String, String> {
     }
     Ok(match cmd {
         QueueCmd::List => table(&v),
+        QueueCmd::ClusterList => cluster_table(&v),
         QueueCmd::Suspend { .. } => format!(
             "{}: suspended until {}; {} recipients wait ({} with the engine finish their attempt)",
             v["domain"].as_str().unwrap_or("?"),
@@ -326,6 +330,39 @@ fn table(v: &serde_json::Value) -> String {
     out
 }
 
+/// The `queue list --cluster` table: which node answered and whether it runs on its local
+/// shares, then every live node's waiting recipients per destination.
+fn cluster_table(v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "node {} ({}), {} live nodes\n",
+        v["node"].as_str().unwrap_or("?"),
+        if v["fallback"].as_bool().unwrap_or(false) { "Redis unavailable: local shares" } else { "shared limits" },
+        v["live_nodes"]
+    );
+    let Some(nodes) = v["nodes"].as_array() else {
+        out += &format!("nodes: {}", v["nodes"].as_str().unwrap_or("unknown"));
+        return out;
+    };
+    out += &format!("{:<20}  {:<30}  {:>10}  {:>8}\n", "NODE", "DOMAIN", "RECIPIENTS", "DEFERRED");
+    for n in nodes {
+        let id = n["id"].as_str().unwrap_or("?");
+        let queues = n["summary"]["queues"].as_array().cloned().unwrap_or_default();
+        if queues.is_empty() {
+            out += &format!("{id:<20}  {:<30}  {:>10}  {:>8}\n", "-", 0, 0);
+        }
+        for q in &queues {
+            out += &format!(
+                "{id:<20}  {:<30}  {:>10}  {:>8}\n",
+                q["domain"].as_str().unwrap_or(""),
+                q["recipients"].as_u64().unwrap_or(0),
+                q["deferred"].as_u64().unwrap_or(0)
+            );
+        }
+    }
+    out.pop();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +375,25 @@ mod tests {
         assert!(path_segment("a b").is_err());
         assert!(path_segment("").is_err());
         assert!(path_segment("..%2f").is_err());
+    }
+
+    #[test]
+    fn cluster_table_lists_every_node() {
+        let v = serde_json::json!({
+            "node": "n1", "fallback": false, "live_nodes": 2,
+            "nodes": [
+                { "id": "n1", "last_seen_ms": 10, "summary": { "queues": [{ "domain": "a.test", "recipients": 3, "deferred": 1 }] } },
+                { "id": "n2", "last_seen_ms": 20, "summary": { "queues": [] } }
+            ]
+        });
+        let t = cluster_table(&v);
+        assert!(t.starts_with("node n1 (shared limits), 2 live nodes"), "{t}");
+        let rows: Vec<&str> = t.lines().skip(2).collect();
+        assert_eq!(rows.len(), 2, "{t}");
+        assert!(rows[0].starts_with("n1") && rows[0].contains("a.test") && rows[0].trim_end().ends_with('1'), "{t}");
+        assert!(rows[1].starts_with("n2") && rows[1].contains(" - "), "{t}");
+        let down = serde_json::json!({ "node": "n1", "fallback": true, "live_nodes": 2, "nodes": "Redis unavailable: x" });
+        assert!(cluster_table(&down).contains("local shares") && cluster_table(&down).contains("Redis unavailable: x"));
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct ManagerConfig {
     /// The intake's DKIM keys: a DSN is signed with those aligned with its From domain (the
     /// reporting MTA's), as intake signs what it accepts. `None`: DSNs go unsigned.
     pub dkim: Option<Arc<crate::dkim::Dkim>>,
+    /// Cluster mode: a destination suspended here is suspended on every node, and one
+    /// suspended by another node holds its recipients here too. `None`: this node alone.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// A message the injection side has made durable.
@@ -179,6 +182,7 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
         dests: Destinations::new(DestinationOptions::default()),
         doomed: std::collections::HashSet::new(),
         sites: HashMap::new(),
+        cluster_seen: std::collections::HashSet::new(),
     };
     m.load_suspensions();
     m.report.recovered = recovered.len() as u64;
@@ -227,6 +231,7 @@ pub fn run(cfg: ManagerConfig, spool: Arc<Spool>, engine: Engine, recovered: Vec
             }
             m.submit(id);
         }
+        m.cluster_suspensions();
         m.publish(false);
     }
     // Shutdown: no new rounds; the engine finishes the transactions under way, gives back
@@ -269,6 +274,9 @@ struct Manager {
     /// last went to (learned from attempts), so that a source suspended toward the site holds
     /// that domain's mail here instead of sending it to the engine to be given back.
     sites: HashMap<String, String>,
+    /// Cluster mode: the destinations suspended by the cluster as last seen, so that a new
+    /// one withdraws this node's backlog there once.
+    cluster_seen: std::collections::HashSet<String>,
 }
 
 /// Domains whose site is remembered at most; past it the map starts again (it is relearned
@@ -415,6 +423,24 @@ impl Manager {
         self.board.retry_at(id, at);
     }
 
+    /// Cluster mode: a destination another node suspended is withdrawn from this node's
+    /// engine once (what it has queued there comes back deferred and waits like the rest); an
+    /// egress source suspended toward a domain or site is suspended in this node's engine.
+    fn cluster_suspensions(&mut self) {
+        let Some(c) = &self.cfg.cluster else { return };
+        let all = c.suspensions();
+        for s in all.iter().filter(|s| !self.cluster_seen.contains(&s.name)) {
+            let Some(engine) = &self.engine else { break };
+            // "scope/source": one egress source toward a domain or site (see `source_key`);
+            // the engine skips that source, the pool's others go on.
+            match s.name.split_once('/') {
+                Some((scope, src)) => engine.suspend_source(scope, src, Some(s.until)),
+                None => engine.withdraw(&s.name),
+            }
+        }
+        self.cluster_seen = all.into_iter().map(|s| s.name).collect();
+    }
+
     fn submit(&mut self, id: MsgId) {
         let now = Instant::now();
         let Some(e) = self.entries.get_mut(&id) else { return };
@@ -431,6 +457,7 @@ impl Manager {
             let held = self
                 .dests
                 .is_suspended(&d, now)
+                .or_else(|| self.cfg.cluster.as_ref().and_then(|c| c.suspended(&d)))
                 .or_else(|| pool_suspended(&self.dests, self.engine.as_ref(), e.pool.as_deref(), &e.from, &d, site, now));
             match held {
                 Some(until) => later = Some(later.map_or(until, |l| l.min(until))),
@@ -547,6 +574,10 @@ impl Manager {
                     if let Some(engine) = &self.engine {
                         engine.suspend_source(&scope, src, Some(until));
                     }
+                    if let Some(c) = &self.cfg.cluster {
+                        c.suspend_soon(&key, until.saturating_duration_since(now), &o.reply);
+                        self.cluster_seen.insert(key.clone());
+                    }
                 }
             }
         } else if let Some(class) = reply_class(&o) {
@@ -556,6 +587,10 @@ impl Manager {
                 self.board.suspended(&d, until);
                 if before.is_none() {
                     self.save_suspensions();
+                    if let Some(c) = &self.cfg.cluster {
+                        c.suspend_soon(&d, until.saturating_duration_since(Instant::now()), &o.reply);
+                        self.cluster_seen.insert(d.clone());
+                    }
                     // A backlog waiting in the engine (behind a rate limit) must wait too.
                     if let Some(engine) = &self.engine {
                         engine.withdraw(&d);
