@@ -301,11 +301,11 @@ impl Shard {
         m.get(&(source, host.to_string())).copied().filter(|&u| u > Instant::now())
     }
 
-    /// The egress pool's and source's names, for outcomes.
-    fn names(&self, pool: Option<usize>, bind: Option<Bind>) -> (Option<String>, Option<String>) {
+    /// The names of egress pool `pool` and source `source` (indexes), for outcomes.
+    fn names(&self, pool: Option<usize>, source: Option<usize>) -> (Option<String>, Option<String>) {
         let Some(eg) = &self.cfg.egress else { return (None, None) };
         let pool = pool.and_then(|p| eg.pools().get(p)).map(|p| p.name.to_string());
-        let source = bind.and_then(|b| eg.sources().get(b.source)).map(|s| s.name.to_string());
+        let source = source.and_then(|s| eg.sources().get(s)).map(|s| s.name.to_string());
         (pool, source)
     }
 }
@@ -544,13 +544,17 @@ fn spawn_worker(shard: &Rc<Shard>, domain: String) {
 
 /// Emit one outcome per recipient of `job`.
 fn finish(shard: &Shard, job: &Job, status: Status, enhanced: &str, reason: &str, ctx: Option<&OutcomeCtx>) {
+    finish_with(shard, job, status, enhanced, reason, |o| match ctx {
+        Some(c) => c.fill(o),
+        None => o.pool = shard.names(job.part.pool, None).0,
+    });
+}
+
+/// One local outcome per recipient of `job`, each completed by `fill` before it is counted and sent.
+fn finish_with(shard: &Shard, job: &Job, status: Status, enhanced: &str, reason: &str, fill: impl Fn(&mut Outcome)) {
     for r in &job.part.rcpts {
         let mut o = Outcome::local(&job.part.id, r, status, enhanced, reason);
-        if let Some(c) = ctx {
-            c.fill(&mut o);
-        } else {
-            o.pool = shard.names(job.part.pool, None).0;
-        }
+        fill(&mut o);
         count_outcome(&shard.counters, status);
         let _ = shard.outcomes.send(o);
     }
@@ -575,7 +579,7 @@ struct OutcomeCtx {
 impl OutcomeCtx {
     fn of(shard: &Shard, pool: Option<usize>, conn: &Conn, plan: &HostPlan, report: Option<String>) -> OutcomeCtx {
         let f = &conn.facts;
-        let (pool, source) = shard.names(pool, conn.target.bind);
+        let (pool, source) = shard.names(pool, conn.target.bind.map(|b| b.source));
         OutcomeCtx {
             source,
             pool,
@@ -654,18 +658,15 @@ fn fail_queue_refused(shard: &Shard, key: &str, r: &Refusal, reasons: &str) {
 
 /// Defer `job` with the 4xx reply that refused a session for it ([`fail_queue_refused`]).
 fn defer_refused(shard: &Shard, job: &Job, r: &Refusal, reasons: &str) {
-    let bind = r.source.and_then(|s| Some(Bind { source: s, addr: shard.cfg.egress.as_ref()?.sources().get(s)?.addr }));
-    let (pool, source) = shard.names(job.part.pool, bind);
-    for rcpt in &job.part.rcpts {
-        let mut o = Outcome::local(&job.part.id, rcpt, Status::Deferred, "4.4.1", "");
-        o.reply = format!("{} [mxpipe: {reasons}]", r.line);
-        o.enhanced = r.enhanced.clone();
+    let (pool, source) = shard.names(job.part.pool, r.source);
+    let reply = format!("{} [mxpipe: {reasons}]", r.line);
+    finish_with(shard, job, Status::Deferred, "4.4.1", "", |o| {
+        o.reply.clone_from(&reply);
+        o.enhanced.clone_from(&r.enhanced);
         o.mx = Some(r.host.clone());
-        o.pool = pool.clone();
-        o.source = source.clone();
-        count_outcome(&shard.counters, Status::Deferred);
-        let _ = shard.outcomes.send(o);
-    }
+        o.pool.clone_from(&pool);
+        o.source.clone_from(&source);
+    });
 }
 
 /// Give back queue `key` untried ([`WITHDRAWN`]) because every source of its pool is
@@ -673,13 +674,11 @@ fn defer_refused(shard: &Shard, job: &Job, r: &Refusal, reasons: &str) {
 /// the queue manager learns the domain's site and holds its mail until the suspension ends.
 fn withdraw_toward(shard: &Shard, key: &str, host: &str) {
     while let Some(job) = pop_job(shard, key) {
-        for r in &job.part.rcpts {
-            let mut o = Outcome::local(&job.part.id, r, Status::Deferred, "4.3.2", WITHDRAWN);
+        let pool = shard.names(job.part.pool, None).0;
+        finish_with(shard, &job, Status::Deferred, "4.3.2", WITHDRAWN, |o| {
             o.mx = Some(host.to_string());
-            o.pool = shard.names(job.part.pool, None).0;
-            count_outcome(&shard.counters, Status::Deferred);
-            let _ = shard.outcomes.send(o);
-        }
+            o.pool.clone_from(&pool);
+        });
     }
 }
 
@@ -948,14 +947,12 @@ async fn work(shard: &Rc<Shard>, key: &str) {
             fail_queue_refused(shard, key, &r, &reason);
         } else {
             // Named with the source of the most preferred host's failed connection, if bound.
-            let bind = source.and_then(|s| Some(Bind { source: s, addr: shard.cfg.egress.as_ref()?.sources().get(s)?.addr }));
             while let Some(job) = pop_job(shard, key) {
-                for r in &job.part.rcpts {
-                    let mut o = Outcome::local(&job.part.id, r, Status::Deferred, "4.4.1", &reason);
-                    (o.pool, o.source) = shard.names(job.part.pool, bind);
-                    count_outcome(&shard.counters, Status::Deferred);
-                    let _ = shard.outcomes.send(o);
-                }
+                let (pool, source) = shard.names(job.part.pool, source);
+                finish_with(shard, &job, Status::Deferred, "4.4.1", &reason, |o| {
+                    o.pool.clone_from(&pool);
+                    o.source.clone_from(&source);
+                });
             }
         }
     }
