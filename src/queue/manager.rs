@@ -313,6 +313,24 @@ fn source_key(domain: &str, source: &str) -> String {
     format!("{domain}/{source}")
 }
 
+/// Until when message `e`'s recipient at `domain` waits, if it must: its destination's
+/// suspension (this node's, or the cluster's), else the earliest end of its pool's sources'
+/// suspensions toward the domain or its site ([`pool_suspended`]).
+fn held_until(
+    dests: &Destinations,
+    cluster: Option<&crate::cluster::Cluster>,
+    engine: Option<&Engine>,
+    sites: &HashMap<String, String>,
+    e: &Entry,
+    domain: &str,
+    now: Instant,
+) -> Option<Instant> {
+    dests
+        .is_suspended(domain, now)
+        .or_else(|| cluster.and_then(|c| c.suspended(domain)))
+        .or_else(|| pool_suspended(dests, engine, e.pool.as_deref(), &e.from, domain, sites.get(domain).map(String::as_str), now))
+}
+
 /// When every source of the pool a message goes through is suspended toward `domain` (or
 /// toward `site`, the site its MX hosts belong to), the earliest end of those suspensions:
 /// the recipient waits for it (no attempt is made).
@@ -452,13 +470,7 @@ impl Manager {
         let mut later: Option<Instant> = None;
         let mut to = Vec::with_capacity(e.pending.len());
         for r in &e.pending {
-            let d = domain(r);
-            let site = self.sites.get(&d).map(String::as_str);
-            let held = self
-                .dests
-                .is_suspended(&d, now)
-                .or_else(|| self.cfg.cluster.as_ref().and_then(|c| c.suspended(&d)))
-                .or_else(|| pool_suspended(&self.dests, self.engine.as_ref(), e.pool.as_deref(), &e.from, &d, site, now));
+            let held = held_until(&self.dests, self.cfg.cluster.as_deref(), self.engine.as_ref(), &self.sites, e, &domain(r), now);
             match held {
                 Some(until) => later = Some(later.map_or(until, |l| l.min(until))),
                 None => to.push(r.clone()),
@@ -671,11 +683,7 @@ impl Manager {
                         .pending
                         .iter()
                         .map(|r| {
-                            let d = domain(r);
-                            let site = self.sites.get(&d).map(String::as_str);
-                            self.dests
-                                .is_suspended(&d, now)
-                                .or_else(|| pool_suspended(&self.dests, self.engine.as_ref(), e.pool.as_deref(), &e.from, &d, site, now))
+                            held_until(&self.dests, self.cfg.cluster.as_deref(), self.engine.as_ref(), &self.sites, e, &domain(r), now)
                         })
                         .collect();
                     let at = match ends.and_then(|v| v.into_iter().min()) {
