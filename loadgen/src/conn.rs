@@ -2,21 +2,20 @@
 //! messages, QUIT, and the wait for the server to close first.
 //!
 //! This module only moves bytes, applies a timeout to every step and classifies failures;
-//! reply parsing is `mxpipe::reply`, the message is [`crate::message`], and what to do with the
+//! the bytes go through [`crate::wire`] (shared with the injection load), reply parsing is
+//! `mxpipe::reply`, the message is [`crate::message`], and what to do with the
 //! result (counting, histograms) belongs to [`crate::phase`]. What it learns as it goes is
 //! written into an [`Attempt`] passed by `&mut`, so a caller that cuts an attempt short (the
 //! run's hard stop) still knows whether its handshake had completed.
 
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mxpipe::reply::{parse_reply, Capabilities, Reply};
+use mxpipe::reply::Reply;
 use mxpipe::tls::TlsFacts;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -24,6 +23,7 @@ use tokio_rustls::TlsConnector;
 use crate::class::{ConnError, ErrorClass};
 use crate::message::MessageTemplate;
 use crate::timed::TimedTcp;
+use crate::wire::{expect, truncate, within, Wire};
 use crate::TlsKind;
 
 /// Everything about the target that is the same for every connection of a phase.
@@ -88,10 +88,10 @@ pub async fn run(t: &Target, source: Option<IpAddr>, seq: u64, a: &mut Attempt) 
     a.connect = Some(t0.elapsed());
     match t.kind {
         TlsKind::StartTls => {
-            let mut wire = Wire::new(tcp, t.timeout);
+            let mut wire = open_wire(tcp, t);
             let t1 = Instant::now();
             let r = starttls_dialogue(&mut wire, t).await;
-            a.ttfb = wire.io.first_byte().map(|at| at.saturating_duration_since(t0));
+            a.ttfb = wire.get_ref().first_byte().map(|at| at.saturating_duration_since(t0));
             if let Err(e) = r {
                 if e.class == ErrorClass::NoStarttls {
                     // Say goodbye so the server closes first and no client port is stuck in
@@ -103,7 +103,7 @@ pub async fn run(t: &Target, source: Option<IpAddr>, seq: u64, a: &mut Attempt) 
             a.starttls = Some(t1.elapsed());
             let tcp = wire.into_inner()?;
             let tls = handshake(t, tcp, seq, a).await?;
-            let mut wire = Wire::new(tls, t.timeout);
+            let mut wire = open_wire(tls, t);
             after_tls(&mut wire, t, seq, a).await
         }
         TlsKind::Implicit => {
@@ -114,11 +114,16 @@ pub async fn run(t: &Target, source: Option<IpAddr>, seq: u64, a: &mut Attempt) 
             }
             .map(|at| at.saturating_duration_since(t0));
             let tls = r?;
-            let mut wire = Wire::new(tls, t.timeout);
+            let mut wire = open_wire(tls, t);
             expect(wire.reply("banner", ErrorClass::Banner).await?, 220, "banner", ErrorClass::Banner)?;
             after_tls(&mut wire, t, seq, a).await
         }
     }
+}
+
+/// The handshake load's wire: a close where a reply was due is `closed`.
+fn open_wire<S: crate::wire::Transport>(io: S, t: &Target) -> Wire<S> {
+    Wire::new(io, t.timeout).closes_as(ErrorClass::Closed)
 }
 
 /// Open the TCP connection: no Nagle (SMTP is request/response), optional SO_LINGER 0 and
@@ -167,7 +172,7 @@ fn bind_address_no_port(sock: &TcpSocket) {
 /// Banner, EHLO, STARTTLS, 220: everything in plaintext before the handshake.
 async fn starttls_dialogue(wire: &mut Wire<TimedTcp>, t: &Target) -> Result<(), ConnError> {
     expect(wire.reply("banner", ErrorClass::Banner).await?, 220, "banner", ErrorClass::Banner)?;
-    let caps = ehlo(wire, t).await?;
+    let caps = wire.ehlo(&t.ehlo_name).await?;
     if !caps.starttls {
         return Err(ConnError::new(ErrorClass::NoStarttls, "EHLO reply does not advertise STARTTLS"));
     }
@@ -219,18 +224,11 @@ async fn after_tls(wire: &mut Wire<TlsStream<TimedTcp>>, t: &Target, seq: u64, a
     wire.await_close().await
 }
 
-/// EHLO and its capabilities.
-async fn ehlo<S: Transport>(wire: &mut Wire<S>, t: &Target) -> Result<Capabilities, ConnError> {
-    wire.send(format!("EHLO {}\r\n", t.ehlo_name).as_bytes(), "EHLO").await?;
-    let r = wire.reply("EHLO", ErrorClass::Io).await?;
-    expect(r, 250, "EHLO", ErrorClass::SmtpReply).map(|r| Capabilities::from_ehlo(&r))
-}
-
 /// EHLO (on the STARTTLS port a second one, as RFC 3207 §4.2 requires, since the first
 /// one's answers are void after TLS), then `messages_per_conn` transactions; MAIL, RCPT and
 /// DATA go in one write when the server offers PIPELINING (RFC 2920).
 async fn messages(wire: &mut Wire<TlsStream<TimedTcp>>, t: &Target, tx: &Transaction, seq: u64, a: &mut Attempt) -> Result<(), ConnError> {
-    let caps = ehlo(wire, t).await?;
+    let caps = wire.ehlo(&t.ehlo_name).await?;
     let size = if caps.size.is_some() { format!(" SIZE={}", tx.template.size()) } else { String::new() };
     let mail = format!("MAIL FROM:<{}>{size}\r\n", t.mail_from);
     let rcpt = format!("RCPT TO:<{}>\r\n", t.rcpt_to);
@@ -264,158 +262,11 @@ async fn messages(wire: &mut Wire<TlsStream<TimedTcp>>, t: &Target, tx: &Transac
     Ok(())
 }
 
-/// The reply must have `code`, else the attempt fails with `class`.
-fn expect(r: Reply, code: u16, what: &str, class: ErrorClass) -> Result<Reply, ConnError> {
-    if r.code == code {
-        Ok(r)
-    } else {
-        Err(ConnError::new(class, format!("{what}: expected {code}, got \"{}\"", truncate(&r.one_line()))))
-    }
-}
-
 /// The reply must be 2xx, else the attempt fails as `smtp_reply`.
 fn positive(r: Reply, what: &str) -> Result<Reply, ConnError> {
     if r.is_positive() {
         Ok(r)
     } else {
         Err(ConnError::new(ErrorClass::SmtpReply, format!("{what}: \"{}\"", truncate(&r.one_line()))))
-    }
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(120) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
-/// Run `fut` within `limit`; past it, the attempt fails as `timeout`.
-async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = Result<T, ConnError>>) -> Result<T, ConnError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(ConnError::new(ErrorClass::Timeout, format!("{what}: no progress in {limit:?}"))),
-    }
-}
-
-/// A byte stream SMTP runs over: plain TCP or TLS over TCP.
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {
-    /// The TCP stream under a TLS layer, to read to its end after the TLS close.
-    fn tcp_below(&mut self) -> Option<&mut TimedTcp>;
-}
-
-impl Transport for TimedTcp {
-    fn tcp_below(&mut self) -> Option<&mut TimedTcp> {
-        None
-    }
-}
-
-impl Transport for TlsStream<TimedTcp> {
-    fn tcp_below(&mut self) -> Option<&mut TimedTcp> {
-        Some(self.get_mut().0)
-    }
-}
-
-/// A stream with a reply buffer: replies that arrive together (pipelining) are taken one at
-/// a time, and every read and write is bounded by the step timeout.
-struct Wire<S> {
-    io: S,
-    buf: Vec<u8>,
-    timeout: Duration,
-}
-
-impl<S: Transport> Wire<S> {
-    fn new(io: S, timeout: Duration) -> Wire<S> {
-        Wire { io, buf: Vec::with_capacity(1024), timeout }
-    }
-
-    /// Write `bytes` completely.
-    async fn send(&mut self, bytes: &[u8], what: &str) -> Result<(), ConnError> {
-        let io = &mut self.io;
-        within(self.timeout, what, async {
-            io.write_all(bytes).await.map_err(|e| ConnError::io(&format!("sending {what}"), &e, ErrorClass::Io))?;
-            io.flush().await.map_err(|e| ConnError::io(&format!("sending {what}"), &e, ErrorClass::Io))
-        })
-        .await
-    }
-
-    /// Read one complete reply. `class` is for the connection failing or the reply being
-    /// malformed: `banner` for the greeting; otherwise a close is `io` and a malformed reply
-    /// `smtp_reply`.
-    async fn reply(&mut self, what: &str, class: ErrorClass) -> Result<Reply, ConnError> {
-        let malformed = if class == ErrorClass::Banner { ErrorClass::Banner } else { ErrorClass::SmtpReply };
-        let (io, buf) = (&mut self.io, &mut self.buf);
-        within(self.timeout, &format!("{what} reply"), async {
-            loop {
-                match parse_reply(buf) {
-                    Ok(Some((r, n))) => {
-                        buf.drain(..n);
-                        return Ok(r);
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(ConnError::new(malformed, format!("{what} reply: {e}"))),
-                }
-                let mut chunk = [0u8; 4096];
-                match io.read(&mut chunk).await {
-                    Ok(0) => {
-                        // A close where a reply was due: `closed` (the greeting keeps `banner`).
-                        let class = if class == ErrorClass::Banner { class } else { ErrorClass::Closed };
-                        return Err(ConnError::new(class, format!("{what} reply: connection closed by the server")));
-                    }
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    Err(e) => return Err(ConnError::io(&format!("{what} reply"), &e, class)),
-                }
-            }
-        })
-        .await
-    }
-
-    /// Give back the stream for the TLS upgrade. Bytes after the STARTTLS 220 would be
-    /// plaintext injected before the handshake (CVE-2011-0411 style): refuse them.
-    fn into_inner(self) -> Result<S, ConnError> {
-        if !self.buf.is_empty() {
-            return Err(ConnError::new(ErrorClass::SmtpReply, "data after the STARTTLS reply, before TLS"));
-        }
-        Ok(self.io)
-    }
-
-    /// Read until the server closes, so the server, not the client, holds the TIME_WAIT
-    /// (see field-notes: client-side TIME_WAIT exhausts ephemeral ports). Over TLS, a
-    /// close_notify ends the TLS stream; the TCP FIN follows, so read the TCP stream too.
-    async fn await_close(&mut self) -> Result<(), ConnError> {
-        let io = &mut self.io;
-        within(self.timeout, "server close after QUIT", async {
-            drain(io).await?;
-            if let Some(tcp) = io.tcp_below() {
-                drain(tcp).await?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// After a failure that left the session in step: QUIT, 221, wait for the close; all
-    /// best effort, since the attempt is already counted as failed.
-    async fn quit_quietly(&mut self) {
-        if self.send(b"QUIT\r\n", "QUIT").await.is_ok() && self.reply("QUIT", ErrorClass::Io).await.is_ok() {
-            let _ = self.await_close().await;
-        }
-    }
-}
-
-/// Read and discard until end of stream. A reset or a TCP close without TLS close_notify
-/// (`UnexpectedEof` from rustls) also mean the server has closed.
-async fn drain<S: AsyncRead + Unpin>(s: &mut S) -> Result<(), ConnError> {
-    let mut chunk = [0u8; 1024];
-    loop {
-        match s.read(&mut chunk).await {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e)
-                if matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted) =>
-            {
-                return Ok(())
-            }
-            Err(e) => return Err(ConnError::io("waiting for the server to close", &e, ErrorClass::Io)),
-        }
     }
 }

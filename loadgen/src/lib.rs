@@ -5,10 +5,13 @@
 //! The library does all the work; the `mxpipe-loadgen` binary only parses flags into a
 //! [`Config`], calls [`run`] and prints the [`Report`]. Modules:
 //! - [`config`]: what to measure and how hard ([`Config`], [`Mode`]), and its validation.
+//! - [`cli`]: what the binary's entry points share (runtime, printing a report, `--ca`).
 //! - [`class`]: the error classes every failed attempt is counted under, and how an I/O or
 //!   TLS error is mapped to one.
 //! - [`message`]: the RFC 5322 test message and SMTP dot-stuffing (pure, unit-tested).
 //! - [`conn`]: one connection's SMTP and TLS steps, with per-step timeouts.
+//! - [`wire`]: bytes in and out of an SMTP connection (bounded reply reader, EHLO, the wait
+//!   for the server's close), for both the handshake and the injection loads.
 //! - [`phase`]: one port's measurement: closed-loop workers or an open-loop schedule.
 //! - [`report`]: histograms and counters, merged into a [`Report`] (table or JSON).
 //! - [`chart`]: the sweep's PNG chart (plotters, bitmap backend, a bundled font).
@@ -30,6 +33,7 @@
 
 pub mod chart;
 pub mod class;
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod cpu;
@@ -43,6 +47,7 @@ pub mod sweep;
 mod table;
 pub mod timed;
 pub mod verify_once;
+pub mod wire;
 
 pub use class::{ErrorClass, ErrorCounts};
 pub use config::{Config, LoadgenError, Mode, PortOrder};

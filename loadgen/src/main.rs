@@ -2,13 +2,13 @@
 //! does lives only here; this file turns flags into a `Config`, loads the `--ca` file, and
 //! chooses the exit status.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use mxpipe::tls::{ClientResumption, Kx, Verify};
+use mxpipe::tls::{ClientResumption, Kx};
 use mxpipe_loadgen::{Config, Mode, PortOrder};
 
 mod sweep_cli;
@@ -25,7 +25,8 @@ enum ModeArg {
     /// Pipelining SMTP injection into --port (no TLS unless --starttls): many messages a
     /// connection; acknowledged messages/s and end-of-data→250 latency.
     Inject,
-    /// The same messages posted to mxpipe's HTTP API on --port in batches of --batch.
+    /// The same messages posted to mxpipe's HTTP API on --port in batches of --batch
+    /// (HTTPS with --https).
     Http,
 }
 
@@ -248,15 +249,7 @@ fn config(args: Args) -> Result<(Config, bool, bool), String> {
     }
     cfg.starttls_port = args.starttls_port;
     cfg.implicit_port = args.implicit_port;
-    cfg.verify = if args.insecure {
-        Verify::None
-    } else {
-        let extra = match &args.ca {
-            Some(path) => mxpipe::tls::certs::load_certs(path).map_err(|e| format!("--ca: {e}"))?,
-            None => Vec::new(),
-        };
-        Verify::webpki_plus(&extra).map_err(|e| format!("--ca: {e}"))?
-    };
+    cfg.verify = mxpipe_loadgen::cli::verify(args.insecure, args.ca.as_deref())?;
     cfg.verify_once = args.verify_once;
     cfg.kx = args.kx;
     cfg.resume = args.resume;
@@ -279,17 +272,6 @@ fn config(args: Args) -> Result<(Config, bool, bool), String> {
     cfg.rcpt_to = args.rcpt_to;
     cfg.progress = !args.no_progress && std::io::stderr().is_terminal();
     Ok((cfg, args.json, args.embedded_sink))
-}
-
-/// A multi-thread runtime, with the open-file limit raised first.
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    if let Err(e) = mxpipe::sys::raise_nofile_limit() {
-        eprintln!("mxpipe-loadgen: warning: cannot raise the open-file limit: {e}");
-    }
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
-        eprintln!("mxpipe-loadgen: cannot start the tokio runtime: {e}");
-        ExitCode::from(2)
-    })
 }
 
 fn main() -> ExitCode {
@@ -329,7 +311,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match runtime() {
+    let runtime = match mxpipe_loadgen::cli::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -354,10 +336,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let text = if json { report.to_json() + "\n" } else { report.to_table() };
-    let mut out = std::io::stdout().lock();
-    if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
-        return ExitCode::from(2);
+    if let Err(code) = mxpipe_loadgen::cli::print(&report, json) {
+        return code;
     }
     match report.exit_status() {
         0 => ExitCode::SUCCESS,

@@ -56,7 +56,13 @@ pub struct StepPort {
     /// Connections started in the window (the warm-up's apart, in `warmup_attempts`).
     pub attempts: u64,
     pub warmup_attempts: u64,
+    /// Attempts that went through every step (`attempts == successes + errors`).
+    pub successes: u64,
+    /// Handshakes completed inside the window, over its length.
     pub handshakes_per_s: f64,
+    /// Handshakes completed inside the window, and that window's length.
+    pub handshakes_in_window: u64,
+    pub window_s: f64,
     pub handshakes: u64,
     pub full: u64,
     pub resumed: u64,
@@ -74,7 +80,10 @@ impl StepPort {
             tls: p.tls.clone(),
             attempts: p.attempts,
             warmup_attempts: p.warmup.attempts,
+            successes: p.successes,
             handshakes_per_s: p.handshakes_per_s,
+            handshakes_in_window: p.handshakes_in_window,
+            window_s: p.window_s,
             handshakes: p.handshakes,
             full: p.full,
             resumed: p.resumed,

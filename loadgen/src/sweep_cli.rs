@@ -1,6 +1,5 @@
 //! `mxpipe-loadgen sweep`: its flags (the single run's, plus the steps), and its output.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -100,7 +99,7 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
         Err(e) => return fail(e),
     };
     base.progress = false;
-    let runtime = match crate::runtime() {
+    let runtime = match mxpipe_loadgen::cli::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -127,10 +126,8 @@ pub fn main(argv: Vec<std::ffi::OsString>) -> ExitCode {
             return fail(format!("--chart {}: {e}", path.display()));
         }
     }
-    let text = if json { report.to_json() + "\n" } else { report.to_table() };
-    let mut out = std::io::stdout().lock();
-    if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
-        return ExitCode::from(2);
+    match mxpipe_loadgen::cli::print(&report, json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
     }
-    ExitCode::SUCCESS
 }

@@ -3,13 +3,12 @@
 //! report on stdout, the exit status (0: messages were acknowledged; 1: none was; 2: bad
 //! flags or a target that cannot be used).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mxpipe::tls::{ClientOptions, ClientResumption, Kx, Verify};
+use mxpipe::tls::{ClientOptions, ClientResumption, Kx};
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -44,6 +43,11 @@ pub struct InjectArgs {
     /// SMTP: upgrade with STARTTLS first (verified as --ca/--insecure say).
     #[arg(long)]
     pub starttls: bool,
+
+    /// HTTP: HTTPS, TLS from the first byte (the API with [inject.http.tls]; verified as
+    /// --ca/--insecure say, the name as --server-name).
+    #[arg(long)]
+    pub https: bool,
 
     /// SMTP: AUTH PLAIN as USER:PASS after EHLO (visible to other local users in the process
     /// list: use a test account).
@@ -104,8 +108,8 @@ pub fn config(kind: Kind, a: InjectArgs, s: Shared) -> Result<InjectConfig, Stri
     if kind == Kind::Http && (a.starttls || a.auth.is_some() || a.bdat) {
         return Err("--starttls, --auth and --bdat are for --mode inject (SMTP)".into());
     }
-    if kind == Kind::Smtp && a.token_file.is_some() {
-        return Err("--token-file is for --mode http".into());
+    if kind == Kind::Smtp && (a.token_file.is_some() || a.https) {
+        return Err("--token-file and --https are for --mode http".into());
     }
     let (domains, n_domains) = match (a.domains, &a.domains_file) {
         (Some(n), _) => (Domains::Numbered(n as usize), n as usize),
@@ -140,7 +144,8 @@ pub fn config(kind: Kind, a: InjectArgs, s: Shared) -> Result<InjectConfig, Stri
                 Some(p) => Some(mxpipe::inject::tokens::read_token_file(p).map_err(|e| format!("--token-file: {e}"))?),
                 None => None,
             };
-            Door::Http { batch: a.batch, token }
+            let tls = if a.https { Some(starttls(&host, &s)?) } else { None };
+            Door::Http { batch: a.batch, token, tls }
         }
     };
     Ok(InjectConfig {
@@ -158,18 +163,10 @@ pub fn config(kind: Kind, a: InjectArgs, s: Shared) -> Result<InjectConfig, Stri
     })
 }
 
-/// The TLS client for STARTTLS: `--insecure`, else the webpki roots plus `--ca`; no
-/// resumption (one handshake per connection, many messages after it).
+/// The TLS client for STARTTLS or HTTPS: `--insecure`, else the webpki roots plus `--ca`;
+/// no resumption (one handshake per connection, many messages after it).
 fn starttls(host: &str, s: &Shared) -> Result<StartTls, String> {
-    let verify = if s.insecure {
-        Verify::None
-    } else {
-        let extra = match &s.ca {
-            Some(path) => mxpipe::tls::certs::load_certs(path).map_err(|e| format!("--ca: {e}"))?,
-            None => Vec::new(),
-        };
-        Verify::webpki_plus(&extra).map_err(|e| format!("--ca: {e}"))?
-    };
+    let verify = crate::cli::verify(s.insecure, s.ca.as_deref())?;
     let opts = ClientOptions { verify, kx: s.kx, resumption: ClientResumption::Off, tls12_only: false };
     let tls = mxpipe::tls::client_config(&opts, None).map_err(|e| format!("TLS configuration: {e}"))?;
     let name = s.server_name.clone().unwrap_or_else(|| crate::config::default_server_name(host));
@@ -188,15 +185,9 @@ pub fn main(kind: Kind, args: InjectArgs, shared: Shared) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = mxpipe::sys::raise_nofile_limit() {
-        eprintln!("mxpipe-loadgen: warning: cannot raise the open-file limit: {e}");
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match crate::cli::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mxpipe-loadgen: cannot start the tokio runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let report = match runtime.block_on(super::run(&cfg)) {
         Ok(r) => r,
@@ -205,10 +196,8 @@ pub fn main(kind: Kind, args: InjectArgs, shared: Shared) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let text = if json { report.to_json() + "\n" } else { report.to_table() };
-    let mut out = std::io::stdout().lock();
-    if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
-        return ExitCode::from(2);
+    if let Err(code) = crate::cli::print(&report, json) {
+        return code;
     }
     if report.none_acked() {
         eprintln!("mxpipe-loadgen: no message was acknowledged (see the errors above)");
@@ -229,6 +218,7 @@ mod tests {
             domains_file: None,
             size_dist: None,
             starttls: false,
+            https: false,
             auth: None,
             bdat: false,
             batch: 100,
@@ -264,6 +254,9 @@ mod tests {
         assert!(e.contains("--rate"), "{e}");
         assert!(config(Kind::Http, InjectArgs { starttls: true, ..args() }, shared()).is_err());
         assert!(config(Kind::Smtp, InjectArgs { token_file: Some("t".into()), ..args() }, shared()).is_err());
+        assert!(config(Kind::Smtp, InjectArgs { https: true, ..args() }, shared()).unwrap_err().contains("--https"));
+        let c = config(Kind::Http, InjectArgs { https: true, ..args() }, shared()).unwrap();
+        assert!(matches!(c.door, Door::Http { tls: Some(_), .. }));
         assert!(config(Kind::Smtp, InjectArgs { port: None, ..args() }, shared()).unwrap_err().contains("--port"));
         assert!(config(Kind::Smtp, InjectArgs { auth: Some("nocolon".into()), ..args() }, shared()).is_err());
     }

@@ -7,7 +7,8 @@
 //! must carry one id per message, else the connection fails: the count is then unknown. A batch
 //! is accepted or refused whole: a 4xx refuses it permanently, a 5xx (503 spool error, 507 disk
 //! full) for a retry. The latency is from the request's first byte to the response's last.
-//! Plain HTTP only: the API's TLS mode is not measured here.
+//! With `tls` the connection is HTTPS (the API's `[inject.http.tls]`): the TLS handshake comes
+//! first, under the step timeout, and is counted as the connection's, not a batch's, time.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -18,9 +19,9 @@ use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use super::wire::within;
 use super::{Door, InjectConfig, Recorder, Tickets};
 use crate::class::{ConnError, ErrorClass};
+use crate::wire::{within, Transport};
 
 /// Largest response body read (a 10,000-message batch's ids are about 200 KB).
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
@@ -51,7 +52,7 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> ConnError {
 /// Run one connection to `addr`, counting into `rec`. `Ok` when it ended cleanly (no message
 /// left, or the server asked to close).
 pub async fn connection(cfg: &InjectConfig, addr: SocketAddr, tickets: &Tickets, rec: &mut Recorder) -> Result<(), ConnError> {
-    let Door::Http { batch, token } = &cfg.door else {
+    let Door::Http { batch, token, tls } = &cfg.door else {
         return Err(ConnError::new(ErrorClass::Connect, "not an HTTP door"));
     };
     let tcp = within(cfg.timeout, "connect", async {
@@ -61,8 +62,17 @@ pub async fn connection(cfg: &InjectConfig, addr: SocketAddr, tickets: &Tickets,
         Ok(s)
     })
     .await?;
+    let io: Box<dyn Transport> = match tls {
+        Some(t) => Box::new(
+            within(cfg.timeout, "TLS handshake", async {
+                t.connector.connect(t.server_name.clone(), tcp).await.map_err(|e| ConnError::io("TLS handshake", &e, ErrorClass::Tls))
+            })
+            .await?,
+        ),
+        None => Box::new(tcp),
+    };
     let (mut sender, conn) = within(cfg.timeout, "HTTP/1.1 handshake", async {
-        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp)).await.map_err(|e| io_err("HTTP/1.1 handshake", e))
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await.map_err(|e| io_err("HTTP/1.1 handshake", e))
     })
     .await?;
     // The connection's I/O runs beside us; aborted when this connection ends.

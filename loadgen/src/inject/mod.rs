@@ -24,7 +24,6 @@ pub mod http;
 pub mod plan;
 pub mod report;
 pub mod smtp;
-pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +44,7 @@ pub const MAX_FAILED_IN_A_ROW: u32 = 10;
 /// Pause after a failed connection, so a target that is down is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
-/// TLS for STARTTLS on the SMTP door.
+/// A TLS client and the name it asks for: STARTTLS on the SMTP door, HTTPS on the HTTP one.
 #[derive(Clone)]
 pub struct StartTls {
     pub connector: TlsConnector,
@@ -77,6 +76,9 @@ pub enum Door {
         batch: usize,
         /// Bearer token (the API's `inject` scope), when it requires one.
         token: Option<String>,
+        /// HTTPS: TLS from the first byte (the API with `[inject.http.tls]`), one handshake
+        /// a connection.
+        tls: Option<StartTls>,
     },
 }
 
@@ -148,7 +150,7 @@ impl InjectConfig {
     fn settings(&self) -> InjectSettings {
         let (door, starttls, auth, bdat, batch) = match &self.door {
             Door::Smtp { starttls, auth, bdat, .. } => ("smtp", starttls.is_some(), auth.is_some(), *bdat, 0),
-            Door::Http { batch, .. } => ("http", false, false, false, *batch),
+            Door::Http { batch, tls, .. } => (if tls.is_some() { "https" } else { "http" }, false, false, false, *batch),
         };
         InjectSettings {
             door: door.into(),

@@ -143,7 +143,7 @@ impl Recorder {
 /// The settings a report was made with, so a JSON file says what it measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct InjectSettings {
-    /// `"smtp"` or `"http"`.
+    /// `"smtp"`, `"http"` or `"https"`.
     pub door: String,
     pub concurrency: usize,
     pub count: Option<u64>,

@@ -19,9 +19,9 @@ use base64::Engine as _;
 use mxpipe::reply::{Capabilities, Reply};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::wire::{within, Stream, Wire};
 use super::{Door, InjectConfig, Recorder, Tickets};
 use crate::class::{ConnError, ErrorClass};
+use crate::wire::{expect, truncate, within, Transport, Wire};
 
 /// Run one connection to `addr`, counting into `rec`. `Ok` when it ended cleanly (no message
 /// left to send, QUIT answered).
@@ -32,11 +32,11 @@ pub async fn connection(cfg: &InjectConfig, addr: SocketAddr, tickets: &Tickets,
     let tcp = within(cfg.timeout, "connect", connect(addr)).await?;
     let mut plain = Wire::new(tcp, cfg.timeout);
     expect(plain.reply("banner", ErrorClass::Banner).await?, 220, "banner", ErrorClass::Banner)?;
-    let mut caps = ehlo(&mut plain, ehlo_name).await?;
-    let mut wire: Wire<Box<dyn Stream>> = match starttls {
+    let mut caps = plain.ehlo(ehlo_name).await?;
+    let mut wire: Wire<Box<dyn Transport>> = match starttls {
         Some(t) => {
             if !caps.starttls {
-                quit_quietly(&mut plain).await;
+                plain.quit_quietly().await;
                 return Err(ConnError::new(ErrorClass::NoStarttls, "EHLO reply does not advertise STARTTLS"));
             }
             plain.send(b"STARTTLS\r\n", "STARTTLS").await?;
@@ -46,23 +46,23 @@ pub async fn connection(cfg: &InjectConfig, addr: SocketAddr, tickets: &Tickets,
                 t.connector.connect(t.server_name.clone(), tcp).await.map_err(|e| ConnError::io("TLS handshake", &e, ErrorClass::Tls))
             })
             .await?;
-            let mut w = Wire::new(Box::new(tls) as Box<dyn Stream>, cfg.timeout);
-            caps = ehlo(&mut w, ehlo_name).await?;
+            let mut w = Wire::new(Box::new(tls) as Box<dyn Transport>, cfg.timeout);
+            caps = w.ehlo(ehlo_name).await?;
             w
         }
-        None => Wire::new(Box::new(plain.into_inner()?) as Box<dyn Stream>, cfg.timeout),
+        None => Wire::new(Box::new(plain.into_inner()?) as Box<dyn Transport>, cfg.timeout),
     };
     if let Some((user, pass)) = auth {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
         wire.send(format!("AUTH PLAIN {token}\r\n").as_bytes(), "AUTH").await?;
         let r = wire.reply("AUTH", ErrorClass::Io).await?;
         if r.code != 235 {
-            quit_quietly(&mut wire).await;
+            wire.quit_quietly().await;
             return Err(ConnError::new(ErrorClass::SmtpReply, format!("AUTH PLAIN: \"{}\"", truncate(&r.one_line()))));
         }
     }
     if *bdat && !caps.chunking {
-        quit_quietly(&mut wire).await;
+        wire.quit_quietly().await;
         return Err(ConnError::new(ErrorClass::SmtpReply, "--bdat: the EHLO reply does not advertise CHUNKING"));
     }
     if caps.pipelining {
@@ -96,19 +96,6 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, ConnError> {
     sock.connect(addr).await.map_err(|e| err(&format!("connect {addr}"), e))
 }
 
-async fn ehlo<S: Stream>(wire: &mut Wire<S>, name: &str) -> Result<Capabilities, ConnError> {
-    wire.send(format!("EHLO {name}\r\n").as_bytes(), "EHLO").await?;
-    let r = wire.reply("EHLO", ErrorClass::Io).await?;
-    expect(r, 250, "EHLO", ErrorClass::SmtpReply).map(|r| Capabilities::from_ehlo(&r))
-}
-
-/// After a failure that left the session in step: QUIT, best effort.
-async fn quit_quietly<S: Stream>(wire: &mut Wire<S>) {
-    if wire.send(b"QUIT\r\n", "QUIT").await.is_ok() && wire.reply("QUIT", ErrorClass::Io).await.is_ok() {
-        let _ = wire.await_close().await;
-    }
-}
-
 /// What a connection knows while it sends messages.
 struct Session<'a> {
     cfg: &'a InjectConfig,
@@ -124,7 +111,7 @@ struct Envelope {
 
 impl Session<'_> {
     /// Send message `seq` and count how it ended. `Err` only when the connection failed.
-    async fn message(&self, wire: &mut Wire<Box<dyn Stream>>, seq: u64, tickets: &Tickets, rec: &mut Recorder) -> Result<(), ConnError> {
+    async fn message(&self, wire: &mut Wire<Box<dyn Transport>>, seq: u64, tickets: &Tickets, rec: &mut Recorder) -> Result<(), ConnError> {
         let plan = &self.cfg.plan;
         let size = plan.size(seq);
         let mut group = String::with_capacity(64 + 48 * plan.rcpts_per_message());
@@ -170,7 +157,7 @@ impl Session<'_> {
     /// (`None` if the content was not sent) and when the content's last byte was written.
     async fn pipelined(
         &self,
-        wire: &mut Wire<Box<dyn Stream>>,
+        wire: &mut Wire<Box<dyn Transport>>,
         group: String,
         rcpts: &[String],
         content: &[u8],
@@ -215,7 +202,7 @@ impl Session<'_> {
 
     /// The replies to MAIL and each RCPT, counted: MAIL refused refuses the message; RCPTs
     /// refused are counted each, and the message is refused when none is left.
-    async fn envelope_replies(&self, wire: &mut Wire<Box<dyn Stream>>, n: usize, rec: &mut Recorder) -> Result<Envelope, ConnError> {
+    async fn envelope_replies(&self, wire: &mut Wire<Box<dyn Transport>>, n: usize, rec: &mut Recorder) -> Result<Envelope, ConnError> {
         let mail = wire.reply("MAIL", ErrorClass::Io).await?;
         let mut rcpts_ok = 0;
         let mut last_refusal = 0;
@@ -244,7 +231,7 @@ impl Session<'_> {
     /// Each command after the previous one's reply (a server without PIPELINING).
     async fn lockstep(
         &self,
-        wire: &mut Wire<Box<dyn Stream>>,
+        wire: &mut Wire<Box<dyn Transport>>,
         group: String,
         rcpts: &[String],
         content: &[u8],
@@ -298,7 +285,7 @@ impl Session<'_> {
     /// (MAIL refused). Servers count RSET among the commands that carry no mail (Postfix's
     /// smtpd_junk_command_limit, the sink's max_idle_commands) and close a connection with too
     /// many: a load with many refusals needs a --messages-per-conn below that limit.
-    async fn reset(&self, wire: &mut Wire<Box<dyn Stream>>, env: &Envelope) -> Result<(), ConnError> {
+    async fn reset(&self, wire: &mut Wire<Box<dyn Transport>>, env: &Envelope) -> Result<(), ConnError> {
         if !env.mail.is_positive() {
             return Ok(());
         }
@@ -314,20 +301,4 @@ fn closing(r: &Reply, what: &str) -> Result<(), ConnError> {
         return Err(ConnError::new(ErrorClass::SmtpReply, format!("{what}: server closing: \"{}\"", truncate(&r.one_line()))));
     }
     Ok(())
-}
-
-/// The reply must have `code`, else the connection fails with `class`.
-fn expect(r: Reply, code: u16, what: &str, class: ErrorClass) -> Result<Reply, ConnError> {
-    if r.code == code {
-        Ok(r)
-    } else {
-        Err(ConnError::new(class, format!("{what}: expected {code}, got \"{}\"", truncate(&r.one_line()))))
-    }
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(120) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
 }
