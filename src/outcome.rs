@@ -21,6 +21,17 @@ pub enum Status {
     Bounced,
 }
 
+impl Status {
+    /// The name it is written with (`delivered`, `deferred`, `bounced`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Delivered => "delivered",
+            Status::Deferred => "deferred",
+            Status::Bounced => "bounced",
+        }
+    }
+}
+
 /// How TLS was used on the connection that produced the outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -31,6 +42,17 @@ pub enum TlsUse {
     Implicit,
     /// Clear text, or no connection was made.
     None,
+}
+
+impl TlsUse {
+    /// The name it is written with (`starttls`, `implicit`, `none`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsUse::Starttls => "starttls",
+            TlsUse::Implicit => "implicit",
+            TlsUse::None => "none",
+        }
+    }
 }
 
 /// One recipient's outcome, as written to `--outcomes` (one JSON object per line).
@@ -191,6 +213,16 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_the_serialized_ones() {
+        for st in [Status::Delivered, Status::Deferred, Status::Bounced] {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.as_str());
+        }
+        for t in [TlsUse::Starttls, TlsUse::Implicit, TlsUse::None] {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+    }
 
     #[test]
     fn json_shape() {

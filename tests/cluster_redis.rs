@@ -282,6 +282,29 @@ async fn a_warmup_cap_is_shared() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_agree_on_the_earliest_warmup_start_and_a_give_back_returns_a_count() {
+    let Some(r) = Redis::start("nodes_agree_on_the_earliest_warmup_start_and_a_give_back_returns_a_count") else { return };
+    let ns = nodes(&r, &["a", "b", "c"]).await;
+    let ttl = Duration::from_secs(60);
+    // Each node proposes the day 1 it saw; the earliest wins, also for one that comes later.
+    assert_eq!(ns[0].earliest("warmstart:s1", 2_000, ttl).await, 2_000);
+    assert_eq!(ns[1].earliest("warmstart:s1", 1_000, ttl).await, 1_000);
+    assert_eq!(ns[2].earliest("warmstart:s1", 3_000, ttl).await, 1_000);
+    // A node that knows a later value than it now proposes asks again (it restarted with an
+    // older state file, say): the earlier one wins.
+    assert_eq!(ns[2].earliest("warmstart:s1", 500, ttl).await, 500);
+    assert_eq!(ns[1].earliest("warmstart:s2", 7_000, ttl).await, 7_000, "names are apart");
+    // A count taken and given back (the message was not sent) goes to another node.
+    let name = mxpipe::cluster::count::warmup_name("s1", "other", 0);
+    assert!(ns[0].count_take(&name, 1, ttl).await);
+    assert!(!ns[1].count_take(&name, 1, ttl).await, "the cap of 1 is used");
+    ns[0].count_give_back(&name);
+    assert_eq!(ns[0].count_used(&name), 0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(ns[1].count_take(&name, 1, ttl).await, "the count given back is free again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_each_node_keeps_its_share_and_redis_back_resumes_sharing() {
     let Some(mut r) = Redis::start("with_redis_down_each_node_keeps_its_share_and_redis_back_resumes_sharing") else { return };
     let ns = nodes(&r, &["a", "b"]).await;

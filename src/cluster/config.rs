@@ -28,8 +28,9 @@ pub struct ClusterConfig {
     /// (default `"200ms"`).
     #[serde(default = "default_timeout", deserialize_with = "crate::value::duration::deserialize")]
     pub timeout: Duration,
-    /// Most rate tokens (send times) taken in one call (default 32). A node takes about a
-    /// quarter second of the rate at once, at most this many, and gives back what it did not use.
+    /// Most rate tokens (send times) taken in one call (default 64). A node takes about half a
+    /// second of the rate at once, at most this many and no more than it has mail for or used
+    /// in the last half second, and gives back what it did not use.
     #[serde(default = "default_rate_batch")]
     pub rate_batch: u32,
     /// Most connection leases taken in one call (default 2): the one needed and a spare for
@@ -66,7 +67,7 @@ fn default_timeout() -> Duration {
     Duration::from_millis(200)
 }
 fn default_rate_batch() -> u32 {
-    32
+    64
 }
 fn default_lease_batch() -> u32 {
     2

@@ -6,6 +6,11 @@
 use std::time::{Duration, Instant};
 
 use super::fallback::share;
+
+/// How often a node asks Redis again for a shared earliest value it knows.
+pub const EARLIEST_REFRESH: Duration = Duration::from_secs(60);
+/// Most shared earliest values a node remembers (one per warm-up source).
+const MAX_EARLIEST: usize = 4096;
 use super::{lock, Cluster};
 
 /// One node's view of one capped counter.
@@ -64,6 +69,48 @@ impl Cluster {
             return true;
         }
         false
+    }
+
+    /// Give back one count of `name` taken by [`Cluster::count_take`] but not used after all
+    /// (the message was not sent): it goes back with the spares.
+    pub fn count_give_back(&self, name: &str) {
+        let mut m = lock(&self.counts);
+        if let Some(st) = m.get_mut(name) {
+            if st.used > 0 {
+                st.used -= 1;
+                if !self.is_down() {
+                    st.spare += 1;
+                }
+            }
+        }
+    }
+
+    /// The cluster's earliest value of `name` (a source's warm-up day 1, Unix ms): this
+    /// node proposes `mine`, the smaller of the two wins and is kept in Redis for `ttl`.
+    /// Asked at most every [`EARLIEST_REFRESH`] per name; between asks, and while Redis is
+    /// down, the last answer (or `mine`, if smaller or if there is none yet) is used.
+    pub async fn earliest(&self, name: &str, mine: u64, ttl: Duration) -> u64 {
+        let now = Instant::now();
+        let known = lock(&self.earliest).get(name).copied();
+        if let Some((v, at)) = known {
+            if v <= mine && now.duration_since(at) < EARLIEST_REFRESH {
+                return v;
+            }
+        }
+        let key = self.keys.earliest(name);
+        let mut inv = self.scripts.earliest.key(&key);
+        inv.arg(mine).arg(ttl.as_millis().max(1) as u64);
+        match self.call::<String>(&inv).await.and_then(|v| v.parse::<u64>().ok()) {
+            Some(v) => {
+                let mut m = lock(&self.earliest);
+                if m.len() >= MAX_EARLIEST && !m.contains_key(name) {
+                    m.clear();
+                }
+                m.insert(name.to_string(), (v, now));
+                v
+            }
+            None => known.map_or(mine, |(v, _)| v.min(mine)),
+        }
     }
 
     /// Counts this node used under `name`.

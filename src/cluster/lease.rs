@@ -4,8 +4,10 @@
 //!
 //! A node takes up to `lease_batch` leases in one call (the one it needs and spares for its
 //! next connections) and gives back spares unused for `spare_hold`. While Redis is down it
-//! opens at most its share; when Redis returns, the connections opened meanwhile are
-//! registered ("adopted") so the shared count is true again.
+//! holds at most its share: it opens no connection past it, and a connection that puts it
+//! over its share (opened on shared leases before Redis went away) gives its place up before
+//! its next message ([`Lease::yield_over_share`]). When Redis returns, the connections opened
+//! meanwhile are registered ("adopted") so the shared count is true again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -33,8 +35,12 @@ pub(crate) struct LeaseState {
 pub struct Lease {
     cluster: Arc<Cluster>,
     name: String,
+    /// The limit it is taken under.
+    limit: usize,
     /// The lease id in Redis; `None` for a place in the local share (Redis was down).
     id: Option<String>,
+    /// Given up by [`Lease::yield_over_share`]: its place is no longer counted.
+    yielded: bool,
 }
 
 impl Lease {
@@ -42,10 +48,38 @@ impl Lease {
     pub fn is_shared(&self) -> bool {
         self.id.is_some()
     }
+
+    /// While Redis is down, whether this node holds more connections under the lease's limit
+    /// than its share; if so the lease gives its place up at once (so that of several
+    /// connections asking together only the excess goes) and its connection must close
+    /// before its next message. A shared lease given up is forgotten: unrenewed, it expires
+    /// in Redis within the TTL.
+    pub fn yield_over_share(&mut self) -> bool {
+        if self.yielded || !self.cluster.is_down() {
+            return self.yielded;
+        }
+        let mut m = lock(&self.cluster.leases);
+        let Some(st) = m.get_mut(&self.name) else { return false };
+        if ((st.held.len() + st.local) as u64) <= share(self.limit as u64, self.cluster.live_nodes()) {
+            return false;
+        }
+        match &self.id {
+            Some(id) => {
+                st.held.remove(id);
+            }
+            None => st.local = st.local.saturating_sub(1),
+        }
+        self.yielded = true;
+        self.cluster.leases_yielded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        if self.yielded {
+            return;
+        }
         let mut m = lock(&self.cluster.leases);
         let Some(st) = m.get_mut(&self.name) else { return };
         let now = Instant::now();
@@ -70,7 +104,7 @@ impl Cluster {
     /// only when this node has no spare lease.
     pub async fn try_lease(self: &Arc<Self>, name: &str, limit: usize) -> Option<Lease> {
         let limit = limit.max(1);
-        let lease = |id| Lease { cluster: self.clone(), name: name.to_string(), id };
+        let lease = |id| Lease { cluster: self.clone(), name: name.to_string(), limit, id, yielded: false };
         {
             let mut m = lock(&self.leases);
             let st = m.entry(name.to_string()).or_default();

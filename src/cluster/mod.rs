@@ -67,6 +67,8 @@ pub struct ClusterStats {
     pub fallback: bool,
     /// Live nodes as last counted (this one included).
     pub live_nodes: usize,
+    /// Connections closed while Redis was down because the node held more than its share.
+    pub leases_yielded: u64,
 }
 
 /// The `mxpipe_cluster_*` series (Prometheus text) from `s`.
@@ -81,12 +83,15 @@ pub fn metrics(s: &ClusterStats) -> String {
          # HELP mxpipe_cluster_fallback 1 while this node runs on its local shares (Redis down or slow).\n\
          # TYPE mxpipe_cluster_fallback gauge\nmxpipe_cluster_fallback {}\n\
          # HELP mxpipe_cluster_live_nodes Live nodes as last counted.\n\
-         # TYPE mxpipe_cluster_live_nodes gauge\nmxpipe_cluster_live_nodes {}\n",
+         # TYPE mxpipe_cluster_live_nodes gauge\nmxpipe_cluster_live_nodes {}\n\
+         # HELP mxpipe_cluster_leases_yielded_total Connections closed while Redis was down because this node held more than its share.\n\
+         # TYPE mxpipe_cluster_leases_yielded_total counter\nmxpipe_cluster_leases_yielded_total {}\n",
         s.redis_calls,
         s.redis_failures,
         s.fallbacks,
         u8::from(s.fallback),
-        s.live_nodes
+        s.live_nodes,
+        s.leases_yielded
     )
 }
 
@@ -102,10 +107,13 @@ pub struct Cluster {
     calls: AtomicU64,
     failures: AtomicU64,
     fallbacks: AtomicU64,
+    leases_yielded: AtomicU64,
     next_id: AtomicU64,
     leases: Mutex<HashMap<String, lease::LeaseState>>,
     rates: Mutex<HashMap<String, Arc<rate::RateEntry>>>,
     counts: Mutex<HashMap<String, count::CountState>>,
+    /// Shared earliest values as last read: name → (value, when read).
+    earliest: Mutex<HashMap<String, (u64, Instant)>>,
     susp: suspend::SuspState,
     summary: Mutex<String>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -150,10 +158,12 @@ impl Cluster {
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            leases_yielded: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             leases: Mutex::new(HashMap::new()),
             rates: Mutex::new(HashMap::new()),
             counts: Mutex::new(HashMap::new()),
+            earliest: Mutex::new(HashMap::new()),
             susp: suspend::SuspState::default(),
             summary: Mutex::new("{}".into()),
             task: Mutex::new(None),
@@ -199,6 +209,7 @@ impl Cluster {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             fallback: self.is_down(),
             live_nodes: self.live_nodes(),
+            leases_yielded: self.leases_yielded.load(Ordering::Relaxed),
         }
     }
 

@@ -103,6 +103,19 @@ if n > 0 then redis.call('DECRBY', KEYS[1], n) end
 return n
 "#;
 
+/// The earliest of the values the nodes proposed (a source's warm-up day 1, ms): `ARGV`:
+/// this node's value, ttl ms. Keeps the smaller of the stored and the proposed value and
+/// returns it; every call renews the key.
+const EARLIEST: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '')
+local mine = tonumber(ARGV[1])
+if cur == nil or mine < cur then
+  cur = mine
+end
+redis.call('SET', KEYS[1], string.format('%.0f', cur), 'PX', tonumber(ARGV[2]))
+return string.format('%.0f', cur)
+"#;
+
 /// Suspend: `KEYS[1]` the index (name → until, ms), `KEYS[2]` the reasons. `ARGV`: name,
 /// duration ms, reason. A longer suspension already there stays.
 const SUSPEND: &str = r#"
@@ -182,6 +195,7 @@ pub(crate) struct Scripts {
     pub rate_return: Script,
     pub count_take: Script,
     pub count_return: Script,
+    pub earliest: Script,
     pub suspend: Script,
     pub unsuspend: Script,
     pub suspensions: Script,
@@ -199,6 +213,7 @@ impl Scripts {
             rate_return: Script::new(RATE_RETURN),
             count_take: Script::new(COUNT_TAKE),
             count_return: Script::new(COUNT_RETURN),
+            earliest: Script::new(EARLIEST),
             suspend: Script::new(SUSPEND),
             unsuspend: Script::new(UNSUSPEND),
             suspensions: Script::new(SUSPENSIONS),
@@ -235,6 +250,10 @@ impl Keys {
     /// Capped counter `name`.
     pub fn count(&self, name: &str) -> String {
         format!("{}:{}", self.prefix, tagged("count", name))
+    }
+    /// Shared earliest value `name`.
+    pub fn earliest(&self, name: &str) -> String {
+        format!("{}:{}", self.prefix, tagged("first", name))
     }
     /// The suspension index and the reasons (one tag).
     pub fn suspensions(&self) -> (String, String) {

@@ -182,6 +182,19 @@ pub enum Take {
     },
 }
 
+/// A take under a cap shared by the nodes of a cluster ([`Warmup::quote`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quote {
+    /// The shared counter: source, destination class and 0-based day.
+    pub counter: String,
+    /// Today's cap, for the whole cluster.
+    pub cap: u64,
+    /// Start of the source's next day (when a used-up cap ends).
+    pub until: SystemTime,
+    /// How long the counter must live after its last use.
+    pub ttl: Duration,
+}
+
 /// What one source may still send today to one class, for `GET /v1/queues` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WarmupStatus {
@@ -334,6 +347,57 @@ impl Warmup {
         };
         self.maybe_save(now);
         take
+    }
+
+    /// Cluster mode: when `source`'s day 1 began (Unix milliseconds), starting it now if it
+    /// had not started; None for a source without a plan. The nodes then agree on the
+    /// earliest start any of them saw and each adopts it ([`Warmup::adopt_start`]).
+    pub fn begin(&self, source: &str) -> Option<u64> {
+        let src = self.sources.get(source)?;
+        let mut st = src.state.lock().unwrap_or_else(|e| e.into_inner());
+        Warmup::roll(&self.plans[src.plan], &mut st, (self.clock)(), true)?;
+        st.start_ms
+    }
+
+    /// Cluster mode: `source`'s day 1 began at `start_ms` (the cluster's earliest); its day
+    /// and counters follow from that.
+    pub fn adopt_start(&self, source: &str, start_ms: u64) {
+        let Some(src) = self.sources.get(source) else { return };
+        let mut st = src.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.start_ms != Some(start_ms) {
+            st.start_ms = Some(start_ms);
+            Warmup::roll(&self.plans[src.plan], &mut st, (self.clock)(), false);
+        }
+    }
+
+    /// Cluster mode: what a take of `source`'s cap toward `mx_host` needs from the shared
+    /// counter, or None when no cap applies (no plan, or warm). Counts nothing: after the
+    /// shared counter granted it, [`Warmup::taken`] counts it here for the status.
+    pub fn quote(&self, source: &str, mx_host: &str) -> Option<Quote> {
+        let src = self.sources.get(source)?;
+        let plan = &self.plans[src.plan];
+        let mut st = src.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (day, until) = Warmup::roll(plan, &mut st, (self.clock)(), true)?;
+        let cap = plan.cap(day)?;
+        let class = plan.class_of(mx_host);
+        // The shared counter outlives its day by one day: a late node still sees it used up.
+        let ttl = plan.day.saturating_mul(2);
+        Some(Quote { counter: crate::cluster::count::warmup_name(source, class, day), cap, until, ttl })
+    }
+
+    /// Cluster mode: one message of `source`'s cap toward `mx_host` was granted by the shared
+    /// counter; counted here too, for this node's status and state file.
+    pub fn taken(&self, source: &str, mx_host: &str) {
+        let Some(src) = self.sources.get(source) else { return };
+        let plan = &self.plans[src.plan];
+        let now = (self.clock)();
+        {
+            let mut st = src.state.lock().unwrap_or_else(|e| e.into_inner());
+            if Warmup::roll(plan, &mut st, now, true).is_some() {
+                *st.used.entry(plan.class_of(mx_host).to_string()).or_insert(0) += 1;
+            }
+        }
+        self.maybe_save(now);
     }
 
     fn maybe_save(&self, now: SystemTime) {

@@ -43,6 +43,9 @@ const MAX_ADDRS_PER_HOST: usize = 10;
 const MAX_REASONS: usize = 4;
 /// A rate-limit wait up to this long keeps the connection; a longer one parks it.
 const RATE_HOLD: Duration = Duration::from_secs(1);
+/// Longest idle time of a pooled connection that holds a cluster lease (a shared
+/// `max_conns`), so that another node with a backlog gets the lease soon.
+const LEASED_IDLE: Duration = Duration::from_secs(1);
 /// How long a worker waits before looking again when every source of its pool is at its
 /// connection limit toward the destination (the sources' connections end on their own).
 const SOURCE_BUSY_WAIT: Duration = Duration::from_millis(250);
@@ -1241,6 +1244,31 @@ async fn take_idle(shard: &Rc<Shard>, target: &Target) -> Option<Conn> {
     }
 }
 
+/// Cluster mode: one message of `source`'s warm-up cap toward `host`, counted against the
+/// cap the nodes share (their earliest day 1, one counter per source, class and day in
+/// Redis; this node's share of it while Redis is down). Returns the answer and, when
+/// granted under a cap, the shared counter's name (for a give-back).
+async fn warm_take_shared(
+    c: &crate::cluster::Cluster,
+    w: &crate::egress::warmup::Warmup,
+    source: &str,
+    host: &str,
+) -> (crate::egress::warmup::Take, Option<String>) {
+    use crate::egress::warmup::Take;
+    if let Some(mine) = w.begin(source) {
+        // Kept a year past its last use: a source idle that long starts over.
+        let first = c.earliest(&format!("warmstart:{source}"), mine, Duration::from_secs(366 * 86_400)).await;
+        w.adopt_start(source, first);
+    }
+    let Some(q) = w.quote(source, host) else { return (Take::Granted, None) };
+    if c.count_take(&q.counter, q.cap, q.ttl).await {
+        w.taken(source, host);
+        (Take::Granted, Some(q.counter))
+    } else {
+        (Take::Capped { until: q.until }, None)
+    }
+}
+
 /// As [`open`], and in cluster mode a new connection first takes its leases under the
 /// limits shared with the other nodes (the domain's, the MX budget's; per egress source):
 /// `Ok(Err(Busy))` when the cluster is at one of them, so the worker waits and tries again.
@@ -1427,11 +1455,12 @@ fn slot_wanted(shard: &Shard, bind: Option<Bind>, addr: SocketAddr) -> bool {
 /// Keep a connection in the idle pool for reuse, or close it: when no idling is wanted, or
 /// someone waits for the slot it holds (its address's, or its MX budget's).
 async fn park(shard: &Rc<Shard>, conn: Conn) {
-    match Instant::now().checked_add(shard.cfg.idle_timeout) {
+    // A connection holding a cluster lease idles briefly: the other nodes cannot say they
+    // wait for the lease, so it goes back soon for whoever needs it.
+    let idle = if conn.leases.is_empty() { shard.cfg.idle_timeout } else { shard.cfg.idle_timeout.min(LEASED_IDLE) };
+    match Instant::now().checked_add(idle) {
         Some(until)
-            if !shard.cfg.idle_timeout.is_zero()
-                && !slot_wanted(shard, conn.target.bind, conn.target.addr)
-                && !mx_wanted(&shard.limits, &conn.target) =>
+            if !idle.is_zero() && !slot_wanted(shard, conn.target.bind, conn.target.addr) && !mx_wanted(&shard.limits, &conn.target) =>
         {
             shard.pool.borrow_mut().put(conn, until)
         }
@@ -1498,6 +1527,20 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
             set_connected(shard, domain, -1);
             return ConnEnd::Recycle;
         }
+        // Redis went away and this node now holds more connections under a shared limit than
+        // its share (taken on shared leases while it could): the excess closes here, between
+        // messages, so the cluster as a whole stays within the limit.
+        // Every lease is asked (no short cut): each one over its share gives its place up.
+        let mut over = false;
+        for l in conn.leases.iter_mut() {
+            over |= l.yield_over_share();
+        }
+        if over {
+            push_front(shard, domain, job);
+            conn.quit(&shard.tls, t).await;
+            set_connected(shard, domain, -1);
+            return ConnEnd::Recycle;
+        }
         if conn.messages >= shard.cfg.max_msgs_per_conn {
             // This connection has done its share: close it and let the worker open another.
             push_front(shard, domain, job);
@@ -1538,8 +1581,17 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
         // Under a warm-up plan: one message of the source's daily cap toward this host.
         let warm =
             shard.cfg.egress.as_ref().and_then(|e| Some((e.warmup()?.clone(), e.sources().get(conn.target.bind?.source)?.name.clone())));
+        let mut shared_count = None;
         if let Some((w, name)) = &warm {
-            if let crate::egress::warmup::Take::Capped { until } = w.try_take(name, &plan.host) {
+            let take = match &shard.cfg.cluster {
+                None => w.try_take(name, &plan.host),
+                Some(c) => {
+                    let (take, counter) = warm_take_shared(c, w, name, &plan.host).await;
+                    shared_count = counter;
+                    take
+                }
+            };
+            if let crate::egress::warmup::Take::Capped { until } = take {
                 let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
                 let source = conn.target.bind.map_or(0, |b| b.source);
                 shard.warm_capped.borrow_mut().insert((source, plan.host.clone()), Instant::now() + wait);
@@ -1553,6 +1605,9 @@ async fn deliver_all(shard: &Rc<Shard>, domain: &str, mut conn: Conn, plan: &Hos
         let give_back = || {
             if let Some((w, name)) = &warm {
                 w.give_back(name, &plan.host);
+            }
+            if let (Some(c), Some(counter)) = (&shard.cfg.cluster, &shared_count) {
+                c.count_give_back(counter);
             }
         };
         // First use since it was taken from the idle pool?

@@ -48,6 +48,8 @@ pub struct RcptView {
     pub rcpt: String,
     /// `queued`, `deferred` (waiting for a retry), `delivered` or `bounced`.
     pub state: String,
+    /// Handed to the engine: an attempt is under way (its state is the one before it).
+    pub in_flight: bool,
     /// The latest attempts, oldest first (at most 20; the spool keeps them all).
     pub attempts: Vec<AttemptView>,
 }
@@ -78,6 +80,9 @@ pub struct QueueView {
     pub recipients: u64,
     /// Of those, recipients that have been tried and wait for a retry.
     pub deferred: u64,
+    /// Of `recipients`, those handed to the engine now (an attempt under way, or waiting in
+    /// the engine for a connection or a rate slot).
+    pub in_flight: u64,
     /// The earliest next attempt among its deferred recipients (Unix seconds).
     pub next_attempt: Option<f64>,
     /// Until when the destination is suspended (a 421 or a rate-limit reply), Unix seconds.
@@ -160,7 +165,10 @@ impl Board {
             id: format!("{id:X}"),
             from: from.to_string(),
             received_at: unix(received_at),
-            rcpts: rcpts.iter().map(|r| RcptView { rcpt: r.clone(), state: "queued".into(), attempts: Vec::new() }).collect(),
+            rcpts: rcpts
+                .iter()
+                .map(|r| RcptView { rcpt: r.clone(), state: "queued".into(), in_flight: false, attempts: Vec::new() })
+                .collect(),
             next_attempt: None,
             finished: false,
         };
@@ -171,16 +179,14 @@ impl Board {
     pub fn attempt(&self, id: MsgId, o: &Outcome) {
         let mut g = self.lock();
         if let Some(source) = &o.source {
-            let status = match o.status {
-                crate::outcome::Status::Delivered => "delivered",
-                crate::outcome::Status::Deferred => "deferred",
-                crate::outcome::Status::Bounced => "bounced",
-            };
+            let status = o.status.as_str();
             *g.by_source.entry((source.clone(), o.pool.clone().unwrap_or_default(), status)).or_default() += 1;
         }
         let Some(m) = g.live.get_mut(&id) else { return };
         if let Some(r) = m.rcpts.iter_mut().find(|r| r.rcpt == o.rcpt) {
-            r.state = serde_json::to_value(o.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            r.in_flight = false;
+            r.state.clear();
+            r.state.push_str(o.status.as_str());
             if r.attempts.len() >= ATTEMPTS_KEPT {
                 r.attempts.remove(0);
             }
@@ -189,10 +195,20 @@ impl Board {
                 status: r.state.clone(),
                 reply: o.reply.clone(),
                 mx: o.mx.clone(),
-                tls: serde_json::to_value(o.tls).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                tls: o.tls.as_str().to_string(),
                 source: o.source.clone(),
                 pool: o.pool.clone(),
             });
+        }
+    }
+
+    /// `rcpts` of message `id` were handed to the engine (`yes`), or given back by it
+    /// untried (`!yes`); an attempt's outcome ends it too ([`Board::attempt`]).
+    pub fn in_flight(&self, id: MsgId, rcpts: &[String], yes: bool) {
+        let mut g = self.lock();
+        let Some(m) = g.live.get_mut(&id) else { return };
+        for r in m.rcpts.iter_mut().filter(|r| rcpts.contains(&r.rcpt)) {
+            r.in_flight = yes;
         }
     }
 
@@ -200,6 +216,7 @@ impl Board {
     pub fn expired(&self, id: MsgId, rcpt: &str) {
         let mut g = self.lock();
         if let Some(r) = g.live.get_mut(&id).and_then(|m| m.rcpts.iter_mut().find(|r| r.rcpt == rcpt)) {
+            r.in_flight = false;
             r.state = "bounced".into();
         }
     }
@@ -308,7 +325,8 @@ impl Board {
                 let domain = crate::engine::domain_of(&r.rcpt).unwrap_or_default();
                 let q = by.entry(domain.clone()).or_insert_with(|| QueueView { domain, ..QueueView::default() });
                 q.recipients += 1;
-                if r.state == "deferred" {
+                q.in_flight += u64::from(r.in_flight);
+                if r.state == "deferred" && !r.in_flight {
                     q.deferred += 1;
                     if let Some(t) = m.next_attempt {
                         q.next_attempt = Some(q.next_attempt.map_or(t, |x: f64| x.min(t)));

@@ -315,12 +315,16 @@ fn table(v: &serde_json::Value) -> String {
         return "no recipients waiting and no destination suspended".into();
     }
     let width = rows.iter().filter_map(|r| r["domain"].as_str()).map(str::len).max().unwrap_or(6).max(6);
-    let mut out = format!("{:<width$}  {:>10}  {:>8}  {:<13}  {}\n", "DOMAIN", "RECIPIENTS", "DEFERRED", "NEXT ATTEMPT", "SUSPENDED");
+    let mut out = format!(
+        "{:<width$}  {:>10}  {:>9}  {:>8}  {:<13}  {}\n",
+        "DOMAIN", "RECIPIENTS", "IN FLIGHT", "DEFERRED", "NEXT ATTEMPT", "SUSPENDED"
+    );
     for r in &rows {
         out += &format!(
-            "{:<width$}  {:>10}  {:>8}  {:<13}  {}\n",
+            "{:<width$}  {:>10}  {:>9}  {:>8}  {:<13}  {}\n",
             r["domain"].as_str().unwrap_or(""),
             r["recipients"].as_u64().unwrap_or(0),
+            r["in_flight"].as_u64().unwrap_or(0),
             r["deferred"].as_u64().unwrap_or(0),
             when(r["next_attempt"].as_f64()),
             r["suspended_until"].as_f64().map_or("-".to_string(), |t| format!("until {}", when(Some(t)))),
@@ -331,7 +335,8 @@ fn table(v: &serde_json::Value) -> String {
 }
 
 /// The `queue list --cluster` table: which node answered and whether it runs on its local
-/// shares, then every live node's waiting recipients per destination.
+/// shares, then every live node's waiting recipients per destination, and how many of them
+/// its engine has now.
 fn cluster_table(v: &serde_json::Value) -> String {
     let mut out = format!(
         "node {} ({}), {} live nodes\n",
@@ -343,18 +348,19 @@ fn cluster_table(v: &serde_json::Value) -> String {
         out += &format!("nodes: {}", v["nodes"].as_str().unwrap_or("unknown"));
         return out;
     };
-    out += &format!("{:<20}  {:<30}  {:>10}  {:>8}\n", "NODE", "DOMAIN", "RECIPIENTS", "DEFERRED");
+    out += &format!("{:<20}  {:<30}  {:>10}  {:>9}  {:>8}\n", "NODE", "DOMAIN", "RECIPIENTS", "IN FLIGHT", "DEFERRED");
     for n in nodes {
         let id = n["id"].as_str().unwrap_or("?");
         let queues = n["summary"]["queues"].as_array().cloned().unwrap_or_default();
         if queues.is_empty() {
-            out += &format!("{id:<20}  {:<30}  {:>10}  {:>8}\n", "-", 0, 0);
+            out += &format!("{id:<20}  {:<30}  {:>10}  {:>9}  {:>8}\n", "-", 0, 0, 0);
         }
         for q in &queues {
             out += &format!(
-                "{id:<20}  {:<30}  {:>10}  {:>8}\n",
+                "{id:<20}  {:<30}  {:>10}  {:>9}  {:>8}\n",
                 q["domain"].as_str().unwrap_or(""),
                 q["recipients"].as_u64().unwrap_or(0),
+                q["in_flight"].as_u64().unwrap_or(0),
                 q["deferred"].as_u64().unwrap_or(0)
             );
         }
@@ -382,7 +388,7 @@ mod tests {
         let v = serde_json::json!({
             "node": "n1", "fallback": false, "live_nodes": 2,
             "nodes": [
-                { "id": "n1", "last_seen_ms": 10, "summary": { "queues": [{ "domain": "a.test", "recipients": 3, "deferred": 1 }] } },
+                { "id": "n1", "last_seen_ms": 10, "summary": { "queues": [{ "domain": "a.test", "recipients": 3, "in_flight": 2, "deferred": 1 }] } },
                 { "id": "n2", "last_seen_ms": 20, "summary": { "queues": [] } }
             ]
         });
@@ -390,7 +396,7 @@ mod tests {
         assert!(t.starts_with("node n1 (shared limits), 2 live nodes"), "{t}");
         let rows: Vec<&str> = t.lines().skip(2).collect();
         assert_eq!(rows.len(), 2, "{t}");
-        assert!(rows[0].starts_with("n1") && rows[0].contains("a.test") && rows[0].trim_end().ends_with('1'), "{t}");
+        assert!(rows[0].starts_with("n1") && rows[0].contains("a.test") && rows[0].trim_end().ends_with("3          2         1"), "{t}");
         assert!(rows[1].starts_with("n2") && rows[1].contains(" - "), "{t}");
         let down = serde_json::json!({ "node": "n1", "fallback": true, "live_nodes": 2, "nodes": "Redis unavailable: x" });
         assert!(cluster_table(&down).contains("local shares") && cluster_table(&down).contains("Redis unavailable: x"));
@@ -399,13 +405,13 @@ mod tests {
     #[test]
     fn table_lists_queues() {
         let v = serde_json::json!({"queues": [
-            {"domain": "a.test", "recipients": 3, "deferred": 1, "next_attempt": null, "suspended_until": null},
+            {"domain": "a.test", "recipients": 3, "in_flight": 2, "deferred": 1, "next_attempt": null, "suspended_until": null},
             {"domain": "longer.example", "recipients": 0, "deferred": 0, "next_attempt": null, "suspended_until": 4.0e9},
         ]});
         let t = table(&v);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3, "{t}");
-        assert!(lines[0].starts_with("DOMAIN") && lines[1].starts_with("a.test ") && lines[1].contains(" 3 "), "{t}");
+        assert!(lines[0].starts_with("DOMAIN") && lines[1].starts_with("a.test ") && lines[1].contains(" 3          2         1 "), "{t}");
         assert!(lines[2].contains("until in "), "{t}");
         assert_eq!(table(&serde_json::json!({"queues": []})), "no recipients waiting and no destination suspended");
     }

@@ -490,6 +490,7 @@ impl Manager {
         e.round_deferred = false;
         self.report.in_flight += to.len() as u64;
         e.sent.clone_from(&to);
+        self.board.in_flight(id, &to, true);
         let sub = Submission { id: id.to_string(), from: e.from.clone(), to, data: e.data.clone(), tls: e.tls, pool: e.pool.clone() };
         if let Some(engine) = &self.engine {
             // On error every recipient has already been given a (deferred) outcome.
@@ -503,14 +504,19 @@ impl Manager {
         let Some(w) = &mut self.log else { return };
         let round = self.entries.get(&id).map_or(0, |e| e.rounds) + 1;
         let ts = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-        let mut v = serde_json::to_value(o).unwrap_or_default();
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("ts".into(), ts.into());
-            obj.insert("spool_id".into(), id.into());
-            obj.insert("attempt".into(), round.into());
+        /// The line: the outcome's fields after these three, written straight to the log's
+        /// buffer (no JSON tree built per line).
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            ts: f64,
+            spool_id: MsgId,
+            attempt: u32,
+            #[serde(flatten)]
+            o: &'a Outcome,
         }
         use std::io::Write;
-        if writeln!(w, "{v}").is_err() {
+        let line = Line { ts, spool_id: id, attempt: round, o };
+        if serde_json::to_writer(&mut *w, &line).is_err() || w.write_all(b"\n").is_err() {
             self.report.log_errors += 1;
         }
     }
@@ -651,6 +657,7 @@ impl Manager {
         // Given back because its pool's sources are suspended toward a site: learn the domain's.
         self.learn_site(&o);
         self.report.in_flight = self.report.in_flight.saturating_sub(1);
+        self.board.in_flight(id, std::slice::from_ref(&o.rcpt), false);
         let Some(e) = self.entries.get_mut(&id) else { return };
         e.in_flight = e.in_flight.saturating_sub(1);
         e.sent.retain(|r| *r != o.rcpt);

@@ -88,6 +88,8 @@ struct Txn {
     smtputf8: bool,
     /// BDAT chunks received so far (a transaction uses DATA or BDAT, not both).
     bdat: Option<Body>,
+    /// The `SIZE=` the client declared, if any: how much room the body starts with.
+    size: Option<u64>,
 }
 
 /// A message body being received.
@@ -99,9 +101,19 @@ struct Body {
     content: Option<Vec<u8>>,
 }
 
+/// Room a stored body starts with when the client declared no `SIZE=`: most mail fits, so
+/// it is not copied while it grows.
+const BODY_START: usize = 8 * 1024;
+/// Most room reserved from a declared `SIZE=` before the bytes arrive (a client may declare
+/// the limit and send nothing).
+const BODY_START_MAX: u64 = 1 << 20;
+
 impl Body {
-    fn new(keep: bool) -> Body {
-        Body { bytes: 0, too_big: false, nul: false, content: keep.then(Vec::new) }
+    /// A body, stored if `keep`, with room for `declared` bytes (bounded by `max` and
+    /// [`BODY_START_MAX`]).
+    fn new(keep: bool, declared: Option<u64>, max: u64) -> Body {
+        let room = declared.map_or(BODY_START as u64, |d| d.saturating_add(2)).min(max).min(BODY_START_MAX) as usize;
+        Body { bytes: 0, too_big: false, nul: false, content: keep.then(|| Vec::with_capacity(room)) }
     }
 
     fn add(&mut self, data: &[u8], max: u64) {
@@ -487,7 +499,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             return None;
         }
         let drop = self.roll(self.ctx.cfg.faults.drop_rate);
-        self.txn = Some(Txn { from, rcpts: Vec::new(), drop, requiretls, smtputf8, bdat: None });
+        self.txn = Some(Txn { from, rcpts: Vec::new(), drop, requiretls, smtputf8, bdat: None, size });
         self.reply("250 2.1.0 Ok\r\n").await;
         None
     }
@@ -662,7 +674,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
     /// timeout, or SMTP smuggling, where what follows must not be read as commands.
     async fn receive_data(&mut self) -> Result<Body, Exit> {
         let max = self.ctx.cfg.max_message_size;
-        let mut body = Body::new(self.keeps_content());
+        let declared = self.txn.as_ref().and_then(|t| t.size);
+        let mut body = Body::new(self.keeps_content(), declared, max);
         let mut at_line_start = true;
         // The previous line ended in CRLF (the DATA command's line counts as one).
         let mut after_crlf = true;
@@ -711,7 +724,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         let keep = self.keeps_content();
         let mut body = match self.txn.as_mut().and_then(|t| t.bdat.take()) {
             Some(b) => b,
-            None => Body::new(keep && usable),
+            None => Body::new(keep && usable, self.txn.as_ref().and_then(|t| t.size), max),
         };
         let mut remaining = size;
         while remaining > 0 {
@@ -857,6 +870,18 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_reserves_what_was_declared_within_bounds() {
+        let room = |b: Body| b.content.map_or(0, |c| c.capacity());
+        assert!(room(Body::new(true, Some(100_000), 50 << 20)) >= 100_000, "room for the declared size");
+        assert!(room(Body::new(true, None, 50 << 20)) >= BODY_START);
+        // A client declaring the limit, or more, gets no more than BODY_START_MAX up front.
+        assert!(room(Body::new(true, Some(u64::MAX), u64::MAX)) <= 2 * BODY_START_MAX as usize);
+        assert!(room(Body::new(true, Some(40 << 20), 50 << 20)) <= 2 * BODY_START_MAX as usize);
+        assert!(room(Body::new(true, Some(5_000), 1_000)) <= 2_000, "never more than the size limit");
+        assert_eq!(room(Body::new(false, Some(5_000), 50 << 20)), 0, "a body not kept holds nothing");
+    }
 
     #[test]
     fn mailboxes() {
