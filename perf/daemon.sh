@@ -34,6 +34,21 @@
 # every message is signed at intake, on the daemon's signing threads (pinned with it). Each such
 # side reads the daemon's `mxpipe_dkim_signed_total` from `GET /metrics` before stopping it
 # ($side-dkim.json) and fails unless it equals MSGS. Compare the three within one run.
+# Cluster mode (issue 12): the sides mxpipe-limits and mxpipe-cluster are the mxpipe side again
+# with one `[[domain]]` entry per destination domain (max_conns LIMIT_CONNS, msgs_per_s
+# LIMIT_RATE: taken on every connection and message, high enough not to bind), held locally
+# (mxpipe-limits) or shared through a redis-server this script starts on 127.0.0.1:REDIS_PORT
+# (`--save '' --appendonly no`, pinned with the load side, stopped after the side) with the
+# `[cluster]` defaults (mxpipe-cluster). The cluster side reads `mxpipe_cluster_*` from GET
+# /metrics before stopping the daemon ($side-cluster.json: Redis calls and failures), Redis's
+# INFO commandstats ($side-redis-commandstats.txt), its CPU, and samples the Redis round trip
+# once a second while the burst runs (`redis-cli --latency --raw`: $side-redis-latency.txt);
+# REDIS_MONITOR=1 also records `redis-cli MONITOR` ($side-redis-monitor.txt; it slows Redis).
+# Both sides measure each message's time from acceptance to delivery ($side-latency.json:
+# percentiles): the time of the daemon's "250 … queued as ID" reply on the injection port
+# (tcpdump on lo, only the daemon's packets; pinned with the load side) to the `ts` of ID's
+# "delivered" line in the delivery log. LATENCY=0 skips it.
+# perf/cluster.sh runs both and compares them.
 # Writes raw files to $OUT, results.json and summary.md (paste into perf/RESULTS.md).
 #
 # Usage (root; installs Postfix via apt-get if missing):
@@ -44,6 +59,9 @@
 #   SIDES="mxpipe mxpipe-ed25519 mxpipe-rsa" bash perf/daemon.sh   (the cost of DKIM signing)
 #   INJECTOR=loadgen bash perf/daemon.sh                 (the pipelining injector instead of smtp-source)
 #   INJECTOR=http SIDES=mxpipe bash perf/daemon.sh       (the HTTP API, batches of HTTP_BATCH)
+#   INJECTOR=loadgen LOADGEN_ARGS=--bdat bash perf/daemon.sh   (BDAT n LAST instead of DATA)
+#   MXPIPE_BIN=/tmp/mxpipe-before SIDES=mxpipe bash perf/daemon.sh   (another build of the daemon)
+#   SIDES="mxpipe-limits mxpipe-cluster" INJECTOR=loadgen bash perf/daemon.sh   (cluster mode's cost; see perf/cluster.sh)
 # The Postfix instance is /etc/postfix-daemonbench (queue /var/spool/postfix-daemonbench): neither the
 # default instance (tests/peers/postfix-peer.sh) nor perf/delivery.sh's /etc/postfix-bench is touched.
 set -euo pipefail
@@ -54,6 +72,7 @@ SIZE=${SIZE:-2048}
 ADDRS=${ADDRS:-64}
 SESSIONS=${SESSIONS:-50}                # smtp-source processes (sessions) at once, or loadgen connections
 INJECTOR=${INJECTOR:-smtp-source}       # smtp-source, loadgen (pipelining SMTP) or http (mxpipe's API)
+LOADGEN_ARGS=${LOADGEN_ARGS:-}          # INJECTOR=loadgen/http: more mxpipe-loadgen flags (e.g. --bdat)
 HTTP_BATCH=${HTTP_BATCH:-100}           # INJECTOR=http: messages per request
 P25=${P25:-3725}                        # the sink's STARTTLS port on every 127.7.x.y address
 IP=${IP:-127.7.255.1}                   # injection listeners (daemon, Postfix), DNS, HTTP API
@@ -66,7 +85,12 @@ PIN=${PIN:-1}                           # PIN=0: nothing pinned, the daemon with
 LIMIT=${LIMIT:-600}                     # seconds, bound on every wait of every run
 TOKENS=${TOKENS:-1}                     # 1: the daemon's HTTP API requires bearer tokens, as deployed
 MX_SPOOL_MAX_DELAY=${MX_SPOOL_MAX_DELAY:-}  # e.g. 2ms: the spool's group-commit wait (default: the daemon's, 0s)
-SIDES=${SIDES:-mxpipe postfix}            # of: mxpipe mxpipe-ed25519 mxpipe-rsa postfix
+SIDES=${SIDES:-mxpipe postfix}            # of: mxpipe mxpipe-ed25519 mxpipe-rsa mxpipe-limits mxpipe-cluster postfix
+LIMIT_CONNS=${LIMIT_CONNS:-8}           # mxpipe-limits/-cluster: [[domain]] max_conns of every domain
+LIMIT_RATE=${LIMIT_RATE:-100000}        # mxpipe-limits/-cluster: [[domain]] msgs_per_s of every domain (none: no rate)
+REDIS_PORT=${REDIS_PORT:-3793}          # mxpipe-cluster: redis-server on 127.0.0.1:REDIS_PORT
+REDIS_MONITOR=${REDIS_MONITOR:-0}       # mxpipe-cluster: 1 records redis-cli MONITOR (slows Redis)
+LATENCY=${LATENCY:-1}                   # mxpipe-limits/-cluster: acceptance-to-delivery times (tcpdump)
 DKIM_DOMAIN=src.bench.test              # the From: domain of smtp-source's -f below
 DKIM_RSA_BITS=${DKIM_RSA_BITS:-2048}
 FSYNC_TRACE=${FSYNC_TRACE:-1}
@@ -108,12 +132,16 @@ else
   ON_SUT=(); ON_PEER=(); PF_CPU=""; SHARDS='"auto"'
 fi
 BIN=$PWD/target/release
+MXPIPE_BIN=${MXPIPE_BIN:-$BIN/mxpipe}    # the daemon under test (e.g. a saved build, for before/after)
 PFS=$PWD/perf/postfix-sender.sh
 
 PIDS=()
-SINK_PID="" DPID="" PERF_PID="" PROF_PID=""
+SINK_PID="" DPID="" PERF_PID="" PROF_PID="" REDIS_PID="" REDIS_AUX_PIDS=() CAP_PID=""
 cleanup() {
   set +e
+  [ -n "$CAP_PID" ] && kill -INT "$CAP_PID" 2>/dev/null
+  for p in "${REDIS_AUX_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null
   [ -n "$PERF_PID" ] && kill -INT "$PERF_PID" 2>/dev/null
   [ -n "$PROF_PID" ] && kill -INT "$PROF_PID" 2>/dev/null
   [ -n "$DPID" ] && kill -TERM "$DPID" 2>/dev/null
@@ -169,7 +197,7 @@ cat >"$OUT/inject-loadgen.sh" <<EOF
 out=\$1 mode=\$2 target=\$3; shift 3
 "$BIN/mxpipe-loadgen" --mode "\$mode" --host "\${target%:*}" --port "\${target##*:}" -c $SESSIONS -n $MSGS -d $LIMIT \\
   --timeout 60 --domains $DOMAINS --rcpt-to u@bench.test --mail-from sender@$DKIM_DOMAIN --ehlo-name inject.bench.test \\
-  --size $SIZE --json "\$@" >"\$out" || exit \$?
+  --size $SIZE --json $LOADGEN_ARGS "\$@" >"\$out" || exit \$?
 exec python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["acked"] == $MSGS else 3)' "\$out"
 EOF
 chmod +x "$OUT/inject-loadgen.sh"
@@ -282,10 +310,8 @@ inject_and_wait() {
 # dkim_count SIDE ALG: the daemon's DKIM counters from GET /metrics (the admin token when TOKENS=1)
 # into SIDE-dkim.json: {"alg", "signed", "unsigned", "failures"}.
 dkim_count() {
-  local side=$1 alg=$2 mx=${1/#mxpipe/mx} auth=()
-  [ "$TOKENS" = 1 ] && auth=(-H "Authorization: Bearer $(tr -d '\n' <"$OUT/$mx-admin.token")")
-  curl -sf --max-time 10 "${auth[@]}" "http://$IP:$HTTP_PORT/metrics" >"$OUT/$side-metrics.txt" \
-    || die "$side: GET /metrics failed (curl exit $?)"
+  local side=$1 alg=$2
+  metrics_get "$side"
   awk -v alg="$alg" '$1 == "mxpipe_dkim_signed_total" {s = $2} $1 == "mxpipe_dkim_unsigned_total" {u = $2}
     $1 == "mxpipe_dkim_failures_total" {f = $2}
     END {printf "{\"alg\": \"%s\", \"signed\": %d, \"unsigned\": %d, \"failures\": %d}\n", alg, s, u, f}' \
@@ -293,12 +319,112 @@ dkim_count() {
   echo "   DKIM ($alg): $(cat "$OUT/$side-dkim.json")"
 }
 
-# side_mxpipe SIDE ALG: the daemon's run; ALG none (unsigned) or a DKIM algorithm (ed25519, rsa).
+# metrics_get SIDE: the daemon's GET /metrics (the admin token when TOKENS=1) into SIDE-metrics.txt.
+metrics_get() {
+  local side=$1 mx=${1/#mxpipe/mx} auth=()
+  [ "$TOKENS" = 1 ] && auth=(-H "Authorization: Bearer $(tr -d '\n' <"$OUT/$mx-admin.token")")
+  curl -sf --max-time 10 "${auth[@]}" "http://$IP:$HTTP_PORT/metrics" >"$OUT/$side-metrics.txt" \
+    || die "$side: GET /metrics failed (curl exit $?)"
+}
+
+# redis_start SIDE: a redis-server for the cluster side, on 127.0.0.1:REDIS_PORT, empty, no persistence.
+redis_start() {
+  local side=$1
+  command -v redis-server >/dev/null || die "$side: redis-server not found (apt-get install redis-server)"
+  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && die "$side: something already answers on 127.0.0.1:$REDIS_PORT (REDIS_PORT=…)"
+  "${ON_PEER[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    --protected-mode yes --loglevel warning >"$OUT/$side-redis.log" 2>&1 &
+  REDIS_PID=$!
+  wait_until 10 "redis-server" sh -c "redis-cli -p $REDIS_PORT ping 2>/dev/null | grep -q PONG" \
+    || die "$side: redis-server did not start: $(cat "$OUT/$side-redis.log")"
+  REDIS_CPU0=$(cputime "$REDIS_PID")
+}
+# redis_sample SIDE: while the burst runs, the Redis round trip (PING from another client, ms:
+# "min max avg count" a line, one line a second) and, with REDIS_MONITOR=1, every command.
+redis_sample() {
+  local side=$1
+  ( for ((k = 0; k < LIMIT; k++)); do "${ON_PEER[@]}" timeout 5 redis-cli -p "$REDIS_PORT" --latency --raw || break; done ) \
+    >"$OUT/$side-redis-latency.txt" 2>/dev/null &
+  REDIS_AUX_PIDS+=($!)
+  if [ "$REDIS_MONITOR" = 1 ]; then
+    "${ON_PEER[@]}" timeout "$LIMIT" redis-cli -p "$REDIS_PORT" monitor >"$OUT/$side-redis-monitor.txt" 2>/dev/null &
+    REDIS_AUX_PIDS+=($!)
+  fi
+}
+# redis_stop SIDE: the counters of the run (calls by command, Redis CPU), then stop it.
+redis_stop() {
+  local side=$1 p c1
+  for p in "${REDIS_AUX_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
+  REDIS_AUX_PIDS=()
+  redis-cli -p "$REDIS_PORT" info commandstats >"$OUT/$side-redis-commandstats.txt" 2>&1 || true
+  redis-cli -p "$REDIS_PORT" --scan --count 1000 2>/dev/null | head -100000 | wc -l >"$OUT/$side-redis-keys.count" || true
+  c1=$(cputime "$REDIS_PID")
+  echo "{\"redis_cpu_s\": $(awk -v a="$REDIS_CPU0" -v b="$c1" 'BEGIN{printf "%.2f", b - a}')}" >"$OUT/$side-rediscpu.json"
+  kill -TERM "$REDIS_PID"; wait "$REDIS_PID" || true; REDIS_PID=""
+}
+
+# capture_start SIDE / capture_stop SIDE: the daemon's packets from its injection port (its
+# replies), for the acceptance time of each message.
+capture_start() {
+  command -v tcpdump >/dev/null || die "$1: tcpdump not found (apt-get install tcpdump, or LATENCY=0)"
+  "${ON_PEER[@]}" tcpdump -i lo -n --immediate-mode -s 0 -B 16384 -w "$OUT/$1-acks.pcap" "tcp and src host $IP and src port $INJ_PORT" \
+    >"$OUT/$1-tcpdump.log" 2>&1 &
+  CAP_PID=$!
+  wait_until 10 "tcpdump" grep -q 'listening on' "$OUT/$1-tcpdump.log" || die "tcpdump did not start: $(cat "$OUT/$1-tcpdump.log")"
+}
+capture_stop() { # after the side: tcpdump, pinned with the load, may lag; at SIGINT it drops what it has not read
+  local side=$1
+  sleep 2
+  kill -INT "$CAP_PID"; wait "$CAP_PID" || true; CAP_PID=""
+  grep -h 'packets' "$OUT/$side-tcpdump.log" | tr '\n' ';' | sed 's/^/   tcpdump: /; s/$/\n/'
+}
+# ack_latency SIDE: acceptance ("250 … queued as ID" in the capture) to delivery (ID's
+# "delivered" ts in the delivery log), per message, into SIDE-latency.json.
+ack_latency() {
+  local side=$1 mx=${1/#mxpipe/mx}
+  python3 - "$OUT/$side-acks.pcap" "$OUT/$mx-delivery.jsonl" "$OUT/$side-latency.json" <<'PY'
+import json, re, struct, sys
+pcap, log, out = sys.argv[1:4]
+data = open(pcap, "rb").read()
+magic = struct.unpack("<I", data[:4])[0]
+nano = magic == 0xA1B23C4D
+link = struct.unpack("<I", data[20:24])[0]
+skip = {0: 4, 1: 14, 113: 16, 276: 20}[link]
+acked, pos, rx = {}, 24, re.compile(rb"250 2\.0\.0 Ok: queued as (\S+)\r\n")
+while pos + 16 <= len(data):
+    sec, frac, incl, _ = struct.unpack("<IIII", data[pos:pos + 16])
+    pkt = data[pos + 16:pos + 16 + incl]
+    pos += 16 + incl
+    ip = pkt[skip:]
+    if len(ip) < 20 or ip[0] >> 4 != 4:
+        continue
+    tcp = ip[(ip[0] & 15) * 4:]
+    payload = tcp[(tcp[12] >> 4) * 4:]
+    t = sec + frac / (1e9 if nano else 1e6)
+    for m in rx.finditer(payload):
+        acked.setdefault(int(m.group(1), 16), t)   # the reply says the spool id in hex
+lat = []
+for line in open(log):
+    o = json.loads(line)
+    if o.get("status") == "delivered" and o.get("spool_id") in acked:
+        lat.append(o["ts"] - acked.pop(o["spool_id"]))
+lat.sort()
+q = lambda p: round(1e3 * lat[min(len(lat) - 1, int(p * len(lat)))], 3) if lat else None
+json.dump({"messages": len(lat), "unmatched_acks": len(acked), "p50_ms": q(0.5), "p90_ms": q(0.9), "p99_ms": q(0.99),
+           "max_ms": q(1.0), "mean_ms": round(1e3 * sum(lat) / len(lat), 3) if lat else None}, open(out, "w"))
+PY
+  echo "   acceptance to delivery: $(cat "$OUT/$side-latency.json")"
+}
+
+# side_mxpipe SIDE ALG [LIMITS]: the daemon's run; ALG none (unsigned) or a DKIM algorithm (ed25519, rsa).
 # Its files are SIDE-… and MX-… with MX = SIDE with mxpipe → mx (the plain side's names unchanged).
+# LIMITS none (default), local ([[domain]] limits held by the node) or cluster (the same limits
+# shared through Redis: [cluster] with its defaults).
 side_mxpipe() {
-  local side=$1 alg=$2 mx=${1/#mxpipe/mx}
-  echo "== 1. mxpipe serve (release; spool fsync on; shards $SHARDS$([ "$PIN" = 1 ] && echo " on CPU $SUT_CPU"); DKIM $alg)"
+  local side=$1 alg=$2 limits=${3:-none} mx=${1/#mxpipe/mx}
+  echo "== 1. mxpipe serve (release; spool fsync on; shards $SHARDS$([ "$PIN" = 1 ] && echo " on CPU $SUT_CPU"); DKIM $alg$([ "$limits" = none ] || echo "; [[domain]] limits $limits"))"
   sink_start "$side"
+  [ "$limits" = cluster ] && redis_start "$side"
   rm -rf "$OUT/$mx-spool" "$OUT/$mx-dkim.pem"
   if [ "$alg" != none ]; then
     "$BIN/mxpipe" dkim keygen --domain "$DKIM_DOMAIN" --selector s1 --algorithm "$alg" --bits "$DKIM_RSA_BITS" \
@@ -334,7 +460,14 @@ $([ "$TOKENS" = 1 ] && echo "tokens_file = \"$OUT/$mx-tokens\"")
 [log]
 $([ "$MX_DELIVERY_LOG" = 1 ] && echo "delivery_log = \"$OUT/$mx-delivery.jsonl\"")
 $([ "$alg" != none ] && printf '[[dkim]]\ndomain = "%s"\nselector = "s1"\nkey = "%s"\nalgorithm = "%s"\n' "$DKIM_DOMAIN" "$OUT/$mx-dkim.pem" "$alg")
+$([ "$limits" = cluster ] && printf '[cluster]\nredis = ["redis://127.0.0.1:%s/"]\nnode_id = "bench1"\n' "$REDIS_PORT")
 TOML
+  if [ "$limits" != none ]; then
+    for ((i = 0; i < DOMAINS; i++)); do
+      printf '[[domain]]\nname = "d%d.bench.test"\nmax_conns = %d\n' "$i" "$LIMIT_CONNS"
+      [ "$LIMIT_RATE" = none ] || printf 'msgs_per_s = %s\n' "$LIMIT_RATE"
+    done >>"$OUT/$side.toml"
+  fi
   rm -f "$OUT/$mx-delivery.jsonl" "$OUT/$mx-tokens"
   # As deployed: the HTTP API takes bearer tokens (an admin one for the operator, an inject one
   # for an application); SMTP injection is the load, so tokens must cost it nothing.
@@ -342,12 +475,14 @@ TOML
     "$BIN/mxpipe" token ops --scope admin --tokens-file "$OUT/$mx-tokens" >"$OUT/$mx-admin.token"
     "$BIN/mxpipe" token app --scope inject --tokens-file "$OUT/$mx-tokens" >"$OUT/$mx-inject.token"
   fi
-  "${ON_SUT[@]}" "$BIN/mxpipe" serve --config "$OUT/$side.toml" >"$OUT/$side-serve.out" 2>"$OUT/$side-serve.err" &
+  "${ON_SUT[@]}" "$MXPIPE_BIN" serve --config "$OUT/$side.toml" >"$OUT/$side-serve.out" 2>"$OUT/$side-serve.err" &
   DPID=$!
   wait_until 20 "mxpipe serve" grep -q 'injection SMTP on' "$OUT/$side-serve.out" || die "serve did not start ($side): $(cat "$OUT/$side-serve.err")"
   trace_start "$side"
   [ "$PROFILE" = 1 ] && { perf record -q $PROFILE_ARGS -p "$DPID" -o "$OUT/$mx-profile.data" >/dev/null 2>&1 & PROF_PID=$!; sleep 0.5; }
   local c0 c1; c0=$(cputime "$DPID")
+  [ "$limits" = cluster ] && redis_sample "$side"
+  [ "$limits" != none ] && [ "$LATENCY" = 1 ] && capture_start "$side"
   inject_and_wait "$side" "$IP:$INJ_PORT"
   c1=$(cputime "$DPID")
   # per thread, for where the daemon's time goes
@@ -359,13 +494,27 @@ TOML
     END {for (k in c) printf "{\"thread\": \"%s\", \"threads\": %d, \"cpu_s\": %.2f, \"ctx_switches\": %d}\n", k, n[k], c[k], x[k]}' >"$OUT/$side-threads.jsonl"
   [ "$PROFILE" = 1 ] && { kill -INT "$PROF_PID"; wait "$PROF_PID" || true; PROF_PID=""; }
   sleep 1   # late duplicates would show in the final count
+  [ -n "$CAP_PID" ] && capture_stop "$side"
   [ "$alg" = none ] || dkim_count "$side" "$alg"
+  if [ "$limits" = cluster ]; then
+    metrics_get "$side"
+    awk '$1 == "mxpipe_cluster_redis_calls_total" {c = $2} $1 == "mxpipe_cluster_redis_failures_total" {f = $2}
+      $1 == "mxpipe_cluster_fallbacks_total" {b = $2} $1 == "mxpipe_cluster_live_nodes" {n = $2}
+      END {printf "{\"redis_calls\": %d, \"redis_failures\": %d, \"fallbacks\": %d, \"live_nodes\": %d}\n", c, f, b, n}' \
+      "$OUT/$side-metrics.txt" >"$OUT/$side-cluster.json"
+    echo "   cluster: $(cat "$OUT/$side-cluster.json")"
+  fi
   trace_stop "$side" "$DPID"
   kill -TERM "$DPID"; wait "$DPID" || true; DPID=""
+  [ "$limits" = cluster ] && redis_stop "$side"
   echo "{\"cpu_s\": $(awk -v a="$c0" -v b="$c1" 'BEGIN{printf "%.2f", b - a}')}" >"$OUT/$side-cpu.json"
   sink_stop "$side"
   grep -h 'stopped' "$OUT/$side-serve.out" | sed 's/^/   /' || true
   [ ! -f "$OUT/$mx-delivery.jsonl" ] || grep -c '"status":"delivered"' "$OUT/$mx-delivery.jsonl" >"$OUT/$side-delivered.count" || true
+  if [ -f "$OUT/$side-acks.pcap" ]; then
+    [ -f "$OUT/$mx-delivery.jsonl" ] && ack_latency "$side"
+    rm -f "$OUT/$side-acks.pcap"
+  fi
   rm -rf "$OUT/$mx-spool" "$OUT/$mx-delivery.jsonl"
   [ "$alg" = none ] || python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1]))["signed"] == int(sys.argv[2]) else 1)' \
     "$OUT/$side-dkim.json" "$MSGS" || die "$side: the daemon signed $(cat "$OUT/$side-dkim.json") messages, not all $MSGS"
@@ -409,8 +558,10 @@ for side in $SIDES; do
     mxpipe) side_mxpipe mxpipe none;;
     mxpipe-ed25519) side_mxpipe mxpipe-ed25519 ed25519;;
     mxpipe-rsa) side_mxpipe mxpipe-rsa rsa;;
+    mxpipe-limits) side_mxpipe mxpipe-limits none local;;
+    mxpipe-cluster) side_mxpipe mxpipe-cluster none cluster;;
     postfix) side_postfix;;
-    *) die "SIDES: of mxpipe, mxpipe-ed25519, mxpipe-rsa and postfix, not $side";;
+    *) die "SIDES: of mxpipe, mxpipe-ed25519, mxpipe-rsa, mxpipe-limits, mxpipe-cluster and postfix, not $side";;
   esac
   python3 - "$OUT" "$side" "$MSGS" <<'PY' || die "$side lost or duplicated messages"
 import json, sys
@@ -428,9 +579,9 @@ echo "{\"uptime\": \"$(uptime)\", \"loadavg\": \"$(load_avg)\"}" >"$OUT/load-aft
 cat >"$OUT/params.json" <<JSON
 {"msgs": $MSGS, "domains": $DOMAINS, "injector": "$INJECTOR", "http_batch": $HTTP_BATCH, "size": $SIZE, "body": $BODY, "addrs": $ADDRS, "sessions": $SESSIONS, "p25": $P25,
  "pf_conc": $PF_CONC, "pf_cache_dests": "$PF_CACHE_DESTS", "mx_kx": "$MX_KX", "mx_delivery_log": $MX_DELIVERY_LOG, "fsync_trace": $FSYNC_TRACE,
- "dkim_domain": "$DKIM_DOMAIN", "dkim_rsa_bits": $DKIM_RSA_BITS, "pin": $PIN, "sut_cpu": $SUT_CPU, "peer_cpu": $PEER_CPU, "sides": "$SIDES",
+ "dkim_domain": "$DKIM_DOMAIN", "dkim_rsa_bits": $DKIM_RSA_BITS, "limit_conns": $LIMIT_CONNS, "limit_rate": "$LIMIT_RATE", "redis_monitor": $REDIS_MONITOR, "pin": $PIN, "sut_cpu": $SUT_CPU, "peer_cpu": $PEER_CPU, "sides": "$SIDES",
  "cpus": $(nproc), "cpu_model": "$(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)",
  "postfix": "$(postconf -d -h mail_version 2>/dev/null)", "git": "$(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo +dirty)",
- "command": "MSGS=$MSGS DOMAINS=$DOMAINS SIZE=$SIZE ADDRS=$ADDRS SESSIONS=$SESSIONS$([ "$FSYNC_TRACE" = 1 ] || echo " FSYNC_TRACE=0")$([ "$PIN" = 1 ] || echo " PIN=0")$([ -z "$PF_CACHE_DESTS" ] || echo " PF_CACHE_DESTS=$PF_CACHE_DESTS")$([ "$SIDES" = "mxpipe postfix" ] || echo " SIDES=\\\"$SIDES\\\"")$([ "$MX_KX" = default ] || echo " MX_KX=$MX_KX")$([ "$DKIM_RSA_BITS" = 2048 ] || echo " DKIM_RSA_BITS=$DKIM_RSA_BITS")$([ "$TOKENS" = 1 ] || echo " TOKENS=0")$([ -z "$MX_SPOOL_MAX_DELAY" ] || echo " MX_SPOOL_MAX_DELAY=$MX_SPOOL_MAX_DELAY")$([ "$INJECTOR" = smtp-source ] || echo " INJECTOR=$INJECTOR")$([ "$INJECTOR" != http ] || echo " HTTP_BATCH=$HTTP_BATCH") bash perf/daemon.sh"}
+ "command": "MSGS=$MSGS DOMAINS=$DOMAINS SIZE=$SIZE ADDRS=$ADDRS SESSIONS=$SESSIONS$([ "$FSYNC_TRACE" = 1 ] || echo " FSYNC_TRACE=0")$([ "$PIN" = 1 ] || echo " PIN=0")$([ -z "$PF_CACHE_DESTS" ] || echo " PF_CACHE_DESTS=$PF_CACHE_DESTS")$([ "$SIDES" = "mxpipe postfix" ] || echo " SIDES=\\\"$SIDES\\\"")$([ "$MX_KX" = default ] || echo " MX_KX=$MX_KX")$([ "$DKIM_RSA_BITS" = 2048 ] || echo " DKIM_RSA_BITS=$DKIM_RSA_BITS")$([ "$TOKENS" = 1 ] || echo " TOKENS=0")$([ -z "$MX_SPOOL_MAX_DELAY" ] || echo " MX_SPOOL_MAX_DELAY=$MX_SPOOL_MAX_DELAY")$([ "$INJECTOR" = smtp-source ] || echo " INJECTOR=$INJECTOR")$([ "$INJECTOR" != http ] || echo " HTTP_BATCH=$HTTP_BATCH")$([ "$LIMIT_CONNS" = 8 ] || echo " LIMIT_CONNS=$LIMIT_CONNS")$([ "$LIMIT_RATE" = 100000 ] || echo " LIMIT_RATE=$LIMIT_RATE")$([ "$REDIS_MONITOR" = 0 ] || echo " REDIS_MONITOR=1") bash perf/daemon.sh"}
 JSON
 python3 perf/summarize_daemon.py "$OUT" | tee "$OUT/summary.md"
