@@ -7,7 +7,7 @@
 # its own instance on a loopback port). `.ci/run` calls this script.
 # Before the tests, the checks CI enforces (each fails the run): rustfmt, clippy with
 # warnings as errors, rustdoc with warnings as errors, the benchmarks compile, and every fuzz
-# target runs 20 s without a crash (scripts/fuzz.sh; MXPIPE_FUZZ_SECONDS changes the time).
+# target runs 10 s without a crash (scripts/fuzz.sh; MXPIPE_FUZZ_SECONDS changes the time).
 # Needs root (or sudo) for apt-get and Postfix; plain `cargo test` runs without them and
 # says loudly which interop tests it skipped.
 set -euo pipefail
@@ -28,7 +28,7 @@ step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace 
 # The dev profile: it shares the test build, instead of a second, optimised build of every
 # dependency only to see that the benchmarks compile (perf/ runs them optimised).
 step "cargo bench --no-run" cargo bench --no-run --locked --profile dev
-step "fuzz" bash scripts/fuzz.sh "${MXPIPE_FUZZ_SECONDS:-20}"
+step "fuzz" bash scripts/fuzz.sh "${MXPIPE_FUZZ_SECONDS:-10}"
 
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 need=()

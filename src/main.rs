@@ -899,6 +899,7 @@ fn run_demo(a: DemoArgs) -> Result<(), String> {
 
 fn run_serve(a: ServeArgs) -> Result<(), String> {
     let _ = mxpipe::sys::raise_nofile_limit();
+    mxpipe::sys::disable_transparent_huge_pages();
     let mut cfg = mxpipe::config::Config::load(&a.config).map_err(|e| e.to_string())?;
     cfg.dns.trust_anchors.extend(a.trust_anchors);
     mxpipe::logging::init(cfg.log.format, cfg.log.level)?;

@@ -23,6 +23,32 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// Turn transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), unless
+/// `MIMALLOC_ALLOW_THP` is set (mimalloc's own switch; `MIMALLOC_ALLOW_THP=1` keeps them).
+///
+/// Why: mimalloc asks for huge pages (`madvise(MADV_HUGEPAGE)`) on the segments it maps, and
+/// while a burst's backlog grows the heap the kernel zeroes each 2 MB page whole on first
+/// touch (`clear_page_erms` under `do_huge_pmd_anonymous_page`, 8–11 % of the daemon's
+/// profile). With them off the daemon's CPU per message was lower and far steadier in
+/// `perf/daemon.sh` (perf/RESULTS.md, "transparent huge pages"). Redis turns THP off for the
+/// same reason (latency of first touch and copy-on-write). mimalloc reads its option before
+/// `main`, so the switch is the kernel's per-process flag, which also covers pages mapped later.
+/// Returns whether THP is now off; a kernel without the flag (before 3.15) leaves it as it was.
+pub fn disable_transparent_huge_pages() -> bool {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return false;
+    }
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes a flag of this
+    // process's memory map; it touches no memory of ours.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) == 0 }
+}
+
+/// Whether transparent huge pages are off for this process (`PR_GET_THP_DISABLE`).
+pub fn transparent_huge_pages_disabled() -> bool {
+    // SAFETY: as above; the call only reads the flag.
+    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) == 1 }
+}
+
 /// CPU time used by this process so far (user, system).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CpuTime {

@@ -282,3 +282,43 @@ async fn a_rate_limit_reply_suspends_the_destination() {
     dns.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `serve` turns transparent huge pages off for itself (the kernel's per-process flag, read
+/// back from /proc), unless `MIMALLOC_ALLOW_THP` is set, which keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_turns_transparent_huge_pages_off_unless_told_to_keep_them() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let thp = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_string()))
+    };
+    let dir = tmpdir("thp");
+    let dns = DnsServer::start(vec![ZoneBuilder::new("t.test.")], "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    for (keep, expect) in [(false, "0"), (true, "1")] {
+        let setup = Setup { inject: format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap(), ..Setup::new(&dir, dns.addr(), 25) };
+        let config = setup.write(&dir);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mxpipe"));
+        cmd.args(["serve", "--config"]).arg(&config).env_remove("MIMALLOC_ALLOW_THP").stdout(Stdio::piped()).stderr(Stdio::null());
+        if keep {
+            cmd.env("MIMALLOC_ALLOW_THP", "1");
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = stdout.next().expect("serve prints its listener").unwrap();
+        assert!(first.contains("injection SMTP on"), "{first}");
+        let seen = thp(child.id());
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "{status:?}");
+        match seen {
+            Some(v) => assert_eq!(v, expect, "THP_enabled of serve with MIMALLOC_ALLOW_THP {}", if keep { "=1" } else { "unset" }),
+            None => {
+                eprintln!("SKIPPED: this kernel's /proc/PID/status has no THP_enabled line (Linux < 5.0)");
+                break;
+            }
+        }
+    }
+    dns.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
