@@ -43,12 +43,6 @@ pub fn disable_transparent_huge_pages() -> bool {
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) == 0 }
 }
 
-/// Whether transparent huge pages are off for this process (`PR_GET_THP_DISABLE`).
-pub fn transparent_huge_pages_disabled() -> bool {
-    // SAFETY: as above; the call only reads the flag.
-    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) == 1 }
-}
-
 /// CPU time used by this process so far (user, system).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CpuTime {

@@ -107,9 +107,13 @@ impl fmt::Display for Kx {
 pub fn provider(kx: Kx) -> Arc<CryptoProvider> {
     let mut p = aws_lc_rs::default_provider();
     p.kx_groups = kx.groups();
-    p.cipher_suites.sort_by_key(|s| match s {
-        rustls::SupportedCipherSuite::Tls13(t) => (0, t.common.hash_provider.algorithm() != rustls::crypto::hash::HashAlgorithm::SHA256),
-        rustls::SupportedCipherSuite::Tls12(t) => (1, t.common.hash_provider.algorithm() != rustls::crypto::hash::HashAlgorithm::SHA256),
+    p.cipher_suites.sort_by_key(|s| {
+        let common = match s {
+            rustls::SupportedCipherSuite::Tls13(t) => &t.common,
+            rustls::SupportedCipherSuite::Tls12(t) => &t.common,
+        };
+        // Stable sort: TLS 1.3 before 1.2 as before, and within each the SHA-256 suites first.
+        (s.tls13().is_none(), common.hash_provider.algorithm() != rustls::crypto::hash::HashAlgorithm::SHA256)
     });
     Arc::new(p)
 }
