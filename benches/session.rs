@@ -92,5 +92,45 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse_ehlo, envelope, encode);
+/// A session past EHLO with PIPELINING, SIZE and CHUNKING (what the sink and most large
+/// receivers offer): the whole transaction goes out as one group ending in `BDAT n LAST`.
+fn ready_bdat_session() -> ClientSession {
+    let cfg = SessionConfig { tls: TlsMode::None, ..SessionConfig::new("client.example.test") };
+    let mut s = ClientSession::new(cfg);
+    s.receive(b"220 mx.example.test ESMTP\r\n");
+    s.receive(b"250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n");
+    while s.poll_event().is_some() {}
+    s
+}
+
+/// The daemon's benchmark message (perf/daemon.sh): about 2 KB, CRLF line ends, one recipient,
+/// sent as MAIL + RCPT + BDAT LAST with the body in one write.
+fn bdat_2k(c: &mut Criterion) {
+    let mut body = b"From: <sender@src.bench.test>\r\nTo: <u@d1.bench.test>\r\nSubject: bench\r\n\r\n".to_vec();
+    while body.len() < 2048 - 74 {
+        body.extend_from_slice(b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmo\r\n");
+    }
+    let msg = Message {
+        id: 1,
+        from: "sender@src.bench.test".into(),
+        rcpts: vec!["u1@d1.bench.test".into()],
+        data: Arc::from(body),
+        requiretls: false,
+    };
+    c.bench_function("pipelined MAIL + RCPT + BDAT LAST, 2 KB CRLF body", |b| {
+        b.iter_batched(
+            || (ready_bdat_session(), msg.clone()),
+            |(mut s, m)| {
+                s.send_message(m).unwrap();
+                match s.poll_event() {
+                    Some(Event::Send(bytes)) => black_box(bytes),
+                    other => panic!("{other:?}"),
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, parse_ehlo, envelope, encode, bdat_2k);
 criterion_main!(benches);

@@ -54,7 +54,7 @@
 # Usage (root; installs Postfix via apt-get if missing):
 #   bash perf/daemon.sh                                  (MSGS=50000 DOMAINS=500 SIZE=2048 ADDRS=64)
 #   MSGS=2000 DOMAINS=50 bash perf/daemon.sh             (short run)
-#   SIDES=mxpipe PROFILE=1 bash perf/daemon.sh           (also perf record -g the daemon: mx-profile.txt)
+#   SIDES=mxpipe PROFILE=1 bash perf/daemon.sh           (also perf record -g the daemon: mx-profile.txt, by syscall: mx-profile-syscalls.txt)
 #   TOKENS=0 bash perf/daemon.sh                         (the HTTP API without bearer tokens; default: with)
 #   SIDES="mxpipe mxpipe-ed25519 mxpipe-rsa" bash perf/daemon.sh   (the cost of DKIM signing)
 #   INJECTOR=loadgen bash perf/daemon.sh                 (the pipelining injector instead of smtp-source)
@@ -523,6 +523,8 @@ TOML
     perf report -i "$OUT/$mx-profile.data" --no-children --sort comm,dso,symbol -g none --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -80 >"$OUT/$mx-profile.txt" || true
     perf report -i "$OUT/$mx-profile.data" --no-children --sort comm --stdio -g none 2>/dev/null | grep -E '^ +[0-9]' >"$OUT/$mx-profile-threads.txt" || true
     perf report -i "$OUT/$mx-profile.data" --no-children --sort symbol -g caller,0.5,callee --stdio 2>/dev/null | grep -v '^$' | head -400 >"$OUT/$mx-profile-callers.txt" || true
+    # by thread, then user code or the system call each sample was taken in (µs per message)
+    python3 perf/profile_by_syscall.py "$OUT/$mx-profile.data" "$MSGS" >"$OUT/$mx-profile-syscalls.txt" 2>&1 || true
   fi
 }
 

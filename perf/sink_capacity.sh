@@ -14,6 +14,7 @@
 #
 # Usage:  bash perf/sink_capacity.sh                  (DUR=8 CONC=64 REPEAT=3; about 4 minutes)
 #         DUR=3 REPEAT=1 MODES=insecure bash perf/sink_capacity.sh   (smoke test)
+#         SINK_BIN=/tmp/mxpipe-before bash perf/sink_capacity.sh   (another build of the sink, for before/after)
 # Loopback only; every load run is bounded by --duration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +34,9 @@ OUT=$(cd "$OUT" && pwd)
 
 cargo build --release --workspace --locked -q
 BIN=$PWD/target/release
+SINK_BIN=${SINK_BIN:-$BIN/mxpipe}   # the sink under test (e.g. a saved build, for before/after)
 
-taskset -c "$SINK_CPU" "$BIN/mxpipe" sink --starttls-port "$ST" --implicit-port "$IM" --threads 1 \
+taskset -c "$SINK_CPU" "$SINK_BIN" sink --starttls-port "$ST" --implicit-port "$IM" --threads 1 \
   --ca-out "$OUT/sink-ca.pem" --duration 3600 --stats-json "$OUT/sink-stats.json" >"$OUT/sink.log" 2>&1 &
 SINK_PID=$!
 trap 'kill -TERM "$SINK_PID" 2>/dev/null || true; wait "$SINK_PID" 2>/dev/null || true' EXIT
@@ -48,7 +50,7 @@ sink_cpu() { # utime+stime of the sink, seconds
 {
   echo "date $(date -u +%FT%TZ)"
   echo "cpu $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-  echo "commit $(git rev-parse --short HEAD)"
+  echo "commit $(git rev-parse --short HEAD)$([ "$SINK_BIN" = "$BIN/mxpipe" ] || echo ", sink binary $SINK_BIN")"
   echo "load_before $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/machine.txt"
 

@@ -75,6 +75,8 @@ async fn list_suspend_resume_and_bounce_a_destination() {
     wait_for("three DSNs", Duration::from_secs(20), || std::fs::read_dir(&src_mail).unwrap().count() >= 3).await;
     let dsn = std::fs::read_to_string(std::fs::read_dir(&src_mail).unwrap().next().unwrap().unwrap().path()).unwrap();
     assert!(dsn.contains("Action: failed") && dsn.contains("bounced by the operator"), "{dsn}");
+    // A deferred recipient keeps its last reply until its final outcome: the DSN quotes it.
+    assert!(dsn.split_whitespace().collect::<Vec<_>>().join(" ").contains("last attempt: 451 4.3.0 Temporary failure"), "{dsn}");
     wait_for("an empty queue", Duration::from_secs(10), || {
         let (_, out, _) = queue(api, &["--json", "list"]);
         serde_json::from_str::<serde_json::Value>(&out).unwrap()["queues"].as_array().unwrap().is_empty()

@@ -619,9 +619,13 @@ impl Manager {
         let Some(e) = self.entries.get_mut(&id) else { return };
         e.in_flight = e.in_flight.saturating_sub(1);
         e.sent.retain(|r| *r != o.rcpt);
-        e.last_reply.insert(o.rcpt.clone(), (o.reply.clone(), o.enhanced.clone(), o.mx.clone()));
+        // The last reply is read only for a recipient still pending (its expiry or an
+        // operator's bounce), so a final outcome drops it rather than copying four strings.
         if fin.is_some() {
             e.pending.retain(|r| *r != o.rcpt);
+            e.last_reply.remove(&o.rcpt);
+        } else {
+            e.last_reply.insert(o.rcpt.clone(), (o.reply.clone(), o.enhanced.clone(), o.mx.clone()));
         }
         if o.status == Status::Bounced {
             e.bounced.push(failed(&o));

@@ -265,6 +265,9 @@ struct Txn {
     smtputf8: bool,
     mail_ok: bool,
     accepted: usize,
+    /// The body's length on the wire without dot-stuffing ([`normalised_len`]): counted once,
+    /// for `SIZE=`, the `BDAT` chunk size and the size check.
+    size: usize,
 }
 
 impl Txn {
@@ -720,7 +723,7 @@ impl ClientSession {
         }
         let mut out = self.take_buf();
         if txn.bdat {
-            push_bdat(&mut out, &txn.msg.data);
+            push_bdat(&mut out, &txn.msg.data, txn.size);
             txn.phase = Phase::BdatLast;
         } else {
             out.extend_from_slice(b"DATA\r\n");
@@ -798,6 +801,7 @@ impl ClientSession {
             smtputf8,
             mail_ok: false,
             accepted: 0,
+            size,
         });
         if txn.sent.is_empty() {
             // Nothing to put on the wire; an owed RSET stays owed.
@@ -819,7 +823,7 @@ impl ClientSession {
                 push_cmd(&mut out, &[b"RCPT TO:<", txn.paths[i].as_bytes(), b">"]);
             }
             if txn.bdat {
-                push_bdat(&mut out, &txn.msg.data);
+                push_bdat(&mut out, &txn.msg.data, txn.size);
             } else {
                 out.extend_from_slice(b"DATA\r\n");
             }
@@ -836,7 +840,7 @@ impl ClientSession {
         out.push(b'>');
         if caps.is_some_and(|c| c.size.is_some()) {
             out.extend_from_slice(b" SIZE=");
-            push_num(out, normalised_len(&txn.msg.data) as u64);
+            push_num(out, txn.size as u64);
         }
         // Without 8BITMIME, 8-bit data is sent as it is: refusing it locally would bounce
         // mail most servers take anyway.
@@ -983,12 +987,20 @@ fn push_cmd(out: &mut Vec<u8>, parts: &[&[u8]]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// `BDAT n LAST` and the chunk, normalised straight into the command buffer.
-fn push_bdat(out: &mut Vec<u8>, data: &[u8]) {
+/// `BDAT n LAST` and the chunk, normalised straight into the command buffer; `size` is
+/// [`normalised_len`]`(data)`. When it equals the data's own length, the data has no bare CR
+/// or LF and ends in CRLF (normalising only ever adds bytes), so it goes out as it is: one
+/// copy instead of a second scan over the line ends.
+fn push_bdat(out: &mut Vec<u8>, data: &[u8], size: usize) {
+    debug_assert_eq!(size, normalised_len(data));
     out.extend_from_slice(b"BDAT ");
-    push_num(out, normalised_len(data) as u64);
+    push_num(out, size as u64);
     out.extend_from_slice(b" LAST\r\n");
-    normalise_into(data, false, out);
+    if size == data.len() {
+        out.extend_from_slice(data);
+    } else {
+        normalise_into(data, false, out);
+    }
 }
 
 fn push_num(out: &mut Vec<u8>, mut n: u64) {

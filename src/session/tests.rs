@@ -202,6 +202,27 @@ fn bdat_one_write_per_message() {
     bdat_pipelined(Feed::Whole);
 }
 
+/// A body already in CRLF goes out byte for byte; one with a bare CR, a bare LF or no final
+/// line end is normalised, and either way the BDAT size and SIZE= count exactly what follows.
+#[test]
+fn bdat_chunk_is_the_body_as_it_is_or_normalised() {
+    let cases: [(&[u8], &[u8]); 5] = [
+        (b"a\r\n.b\r\n", b"a\r\n.b\r\n"),
+        (b"a\r\nb", b"a\r\nb\r\n"),
+        (b"a\rb\r\n", b"a\r\nb\r\n"),
+        (b"a\r\nb\n", b"a\r\nb\r\n"),
+        (b"a\r\n\r", b"a\r\n\r\n"),
+    ];
+    for (i, (body, wire)) in cases.into_iter().enumerate() {
+        let mut t = T::new(cfg(), Feed::Whole);
+        t.open(EHLO_FULL);
+        let n = wire.len();
+        let mut want = format!("MAIL FROM:<a@x> SIZE={n}\r\nRCPT TO:<b@y>\r\nBDAT {n} LAST\r\n").into_bytes();
+        want.extend_from_slice(wire);
+        assert_eq!(t.submit(msg(i as u64 + 1, "a@x", &["b@y"], body)), vec![send(&want)], "body {body:?}");
+    }
+}
+
 #[test]
 fn mixed_rcpt_results() {
     mixed_rcpts(Feed::Whole);
