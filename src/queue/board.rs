@@ -26,13 +26,13 @@ pub struct AttemptView {
     /// When the outcome was recorded, Unix seconds.
     pub ts: f64,
     /// The outcome: `delivered`, `deferred` or `bounced`.
-    pub status: String,
+    pub status: &'static str,
     /// The server's reply on one line, or mxpipe's own reason (prefixed `mxpipe:`).
     pub reply: String,
     /// The MX host that answered, if a connection got that far.
     pub mx: Option<String>,
     /// How TLS was used: `starttls`, `implicit` or `none`.
-    pub tls: String,
+    pub tls: &'static str,
     /// The egress source the attempt left from, when sources are configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -47,7 +47,7 @@ pub struct RcptView {
     /// The recipient address as given at injection.
     pub rcpt: String,
     /// `queued`, `deferred` (waiting for a retry), `delivered` or `bounced`.
-    pub state: String,
+    pub state: &'static str,
     /// Handed to the engine: an attempt is under way (its state is the one before it).
     pub in_flight: bool,
     /// The latest attempts, oldest first (at most 20; the spool keeps them all).
@@ -165,10 +165,7 @@ impl Board {
             id: format!("{id:X}"),
             from: from.to_string(),
             received_at: unix(received_at),
-            rcpts: rcpts
-                .iter()
-                .map(|r| RcptView { rcpt: r.clone(), state: "queued".into(), in_flight: false, attempts: Vec::new() })
-                .collect(),
+            rcpts: rcpts.iter().map(|r| RcptView { rcpt: r.clone(), state: "queued", in_flight: false, attempts: Vec::new() }).collect(),
             next_attempt: None,
             finished: false,
         };
@@ -185,17 +182,16 @@ impl Board {
         let Some(m) = g.live.get_mut(&id) else { return };
         if let Some(r) = m.rcpts.iter_mut().find(|r| r.rcpt == o.rcpt) {
             r.in_flight = false;
-            r.state.clear();
-            r.state.push_str(o.status.as_str());
+            r.state = o.status.as_str();
             if r.attempts.len() >= ATTEMPTS_KEPT {
                 r.attempts.remove(0);
             }
             r.attempts.push(AttemptView {
                 ts: unix(SystemTime::now()),
-                status: r.state.clone(),
+                status: r.state,
                 reply: o.reply.clone(),
                 mx: o.mx.clone(),
-                tls: o.tls.as_str().to_string(),
+                tls: o.tls.as_str(),
                 source: o.source.clone(),
                 pool: o.pool.clone(),
             });
@@ -217,7 +213,7 @@ impl Board {
         let mut g = self.lock();
         if let Some(r) = g.live.get_mut(&id).and_then(|m| m.rcpts.iter_mut().find(|r| r.rcpt == rcpt)) {
             r.in_flight = false;
-            r.state = "bounced".into();
+            r.state = "bounced";
         }
     }
 
