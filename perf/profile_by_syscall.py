@@ -47,9 +47,14 @@ def main():
         sys.exit(__doc__)
     data = sys.argv[1]
     msgs = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    script = subprocess.run(
-        ["perf", "script", "-i", data, "-F", "comm,period,ip,sym"],
-        check=True, capture_output=True, text=True).stdout
+    try:
+        run = subprocess.run(["perf", "script", "-i", data, "-F", "comm,period,ip,sym"],
+                             capture_output=True, text=True)
+    except FileNotFoundError:
+        sys.exit("profile_by_syscall.py: perf not found (Debian: linux-perf)")
+    if run.returncode != 0:
+        sys.exit(f"profile_by_syscall.py: perf script cannot read {data}: {run.stderr.strip()[:300]}")
+    script = run.stdout
     by = collections.Counter()
     total = 0
     comm, period, stack = None, 0, []
