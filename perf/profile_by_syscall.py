@@ -84,14 +84,18 @@ def main():
     per_thread = collections.Counter()
     for (c, _), n in by.items():
         per_thread[c] += n
-    print(f"{'share':>6}  {'µs/msg':>7}  thread / where")
-    for c, n in per_thread.most_common():
+    def row(n, indent, name):
+        # the period is in ns: n / 1e3 is µs
         us = f"{n / 1e3 / msgs:7.1f}" if msgs else " " * 7
-        print(f"{100 * n / total:5.1f}%  {us}  {c}")
-        for (c2, b), m in sorted(by.items(), key=lambda x: -x[1]):
+        print(f"{100 * n / total:5.1f}%  {us}  {indent}{name}")
+
+    print(f"{'share':>6}  {'µs/msg':>7}  thread / where")
+    rows = by.most_common()
+    for c, n in per_thread.most_common():
+        row(n, "", c)
+        for (c2, b), m in rows:
             if c2 == c and m / total >= 0.003:
-                us = f"{m / 1e3 / msgs:7.1f}" if msgs else " " * 7
-                print(f"{100 * m / total:5.1f}%  {us}    {b}")
+                row(m, "  ", b)
 
 
 if __name__ == "__main__":
